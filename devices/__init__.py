@@ -1,0 +1,4 @@
+"""Device-side tooling: IoT Core provisioning, local stand-ins and the fleet simulator.
+
+Imports ``pki`` only.
+"""

@@ -1,0 +1,278 @@
+"""The local CA: a root and an issuing intermediate, keys encrypted at rest in the home."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections.abc import Callable, Sequence
+from functools import cached_property
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from pki.backends import RevokedEntry, SigningRequest
+from pki.errors import AlreadyExists, InvalidInput, NotFound, StorageError, WrongPassphrase
+from pki.files import atomic_write, ensure_dir
+from pki.model import KeyType, RevocationReason
+from pki.policy import BACKDATE
+from pki.profiles import key_usage_for
+
+ROOT_CERT = "root.pem"
+ROOT_KEY = "root.key.pem"
+ISSUING_CERT = "issuing.pem"
+ISSUING_KEY = "issuing.key.pem"
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+def generate_key(key_type: KeyType) -> PrivateKey:
+    if key_type is KeyType.EC_P256:
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type is KeyType.EC_P384:
+        return ec.generate_private_key(ec.SECP384R1())
+    if key_type is KeyType.RSA_2048:
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return rsa.generate_private_key(public_exponent=65537, key_size=3072)
+
+
+def signature_hash(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384:
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
+        return hashes.SHA384()
+    return hashes.SHA256()
+
+
+def encrypt_key(key: PrivateKey, passphrase: bytes) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(passphrase),
+    )
+
+
+def _ca_extensions(
+    builder: x509.CertificateBuilder,
+    public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
+    path_length: int,
+    issuer_ski: x509.SubjectKeyIdentifier,
+) -> x509.CertificateBuilder:
+    return (
+        builder.add_extension(x509.BasicConstraints(ca=True, path_length=path_length), True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), False
+        )
+    )
+
+
+class LocalCA:
+    """Signs with the issuing CA's key, which is decrypted only when first needed."""
+
+    name = "local"
+
+    def __init__(self, ca_dir: Path, passphrase: Callable[[], bytes]) -> None:
+        self._dir = ca_dir
+        self._passphrase = passphrase
+        if not (ca_dir / ISSUING_CERT).exists():
+            raise NotFound(f"no CA in {ca_dir.parent}; run 'fleetpki ca init' first")
+
+    # -- creation -------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        ca_dir: Path,
+        *,
+        key_type: KeyType,
+        common_name: str,
+        passphrase: bytes,
+        now: dt.datetime,
+        root_days: int = 3650,
+        issuing_days: int = 1825,
+    ) -> LocalCA:
+        """Make a root and an issuing CA (path length 0) and write them into ``ca_dir``.
+
+        Everything is written into a staging directory first and renamed into place,
+        so a failure leaves no partial CA behind.
+        """
+        if not common_name.strip() or len(common_name) > 50:
+            raise InvalidInput("--common-name must be 1-50 characters")
+        if not 0 < issuing_days < root_days:
+            raise InvalidInput("the issuing CA must expire before the root (issuing days < root)")
+        if ca_dir.exists() and any(ca_dir.iterdir()):
+            raise AlreadyExists(
+                f"a CA already exists in {ca_dir}; refusing to overwrite it "
+                "(use another --home to create a new one)"
+            )
+        ensure_dir(ca_dir.parent)
+        staging = ca_dir.parent / f".ca-init-{secrets.token_hex(4)}"
+        ensure_dir(staging)
+        try:
+            root_key = generate_key(key_type)
+            issuing_key = generate_key(key_type)
+            start = now - BACKDATE
+            root_name = x509.Name(
+                [x509.NameAttribute(NameOID.COMMON_NAME, f"{common_name} Root CA")]
+            )
+            root_ski = x509.SubjectKeyIdentifier.from_public_key(root_key.public_key())
+            root = _ca_extensions(
+                x509.CertificateBuilder()
+                .subject_name(root_name)
+                .issuer_name(root_name)
+                .public_key(root_key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(start)
+                .not_valid_after(now + dt.timedelta(days=root_days)),
+                root_key.public_key(),
+                1,
+                root_ski,
+            ).sign(root_key, signature_hash(root_key))
+            issuing_name = x509.Name(
+                [x509.NameAttribute(NameOID.COMMON_NAME, f"{common_name} Issuing CA")]
+            )
+            issuing = _ca_extensions(
+                x509.CertificateBuilder()
+                .subject_name(issuing_name)
+                .issuer_name(root_name)
+                .public_key(issuing_key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(start)
+                .not_valid_after(now + dt.timedelta(days=issuing_days)),
+                issuing_key.public_key(),
+                0,
+                root_ski,
+            ).sign(root_key, signature_hash(root_key))
+            pem = serialization.Encoding.PEM
+            atomic_write(staging / ROOT_KEY, encrypt_key(root_key, passphrase), 0o600)
+            atomic_write(staging / ISSUING_KEY, encrypt_key(issuing_key, passphrase), 0o600)
+            atomic_write(staging / ROOT_CERT, root.public_bytes(pem), 0o644)
+            atomic_write(staging / ISSUING_CERT, issuing.public_bytes(pem), 0o644)
+            if ca_dir.exists():
+                ca_dir.rmdir()  # empty, checked above
+            staging.rename(ca_dir)
+        except BaseException:
+            for leftover in staging.glob("*"):
+                leftover.unlink()
+            if staging.exists():
+                staging.rmdir()
+            raise
+        return cls(ca_dir, lambda: passphrase)
+
+    # -- CertificateAuthority ---------------------------------------------------------------
+
+    @cached_property
+    def issuing_certificate(self) -> x509.Certificate:
+        return self._load_cert(ISSUING_CERT)
+
+    @cached_property
+    def root_certificate(self) -> x509.Certificate:
+        return self._load_cert(ROOT_CERT)
+
+    @cached_property
+    def issuing_ski(self) -> x509.SubjectKeyIdentifier:
+        return self.issuing_certificate.extensions.get_extension_for_class(
+            x509.SubjectKeyIdentifier
+        ).value
+
+    def chain(self) -> tuple[x509.Certificate, ...]:
+        return (self.issuing_certificate, self.root_certificate)
+
+    def issue(self, request: SigningRequest) -> x509.Certificate:
+        plan = request.plan
+        names: list[x509.GeneralName] = [x509.DNSName(d) for d in plan.dns_names]
+        names += [x509.IPAddress(ip) for ip in plan.ip_addresses]
+        names += [x509.UniformResourceIdentifier(u) for u in plan.uris]
+        issuer = self.issuing_certificate
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, plan.common_name)]))
+            .issuer_name(issuer.subject)
+            .public_key(request.public_key)
+            .serial_number(request.serial)
+            .not_valid_before(plan.not_before)
+            .not_valid_after(plan.not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+            .add_extension(key_usage_for(request.public_key), True)
+            .add_extension(x509.ExtendedKeyUsage(list(plan.profile.eku)), False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(request.public_key), False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(self.issuing_ski),
+                False,
+            )
+            .add_extension(x509.SubjectAlternativeName(names), False)
+        )
+        key = self._issuing_key
+        return builder.sign(key, signature_hash(key))
+
+    def revoke(self, serial: int, reason: RevocationReason, when: dt.datetime) -> None:
+        """Nothing to tell: the local CA's CRL is built from the inventory."""
+
+    # -- CrlSigner ------------------------------------------------------------------------
+
+    def sign_crl(
+        self,
+        entries: Sequence[RevokedEntry],
+        number: int,
+        this_update: dt.datetime,
+        next_update: dt.datetime,
+    ) -> x509.CertificateRevocationList:
+        from pki.crl import build_crl
+
+        key = self._issuing_key
+        return build_crl(
+            self.issuing_certificate,
+            key,
+            entries,
+            number,
+            this_update,
+            next_update,
+            signature_hash(key),
+        )
+
+    # -- internals ------------------------------------------------------------------------
+
+    @cached_property
+    def _issuing_key(self) -> PrivateKey:
+        return self._load_key(ISSUING_KEY)
+
+    def _load_cert(self, filename: str) -> x509.Certificate:
+        path = self._dir / filename
+        try:
+            return x509.load_pem_x509_certificate(path.read_bytes())
+        except FileNotFoundError:
+            raise NotFound(f"CA certificate {path} is missing; the CA home is incomplete") from None
+        except ValueError as exc:
+            raise StorageError(f"CA certificate {path} is corrupt: {exc}") from None
+
+    def _load_key(self, filename: str) -> PrivateKey:
+        path = self._dir / filename
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"CA key {path} is missing; the CA home is incomplete") from None
+        try:
+            key = serialization.load_pem_private_key(data, password=self._passphrase())
+        except (ValueError, TypeError):
+            raise WrongPassphrase(
+                f"cannot decrypt the CA key {path.name}: wrong passphrase "
+                "(check FLEETPKI_CA_PASSPHRASE)"
+            ) from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+            raise StorageError(f"CA key {path} has an unsupported type")
+        return key

@@ -1,0 +1,758 @@
+"""The ``fleetpki`` command line.
+
+``main(argv) -> int`` is the whole contract: exit 0 on success, 2 for operator errors
+(bad input, policy violation, not found), 1 for internal or backend failures, with a
+one-line message on stderr. Other packages add command groups through the
+``fleetpki.commands`` entry-point group, so this module never imports them.
+Heavy imports happen inside the commands to keep start-up fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    import datetime as dt
+
+    from pki.backends import CertificateAuthority
+    from pki.clock import Clock
+    from pki.home import Home
+    from pki.inventory import Inventory
+    from pki.issuance import Issuer
+    from pki.model import CertificateRecord, IssuedCertificate
+
+ENTRY_POINT_GROUP = "fleetpki.commands"
+
+
+@dataclass
+class State:
+    """What every command shares: the home, the clock, and lazily opened backends."""
+
+    home_path: Path
+    clock: Clock
+    _inventory: Inventory | None = field(default=None, repr=False)
+
+    @property
+    def home(self) -> Home:
+        from pki.home import Home
+
+        return Home(self.home_path)
+
+    def inventory(self, *, create: bool = False) -> Inventory:
+        """The inventory; outside ``ca init`` the home must already hold a CA."""
+        if self._inventory is None:
+            from pki.inventory import Inventory
+
+            home = self.home
+            if create:
+                home.ensure()
+            else:
+                home.config()  # raises NotFound with the 'run ca init' hint
+            self._inventory = Inventory.open(home.database_url)
+        return self._inventory
+
+    def ca(self) -> CertificateAuthority:
+        from pki.backends.local import LocalCA
+
+        home = self.home
+        config = home.config()
+        if config.backend != "local":
+            from pki.errors import InvalidInput
+
+            raise InvalidInput(f"unknown CA backend {config.backend!r} in {home.config_path}")
+        return LocalCA(home.ca_dir, home.passphrase)
+
+    def issuer(self) -> Issuer:
+        from pki.issuance import Issuer
+
+        return Issuer(self.ca(), self.inventory(), self.clock, self.home.config().policy)
+
+    def now(self) -> dt.datetime:
+        return self.clock.now()
+
+    def close(self) -> None:
+        if self._inventory is not None:
+            self._inventory.close()
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+def _err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+class PluginGroup(click.Group):
+    """Adds the command groups other packages register under ``fleetpki.commands``."""
+
+    def _plugins(self) -> dict[str, Any]:
+        from importlib.metadata import entry_points
+
+        return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self._plugins()))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        plugin = self._plugins().get(cmd_name)
+        if plugin is None:
+            return None
+        loaded = plugin.load()
+        return loaded if isinstance(loaded, click.Command) else None
+
+
+@click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="FLEETPKI_HOME",
+    default=".fleetpki",
+    show_default=True,
+    help="Directory holding the CA, its configuration and the SQLite inventory "
+    "(env FLEETPKI_HOME).",
+)
+@click.version_option(package_name="fleetpki")
+@click.pass_context
+def cli(ctx: click.Context, home: Path) -> None:
+    """fleetpki: certificates and mTLS for device fleets.
+
+    Issue, list and revoke device (client) and server certificates from a local CA,
+    and publish CRLs. Exit codes: 0 success, 2 operator error, 1 internal failure.
+    """
+    state: State = ctx.obj
+    state.home_path = home
+
+
+# ---------------------------------------------------------------------------------- ca
+
+
+@cli.group()
+def ca() -> None:
+    """Create and inspect the certificate authority."""
+
+
+@ca.command("init")
+@click.option(
+    "--key-type",
+    type=click.Choice(["ec-p256", "ec-p384", "rsa-2048", "rsa-3072"]),
+    default="ec-p256",
+    show_default=True,
+    help="Key type of the root and issuing CA.",
+)
+@click.option(
+    "--common-name",
+    default="fleetpki",
+    show_default=True,
+    help="Name of the CA; the certificates are '<NAME> Root CA' and '<NAME> Issuing CA'.",
+)
+@click.option("--root-days", type=int, default=3650, show_default=True, help="Root lifetime.")
+@click.option(
+    "--issuing-days",
+    type=int,
+    default=1825,
+    show_default=True,
+    help="Issuing CA lifetime (must be shorter than the root's).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the CA certificates as JSON.")
+@pass_state
+def ca_init(
+    state: State,
+    key_type: str,
+    common_name: str,
+    root_days: int,
+    issuing_days: int,
+    as_json: bool,
+) -> None:
+    """Create a root CA and an issuing intermediate (path length 0).
+
+    The keys are encrypted with FLEETPKI_CA_PASSPHRASE; when it is unset a random
+    passphrase is generated into HOME/ca-passphrase (mode 0600). Refuses to overwrite
+    an existing CA.
+    """
+    from pki.ca_setup import init_ca
+
+    result = init_ca(
+        state.home,
+        state.inventory(create=True),
+        state.clock,
+        key_type,
+        common_name,
+        root_days,
+        issuing_days,
+    )
+    home = state.home
+    if result.generated_passphrase:
+        _err(
+            f"generated a CA key passphrase into {home.passphrase_path} (mode 0600); "
+            "back it up, or set FLEETPKI_CA_PASSPHRASE instead"
+        )
+    if as_json:
+        _print_json([r.to_json(state.now()) for r in result.records])
+        return
+    _err(f"created CA '{common_name}' ({key_type}) in {home.path}")
+    for record in result.records:
+        _err(
+            f"  {record.profile:<11} {record.common_name}  serial {record.serial_hex}  "
+            f"valid until {record.not_after:%Y-%m-%d}"
+        )
+
+
+@ca.command("chain")
+@pass_state
+def ca_chain(state: State) -> None:
+    """Print the CA chain as PEM: issuing CA first, then the root."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    for cert in state.ca().chain():
+        click.echo(cert.public_bytes(Encoding.PEM).decode(), nl=False)
+
+
+@ca.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def ca_show(state: State, as_json: bool) -> None:
+    """Show the CA certificates and configuration."""
+    records = state.inventory().find(now=state.now(), include_ca=True, profile="issuing-ca")
+    records += state.inventory().find(now=state.now(), include_ca=True, profile="root-ca")
+    config = state.home.config()
+    if as_json:
+        _print_json(
+            {"config": config.to_json(), "certificates": [r.to_json(state.now()) for r in records]}
+        )
+        return
+    click.echo(f"backend {config.backend}, key type {config.key_type}, home {state.home.path}")
+    _print_table(records, state.now())
+
+
+# ------------------------------------------------------------------------------- issue
+
+
+@cli.group()
+def issue() -> None:
+    """Issue device (client) and server certificates."""
+
+
+_key_type_option = click.option(
+    "--key-type",
+    type=click.Choice(["ec-p256", "ec-p384", "rsa-2048", "rsa-3072"]),
+    default="ec-p256",
+    show_default=True,
+    help="Key type for --generate-key.",
+)
+
+
+@issue.command("device")
+@click.argument("thing_name", required=False)
+@click.option(
+    "--csr",
+    "csr_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PEM CSR made on the device.",
+)
+@click.option(
+    "--generate-key",
+    is_flag=True,
+    help="Make the key here and write it to OUT/key.pem (0600) instead of using a CSR.",
+)
+@_key_type_option
+@click.option(
+    "--batch",
+    "batch_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Issue every THING.csr in this folder into OUT/THING/.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Output folder for cert.pem, chain.pem and fullchain.pem.",
+)
+@click.option("--days", type=int, help="Validity in days (default 90, at most 397).")
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@click.option("--json", "as_json", is_flag=True, help="Print the issued records as JSON.")
+@pass_state
+def issue_device(
+    state: State,
+    thing_name: str | None,
+    csr_file: Path | None,
+    generate_key: bool,
+    key_type: str,
+    batch_dir: Path | None,
+    out_dir: Path,
+    days: int | None,
+    force: bool,
+    as_json: bool,
+) -> int:
+    """Issue a device (clientAuth) certificate for THING_NAME, whose CN is the thing name.
+
+    With --batch DIR, every THING.csr in DIR is issued (factory provisioning): a bad CSR
+    is reported and skipped, the rest are issued; exit 2 if any was skipped.
+    """
+    from pki.errors import InvalidInput
+
+    if batch_dir is not None:
+        if thing_name or csr_file or generate_key:
+            raise InvalidInput("--batch takes no THING_NAME, --csr or --generate-key")
+        from pki.batch import issue_device_batch
+
+        return issue_device_batch(state, batch_dir, out_dir, days, force, as_json)
+    if not thing_name:
+        raise InvalidInput("give a THING_NAME (or --batch DIR)")
+    return _issue_one(
+        state,
+        "device",
+        thing_name,
+        csr_file,
+        generate_key,
+        key_type,
+        out_dir,
+        days,
+        force,
+        as_json,
+        (),
+        (),
+    )
+
+
+@issue.command("server")
+@click.argument("name")
+@click.option("--dns", multiple=True, help="DNS name (repeatable). Default: NAME.")
+@click.option("--ip", multiple=True, help="IP address (repeatable).")
+@click.option(
+    "--csr",
+    "csr_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PEM CSR made on the server.",
+)
+@click.option(
+    "--generate-key",
+    is_flag=True,
+    help="Make the key here and write it to OUT/key.pem (0600) instead of using a CSR.",
+)
+@_key_type_option
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Output folder for cert.pem, chain.pem and fullchain.pem.",
+)
+@click.option("--days", type=int, help="Validity in days (default 90, at most 397).")
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@click.option("--json", "as_json", is_flag=True, help="Print the issued record as JSON.")
+@pass_state
+def issue_server(
+    state: State,
+    name: str,
+    dns: tuple[str, ...],
+    ip: tuple[str, ...],
+    csr_file: Path | None,
+    generate_key: bool,
+    key_type: str,
+    out_dir: Path,
+    days: int | None,
+    force: bool,
+    as_json: bool,
+) -> int:
+    """Issue a server (serverAuth) certificate for NAME with DNS/IP SANs."""
+    import ipaddress
+
+    from pki.errors import InvalidInput
+
+    ips = []
+    for text in ip:
+        try:
+            ips.append(ipaddress.ip_address(text))
+        except ValueError:
+            raise InvalidInput(f"--ip {text!r} is not an IP address") from None
+    return _issue_one(
+        state,
+        "server",
+        name,
+        csr_file,
+        generate_key,
+        key_type,
+        out_dir,
+        days,
+        force,
+        as_json,
+        dns,
+        tuple(ips),
+    )
+
+
+def _issue_one(
+    state: State,
+    profile: str,
+    name: str,
+    csr_file: Path | None,
+    generate_key: bool,
+    key_type: str,
+    out_dir: Path,
+    days: int | None,
+    force: bool,
+    as_json: bool,
+    dns: tuple[str, ...],
+    ips: tuple[Any, ...],
+) -> int:
+    from pki.delivery import OutputFolder, make_key_and_csr, read_csr
+    from pki.errors import InvalidInput
+    from pki.model import IssueRequest, KeyType
+
+    if (csr_file is None) == (not generate_key):
+        raise InvalidInput("give exactly one of --csr FILE or --generate-key")
+    output = OutputFolder(out_dir, with_key=generate_key, force=force)
+    output.check_free()
+    key_pem: bytes | None = None
+    if csr_file is not None:
+        csr_pem = read_csr(csr_file)
+    else:
+        key_pem, csr_pem = make_key_and_csr(KeyType(key_type), name)
+    request = IssueRequest(
+        profile=profile,
+        name=name,
+        csr_pem=csr_pem,
+        dns_names=dns,
+        ip_addresses=ips,
+        days=days,
+        actor=state.home.actor(),
+    )
+    issued = state.issuer().issue(request, output.deliver(key_pem))
+    _report_issued(state, [issued], as_json, output.path)
+    return 0
+
+
+def _report_issued(
+    state: State, issued: Sequence[IssuedCertificate], as_json: bool, out: Path | None
+) -> None:
+    if as_json:
+        data = [i.record.to_json(state.now()) for i in issued]
+        _print_json(data[0] if len(data) == 1 and out is not None else data)
+        return
+    for item in issued:
+        r = item.record
+        _err(
+            f"issued {r.profile} certificate for {r.common_name}: serial {r.serial_hex}, "
+            f"valid until {r.not_after:%Y-%m-%d %H:%M}Z" + (f" -> {out}" if out else "")
+        )
+
+
+# ------------------------------------------------------------------------ list / show
+
+
+@cli.command("list")
+@click.option(
+    "--status",
+    type=click.Choice(["active", "revoked", "expired", "quarantined"]),
+    help="Only certificates in this state.",
+)
+@click.option(
+    "--expiring-within",
+    metavar="DURATION",
+    help="Only active certificates expiring within DURATION (e.g. 30d, 12h).",
+)
+@click.option("--thing", help="Only certificates of this thing.")
+@click.option(
+    "--profile",
+    type=click.Choice(["device", "server", "root-ca", "issuing-ca"]),
+    help="Only certificates of this profile.",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many rows.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def list_cmd(
+    state: State,
+    status: str | None,
+    expiring_within: str | None,
+    thing: str | None,
+    profile: str | None,
+    limit: int | None,
+    as_json: bool,
+) -> None:
+    """List certificates in the inventory, soonest expiry first."""
+    from pki.model import Status, parse_duration
+
+    window = parse_duration(expiring_within) if expiring_within else None
+    records = state.inventory().find(
+        now=state.now(),
+        status=Status(status) if status else None,
+        expiring_within=window,
+        thing=thing,
+        profile=profile,
+        limit=limit,
+    )
+    if as_json:
+        _print_json([r.to_json(state.now()) for r in records])
+        return
+    _print_table(records, state.now())
+
+
+def _print_table(records: Sequence[CertificateRecord], now: dt.datetime) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("serial", "name", "profile", "status", "not after", "sha256"):
+        table.add_column(column, no_wrap=True)
+    for r in records:
+        table.add_row(
+            r.serial_hex,
+            r.thing or r.common_name,
+            r.profile,
+            r.effective_status(now).value,
+            f"{r.not_after:%Y-%m-%d %H:%M}",
+            r.fingerprint_sha256[:16],
+        )
+    Console(width=200).print(table)
+    _err(f"{len(records)} certificate(s)")
+
+
+@cli.command("show")
+@click.argument("serial")
+@click.option("--pem", is_flag=True, help="Print the certificate PEM instead of the record.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def show_cmd(state: State, serial: str, pem: bool, as_json: bool) -> None:
+    """Show one certificate by serial (hex; colons and 0x are accepted)."""
+    from pki.model import parse_serial
+
+    number = parse_serial(serial)
+    inventory = state.inventory()
+    if pem:
+        click.echo(inventory.get_pem(number), nl=False)
+        return
+    record = inventory.get(number)
+    data = record.to_json(state.now())
+    if as_json:
+        _print_json(data)
+        return
+    for key, value in data.items():
+        click.echo(f"{key:>20}: {value if value is not None else '-'}")
+
+
+# ------------------------------------------------------------------------ revoke / crl
+
+
+@cli.command("revoke")
+@click.argument("serial")
+@click.option(
+    "--reason",
+    type=click.Choice(
+        [
+            "unspecified",
+            "key-compromise",
+            "ca-compromise",
+            "affiliation-changed",
+            "superseded",
+            "cessation-of-operation",
+            "privilege-withdrawn",
+        ]
+    ),
+    default="unspecified",
+    show_default=True,
+    help="RFC 5280 revocation reason.",
+)
+@click.option(
+    "--no-crl",
+    is_flag=True,
+    help="Do not re-sign HOME/crl/issuing.crl.pem (run 'fleetpki crl' later).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@pass_state
+def revoke_cmd(state: State, serial: str, reason: str, no_crl: bool, as_json: bool) -> None:
+    """Revoke a certificate. Idempotent: revoking twice keeps the first reason."""
+    from pki.model import RevocationReason, parse_serial
+    from pki.revocation import revoke
+
+    inventory = state.inventory()
+    ca = state.ca()
+    result = revoke(
+        inventory,
+        ca,
+        state.clock,
+        parse_serial(serial),
+        RevocationReason(reason),
+        state.home.actor(),
+    )
+    record = result.record
+    if result.changed and not no_crl:
+        _write_home_crl(state, ca)
+    if as_json:
+        _print_json(record.to_json(state.now()) | {"changed": result.changed})
+        return
+    if result.changed:
+        _err(f"revoked {record.serial_hex} ({record.thing or record.common_name}), reason {reason}")
+    else:
+        reason_text = record.revocation_reason.value if record.revocation_reason else "unspecified"
+        _err(
+            f"{record.serial_hex} was already revoked at {record.revoked_at:%Y-%m-%d %H:%M}Z "
+            f"(reason {reason_text}); nothing changed"
+        )
+
+
+def _write_home_crl(state: State, ca: CertificateAuthority) -> int:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from pki.files import atomic_write, ensure_dir
+    from pki.revocation import generate_crl
+
+    config = state.home.config()
+    import datetime as dt
+
+    result = generate_crl(
+        state.inventory(),
+        ca,
+        state.clock,
+        state.home.actor(),
+        dt.timedelta(days=config.crl_next_update_days),
+    )
+    path = state.home.crl_path
+    ensure_dir(path.parent)
+    atomic_write(path, result.crl.public_bytes(Encoding.PEM), 0o644)
+    _err(
+        f"CRL #{result.number} with {result.entries} entr{'y' if result.entries == 1 else 'ies'}"
+        f" written to {path}"
+    )
+    return result.number
+
+
+@cli.command("crl")
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the CRL here (default: stdout). HOME/crl/issuing.crl.pem is always updated too.",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["pem", "der"]), default="pem", show_default=True
+)
+@click.option(
+    "--next-update",
+    default=None,
+    metavar="DURATION",
+    help="Time until nextUpdate (default from config.json: 7d).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print what was signed as JSON.")
+@pass_state
+def crl_cmd(
+    state: State, out_file: Path | None, fmt: str, next_update: str | None, as_json: bool
+) -> None:
+    """Sign a full CRL of the issuing CA with the next CRL number."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from pki.errors import InvalidInput
+    from pki.files import atomic_write, ensure_dir
+    from pki.model import isoformat, parse_duration
+    from pki.revocation import generate_crl
+
+    config = state.home.config()
+    window = (
+        parse_duration(next_update)
+        if next_update
+        else dt.timedelta(days=config.crl_next_update_days)
+    )
+    if out_file is None and fmt == "der" and sys.stdout.isatty():
+        raise InvalidInput("refusing to write DER to a terminal; use --out FILE")
+    result = generate_crl(state.inventory(), state.ca(), state.clock, state.home.actor(), window)
+    pem = result.crl.public_bytes(Encoding.PEM)
+    data = pem if fmt == "pem" else result.crl.public_bytes(Encoding.DER)
+    ensure_dir(state.home.crl_path.parent)
+    atomic_write(state.home.crl_path, pem, 0o644)
+    if out_file is not None:
+        atomic_write(out_file, data, 0o644)
+    elif not as_json:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    summary = {
+        "number": result.number,
+        "entries": result.entries,
+        "this_update": isoformat(result.crl.last_update_utc),
+        "next_update": isoformat(result.crl.next_update_utc),
+        "path": str(out_file or state.home.crl_path),
+    }
+    if as_json:
+        _print_json(summary)
+    else:
+        _err(
+            f"CRL #{result.number}: {result.entries} revoked, next update "
+            f"{summary['next_update']}" + (f", written to {out_file}" if out_file else "")
+        )
+
+
+@cli.command("audit")
+@click.option("--serial", help="Only events of this certificate.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def audit_cmd(state: State, serial: str | None, limit: int, as_json: bool) -> None:
+    """Show the append-only audit log (issue, revoke, CRL, CA events), oldest first."""
+    from pki.model import isoformat, parse_serial
+
+    events = state.inventory().audit_log(limit, parse_serial(serial) if serial else None)
+    if as_json:
+        _print_json([e.to_json() for e in events])
+        return
+    for e in events:
+        detail = " ".join(f"{k}={v}" for k, v in sorted(e.detail.items()) if v is not None)
+        click.echo(f"{isoformat(e.at)} {e.actor} {e.action} {e.serial or '-'} {detail}")
+
+
+# ------------------------------------------------------------------------------ entry
+
+
+def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int:
+    """Run the CLI; return the exit code instead of exiting."""
+    from pki.clock import SystemClock
+    from pki.errors import FleetPkiError
+
+    state = State(home_path=Path(".fleetpki"), clock=clock or SystemClock())
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        result = cli.main(args=args, prog_name="fleetpki", standalone_mode=False, obj=state)
+        return result if isinstance(result, int) else 0
+    except FleetPkiError as exc:
+        _err(f"fleetpki: error: {exc}")
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        _err(f"fleetpki: error: {exc.format_message()}{hint}")
+        return 2
+    except click.ClickException as exc:
+        _err(f"fleetpki: error: {exc.format_message()}")
+        return exc.exit_code
+    except click.Abort:
+        _err("fleetpki: aborted")
+        return 1
+    except KeyboardInterrupt:
+        _err("fleetpki: interrupted")
+        return 130
+    except Exception as exc:  # a bug or an unexpected library failure: one line, exit 1
+        first = (str(exc).splitlines() or [""])[0]
+        _err(f"fleetpki: internal error: {type(exc).__name__}: {first}")
+        return 1
+    finally:
+        state.close()
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

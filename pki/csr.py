@@ -1,0 +1,158 @@
+"""Parse and verify a certificate signing request (proof of possession). Pure."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.x509.oid import NameOID
+
+from pki.errors import InvalidInput, PolicyViolation
+
+MAX_CSR_BYTES = 64 * 1024
+
+_CSR_MARKERS = (b"-----BEGIN CERTIFICATE REQUEST-----", b"-----BEGIN NEW CERTIFICATE REQUEST-----")
+_PRIVATE_KEY_MARKER = b"PRIVATE KEY-----"
+
+
+@dataclass(frozen=True)
+class KeyFacts:
+    """``algorithm`` is ``ec`` or ``rsa`` (anything else: ``unsupported:<name>``)."""
+
+    algorithm: str
+    curve: str | None = None
+    bits: int = 0
+    rsa_exponent: int | None = None
+
+    def describe(self) -> str:
+        if self.algorithm == "ec":
+            return f"EC {self.curve}"
+        if self.algorithm == "rsa":
+            return f"RSA {self.bits}"
+        return self.algorithm.removeprefix("unsupported:")
+
+
+@dataclass(frozen=True)
+class CsrFacts:
+    csr: x509.CertificateSigningRequest
+    key: KeyFacts
+    common_names: tuple[str, ...]
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]
+    uris: tuple[str, ...]
+    other_sans: tuple[str, ...]
+    requests_ca: bool
+    extension_oids: tuple[str, ...]
+    key_usage: x509.KeyUsage | None
+    eku: tuple[str, ...] | None
+    signature_hash: str | None
+
+    @property
+    def public_key(self) -> CertificatePublicKeyTypes:
+        return self.csr.public_key()
+
+
+def key_facts(key: object) -> KeyFacts:
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return KeyFacts("ec", curve=key.curve.name, bits=key.curve.key_size)
+    if isinstance(key, rsa.RSAPublicKey):
+        return KeyFacts("rsa", bits=key.key_size, rsa_exponent=key.public_numbers().e)
+    return KeyFacts(f"unsupported:{type(key).__name__.removeprefix('_')}")
+
+
+def parse(pem: bytes) -> CsrFacts:
+    """Load a PEM CSR, check its signature, and extract the facts policy needs.
+
+    Raises ``InvalidInput`` for anything that is not one well-formed CSR and
+    ``PolicyViolation('bad-signature')`` when the proof of possession fails.
+    """
+    if len(pem) > MAX_CSR_BYTES:
+        raise InvalidInput(f"CSR is {len(pem)} bytes, over the {MAX_CSR_BYTES // 1024} KiB limit")
+    if _PRIVATE_KEY_MARKER in pem:
+        raise InvalidInput(
+            "input contains a PRIVATE KEY block; send only the CSR, never the device key"
+        )
+    if not any(marker in pem for marker in _CSR_MARKERS):
+        raise InvalidInput("input is not a PEM certificate request (no BEGIN CERTIFICATE REQUEST)")
+    if sum(pem.count(marker) for marker in _CSR_MARKERS) > 1:
+        raise InvalidInput("input holds more than one certificate request; send one per file")
+    try:
+        csr = x509.load_pem_x509_csr(pem)
+    except ValueError as exc:
+        raise InvalidInput(f"malformed CSR: {_first_line(exc)}") from None
+    try:
+        signature_ok = csr.is_signature_valid
+        public_key = csr.public_key()
+    except (ValueError, x509.UnsupportedGeneralNameType) as exc:
+        raise InvalidInput(f"malformed CSR: {_first_line(exc)}") from None
+    except Exception as exc:  # cryptography raises several types for odd keys
+        raise PolicyViolation("unsupported-key", f"CSR key cannot be used: {exc}") from None
+    if not signature_ok:
+        raise PolicyViolation(
+            "bad-signature",
+            "CSR signature does not verify (the request was altered or not signed by its key)",
+        )
+    try:
+        return _facts(csr, public_key)
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+        raise InvalidInput(f"malformed CSR extensions: {_first_line(exc)}") from None
+
+
+def _facts(csr: x509.CertificateSigningRequest, public_key: object) -> CsrFacts:
+    cns = tuple(str(attr.value) for attr in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME))
+    dns: list[str] = []
+    ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    uris: list[str] = []
+    other: list[str] = []
+    requests_ca = False
+    key_usage: x509.KeyUsage | None = None
+    eku: tuple[str, ...] | None = None
+    oids: list[str] = []
+    for ext in csr.extensions:
+        oids.append(ext.oid.dotted_string)
+        value = ext.value
+        if isinstance(value, x509.SubjectAlternativeName):
+            for gn in value:
+                if isinstance(gn, x509.DNSName):
+                    dns.append(gn.value)
+                elif isinstance(gn, x509.IPAddress):
+                    if isinstance(gn.value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+                        ips.append(gn.value)
+                    else:
+                        other.append(f"IP network {gn.value}")
+                elif isinstance(gn, x509.UniformResourceIdentifier):
+                    uris.append(gn.value)
+                elif isinstance(gn, x509.RFC822Name):
+                    other.append(f"email:{gn.value}")
+                else:
+                    other.append(type(gn).__name__)
+        elif isinstance(value, x509.BasicConstraints):
+            requests_ca = value.ca
+        elif isinstance(value, x509.KeyUsage):
+            key_usage = value
+        elif isinstance(value, x509.ExtendedKeyUsage):
+            eku = tuple(oid.dotted_string for oid in value)
+    algorithm = csr.signature_hash_algorithm
+    return CsrFacts(
+        csr=csr,
+        key=key_facts(public_key),
+        common_names=cns,
+        dns_names=tuple(dns),
+        ip_addresses=tuple(ips),
+        uris=tuple(uris),
+        other_sans=tuple(other),
+        requests_ca=requests_ca,
+        extension_oids=tuple(oids),
+        key_usage=key_usage,
+        eku=eku,
+        signature_hash=algorithm.name if isinstance(algorithm, hashes.HashAlgorithm) else None,
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,103 @@
+"""Getting certificates to the operator: CSR files in, PEM files out, never half-written."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+
+from pki.backends.local import generate_key
+from pki.csr import MAX_CSR_BYTES
+from pki.errors import AlreadyExists, InvalidInput
+from pki.files import atomic_write, ensure_dir, remove_quietly
+from pki.model import IssuedCertificate, KeyType
+
+CERT_FILE = "cert.pem"
+CHAIN_FILE = "chain.pem"
+FULLCHAIN_FILE = "fullchain.pem"
+KEY_FILE = "key.pem"
+
+
+def read_csr(path: Path) -> bytes:
+    try:
+        size = path.stat().st_size
+        if size > MAX_CSR_BYTES:
+            raise InvalidInput(
+                f"CSR file {path} is {size} bytes, over the {MAX_CSR_BYTES // 1024} KiB limit"
+            )
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read CSR file {path}: {exc.strerror}") from None
+
+
+def make_key_and_csr(key_type: KeyType, common_name: str) -> tuple[bytes, bytes]:
+    """A new private key (PEM, unencrypted, for the device) and a CSR signed by it."""
+    key = generate_key(key_type)
+    try:
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    except ValueError as exc:
+        raise InvalidInput(f"name {common_name!r} cannot be a common name: {exc}") from None
+    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return key_pem, csr.public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass(frozen=True)
+class OutputFolder:
+    """``cert.pem``, ``chain.pem`` (issuing CA + root), ``fullchain.pem`` (cert + issuing CA)
+    and, with a generated key, ``key.pem`` (0600)."""
+
+    path: Path
+    with_key: bool = False
+    force: bool = False
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        names = (CERT_FILE, CHAIN_FILE, FULLCHAIN_FILE) + ((KEY_FILE,) if self.with_key else ())
+        return tuple(self.path / n for n in names)
+
+    def check_free(self) -> None:
+        if self.force:
+            return
+        for file in self.files:
+            if file.exists():
+                raise AlreadyExists(
+                    f"{file} already exists; use --force to replace it, or another --out"
+                )
+
+    def deliver(self, key_pem: bytes | None) -> Callable[[IssuedCertificate], Callable[[], None]]:
+        def write(issued: IssuedCertificate) -> Callable[[], None]:
+            written: list[Path] = []
+
+            def undo() -> None:
+                for file in written:
+                    remove_quietly(file)
+
+            try:
+                ensure_dir(self.path, 0o700 if key_pem is not None else 0o755)
+                overwrite = self.force
+                if key_pem is not None:
+                    atomic_write(self.path / KEY_FILE, key_pem, 0o600, overwrite=overwrite)
+                    written.append(self.path / KEY_FILE)
+                issuing_pem = issued.chain[0].public_bytes(serialization.Encoding.PEM)
+                for name, data in (
+                    (CERT_FILE, issued.cert_pem),
+                    (CHAIN_FILE, issued.chain_pem),
+                    (FULLCHAIN_FILE, issued.cert_pem + issuing_pem),
+                ):
+                    atomic_write(self.path / name, data, 0o644, overwrite=overwrite)
+                    written.append(self.path / name)
+            except BaseException:
+                undo()
+                raise
+            return undo
+
+        return write

@@ -1,0 +1,80 @@
+"""One error tree for fleetpki.
+
+Every message is written for an operator: one line, naming the problem and,
+where it helps, what to do. Operator errors exit 2, internal/backend failures 1.
+No message ever includes private-key material or the CA passphrase.
+"""
+
+from __future__ import annotations
+
+
+class FleetPkiError(Exception):
+    """Root of every error fleetpki raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class OperatorError(FleetPkiError):
+    """The request cannot be served as given; the operator can fix it (exit 2)."""
+
+    exit_code = 2
+
+
+class InvalidInput(OperatorError):
+    """Input that cannot be parsed or is out of range (malformed PEM, bad option...)."""
+
+
+class PolicyViolation(OperatorError):
+    """A well-formed request that the certificate policy refuses.
+
+    ``reason`` is a stable machine-readable code (``weak-key``, ``san-not-allowed``...);
+    the message explains it to a person.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"policy violation ({self.reason}): {self.message}"
+
+
+class NotFound(OperatorError):
+    """The named object (serial, thing, CA...) does not exist."""
+
+
+class AlreadyExists(OperatorError):
+    """Creating the object would overwrite an existing one."""
+
+
+class WrongPassphrase(OperatorError):
+    """The CA key could not be decrypted with the passphrase given."""
+
+
+class BackendError(FleetPkiError):
+    """A CA backend failed while doing ``operation``."""
+
+    def __init__(self, operation: str, backend: str, cause: str) -> None:
+        super().__init__(f"{backend} backend failed to {operation}: {cause}")
+        self.operation = operation
+        self.backend = backend
+        self.cause = cause
+
+
+class IssuedCertificateMismatch(BackendError):
+    """The backend returned a certificate that does not match what was asked for."""
+
+
+class StorageError(FleetPkiError):
+    """The inventory or the file system failed (exit 1)."""
+
+
+class PublishError(FleetPkiError):
+    """Publishing a bundle or a CRL failed (exit 1)."""

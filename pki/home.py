@@ -1,0 +1,131 @@
+"""The fleetpki home: where the CA, its configuration, the CRL and the SQLite inventory live.
+
+This is the I/O edge that turns ``--home`` and the environment into backends.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import secrets
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pki.errors import InvalidInput, NotFound, OperatorError, StorageError
+from pki.files import atomic_write, ensure_dir
+from pki.policy import PolicySettings
+
+PASSPHRASE_ENV = "FLEETPKI_CA_PASSPHRASE"  # noqa: S105 (a variable name, not a secret)
+DATABASE_ENV = "FLEETPKI_DATABASE_URL"
+HOME_ENV = "FLEETPKI_HOME"
+DEFAULT_HOME = ".fleetpki"
+
+
+@dataclass(frozen=True)
+class HomeConfig:
+    backend: str = "local"
+    key_type: str = "ec-p256"
+    common_name: str = "fleetpki"
+    crl_next_update_days: int = 7
+    policy: PolicySettings = field(default_factory=PolicySettings)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> HomeConfig:
+        policy = PolicySettings(**data.get("policy", {}))
+        rest = {k: v for k, v in data.items() if k != "policy"}
+        return cls(policy=policy, **rest)
+
+
+@dataclass(frozen=True)
+class Home:
+    path: Path
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.path / "ca"
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def passphrase_path(self) -> Path:
+        return self.path / "ca-passphrase"
+
+    @property
+    def crl_path(self) -> Path:
+        return self.path / "crl" / "issuing.crl.pem"
+
+    @property
+    def database_url(self) -> str:
+        return os.environ.get(DATABASE_ENV) or f"sqlite:///{self.path / 'inventory.db'}"
+
+    @staticmethod
+    def actor() -> str:
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = str(os.getuid())
+        return f"cli:{user}"
+
+    def ensure(self) -> None:
+        ensure_dir(self.path, 0o700)
+
+    def has_ca(self) -> bool:
+        return self.config_path.exists()
+
+    def config(self) -> HomeConfig:
+        try:
+            raw = self.config_path.read_text()
+        except FileNotFoundError:
+            raise NotFound(
+                f"no CA in {self.path}; run 'fleetpki ca init' first (or set --home / {HOME_ENV})"
+            ) from None
+        try:
+            return HomeConfig.from_json(json.loads(raw))
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(
+                f"{self.config_path} is not a valid fleetpki config: {exc}"
+            ) from None
+
+    def write_config(self, config: HomeConfig) -> None:
+        atomic_write(
+            self.config_path, (json.dumps(config.to_json(), indent=2) + "\n").encode(), 0o600
+        )
+
+    def passphrase(self) -> bytes:
+        """The CA key passphrase: ``FLEETPKI_CA_PASSPHRASE``, else the home's generated file."""
+        env = os.environ.get(PASSPHRASE_ENV)
+        if env:
+            return env.encode()
+        try:
+            value = self.passphrase_path.read_bytes().strip()
+        except FileNotFoundError:
+            raise OperatorError(
+                f"the CA key passphrase is not available: set {PASSPHRASE_ENV} "
+                f"(no {self.passphrase_path.name} file in the home)"
+            ) from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.passphrase_path}: {exc.strerror}") from None
+        if not value:
+            raise OperatorError(f"{self.passphrase_path} is empty; set {PASSPHRASE_ENV}")
+        return value
+
+    def new_passphrase(self) -> tuple[bytes, bool]:
+        """For ``ca init``: the env passphrase, or a new random one stored 0600 in the home.
+
+        Returns the passphrase and whether it was generated.
+        """
+        env = os.environ.get(PASSPHRASE_ENV)
+        if env:
+            if len(env) < 12:
+                raise InvalidInput(f"{PASSPHRASE_ENV} is too short: use at least 12 characters")
+            return env.encode(), False
+        value = secrets.token_urlsafe(32).encode()
+        atomic_write(self.passphrase_path, value + b"\n", 0o600, overwrite=False)
+        return value, True

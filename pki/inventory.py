@@ -1,0 +1,430 @@
+"""The inventory: every certificate, every audit event, every CRL number.
+
+SQLAlchemy 2 Core. SQLite (WAL) in the home by default; PostgreSQL when
+``FLEETPKI_DATABASE_URL`` names one. Callers group writes in ``transaction()``
+so a certificate becomes visible in the same commit that records it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from pki.backends import RevokedEntry
+from pki.clock import as_utc
+from pki.errors import NotFound, StorageError
+from pki.model import CertificateRecord, RevocationReason, Status, serial_hex
+
+SCHEMA_VERSION = 1
+
+
+class UtcDateTime(sa.types.TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC in, timezone-aware UTC out, on SQLite and PostgreSQL alike."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the inventory")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        return None if value is None else as_utc(value)
+
+
+metadata = sa.MetaData()
+
+certificates = sa.Table(
+    "certificates",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("serial", sa.String(42), nullable=False, unique=True),
+    sa.Column("fingerprint_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("thing", sa.String(128), nullable=True, index=True),
+    sa.Column("common_name", sa.String(255), nullable=False),
+    sa.Column("profile", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("backend", sa.String(32), nullable=False),
+    sa.Column("issuer", sa.Text, nullable=False),
+    sa.Column("not_before", UtcDateTime, nullable=False),
+    sa.Column("not_after", UtcDateTime, nullable=False),
+    sa.Column("sans", sa.Text, nullable=False, default="[]"),
+    sa.Column("pem", sa.Text, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("revoked_at", UtcDateTime, nullable=True),
+    sa.Column("revocation_reason", sa.String(32), nullable=True),
+    sa.Index("ix_certificates_status_not_after", "status", "not_after"),
+)
+
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("serial", sa.String(42), nullable=True, index=True),
+    sa.Column("detail", sa.Text, nullable=False, default="{}"),
+)
+
+crls = sa.Table(
+    "crls",
+    metadata,
+    sa.Column("issuer", sa.String(512), primary_key=True),
+    sa.Column("number", sa.BigInteger, primary_key=True),
+    sa.Column("this_update", UtcDateTime, nullable=False),
+    sa.Column("next_update", UtcDateTime, nullable=False),
+    sa.Column("entries", sa.Integer, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+meta = sa.Table(
+    "fleetpki_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class NewCertificate:
+    """A row to insert: the record plus the public certificate PEM."""
+
+    record: CertificateRecord
+    pem: str
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    at: dt.datetime
+    actor: str
+    action: str
+    serial: str | None
+    detail: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        from pki.model import isoformat
+
+        return {
+            "at": isoformat(self.at),
+            "actor": self.actor,
+            "action": self.action,
+            "serial": self.serial,
+            "detail": self.detail,
+        }
+
+
+def normalise_url(url: str) -> str:
+    """``postgresql://`` without a driver means psycopg 3."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=15000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class Inventory:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str) -> Inventory:
+        url = normalise_url(url)
+        try:
+            engine = sa.create_engine(url, future=True)
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+            raise StorageError(f"cannot use database URL {_redact(url)}: {exc}") from None
+        if engine.dialect.name == "sqlite":
+            sa.event.listen(engine, "connect", _sqlite_pragmas)
+        inventory = cls(engine)
+        inventory._create_schema()
+        return inventory
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _create_schema(self) -> None:
+        try:
+            with self.engine.begin() as conn:
+                metadata.create_all(conn)
+                found = conn.execute(
+                    sa.select(meta.c.value).where(meta.c.key == "schema_version")
+                ).scalar()
+                if found is None:
+                    conn.execute(
+                        meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION))
+                    )
+                elif int(found) > SCHEMA_VERSION:
+                    raise StorageError(
+                        f"the inventory has schema version {found}, newer than this fleetpki "
+                        f"understands ({SCHEMA_VERSION}); upgrade fleetpki"
+                    )
+        except sa.exc.SQLAlchemyError as exc:
+            raise StorageError(
+                f"cannot open the inventory at {_redact(str(self.engine.url))}: {_why(exc)}"
+            ) from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except sa.exc.IntegrityError as exc:
+            raise StorageError(f"inventory refused the write: {_why(exc)}") from None
+        except sa.exc.SQLAlchemyError as exc:
+            raise StorageError(f"inventory write failed: {_why(exc)}") from None
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except sa.exc.SQLAlchemyError as exc:
+            raise StorageError(f"inventory read failed: {_why(exc)}") from None
+
+    # -- writes (inside a caller's transaction) -----------------------------------------
+
+    def add_certificates(self, conn: Connection, rows: Sequence[NewCertificate]) -> None:
+        if rows:
+            conn.execute(certificates.insert(), [_row(r) for r in rows])
+
+    def audit(
+        self,
+        conn: Connection,
+        events: Iterable[AuditEvent],
+    ) -> None:
+        values = [
+            {
+                "at": e.at,
+                "actor": e.actor,
+                "action": e.action,
+                "serial": e.serial,
+                "detail": json.dumps(e.detail, sort_keys=True),
+            }
+            for e in events
+        ]
+        if values:
+            conn.execute(audit_events.insert(), values)
+
+    def mark_revoked(
+        self, conn: Connection, serial: int, at: dt.datetime, reason: RevocationReason
+    ) -> bool:
+        """Revoke an active (or quarantined) certificate. False if it was already revoked."""
+        result = conn.execute(
+            certificates.update()
+            .where(certificates.c.serial == serial_hex(serial))
+            .where(certificates.c.status != Status.REVOKED.value)
+            .values(status=Status.REVOKED.value, revoked_at=at, revocation_reason=reason.value)
+        )
+        return bool(result.rowcount)
+
+    def next_crl_number(self, conn: Connection, issuer: str) -> int:
+        """One more than the highest number ever used for ``issuer`` (the row lock, or
+        SQLite's write lock, keeps two writers from taking the same number)."""
+        query = sa.select(sa.func.max(crls.c.number)).where(crls.c.issuer == issuer)
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("LOCK TABLE crls IN SHARE ROW EXCLUSIVE MODE"))
+        else:
+            conn.execute(
+                sa.text("UPDATE fleetpki_meta SET value = value WHERE key = 'schema_version'")
+            )
+        current = conn.execute(query).scalar()
+        return int(current or 0) + 1
+
+    def record_crl(
+        self,
+        conn: Connection,
+        issuer: str,
+        number: int,
+        this_update: dt.datetime,
+        next_update: dt.datetime,
+        entries: int,
+        now: dt.datetime,
+    ) -> None:
+        conn.execute(
+            crls.insert().values(
+                issuer=issuer,
+                number=number,
+                this_update=this_update,
+                next_update=next_update,
+                entries=entries,
+                created_at=now,
+            )
+        )
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def get(self, serial: int) -> CertificateRecord:
+        with self._reading() as conn:
+            row = conn.execute(
+                sa.select(certificates).where(certificates.c.serial == serial_hex(serial))
+            ).first()
+        if row is None:
+            raise NotFound(f"no certificate with serial {serial_hex(serial)} in the inventory")
+        return _record(row)
+
+    def get_pem(self, serial: int) -> str:
+        with self._reading() as conn:
+            pem = conn.execute(
+                sa.select(certificates.c.pem).where(certificates.c.serial == serial_hex(serial))
+            ).scalar()
+        if pem is None:
+            raise NotFound(f"no certificate with serial {serial_hex(serial)} in the inventory")
+        return str(pem)
+
+    def find(
+        self,
+        *,
+        now: dt.datetime,
+        status: Status | None = None,
+        expiring_within: dt.timedelta | None = None,
+        thing: str | None = None,
+        profile: str | None = None,
+        limit: int | None = None,
+        include_ca: bool = False,
+    ) -> list[CertificateRecord]:
+        query = sa.select(certificates).order_by(certificates.c.not_after, certificates.c.id)
+        c = certificates.c
+        if status is Status.ACTIVE:
+            query = query.where(c.status == Status.ACTIVE.value, c.not_after > now)
+        elif status is Status.EXPIRED:
+            query = query.where(c.status == Status.ACTIVE.value, c.not_after <= now)
+        elif status is not None:
+            query = query.where(c.status == status.value)
+        if expiring_within is not None:
+            query = query.where(
+                c.status == Status.ACTIVE.value,
+                c.not_after > now,
+                c.not_after <= now + expiring_within,
+            )
+        if thing is not None:
+            query = query.where(c.thing == thing)
+        if profile is not None:
+            query = query.where(c.profile == profile)
+        elif not include_ca:
+            query = query.where(c.profile.not_in(("root-ca", "issuing-ca")))
+        if limit is not None:
+            query = query.limit(limit)
+        with self._reading() as conn:
+            return [_record(row) for row in conn.execute(query)]
+
+    def revoked_entries(self, issuer: str, now: dt.datetime) -> list[RevokedEntry]:
+        """Revoked, unexpired certificates of ``issuer``, for the CRL."""
+        c = certificates.c
+        query = (
+            sa.select(c.serial, c.revoked_at, c.revocation_reason)
+            .where(c.issuer == issuer, c.status == Status.REVOKED.value, c.not_after > now)
+            .order_by(c.revoked_at, c.serial)
+        )
+        with self._reading() as conn:
+            return [
+                RevokedEntry(
+                    serial=int(row.serial, 16),
+                    revoked_at=as_utc(row.revoked_at),
+                    reason=RevocationReason(row.revocation_reason or "unspecified"),
+                )
+                for row in conn.execute(query)
+            ]
+
+    def audit_log(self, limit: int = 100, serial: int | None = None) -> list[AuditEvent]:
+        query = sa.select(audit_events).order_by(audit_events.c.id.desc()).limit(limit)
+        if serial is not None:
+            query = query.where(audit_events.c.serial == serial_hex(serial))
+        with self._reading() as conn:
+            rows = list(conn.execute(query))
+        return [
+            AuditEvent(
+                at=as_utc(r.at),
+                actor=r.actor,
+                action=r.action,
+                serial=r.serial,
+                detail=json.loads(r.detail),
+            )
+            for r in reversed(rows)
+        ]
+
+    def latest_crl_number(self, issuer: str) -> int | None:
+        with self._reading() as conn:
+            value = conn.execute(
+                sa.select(sa.func.max(crls.c.number)).where(crls.c.issuer == issuer)
+            ).scalar()
+        return None if value is None else int(value)
+
+    def count(self) -> int:
+        with self._reading() as conn:
+            return int(
+                conn.execute(sa.select(sa.func.count()).select_from(certificates)).scalar() or 0
+            )
+
+
+def _row(new: NewCertificate) -> dict[str, Any]:
+    r = new.record
+    return {
+        "serial": r.serial_hex,
+        "fingerprint_sha256": r.fingerprint_sha256,
+        "thing": r.thing,
+        "common_name": r.common_name,
+        "profile": r.profile,
+        "status": r.status.value,
+        "backend": r.backend,
+        "issuer": r.issuer,
+        "not_before": r.not_before,
+        "not_after": r.not_after,
+        "sans": json.dumps(list(r.sans)),
+        "pem": new.pem,
+        "created_at": r.created_at,
+        "revoked_at": r.revoked_at,
+        "revocation_reason": r.revocation_reason.value if r.revocation_reason else None,
+    }
+
+
+def _record(row: Any) -> CertificateRecord:
+    return CertificateRecord(
+        serial=int(row.serial, 16),
+        thing=row.thing,
+        common_name=row.common_name,
+        profile=row.profile,
+        status=Status(row.status),
+        not_before=as_utc(row.not_before),
+        not_after=as_utc(row.not_after),
+        fingerprint_sha256=row.fingerprint_sha256,
+        issuer=row.issuer,
+        backend=row.backend,
+        created_at=as_utc(row.created_at),
+        revoked_at=as_utc(row.revoked_at) if row.revoked_at else None,
+        revocation_reason=(
+            RevocationReason(row.revocation_reason) if row.revocation_reason else None
+        ),
+        sans=tuple(json.loads(row.sans)),
+    )
+
+
+def _why(exc: Exception) -> str:
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _redact(url: str) -> str:
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<unparsable URL>"

@@ -1,0 +1,296 @@
+"""Issuance: CSR -> policy -> backend -> verify what came back -> inventory -> delivery.
+
+A rejection at any step writes nothing. A delivered certificate is committed to the
+inventory in the same transaction that delivers it; if the commit fails, delivery is
+undone (files removed), so there is never a handed-out certificate without a row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+
+from pki import csr as csr_mod
+from pki import policy
+from pki.backends import CertificateAuthority, SigningRequest
+from pki.clock import Clock
+from pki.errors import FleetPkiError, IssuedCertificateMismatch, OperatorError
+from pki.inventory import AuditEvent, Inventory, NewCertificate
+from pki.model import CertificateRecord, IssuedCertificate, IssueRequest, Status
+from pki.policy import BACKDATE, PolicySettings
+from pki.profiles import get_profile
+
+PEM = serialization.Encoding.PEM
+
+# Delivery writes the certificate somewhere (files, a response) and returns how to undo it.
+Deliver = Callable[[IssuedCertificate], Callable[[], None]]
+
+BATCH_COMMIT_SIZE = 1000
+
+
+def _no_delivery(_issued: IssuedCertificate) -> Callable[[], None]:
+    return lambda: None
+
+
+@dataclass(frozen=True)
+class Failure:
+    name: str
+    error: FleetPkiError
+
+
+@dataclass
+class BatchReport:
+    issued: list[IssuedCertificate] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def spki(key: CertificatePublicKeyTypes) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def verify_issued(
+    cert: x509.Certificate,
+    request: SigningRequest,
+    issuing_ca: x509.Certificate,
+    *,
+    check_signature: bool,
+) -> None:
+    """Check a certificate a backend returned against what was asked for.
+
+    Raises ``IssuedCertificateMismatch`` naming the first difference.
+    """
+    plan = request.plan
+
+    def bad(what: str) -> IssuedCertificateMismatch:
+        return IssuedCertificateMismatch("issue", "CA", f"returned certificate {what}")
+
+    if spki(cert.public_key()) != spki(request.public_key):
+        raise bad("has a different public key than the CSR")
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    if lifetime > dt.timedelta(days=plan.profile.max_days) + BACKDATE:
+        raise bad(f"is valid for {lifetime.days} days, over the profile's {plan.profile.max_days}")
+    if cert.not_valid_after_utc > issuing_ca.not_valid_after_utc:
+        raise bad("outlives the issuing CA")
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound as exc:
+        raise bad(f"lacks an extension: {exc}") from None
+    if constraints.ca:
+        raise bad("is a CA certificate")
+    if usage.key_cert_sign or usage.crl_sign:
+        raise bad("may sign certificates or CRLs")
+    if set(eku) != set(plan.profile.eku):
+        raise bad(f"has extended key usage {[o.dotted_string for o in eku]}")
+    uris = set(san.get_values_for_type(x509.UniformResourceIdentifier))
+    if not set(plan.uris) <= uris:
+        raise bad(f"lacks the SAN URI {sorted(set(plan.uris) - uris)}")
+    dns = set(san.get_values_for_type(x509.DNSName))
+    if not set(plan.dns_names) <= dns:
+        raise bad(f"lacks the DNS names {sorted(set(plan.dns_names) - dns)}")
+    if cert.issuer != issuing_ca.subject:
+        raise bad(f"was issued by {cert.issuer.rfc4514_string()}, not the issuing CA")
+    if check_signature:
+        try:
+            cert.verify_directly_issued_by(issuing_ca)
+        except (ValueError, TypeError, Exception) as exc:
+            raise bad(f"does not verify against the issuing CA: {exc}") from None
+
+
+class Issuer:
+    """Issues certificates through one backend into one inventory."""
+
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        inventory: Inventory,
+        clock: Clock,
+        settings: PolicySettings | None = None,
+        *,
+        verify_signature: bool = True,
+    ) -> None:
+        self.ca = ca
+        self.inventory = inventory
+        self.clock = clock
+        self.settings = settings or PolicySettings()
+        self.verify_signature = verify_signature
+        self._chain = ca.chain()
+        self._chain_pem = b"".join(c.public_bytes(PEM) for c in self._chain)
+        self._issuer_name = self._chain[0].subject.rfc4514_string()
+
+    @property
+    def chain_pem(self) -> bytes:
+        return self._chain_pem
+
+    def prepare(self, request: IssueRequest) -> SigningRequest:
+        """Parse the CSR and apply the policy: raises before anything is signed."""
+        facts = csr_mod.parse(request.csr_pem)
+        profile = get_profile(request.profile, allow_wildcard=self.settings.allow_wildcard)
+        plan = policy.evaluate(
+            facts,
+            profile,
+            request,
+            self.settings,
+            self.clock.now(),
+            self._chain[0].not_valid_after_utc,
+        )
+        return SigningRequest(
+            plan=plan,
+            public_key=facts.public_key,
+            csr=facts.csr,
+            serial=x509.random_serial_number(),
+        )
+
+    def sign(self, request: SigningRequest, actor: str) -> IssuedCertificate:
+        """Sign through the backend and check the result; quarantine a mismatch."""
+        cert = self.ca.issue(request)
+        try:
+            verify_issued(cert, request, self._chain[0], check_signature=self.verify_signature)
+        except IssuedCertificateMismatch:
+            self._quarantine(cert, request, actor)
+            raise
+        return self._result(cert, request)
+
+    def issue(self, request: IssueRequest, deliver: Deliver = _no_delivery) -> IssuedCertificate:
+        issued = self.sign(self.prepare(request), request.actor)
+        self._commit([issued], deliver, request.actor)
+        return issued
+
+    def issue_batch(
+        self,
+        requests: Iterable[IssueRequest],
+        deliver: Deliver = _no_delivery,
+        progress: Callable[[IssueRequest, FleetPkiError | None], None] | None = None,
+        commit_size: int = BATCH_COMMIT_SIZE,
+    ) -> BatchReport:
+        """Issue many; an operator error on one request is recorded and the rest go on.
+
+        Rows are committed ``commit_size`` at a time. A storage failure stops the batch
+        (raised); everything committed before it stays issued and delivered.
+        """
+        report = BatchReport()
+        pending: list[tuple[IssuedCertificate, str]] = []
+        for request in requests:
+            error: FleetPkiError | None = None
+            try:
+                pending.append((self.sign(self.prepare(request), request.actor), request.actor))
+            except OperatorError as exc:
+                error = exc
+                report.failed.append(Failure(request.name, exc))
+            if len(pending) >= commit_size:
+                self._commit_pending(pending, deliver, report)
+            if progress is not None:
+                progress(request, error)
+        self._commit_pending(pending, deliver, report)
+        return report
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _commit_pending(
+        self,
+        pending: list[tuple[IssuedCertificate, str]],
+        deliver: Deliver,
+        report: BatchReport,
+    ) -> None:
+        if not pending:
+            return
+        actor = pending[0][1]
+        issued = [item for item, _ in pending]
+        self._commit(issued, deliver, actor)
+        report.issued.extend(issued)
+        pending.clear()
+
+    def _commit(self, issued: Sequence[IssuedCertificate], deliver: Deliver, actor: str) -> None:
+        now = self.clock.now()
+        undo: list[Callable[[], None]] = []
+        try:
+            with self.inventory.transaction() as conn:
+                self.inventory.add_certificates(
+                    conn, [NewCertificate(i.record, i.cert_pem.decode()) for i in issued]
+                )
+                self.inventory.audit(conn, (self._audit_event(i, actor, now) for i in issued))
+                for item in issued:
+                    undo.append(deliver(item))
+        except BaseException:
+            for step in reversed(undo):
+                step()
+            raise
+
+    def _audit_event(self, issued: IssuedCertificate, actor: str, now: dt.datetime) -> AuditEvent:
+        record = issued.record
+        return AuditEvent(
+            at=now,
+            actor=actor,
+            action="issue",
+            serial=record.serial_hex,
+            detail={
+                "profile": record.profile,
+                "thing": record.thing,
+                "common_name": record.common_name,
+                "backend": record.backend,
+                "not_after": record.not_after.isoformat(),
+            },
+        )
+
+    def _result(
+        self,
+        cert: x509.Certificate,
+        request: SigningRequest,
+        status: Status = Status.ACTIVE,
+    ) -> IssuedCertificate:
+        plan = request.plan
+        record = CertificateRecord(
+            serial=cert.serial_number,
+            thing=plan.thing,
+            common_name=plan.common_name,
+            profile=plan.profile.name,
+            status=status,
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+            fingerprint_sha256=fingerprint(cert),
+            issuer=self._issuer_name,
+            backend=self.ca.name,
+            created_at=self.clock.now(),
+            sans=(*plan.dns_names, *(str(i) for i in plan.ip_addresses), *plan.uris),
+        )
+        return IssuedCertificate(
+            certificate=cert,
+            chain=self._chain,
+            record=record,
+            cert_pem=cert.public_bytes(PEM),
+            chain_pem=self._chain_pem,
+        )
+
+    def _quarantine(self, cert: x509.Certificate, request: SigningRequest, actor: str) -> None:
+        """Keep a record of a certificate the backend got wrong; it is never handed out."""
+        bad = self._result(cert, request, Status.QUARANTINED)
+        now = self.clock.now()
+        with self.inventory.transaction() as conn:
+            self.inventory.add_certificates(
+                conn, [NewCertificate(bad.record, bad.cert_pem.decode())]
+            )
+            self.inventory.audit(
+                conn,
+                [
+                    AuditEvent(
+                        now,
+                        actor,
+                        "quarantine",
+                        bad.record.serial_hex,
+                        {"reason": "returned certificate does not match the request"},
+                    )
+                ],
+            )
