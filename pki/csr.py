@@ -14,6 +14,7 @@ from cryptography.x509.oid import NameOID
 from pki.errors import InvalidInput, PolicyViolation
 
 MAX_CSR_BYTES = 64 * 1024
+WEAK_HASHES = frozenset({"md5", "sha1", "sha224"})
 
 _CSR_MARKERS = (b"-----BEGIN CERTIFICATE REQUEST-----", b"-----BEGIN NEW CERTIFICATE REQUEST-----")
 _PRIVATE_KEY_MARKER = b"PRIVATE KEY-----"
@@ -49,7 +50,6 @@ class CsrFacts:
     extension_oids: tuple[str, ...]
     key_usage: x509.KeyUsage | None
     eku: tuple[str, ...] | None
-    signature_hash: str | None
 
     @property
     def public_key(self) -> CertificatePublicKeyTypes:
@@ -84,6 +84,15 @@ def parse(pem: bytes) -> CsrFacts:
         csr = x509.load_pem_x509_csr(pem)
     except ValueError as exc:
         raise InvalidInput(f"malformed CSR: {_first_line(exc)}") from None
+    try:
+        algorithm = csr.signature_hash_algorithm
+    except Exception:  # an algorithm cryptography does not know
+        algorithm = None
+    if isinstance(algorithm, hashes.HashAlgorithm) and algorithm.name in WEAK_HASHES:
+        raise PolicyViolation(
+            "weak-signature",
+            f"CSR is signed with {algorithm.name.upper()}; use SHA-256 or stronger",
+        )
     try:
         signature_ok = csr.is_signature_valid
         public_key = csr.public_key()
@@ -136,7 +145,6 @@ def _facts(csr: x509.CertificateSigningRequest, public_key: object) -> CsrFacts:
             key_usage = value
         elif isinstance(value, x509.ExtendedKeyUsage):
             eku = tuple(oid.dotted_string for oid in value)
-    algorithm = csr.signature_hash_algorithm
     return CsrFacts(
         csr=csr,
         key=key_facts(public_key),
@@ -149,7 +157,6 @@ def _facts(csr: x509.CertificateSigningRequest, public_key: object) -> CsrFacts:
         extension_oids=tuple(oids),
         key_usage=key_usage,
         eku=eku,
-        signature_hash=algorithm.name if isinstance(algorithm, hashes.HashAlgorithm) else None,
     )
 
 

@@ -37,7 +37,6 @@ _ALLOWED_CSR_EXTENSIONS = frozenset(
         ExtensionOID.SUBJECT_KEY_IDENTIFIER.dotted_string,
     }
 )
-_WEAK_HASHES = frozenset({"md5", "sha1", "sha224"})
 
 
 @dataclass(frozen=True)
@@ -136,15 +135,6 @@ def check_key(ctx: PolicyContext) -> Violation | None:
         "unsupported-key",
         f"key type {key.describe()} is not accepted; use EC P-256 or P-384, or RSA >= 2048",
     )
-
-
-def check_signature_hash(ctx: PolicyContext) -> Violation | None:
-    name = ctx.facts.signature_hash
-    if name in _WEAK_HASHES:
-        return Violation(
-            "weak-signature", f"CSR is signed with {name.upper()}; use SHA-256 or stronger"
-        )
-    return None
 
 
 def check_not_ca(ctx: PolicyContext) -> Violation | None:
@@ -276,7 +266,6 @@ def check_validity(ctx: PolicyContext) -> Violation | None:
 CHECKS: Sequence[Check] = (
     check_name,
     check_key,
-    check_signature_hash,
     check_not_ca,
     check_extensions,
     check_common_name,

@@ -1,0 +1,154 @@
+"""Test helpers: CSRs made with cryptography and with the openssl command, CLI runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import NameOID
+
+from pki.cli import main
+from pki.clock import Clock
+
+PEM = serialization.Encoding.PEM
+NOW = dt.datetime(2026, 11, 21, 12, 0, 0, tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(capsys: object, argv: Sequence[str], clock: Clock | None = None) -> Result:
+    """Run ``fleetpki`` in-process and capture its output."""
+    capsys.readouterr()  # type: ignore[attr-defined]
+    code = main(list(argv), clock=clock)
+    captured = capsys.readouterr()  # type: ignore[attr-defined]
+    return Result(code, captured.out, captured.err)
+
+
+def ec_key(curve: ec.EllipticCurve | None = None) -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(curve or ec.SECP256R1())
+
+
+def make_csr(
+    cn: str | None,
+    key: object | None = None,
+    *,
+    sans: Sequence[x509.GeneralName] = (),
+    extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
+    algorithm: hashes.HashAlgorithm | None = None,
+) -> tuple[bytes, object]:
+    key = key or ec_key()
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else [])
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), False)
+    for ext, critical in extensions:
+        builder = builder.add_extension(ext, critical)
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        csr = builder.sign(key, None)
+    else:
+        csr = builder.sign(key, algorithm or hashes.SHA256())  # type: ignore[arg-type]
+    return csr.public_bytes(PEM), key
+
+
+def weak_rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=1024)
+
+
+def openssl_csr(directory: Path, cn: str, *, rsa_bits: int | None = None) -> tuple[Path, Path]:
+    """A key and CSR made by ``openssl req``, not by our code."""
+    key = directory / f"{cn}.key"
+    csr = directory / f"{cn}.csr"
+    newkey = (
+        ["-newkey", f"rsa:{rsa_bits}"]
+        if rsa_bits
+        else ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    )
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-new",
+            *newkey,
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(csr),
+            "-subj",
+            f"/CN={cn}",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return key, csr
+
+
+def load_cert(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+# -- real TLS handshakes ----------------------------------------------------------------
+
+import socket  # noqa: E402
+import ssl  # noqa: E402
+import threading  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Handshake:
+    accepted: bool
+    server_error: str | None
+    peer_cn: str | None
+
+
+def mtls_handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> Handshake:
+    """One real mutual-TLS handshake over loopback TCP; the server's verdict is returned."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    verdict: dict[str, object] = {}
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.settimeout(10)
+        try:
+            with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                peer = tls.getpeercert()
+                subject = dict(x[0] for x in peer.get("subject", ())) if peer else {}
+                verdict["cn"] = subject.get("commonName")
+                tls.recv(1)
+                tls.sendall(b"ok")
+        except (ssl.SSLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or str(exc)
+            detail = getattr(exc, "verify_message", None)
+            verdict["error"] = f"{reason}: {detail}" if detail else reason
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            client_ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            tls.sendall(b"x")
+            tls.recv(2)
+    except (ssl.SSLError, OSError):
+        pass
+    thread.join(10)
+    listener.close()
+    error = verdict.get("error")
+    return Handshake(
+        error is None and "cn" in verdict, str(error) if error else None, verdict.get("cn")
+    )  # type: ignore[arg-type]

@@ -1,0 +1,159 @@
+"""CA set-up, secrets at rest, and the CLI's exit-code contract."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import click
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from tests.conftest import Cli
+
+
+def test_ca_init_encrypts_keys_and_generates_a_private_passphrase(cli: Cli, home: Path) -> None:
+    result = cli.ok("ca", "init", "--common-name", "Acme Fleet")
+    assert f"generated a CA key passphrase into {home / 'ca-passphrase'} (mode 0600)" in result.err
+    passphrase = (home / "ca-passphrase").read_bytes().strip()
+    assert passphrase not in (result.out + result.err).encode()
+    for name in ("ca-passphrase", "ca/root.key.pem", "ca/issuing.key.pem", "config.json"):
+        assert stat.S_IMODE((home / name).stat().st_mode) == 0o600, name
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    for key_file in ("root.key.pem", "issuing.key.pem"):
+        data = (home / "ca" / key_file).read_bytes()
+        assert data.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        with pytest.raises(TypeError):
+            serialization.load_pem_private_key(data, None)
+        serialization.load_pem_private_key(data, passphrase)
+    shown = json.loads(cli.ok("ca", "show", "--json").out)
+    names = sorted(c["common_name"] for c in shown["certificates"])
+    assert names == ["Acme Fleet Issuing CA", "Acme Fleet Root CA"]
+
+
+def test_no_private_key_material_in_inventory_or_output(
+    cli: Cli, home: Path, tmp_path: Path
+) -> None:
+    cli.ok("ca", "init")
+    result = cli.ok("issue", "device", "d1", "--generate-key", "--out", tmp_path / "d", "--json")
+    key_body = (tmp_path / "d" / "key.pem").read_text().splitlines()[1]
+    db = (home / "inventory.db").read_bytes()
+    for wal in home.glob("inventory.db-*"):
+        db += wal.read_bytes()
+    assert b"PRIVATE KEY" not in db
+    assert key_body.encode() not in db
+    assert key_body not in result.out + result.err
+    passphrase = (home / "ca-passphrase").read_bytes().strip()
+    assert passphrase not in db
+
+
+def test_ca_init_refuses_to_overwrite(cli: Cli, home: Path) -> None:
+    cli.ok("ca", "init")
+    before = (home / "ca" / "issuing.pem").read_bytes()
+    result = cli("ca", "init", "--key-type", "rsa-2048")
+    assert result.code == 2
+    assert result.err == (
+        f"fleetpki: error: a CA already exists in {home}; refusing to overwrite it "
+        "(use another --home for a new CA)\n"
+    )
+    assert (home / "ca" / "issuing.pem").read_bytes() == before
+
+
+def test_passphrase_from_environment_is_not_stored(
+    cli: Cli, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLEETPKI_CA_PASSPHRASE", "correct horse battery staple")
+    result = cli.ok("ca", "init")
+    assert "generated" not in result.err
+    assert not (home / "ca-passphrase").exists()
+    cli.ok("issue", "device", "d1", "--generate-key", "--out", tmp_path / "d1")
+    monkeypatch.setenv("FLEETPKI_CA_PASSPHRASE", "wrong horse")
+    wrong = cli("issue", "device", "d2", "--generate-key", "--out", tmp_path / "d2")
+    assert wrong.code == 2
+    assert wrong.err == (
+        "fleetpki: error: cannot decrypt the CA key issuing.key.pem: wrong passphrase "
+        "(check FLEETPKI_CA_PASSPHRASE)\n"
+    )
+    assert "wrong horse" not in wrong.err
+    assert not (tmp_path / "d2").exists()
+    monkeypatch.delenv("FLEETPKI_CA_PASSPHRASE")
+    missing = cli("issue", "device", "d3", "--generate-key", "--out", tmp_path / "d3")
+    assert missing.code == 2
+    assert "the CA key passphrase is not available: set FLEETPKI_CA_PASSPHRASE" in missing.err
+
+
+def test_short_passphrase_is_refused(cli: Cli, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETPKI_CA_PASSPHRASE", "short")
+    result = cli("ca", "init")
+    assert result.code == 2
+    assert result.err == (
+        "fleetpki: error: FLEETPKI_CA_PASSPHRASE is too short: use at least 12 characters\n"
+    )
+    assert not (home / "ca").exists()
+
+
+def test_commands_without_a_ca(cli: Cli, home: Path) -> None:
+    result = cli("list")
+    assert result.code == 2
+    assert result.err == (
+        f"fleetpki: error: no CA in {home}; run 'fleetpki ca init' first "
+        "(or set --home / FLEETPKI_HOME)\n"
+    )
+    assert not home.exists(), "a read command must not create the home"
+
+
+def test_usage_errors_exit_2_with_one_line(cli: Cli, ca_home: Path) -> None:
+    unknown = cli("frobnicate")
+    assert unknown.code == 2 and unknown.err.count("\n") == 1
+    assert "No such command 'frobnicate'" in unknown.err
+    bad_choice = cli("revoke", "01", "--reason", "because")
+    assert bad_choice.code == 2 and bad_choice.err.count("\n") == 1
+    bad_duration = cli("list", "--expiring-within", "soonish")
+    assert bad_duration.code == 2
+    assert bad_duration.err.startswith("fleetpki: error: 'soonish' is not a duration")
+
+
+def test_help_lists_commands(cli: Cli) -> None:
+    result = cli("--help")
+    assert result.code == 0
+    for command in ("ca", "issue", "list", "show", "revoke", "crl", "audit"):
+        assert f"  {command} " in result.out
+
+
+def test_plugin_command_groups_are_loaded(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other packages add commands through the fleetpki.commands entry-point group."""
+    import importlib.metadata
+
+    @click.command("hello")
+    def hello() -> None:
+        click.echo("hello from a plugin")
+
+    class FakeEntryPoint:
+        name = "hello"
+
+        def load(self) -> click.Command:
+            return hello
+
+    real = importlib.metadata.entry_points
+
+    def fake(**kwargs: str) -> object:
+        if kwargs.get("group") == "fleetpki.commands":
+            return [FakeEntryPoint()]
+        return real(**kwargs)
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", fake)
+    assert cli.ok("hello").out == "hello from a plugin\n"
+    assert "  hello" in cli.ok("--help").out
+
+
+def test_show_pem_and_unknown(cli: Cli, ca_home: Path, tmp_path: Path) -> None:
+    serial = json.loads(
+        cli.ok("issue", "device", "d1", "--generate-key", "--out", tmp_path / "d", "--json").out
+    )["serial"]
+    assert cli.ok("show", serial, "--pem").out == (tmp_path / "d" / "cert.pem").read_text()
+    missing = cli("show", "abcdef")
+    assert (missing.code, missing.err) == (
+        2,
+        "fleetpki: error: no certificate with serial abcdef in the inventory\n",
+    )

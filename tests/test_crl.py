@@ -1,0 +1,173 @@
+"""CRLs: signed by the issuing CA, numbered monotonically, built in one pass, lint-clean."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from pki.clock import FixedClock
+from pki.crl import check_serials, crl_number, revoked_serials
+from tests.conftest import Cli
+from tests.helpers import NOW, load_cert
+
+
+@pytest.fixture
+def issued(cli: Cli, home: Path, tmp_path: Path, db_url: str | None) -> list[str]:
+    clock = FixedClock(NOW)
+    cli.ok("ca", "init", clock=clock)
+    serials = []
+    for i, days in enumerate((10, 90, 90)):
+        out = cli.ok(
+            "issue",
+            "device",
+            f"d{i}",
+            "--generate-key",
+            "--days",
+            str(days),
+            "--out",
+            tmp_path / f"d{i}",
+            "--json",
+            clock=clock,
+        ).out
+        serials.append(json.loads(out)["serial"])
+    return serials
+
+
+def _crl(path: Path) -> x509.CertificateRevocationList:
+    data = path.read_bytes()
+    if data.startswith(b"-----"):
+        return x509.load_pem_x509_crl(data)
+    return x509.load_der_x509_crl(data)
+
+
+def test_crl_contents_numbers_and_signature(
+    cli: Cli, home: Path, tmp_path: Path, issued: list[str]
+) -> None:
+    clock = FixedClock(NOW + dt.timedelta(hours=1))
+    cli.ok("revoke", issued[1], "--reason", "key-compromise", "--no-crl", clock=clock)
+    cli.ok("revoke", issued[2], "--reason", "superseded", "--no-crl", clock=clock)
+    out = tmp_path / "a.crl"
+    summary = json.loads(cli.ok("crl", "--out", out, "--json", clock=clock).out)
+    crl = _crl(out)
+    issuing = load_cert(home / "ca" / "issuing.pem")
+    assert crl.is_signature_valid(issuing.public_key())  # type: ignore[arg-type]
+    assert crl.issuer == issuing.subject
+    assert crl_number(crl) == summary["number"] == 1
+    assert crl.next_update_utc - crl.last_update_utc == dt.timedelta(days=7)
+    reasons = {
+        format(e.serial_number, "x"): e.extensions.get_extension_for_class(
+            x509.CRLReason
+        ).value.reason
+        for e in crl
+    }
+    assert reasons == {
+        issued[1].lstrip("0"): x509.ReasonFlags.key_compromise,
+        issued[2].lstrip("0"): x509.ReasonFlags.superseded,
+    }
+    # openssl agrees on the signature
+    verify = subprocess.run(
+        ["openssl", "crl", "-in", str(out), "-noout", "-CAfile", str(home / "ca" / "issuing.pem")],
+        capture_output=True,
+        text=True,
+    )
+    assert verify.returncode == 0 and "verify OK" in verify.stderr
+    # pkilint's PKIX CRL linter has no error
+    lint = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "lint_crl"),
+            "lint",
+            "-t",
+            "CRL",
+            "-p",
+            "PKIX",
+            "-s",
+            "ERROR",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert lint.stdout.strip() == "", lint.stdout
+    # numbers only go up, and the home copy follows
+    second = json.loads(
+        cli.ok(
+            "crl",
+            "--format",
+            "der",
+            "--out",
+            tmp_path / "b.der",
+            "--next-update",
+            "2d",
+            "--json",
+            clock=clock,
+        ).out
+    )
+    assert second["number"] == 2
+    der = _crl(tmp_path / "b.der")
+    assert crl_number(der) == 2
+    assert der.next_update_utc - der.last_update_utc == dt.timedelta(days=2)
+    assert crl_number(_crl(home / "crl" / "issuing.crl.pem")) == 2
+
+
+def test_revoke_re_signs_the_home_crl(cli: Cli, home: Path, issued: list[str]) -> None:
+    result = cli.ok("revoke", issued[0])
+    assert "CRL #1 with 1 entry written to" in result.err
+    crl = _crl(home / "crl" / "issuing.crl.pem")
+    assert [format(e.serial_number, "x") for e in crl] == [issued[0].lstrip("0")]
+    # an idempotent second revoke does not burn a CRL number
+    cli.ok("revoke", issued[0])
+    assert crl_number(_crl(home / "crl" / "issuing.crl.pem")) == 1
+
+
+def test_expired_revoked_certificates_leave_the_crl(
+    cli: Cli, home: Path, tmp_path: Path, issued: list[str]
+) -> None:
+    cli.ok("revoke", issued[0], "--no-crl", clock=FixedClock(NOW))
+    cli.ok("revoke", issued[1], "--no-crl", clock=FixedClock(NOW))
+    later = FixedClock(NOW + dt.timedelta(days=11))  # issued[0] (10 days) has expired
+    cli.ok("crl", "--out", tmp_path / "c.pem", clock=later)
+    serials = [format(e.serial_number, "x") for e in _crl(tmp_path / "c.pem")]
+    assert serials == [issued[1].lstrip("0")]
+
+
+def test_crl_is_built_in_one_pass(
+    cli: Cli, issued: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def forbidden(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("add_revoked_certificate called: CRL built entry by entry")
+
+    monkeypatch.setattr(x509.CertificateRevocationListBuilder, "add_revoked_certificate", forbidden)
+    for serial in issued:
+        cli.ok("revoke", serial, "--no-crl")
+    cli.ok("crl", "--out", tmp_path / "x.pem")
+    assert len(list(_crl(tmp_path / "x.pem"))) == 3
+
+
+def test_bad_crl_options(cli: Cli, issued: list[str], tmp_path: Path) -> None:
+    bad = cli("crl", "--next-update", "soon", "--out", tmp_path / "z")
+    assert bad.code == 2
+    assert bad.err == (
+        "fleetpki: error: 'soon' is not a duration; use a number with s, m, h, d or w (e.g. 30d)\n"
+    )
+    short = cli("crl", "--next-update", "10m", "--out", tmp_path / "z")
+    assert (short.code, short.err) == (
+        2,
+        "fleetpki: error: --next-update must be between 1h and 365d\n",
+    )
+    assert not (tmp_path / "z").exists()
+
+
+def test_serial_index_matches_linear_lookup(cli: Cli, issued: list[str], home: Path) -> None:
+    for serial in issued[:2]:
+        cli.ok("revoke", serial)
+    crl = _crl(home / "crl" / "issuing.crl.pem")
+    index = revoked_serials(crl)
+    candidates = [int(s, 16) for s in issued] + [12345]
+    expected = [s for s in candidates if crl.get_revoked_certificate_by_serial_number(s)]
+    assert check_serials(candidates, index) == expected == [int(s, 16) for s in issued[:2]]
