@@ -111,8 +111,27 @@ class PluginGroup(click.Group):
         plugin = self._plugins().get(cmd_name)
         if plugin is None:
             return None
-        loaded = plugin.load()
+        try:
+            loaded = plugin.load()
+        except Exception as exc:  # a broken plugin must not take the whole CLI down
+            return _broken_plugin(cmd_name, plugin.value, exc)
         return loaded if isinstance(loaded, click.Command) else None
+
+
+def _broken_plugin(name: str, target: str, exc: Exception) -> click.Command:
+    message = f"command group {name!r} ({target}) failed to load: {type(exc).__name__}: {exc}"
+
+    def fail() -> None:
+        from pki.errors import FleetPkiError
+
+        raise FleetPkiError(message)
+
+    return click.Command(
+        name,
+        callback=fail,
+        help=f"(unavailable: {message})",
+        context_settings={"ignore_unknown_options": True},
+    )
 
 
 @click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -590,8 +609,18 @@ def revoke_cmd(state: State, serial: str, reason: str, no_crl: bool, as_json: bo
         state.home.actor(),
     )
     record = result.record
+    crl_path = None
     if result.changed and not no_crl:
         _write_home_crl(state, ca)
+        crl_path = state.home.crl_path
+    if result.changed:
+        from pki.hooks import RevocationEvent, run_revocation_hooks
+
+        run_revocation_hooks(
+            RevocationEvent(
+                record, RevocationReason(reason), state.home.path, crl_path, state.home.database_url
+            )
+        )
     if as_json:
         _print_json(record.to_json(state.now()) | {"changed": result.changed})
         return

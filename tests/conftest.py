@@ -125,7 +125,7 @@ def moto_endpoint() -> Iterator[str]:
     deadline = time.monotonic() + 30
     while True:
         try:
-            urllib.request.urlopen(f"{url}/moto-api/", timeout=1)  # noqa: S310
+            urllib.request.urlopen(f"{url}/moto-api/", timeout=1)
             break
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -148,7 +148,7 @@ def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     import urllib.request
 
     req = urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")
-    urllib.request.urlopen(req, timeout=10)  # noqa: S310
+    urllib.request.urlopen(req, timeout=10)
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")

@@ -157,3 +157,61 @@ def test_show_pem_and_unknown(cli: Cli, ca_home: Path, tmp_path: Path) -> None:
         2,
         "fleetpki: error: no certificate with serial abcdef in the inventory\n",
     )
+
+
+def test_revocation_hooks_get_the_event_and_failures_are_reported(
+    cli: Cli, ca_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pki.hooks
+    from pki.errors import BackendError
+
+    seen = []
+
+    def recorder(event: pki.hooks.RevocationEvent) -> None:
+        seen.append(event)
+
+    def broken(event: pki.hooks.RevocationEvent) -> None:
+        raise BackendError("set the certificate to REVOKED", "iot", "endpoint unreachable")
+
+    monkeypatch.setattr(
+        pki.hooks, "revocation_hooks", lambda: [("recorder", recorder), ("iot", broken)]
+    )
+    serial = json.loads(
+        cli.ok("issue", "device", "d1", "--generate-key", "--out", tmp_path / "d", "--json").out
+    )["serial"]
+    result = cli("revoke", serial, "--reason", "key-compromise")
+    assert result.code == 1
+    assert result.err.splitlines()[-1] == (
+        f"fleetpki: error: hook backend failed to finish the revocation: {serial} is revoked in "
+        "the inventory, but iot: iot backend failed to set the certificate to REVOKED: "
+        "endpoint unreachable"
+    )
+    assert len(seen) == 1 and seen[0].record.serial_hex == serial
+    assert seen[0].reason.value == "key-compromise"
+    assert seen[0].crl_path == ca_home / "crl" / "issuing.crl.pem"
+    # the revocation stands; a second revoke is a no-op that runs no hook
+    assert json.loads(cli.ok("show", serial, "--json").out)["status"] == "revoked"
+    cli.ok("revoke", serial)
+    assert len(seen) == 1
+
+
+def test_broken_plugin_does_not_break_the_cli(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+
+    class Broken:
+        name = "broken"
+        value = "nowhere.module:group"
+
+        def load(self) -> object:
+            raise ImportError("No module named 'nowhere'")
+
+    real = importlib.metadata.entry_points
+    monkeypatch.setattr(
+        importlib.metadata,
+        "entry_points",
+        lambda **kw: [Broken()] if kw.get("group") == "fleetpki.commands" else real(**kw),
+    )
+    assert "  broken  (unavailable: command group" in cli.ok("--help").out
+    result = cli("broken")
+    assert result.code == 1
+    assert "command group 'broken' (nowhere.module:group) failed to load: ImportError" in result.err

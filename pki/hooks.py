@@ -1,0 +1,57 @@
+"""Lifecycle hooks other packages register through entry points.
+
+``pki`` never imports ``devices`` or ``rotation``; when they need to act on a pki event
+(a revocation must also revoke the IoT Core certificate and cut the device's MQTT
+sessions), they register a callable under an entry-point group here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pki.errors import BackendError, FleetPkiError
+from pki.model import CertificateRecord, RevocationReason
+
+REVOCATION_HOOKS = "fleetpki.revocation_hooks"
+
+
+@dataclass(frozen=True)
+class RevocationEvent:
+    """Passed to every revocation hook after the inventory and the CRL are updated."""
+
+    record: CertificateRecord
+    reason: RevocationReason
+    home: Path
+    crl_path: Path | None  # the re-signed CRL, or None with --no-crl
+    database_url: str
+
+
+RevocationHook = Callable[[RevocationEvent], None]
+
+
+def revocation_hooks() -> list[tuple[str, RevocationHook]]:
+    from importlib.metadata import entry_points
+
+    return [(ep.name, ep.load()) for ep in entry_points(group=REVOCATION_HOOKS)]
+
+
+def run_revocation_hooks(
+    event: RevocationEvent, hooks: list[tuple[str, RevocationHook]] | None = None
+) -> None:
+    """Run every hook; the first failure is raised after all have had their turn."""
+    failures: list[str] = []
+    for name, hook in revocation_hooks() if hooks is None else hooks:
+        try:
+            hook(event)
+        except FleetPkiError as exc:
+            failures.append(f"{name}: {exc}")
+        except Exception as exc:  # a hook's bug must not hide the others' work
+            failures.append(f"{name}: {type(exc).__name__}: {exc}")
+    if failures:
+        raise BackendError(
+            "finish the revocation",
+            "hook",
+            f"{event.record.serial_hex} is revoked in the inventory, but " + "; ".join(failures),
+        )
