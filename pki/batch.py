@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,36 +16,35 @@ from pki.issuance import Failure
 from pki.model import IssuedCertificate, IssueRequest
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from pki.cli import State
+
+# Below this many CSRs, forking workers costs more than it saves.
+PARALLEL_THRESHOLD = 200
+
+
+def default_workers(count: int) -> int:
+    return min(os.cpu_count() or 1, 8) if count >= PARALLEL_THRESHOLD else 1
 
 
 def issue_device_batch(
-    state: State, batch_dir: Path, out_dir: Path, days: int | None, force: bool, as_json: bool
+    state: State,
+    batch_dir: Path,
+    out_dir: Path,
+    days: int | None,
+    force: bool,
+    as_json: bool,
+    workers: int | None = None,
 ) -> int:
     if not batch_dir.is_dir():
         raise InvalidInput(f"--batch {batch_dir} is not a folder")
     files = sorted(batch_dir.glob("*.csr"))
     if not files:
         raise InvalidInput(f"no *.csr files in {batch_dir}")
+    if workers is not None and workers < 1:
+        raise InvalidInput("--workers must be at least 1")
     issuer = state.issuer()
     actor = state.home.actor()
     early_failures: list[Failure] = []
-
-    def requests() -> Iterator[IssueRequest]:
-        for file in files:
-            thing = file.stem
-            try:
-                OutputFolder(out_dir / thing, force=force).check_free()
-                yield IssueRequest("device", thing, read_csr(file), days=days, actor=actor)
-            except OperatorError as exc:
-                early_failures.append(Failure(thing, exc))
-                advance(None, exc)
-
-    def deliver(issued: IssuedCertificate) -> Callable[[], None]:
-        thing = issued.record.thing or issued.record.common_name
-        return OutputFolder(out_dir / thing, force=force).deliver(None)(issued)
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -61,12 +61,31 @@ def issue_device_batch(
     ) as progress:
         task = progress.add_task("issuing", total=len(files))
 
-        def advance(_request: IssueRequest | None, error: FleetPkiError | None) -> None:
+        def advance(_name: str, _error: FleetPkiError | None) -> None:
             progress.advance(task)
 
-        report = issuer.issue_batch(requests(), deliver, lambda r, e: advance(r, e))
-    failures = early_failures + report.failed
-    failures.sort(key=lambda f: f.name)
+        def requests() -> Iterator[IssueRequest]:
+            for file in files:
+                thing = file.stem
+                try:
+                    OutputFolder(out_dir / thing, force=force).check_free()
+                    yield IssueRequest("device", thing, read_csr(file), days=days, actor=actor)
+                except OperatorError as exc:
+                    early_failures.append(Failure(thing, exc))
+                    advance(thing, exc)
+
+        def deliver(issued: IssuedCertificate) -> Callable[[], None]:
+            thing = issued.record.thing or issued.record.common_name
+            return OutputFolder(out_dir / thing, force=force).deliver(None)(issued)
+
+        report = issuer.issue_batch(
+            requests(),
+            deliver,
+            advance,
+            workers=workers or default_workers(len(files)),
+            actor=actor,
+        )
+    failures = sorted(early_failures + report.failed, key=lambda f: f.name)
     if as_json:
         click.echo(
             json.dumps(

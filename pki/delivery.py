@@ -87,11 +87,10 @@ class OutputFolder:
                 if key_pem is not None:
                     atomic_write(self.path / KEY_FILE, key_pem, 0o600, overwrite=overwrite)
                     written.append(self.path / KEY_FILE)
-                issuing_pem = issued.chain[0].public_bytes(serialization.Encoding.PEM)
                 for name, data in (
                     (CERT_FILE, issued.cert_pem),
                     (CHAIN_FILE, issued.chain_pem),
-                    (FULLCHAIN_FILE, issued.cert_pem + issuing_pem),
+                    (FULLCHAIN_FILE, issued.fullchain_pem),
                 ):
                     atomic_write(self.path / name, data, 0o644, overwrite=overwrite)
                     written.append(self.path / name)

@@ -20,6 +20,18 @@ class FleetPkiError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Subclasses take other constructor arguments; rebuild from state so errors
+        # survive the trip back from a worker process.
+        return (_restore, (type(self), self.message, dict(self.__dict__)))
+
+
+def _restore(cls: type[FleetPkiError], message: str, state: dict[str, object]) -> FleetPkiError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
 
 class OperatorError(FleetPkiError):
     """The request cannot be served as given; the operator can fix it (exit 2)."""

@@ -8,7 +8,8 @@ undone (files removed), so there is never a handed-out certificate without a row
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Sequence
+import multiprocessing
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -22,7 +23,7 @@ from pki.clock import Clock
 from pki.errors import FleetPkiError, IssuedCertificateMismatch, OperatorError
 from pki.inventory import AuditEvent, Inventory, NewCertificate
 from pki.model import CertificateRecord, IssuedCertificate, IssueRequest, Status
-from pki.policy import BACKDATE, PolicySettings
+from pki.policy import BACKDATE, CertificatePlan, PolicySettings
 from pki.profiles import get_profile
 
 PEM = serialization.Encoding.PEM
@@ -47,6 +48,37 @@ class Failure:
 class BatchReport:
     issued: list[IssuedCertificate] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What signing one request produced, without touching storage (picklable).
+
+    Exactly one of: ``issued`` (good), ``error`` (refused before signing), or
+    ``quarantined`` (signed, but the backend's certificate does not match the request).
+    """
+
+    name: str
+    issued: IssuedCertificate | None = None
+    error: FleetPkiError | None = None
+    quarantined: IssuedCertificate | None = None
+
+
+# The issuer a forked batch worker signs with (set in the parent just before forking).
+_WORKER_ISSUER: Issuer | None = None
+
+
+def _worker_init() -> None:
+    issuer = _WORKER_ISSUER
+    assert issuer is not None
+    # The parent's database connections must never be used (or closed) by a child.
+    issuer.inventory.engine.dispose(close=False)
+
+
+def _worker_outcome(request: IssueRequest) -> Outcome:
+    issuer = _WORKER_ISSUER
+    assert issuer is not None
+    return issuer.outcome(request)
 
 
 def fingerprint(cert: x509.Certificate) -> str:
@@ -129,6 +161,7 @@ class Issuer:
         self.verify_signature = verify_signature
         self._chain = ca.chain()
         self._chain_pem = b"".join(c.public_bytes(PEM) for c in self._chain)
+        self._issuing_pem = self._chain[0].public_bytes(PEM)
         self._issuer_name = self._chain[0].subject.rfc4514_string()
 
     @property
@@ -154,64 +187,87 @@ class Issuer:
             serial=x509.random_serial_number(),
         )
 
-    def sign(self, request: SigningRequest, actor: str) -> IssuedCertificate:
-        """Sign through the backend and check the result; quarantine a mismatch."""
-        cert = self.ca.issue(request)
+    def outcome(self, request: IssueRequest) -> Outcome:
+        """Prepare, sign and check one request; storage is left to the caller.
+
+        Operator errors become an ``Outcome`` with ``error``; backend failures raise.
+        """
         try:
-            verify_issued(cert, request, self._chain[0], check_signature=self.verify_signature)
-        except IssuedCertificateMismatch:
-            self._quarantine(cert, request, actor)
-            raise
-        return self._result(cert, request)
+            signing = self.prepare(request)
+        except OperatorError as exc:
+            return Outcome(request.name, error=exc)
+        cert = self.ca.issue(signing)
+        try:
+            verify_issued(cert, signing, self._chain[0], check_signature=self.verify_signature)
+        except IssuedCertificateMismatch as exc:
+            bad = self._result(cert, signing.plan, Status.QUARANTINED)
+            return Outcome(request.name, error=exc, quarantined=bad)
+        return Outcome(request.name, issued=self._result(cert, signing.plan))
 
     def issue(self, request: IssueRequest, deliver: Deliver = _no_delivery) -> IssuedCertificate:
-        issued = self.sign(self.prepare(request), request.actor)
-        self._commit([issued], deliver, request.actor)
-        return issued
+        result = self.outcome(request)
+        if result.quarantined is not None:
+            self._quarantine(result.quarantined, request.actor)
+        if result.error is not None:
+            raise result.error
+        assert result.issued is not None
+        self._commit([result.issued], deliver, request.actor)
+        return result.issued
 
     def issue_batch(
         self,
         requests: Iterable[IssueRequest],
         deliver: Deliver = _no_delivery,
-        progress: Callable[[IssueRequest, FleetPkiError | None], None] | None = None,
+        progress: Callable[[str, FleetPkiError | None], None] | None = None,
         commit_size: int = BATCH_COMMIT_SIZE,
+        *,
+        workers: int = 1,
+        actor: str = "cli",
     ) -> BatchReport:
         """Issue many; an operator error on one request is recorded and the rest go on.
 
-        Rows are committed ``commit_size`` at a time. A storage failure stops the batch
-        (raised); everything committed before it stays issued and delivered.
+        With ``workers`` > 1, CSR checks and signing run in that many forked processes
+        while this process commits rows ``commit_size`` at a time and delivers them. A
+        storage or backend failure stops the batch (raised); everything committed before
+        it stays issued and delivered.
         """
         report = BatchReport()
-        pending: list[tuple[IssuedCertificate, str]] = []
-        for request in requests:
-            error: FleetPkiError | None = None
-            try:
-                pending.append((self.sign(self.prepare(request), request.actor), request.actor))
-            except OperatorError as exc:
-                error = exc
-                report.failed.append(Failure(request.name, exc))
+        pending: list[IssuedCertificate] = []
+        for result in self._outcomes(requests, workers):
+            if result.quarantined is not None:
+                self._quarantine(result.quarantined, actor)
+            if result.error is not None:
+                report.failed.append(Failure(result.name, result.error))
+            elif result.issued is not None:
+                pending.append(result.issued)
             if len(pending) >= commit_size:
-                self._commit_pending(pending, deliver, report)
+                self._commit(pending, deliver, actor)
+                report.issued.extend(pending)
+                pending = []
             if progress is not None:
-                progress(request, error)
-        self._commit_pending(pending, deliver, report)
+                progress(result.name, result.error)
+        if pending:
+            self._commit(pending, deliver, actor)
+            report.issued.extend(pending)
         return report
 
     # -- internals ------------------------------------------------------------------------
 
-    def _commit_pending(
-        self,
-        pending: list[tuple[IssuedCertificate, str]],
-        deliver: Deliver,
-        report: BatchReport,
-    ) -> None:
-        if not pending:
+    def _outcomes(self, requests: Iterable[IssueRequest], workers: int) -> Iterator[Outcome]:
+        if workers <= 1:
+            yield from (self.outcome(r) for r in requests)
             return
-        actor = pending[0][1]
-        issued = [item for item, _ in pending]
-        self._commit(issued, deliver, actor)
-        report.issued.extend(issued)
-        pending.clear()
+        global _WORKER_ISSUER
+        warm = getattr(self.ca, "load_signing_key", None)
+        if callable(warm):
+            warm()  # decrypt the CA key once, before forking, not once per worker
+        _WORKER_ISSUER = self
+        try:
+            context = multiprocessing.get_context("fork")
+            with context.Pool(workers, initializer=_worker_init) as pool:
+                yield from pool.imap(_worker_outcome, requests, chunksize=32)
+        finally:
+            _WORKER_ISSUER = None
 
     def _commit(self, issued: Sequence[IssuedCertificate], deliver: Deliver, actor: str) -> None:
         now = self.clock.now()
@@ -248,10 +304,9 @@ class Issuer:
     def _result(
         self,
         cert: x509.Certificate,
-        request: SigningRequest,
+        plan: CertificatePlan,
         status: Status = Status.ACTIVE,
     ) -> IssuedCertificate:
-        plan = request.plan
         record = CertificateRecord(
             serial=cert.serial_number,
             thing=plan.thing,
@@ -267,16 +322,14 @@ class Issuer:
             sans=(*plan.dns_names, *(str(i) for i in plan.ip_addresses), *plan.uris),
         )
         return IssuedCertificate(
-            certificate=cert,
-            chain=self._chain,
             record=record,
             cert_pem=cert.public_bytes(PEM),
             chain_pem=self._chain_pem,
+            issuing_pem=self._issuing_pem,
         )
 
-    def _quarantine(self, cert: x509.Certificate, request: SigningRequest, actor: str) -> None:
+    def _quarantine(self, bad: IssuedCertificate, actor: str) -> None:
         """Keep a record of a certificate the backend got wrong; it is never handed out."""
-        bad = self._result(cert, request, Status.QUARANTINED)
         now = self.clock.now()
         with self.inventory.transaction() as conn:
             self.inventory.add_certificates(

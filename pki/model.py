@@ -7,6 +7,7 @@ import enum
 import ipaddress
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from cryptography import x509
@@ -184,10 +185,21 @@ class CertificateRecord:
 
 @dataclass(frozen=True)
 class IssuedCertificate:
-    """The result of an issuance: the certificate, its chain, and the inventory record."""
+    """The result of an issuance: the inventory record and the PEMs to hand out.
 
-    certificate: x509.Certificate
-    chain: tuple[x509.Certificate, ...]
+    Plain bytes and values only, so results cross process boundaries (batch workers).
+    """
+
     record: CertificateRecord
     cert_pem: bytes
-    chain_pem: bytes
+    chain_pem: bytes  # issuing CA, then root
+    issuing_pem: bytes
+
+    @cached_property
+    def certificate(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.cert_pem)
+
+    @property
+    def fullchain_pem(self) -> bytes:
+        """What a TLS peer presents: the certificate, then the issuing CA."""
+        return self.cert_pem + self.issuing_pem

@@ -220,6 +220,10 @@ class LocalCA:
         key = self._issuing_key
         return builder.sign(key, signature_hash(key))
 
+    def load_signing_key(self) -> None:
+        """Decrypt the issuing key now (before forking batch workers)."""
+        _ = self._issuing_key
+
     def revoke(self, serial: int, reason: RevocationReason, when: dt.datetime) -> None:
         """Nothing to tell: the local CA's CRL is built from the inventory."""
 

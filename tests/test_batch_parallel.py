@@ -1,0 +1,52 @@
+"""The batch path on several processes gives the same results as on one."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+
+import pki.batch
+from pki.errors import BackendError, PolicyViolation
+from tests.conftest import Cli
+from tests.helpers import load_cert, make_csr
+
+
+def test_errors_survive_a_trip_through_pickle() -> None:
+    violation = pickle.loads(pickle.dumps(PolicyViolation("weak-key", "too weak")))
+    assert isinstance(violation, PolicyViolation)
+    assert (violation.reason, str(violation)) == ("weak-key", "policy violation (weak-key): too weak")
+    backend = pickle.loads(pickle.dumps(BackendError("issue", "aws-pca", "throttled")))
+    assert (backend.operation, backend.backend, backend.cause) == ("issue", "aws-pca", "throttled")
+    assert str(backend) == "aws-pca backend failed to issue: throttled"
+
+
+@pytest.mark.usefixtures("ca_home")
+def test_parallel_batch_matches_serial(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str | None
+) -> None:
+    monkeypatch.setattr(pki.batch, "PARALLEL_THRESHOLD", 1)  # use worker processes
+    monkeypatch.setattr("pki.issuance.BATCH_COMMIT_SIZE", 7)
+    batch = tmp_path / "csrs"
+    batch.mkdir()
+    for i in range(40):
+        (batch / f"unit-{i:02d}.csr").write_bytes(make_csr(f"unit-{i:02d}")[0])
+    (batch / "unit-bad.csr").write_bytes(make_csr("other-name")[0])
+    result = cli("issue", "device", "--batch", batch, "--out", tmp_path / "out", "--json")
+    assert result.code == 2, result.err
+    summary = json.loads(result.out)
+    assert len(summary["issued"]) == 40
+    assert [s["thing"] for s in summary["skipped"]] == ["unit-bad"]
+    assert "policy violation (cn-mismatch)" in summary["skipped"][0]["error"]
+    serials = {r["serial"] for r in summary["issued"]}
+    assert len(serials) == 40
+    for i in range(40):
+        cert = load_cert(tmp_path / "out" / f"unit-{i:02d}" / "cert.pem")
+        assert cert.subject.rfc4514_string() == f"CN=unit-{i:02d}"
+    # the parent's database connections still work after the workers exit
+    listed = json.loads(cli.ok("list", "--json").out)
+    assert {r["serial"] for r in listed} == serials
+    audit = json.loads(cli.ok("audit", "--json", "--limit", "100").out)
+    assert sum(1 for e in audit if e["action"] == "issue") == 40
