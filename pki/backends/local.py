@@ -85,6 +85,7 @@ class LocalCA:
     """Signs with the issuing CA's key, which is decrypted only when first needed."""
 
     name = "local"
+    signs_in_process = True
 
     def __init__(self, ca_dir: Path, passphrase: Callable[[], bytes]) -> None:
         self._dir = ca_dir
