@@ -13,7 +13,7 @@ from pki.inventory import Inventory, certificates
 from pki.model import Status
 from rotation.schedule import RenewalPolicy, renewal_time
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+DEFAULT_POLICY = RenewalPolicy()
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class PlanItem:
 def plan(
     candidates: Iterable[Candidate],
     now: dt.datetime,
-    policy: RenewalPolicy = RenewalPolicy(),
+    policy: RenewalPolicy = DEFAULT_POLICY,
     horizon: dt.timedelta = dt.timedelta(0),
 ) -> list[PlanItem]:
     """Every candidate whose renewal time is at or before ``now + horizon``, soonest
