@@ -660,7 +660,7 @@ def _write_home_crl(state: State, ca: CertificateAuthority) -> int:
     return result.number
 
 
-@cli.command("crl")
+@cli.group("crl", invoke_without_command=True)
 @click.option(
     "--out",
     "out_file",
@@ -677,11 +677,27 @@ def _write_home_crl(state: State, ca: CertificateAuthority) -> int:
     help="Time until nextUpdate (default from config.json: 7d).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print what was signed as JSON.")
-@pass_state
+@click.pass_context
 def crl_cmd(
+    ctx: click.Context,
+    out_file: Path | None,
+    fmt: str,
+    next_update: str | None,
+    as_json: bool,
+) -> None:
+    """Sign a full CRL of the issuing CA with the next CRL number.
+
+    'fleetpki crl publish' loads it into ALB trust stores and writes the API Gateway
+    denylist.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    _sign_crl(ctx.obj, out_file, fmt, next_update, as_json)
+
+
+def _sign_crl(
     state: State, out_file: Path | None, fmt: str, next_update: str | None, as_json: bool
 ) -> None:
-    """Sign a full CRL of the issuing CA with the next CRL number."""
     import datetime as dt
 
     from cryptography.hazmat.primitives.serialization import Encoding
@@ -741,6 +757,13 @@ def audit_cmd(state: State, serial: str | None, limit: int, as_json: bool) -> No
     for e in events:
         detail = " ".join(f"{k}={v}" for k, v in sorted(e.detail.items()) if v is not None)
         click.echo(f"{isoformat(e.at)} {e.actor} {e.action} {e.serial or '-'} {detail}")
+
+
+from pki.cli_trust import bundle as _bundle_group  # noqa: E402 (after State, pass_state)
+from pki.cli_trust import crl_publish as _crl_publish  # noqa: E402
+
+cli.add_command(_bundle_group)
+crl_cmd.add_command(_crl_publish)
 
 
 # ------------------------------------------------------------------------------ entry
