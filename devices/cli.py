@@ -1,18 +1,313 @@
-"""Command groups of the device side, added to ``fleetpki`` through entry points."""
+"""Command groups of the device side, added to ``fleetpki`` through entry points.
+
+Imports stay inside the commands: ``fleetpki --help`` must not pay for boto3 or paho.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import click
+
+if TYPE_CHECKING:
+    from pki.cli import State
+
+
+def _state() -> State:
+    from pki.cli import State
+
+    state = click.get_current_context().find_object(State)
+    assert state is not None, "the devices commands run under the fleetpki root group"
+    return state
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+# -------------------------------------------------------------------------------- iot
 
 
 @click.group()
 def iot() -> None:
-    """AWS IoT Core: register the CA, provision and deprovision things."""
+    """AWS IoT Core: register the CA, provision and deprovision things.
+
+    Region, endpoint and credentials come from the usual AWS settings (AWS_REGION,
+    AWS_ENDPOINT_URL, AWS_PROFILE...).
+    """
+
+
+def _iot_core() -> Any:
+    from devices.iot import IotCore
+
+    state = _state()
+    return IotCore(state.inventory().engine, state.clock)
+
+
+@iot.command("register-ca")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def iot_register_ca(as_json: bool) -> None:
+    """Register the issuing CA with IoT Core (registration code, verification certificate
+    signed by the CA, register_ca_certificate). Idempotent."""
+    state = _state()
+    certificate_id, created = _iot_core().register_ca(state.issuer(), state.home.actor())
+    if as_json:
+        _print_json({"certificate_id": certificate_id, "registered": created})
+        return
+    click.echo(certificate_id)
+    _err("registered the issuing CA" if created else "the issuing CA was already registered")
+
+
+@iot.command("provision")
+@click.argument("thing", required=False)
+@click.option(
+    "--csr",
+    "csr_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PEM CSR made on the device.",
+)
+@click.option("--generate-key", is_flag=True, help="Make the key here (OUT/key.pem, 0600).")
+@click.option(
+    "--batch",
+    "batch_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Provision every THING.csr in this folder into OUT/THING/.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Output folder for cert.pem, chain.pem and fullchain.pem.",
+)
+@click.option("--days", type=int, help="Validity in days (default 90).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def iot_provision(
+    thing: str | None,
+    csr_file: Path | None,
+    generate_key: bool,
+    batch_dir: Path | None,
+    out_dir: Path,
+    days: int | None,
+    as_json: bool,
+) -> int:
+    """Issue a device certificate for THING and provision it in IoT Core: thing (reused
+    when it exists), certificate registration (with the CA when registered), the
+    least-privilege policy 'fleetpki-device', and both attachments.
+
+    A failure on AWS rolls back what was created there; the issued certificate stays in
+    the inventory and the error names it.
+    """
+    from pki.delivery import OutputFolder, make_key_and_csr, read_csr
+    from pki.errors import InvalidInput
+    from pki.model import IssueRequest, KeyType
+
+    state = _state()
+    actor = state.home.actor()
+    if batch_dir is not None:
+        if thing or csr_file or generate_key:
+            raise InvalidInput("--batch takes no THING, --csr or --generate-key")
+        return _provision_batch(batch_dir, out_dir, days, as_json)
+    if not thing:
+        raise InvalidInput("give a THING (or --batch DIR)")
+    if (csr_file is None) == (not generate_key):
+        raise InvalidInput("give exactly one of --csr FILE or --generate-key")
+    output = OutputFolder(out_dir, with_key=generate_key)
+    output.check_free()
+    key_pem: bytes | None = None
+    if csr_file is not None:
+        csr_pem = read_csr(csr_file)
+    else:
+        key_pem, csr_pem = make_key_and_csr(KeyType.EC_P256, thing)
+    request = IssueRequest("device", thing, csr_pem, days=days, actor=actor)
+    issuer = state.issuer()
+    signing = issuer.prepare(request)  # policy first: a refused CSR touches nothing
+    del signing
+    iot_core = _iot_core()
+    iot_core.client  # noqa: B018 (fail on AWS settings before issuing)
+    issued = issuer.issue(request, output.deliver(key_pem))
+    try:
+        result = iot_core.provision(issued)
+    except Exception as exc:
+        from pki.errors import BackendError, FleetPkiError
+
+        if isinstance(exc, FleetPkiError):
+            raise BackendError(
+                "provision " + thing,
+                "IoT Core",
+                f"{exc} (certificate {issued.record.serial_hex} was issued into {out_dir} "
+                "but is not registered; AWS changes were rolled back; rerun to retry)",
+            ) from None
+        raise
+    if as_json:
+        _print_json(result.to_json())
+        return 0
+    _err(
+        f"provisioned {thing}: certificate {result.certificate_id[:16]}… "
+        f"(serial {result.serial_hex}), policy fleetpki-device -> {out_dir}"
+    )
+    return 0
+
+
+def _provision_batch(batch_dir: Path, out_dir: Path, days: int | None, as_json: bool) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from devices.iot import provision_many
+    from pki.delivery import OutputFolder, read_csr
+    from pki.errors import InvalidInput
+    from pki.model import IssueRequest
+
+    if not batch_dir.is_dir():
+        raise InvalidInput(f"--batch {batch_dir} is not a folder")
+    files = sorted(batch_dir.glob("*.csr"))
+    if not files:
+        raise InvalidInput(f"no *.csr files in {batch_dir}")
+    state = _state()
+    actor = state.home.actor()
+    for file in files:
+        OutputFolder(out_dir / file.stem).check_free()
+    requests = [IssueRequest("device", f.stem, read_csr(f), days=days, actor=actor) for f in files]
+    iot_core = _iot_core()
+    iot_core.client  # noqa: B018
+
+    def deliver(issued: Any) -> Any:
+        name = issued.record.thing or issued.record.common_name
+        return OutputFolder(out_dir / name).deliver(None)(issued)
+
+    console = Console(stderr=True)
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=as_json or not console.is_terminal,
+    ) as progress:
+        task = progress.add_task("provisioning", total=len(requests))
+        done, failed = provision_many(
+            iot_core,
+            state.issuer(),
+            requests,
+            deliver,
+            lambda _thing, _error: progress.advance(task),
+        )
+    if as_json:
+        _print_json(
+            {
+                "provisioned": [p.to_json() for p in done],
+                "failed": [{"thing": t, "error": e} for t, e in failed],
+            }
+        )
+    for name, error in sorted(failed):
+        _err(f"failed {name}: {error}")
+    _err(f"provisioned {len(done)} thing(s) into {out_dir}, failed {len(failed)}")
+    return 2 if failed else 0
+
+
+@iot.command("deprovision")
+@click.argument("thing")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def iot_deprovision(thing: str, as_json: bool) -> None:
+    """Deactivate THING's certificates (revoked ones stay revoked), detach them from the
+    policy and the thing, delete them, then delete the thing."""
+    removed = _iot_core().deprovision(thing)
+    if as_json:
+        _print_json({"thing": thing, "certificates_deleted": removed})
+        return
+    _err(f"deprovisioned {thing}: {len(removed)} certificate(s) deleted, thing deleted")
+
+
+@iot.command("set-status")
+@click.argument("serial")
+@click.argument("status", type=click.Choice(["ACTIVE", "INACTIVE", "REVOKED"]))
+def iot_set_status(serial: str, status: str) -> None:
+    """Set the IoT Core status of a registered certificate (REVOKED is final)."""
+    from devices.iot import IotStatus
+    from pki.model import parse_serial, serial_hex
+
+    number = serial_hex(parse_serial(serial))
+    changed = _iot_core().set_status(number, IotStatus(status))
+    _err(f"{number}: {status}" + ("" if changed else " (unchanged)"))
+
+
+@iot.command("endpoint")
+def iot_endpoint() -> None:
+    """Print the IoT Core data endpoint (iot:Data-ATS)."""
+    click.echo(_iot_core().endpoint())
+
+
+# -------------------------------------------------------------------------------- dev
 
 
 @click.group()
 def dev() -> None:
     """Local stand-ins for IoT Core, the mTLS API and the AWS control plane."""
+
+
+@dev.command("up")
+@click.option("--json", "as_json", is_flag=True, help="Print the ports and files as JSON.")
+def dev_up(as_json: bool) -> None:
+    """Start Mosquitto (mTLS, CRL, per-thing ACL), the mTLS HTTPS endpoint and, when
+    AWS_ENDPOINT_URL is unset, moto_server, on free loopback ports.
+
+    The ports are written to HOME/dev/ports.json; 'fleetpki dev down' stops everything.
+    """
+    from devices import standins
+
+    state = _state()
+    started = standins.up(state.home, state.clock, state)
+    info = started.public()
+    if as_json:
+        _print_json(info)
+        return
+    click.echo(
+        f"mqtt   mqtts://127.0.0.1:{started.mqtt_port}  (topics {started.topic_prefix}/THING/#)"
+    )
+    click.echo(f"https  {started.https_url}")
+    click.echo(f"aws    {started.aws_endpoint_url}" + ("" if started.moto_pid else " (from env)"))
+    click.echo(f"ca     {started.ca_file}")
+    click.echo(f"log    {started.access_log}")
+    _err(
+        f"stand-ins running; ports in {standins.ports_path(state.home)}; "
+        "stop them with 'fleetpki dev down'"
+    )
+
+
+@dev.command("down")
+def dev_down() -> None:
+    """Stop the stand-ins started by 'fleetpki dev up' (nothing to do is not an error)."""
+    from devices import standins
+
+    stopped = standins.down(_state().home)
+    _err("stopped " + ", ".join(stopped) if stopped else "no stand-ins were running")
+
+
+@dev.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def dev_status(as_json: bool) -> int:
+    """Show whether the stand-ins run and where; exit 2 when they do not."""
+    from devices import standins
+
+    current = standins.load_state(_state().home)
+    running = current is not None and standins.alive(current)
+    if as_json:
+        _print_json({"running": running, **(current.public() if current else {})})
+    elif current is not None and running:
+        click.echo(json.dumps(current.public(), indent=2))
+    else:
+        _err("the stand-ins are not running")
+    return 0 if running else 2
+
+
+# ------------------------------------------------------------------------------ fleet
 
 
 @click.group()

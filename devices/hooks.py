@@ -2,10 +2,45 @@
 
 from __future__ import annotations
 
+from pki.errors import BackendError, FleetPkiError
+from pki.home import Home
 from pki.hooks import RevocationEvent
 
 
 def on_revoked(event: RevocationEvent) -> None:
-    """Called after ``fleetpki revoke``. Nothing is registered in IoT Core yet in this
-    version, so there is nothing further to revoke."""
-    del event
+    """Called by ``fleetpki revoke`` after the inventory and the CRL are updated.
+
+    1. The IoT Core certificate goes to REVOKED when fleetpki registered it.
+    2. When the local stand-ins run: the broker re-reads the CRL (SIGHUP), the HTTPS
+       endpoint picks it up before its next handshake, and the device's live MQTT
+       sessions are cut (a reconnect is then refused by the CRL).
+
+    Every step is attempted; the failures are raised together at the end.
+    """
+    failures: list[str] = []
+    try:
+        from devices import iot
+
+        iot.on_certificate_revoked(event.database_url, event.record.serial)
+    except FleetPkiError as exc:
+        failures.append(f"IoT Core: {exc}")
+    try:
+        _cut_local(event)
+    except FleetPkiError as exc:
+        failures.append(f"stand-ins: {exc}")
+    if failures:
+        raise BackendError("finish the revocation", "devices", "; ".join(failures))
+
+
+def _cut_local(event: RevocationEvent) -> None:
+    from devices import standins
+
+    home = Home(event.home)
+    state = standins.load_state(home)
+    if state is None or not standins.alive(state):
+        return
+    if event.crl_path is not None:
+        standins.reload_crl(home, state)
+    name = event.record.thing or event.record.common_name
+    if event.record.profile == "device":
+        standins.cut_sessions(state, name)

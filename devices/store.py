@@ -1,0 +1,160 @@
+"""The device side's own tables on the inventory's database (SQLite or PostgreSQL):
+which certificates fleetpki registered with IoT Core, with what id and status, and the
+CA registration. ``pki.inventory`` knows nothing of them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from pki.clock import Clock
+from pki.errors import StorageError
+
+metadata = sa.MetaData()
+
+iot_certificates = sa.Table(
+    "iot_certificates",
+    metadata,
+    sa.Column("serial", sa.String(42), primary_key=True),
+    sa.Column("thing", sa.String(128), nullable=False, index=True),
+    sa.Column("certificate_id", sa.String(128), nullable=False),
+    sa.Column("certificate_arn", sa.String(2048), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("registered_at", sa.String(32), nullable=False),
+)
+
+iot_ca = sa.Table(
+    "iot_ca",
+    metadata,
+    sa.Column("certificate_id", sa.String(128), primary_key=True),
+    sa.Column("certificate_arn", sa.String(2048), nullable=False),
+    sa.Column("registered_at", sa.String(32), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class IotCertificate:
+    serial_hex: str
+    thing: str
+    certificate_id: str
+    certificate_arn: str
+    status: str
+
+
+def _fail(exc: sa.exc.SQLAlchemyError) -> StorageError:
+    orig = getattr(exc, "orig", None)
+    first = (str(orig) if orig is not None else str(exc)).splitlines()[0]
+    return StorageError(f"device tables: {first}")
+
+
+def create(engine: Engine) -> None:
+    try:
+        metadata.create_all(engine, checkfirst=True)
+    except sa.exc.SQLAlchemyError as exc:
+        raise _fail(exc) from None
+
+
+def _now(clock: Clock) -> str:
+    return clock.now().strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def record_ca(engine: Engine, certificate_id: str, arn: str, clock: Clock) -> None:
+    try:
+        with engine.begin() as conn:
+            conn.execute(iot_ca.delete())
+            conn.execute(
+                iot_ca.insert().values(
+                    certificate_id=certificate_id, certificate_arn=arn, registered_at=_now(clock)
+                )
+            )
+    except sa.exc.SQLAlchemyError as exc:
+        raise _fail(exc) from None
+
+
+def ca_registration(engine: Engine) -> str | None:
+    try:
+        with engine.connect() as conn:
+            value = conn.execute(sa.select(iot_ca.c.certificate_id)).scalar()
+    except sa.exc.SQLAlchemyError as exc:
+        raise _fail(exc) from None
+    return None if value is None else str(value)
+
+
+def record_certificate(
+    engine: Engine, serial: str, thing: str, certificate_id: str, arn: str, clock: Clock
+) -> None:
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                iot_certificates.insert().values(
+                    serial=serial,
+                    thing=thing,
+                    certificate_id=certificate_id,
+                    certificate_arn=arn,
+                    status="ACTIVE",
+                    registered_at=_now(clock),
+                )
+            )
+    except sa.exc.SQLAlchemyError as exc:
+        raise _fail(exc) from None
+
+
+def _row(row: Sequence[Any]) -> IotCertificate:
+    return IotCertificate(str(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4]))
+
+
+_COLUMNS = (
+    iot_certificates.c.serial,
+    iot_certificates.c.thing,
+    iot_certificates.c.certificate_id,
+    iot_certificates.c.certificate_arn,
+    iot_certificates.c.status,
+)
+
+
+def certificate(engine: Engine, serial: str) -> IotCertificate | None:
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                sa.select(*_COLUMNS).where(iot_certificates.c.serial == serial)
+            ).first()
+    except sa.exc.SQLAlchemyError as exc:
+        raise _fail(exc) from None
+    return None if row is None else _row(row)
+
+
+def certificates_of(engine: Engine, thing: str) -> list[IotCertificate]:
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(*_COLUMNS)
+                .where(iot_certificates.c.thing == thing)
+                .order_by(iot_certificates.c.registered_at)
+            ).all()
+    except sa.exc.SQLAlchemyError as exc:
+        raise _fail(exc) from None
+    return [_row(r) for r in rows]
+
+
+def set_status(engine: Engine, serial: str, status: str) -> None:
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                iot_certificates.update()
+                .where(iot_certificates.c.serial == serial)
+                .values(status=status)
+            )
+    except sa.exc.SQLAlchemyError as exc:
+        raise _fail(exc) from None
+
+
+def forget_certificate(engine: Engine, serial: str) -> None:
+    try:
+        with engine.begin() as conn:
+            conn.execute(iot_certificates.delete().where(iot_certificates.c.serial == serial))
+    except sa.exc.SQLAlchemyError as exc:
+        raise _fail(exc) from None
