@@ -313,7 +313,7 @@ class AlbTrustStore(Endpoint):
     target = ALB
 
     def __init__(self, client: Any, arn: str) -> None:
-        if not arn.startswith("arn:") or ":trust-store/" not in arn:
+        if not arn.startswith("arn:") or ":truststore/" not in arn:
             raise InvalidInput(f"{arn!r} is not an ELBv2 trust store ARN")
         self.client = client
         self.name = arn
@@ -342,8 +342,9 @@ class AlbTrustStore(Endpoint):
 
 
 def endpoint_for(
-    target: str, name: str, client_factory: Callable[[str], Any] = make_client
+    target: str, name: str, client_factory: Callable[[str], Any] | None = None
 ) -> Endpoint:
+    client_factory = client_factory or make_client
     if target == APIGW_REST:
         return RestDomain(client_factory("apigateway"), name)
     if target == APIGW_HTTP:
