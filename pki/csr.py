@@ -40,6 +40,7 @@ class KeyFacts:
 @dataclass(frozen=True)
 class CsrFacts:
     csr: x509.CertificateSigningRequest
+    public_key: CertificatePublicKeyTypes
     key: KeyFacts
     common_names: tuple[str, ...]
     dns_names: tuple[str, ...]
@@ -50,10 +51,6 @@ class CsrFacts:
     extension_oids: tuple[str, ...]
     key_usage: x509.KeyUsage | None
     eku: tuple[str, ...] | None
-
-    @property
-    def public_key(self) -> CertificatePublicKeyTypes:
-        return self.csr.public_key()
 
 
 def key_facts(key: object) -> KeyFacts:
@@ -111,7 +108,9 @@ def parse(pem: bytes) -> CsrFacts:
         raise InvalidInput(f"malformed CSR extensions: {_first_line(exc)}") from None
 
 
-def _facts(csr: x509.CertificateSigningRequest, public_key: object) -> CsrFacts:
+def _facts(
+    csr: x509.CertificateSigningRequest, public_key: CertificatePublicKeyTypes
+) -> CsrFacts:
     cns = tuple(str(attr.value) for attr in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME))
     dns: list[str] = []
     ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
@@ -147,6 +146,7 @@ def _facts(csr: x509.CertificateSigningRequest, public_key: object) -> CsrFacts:
             eku = tuple(oid.dotted_string for oid in value)
     return CsrFacts(
         csr=csr,
+        public_key=public_key,
         key=key_facts(public_key),
         common_names=cns,
         dns_names=tuple(dns),

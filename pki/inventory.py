@@ -8,6 +8,7 @@ so a certificate becomes visible in the same commit that records it.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -59,6 +60,8 @@ class UtcDateTime(sa.types.TypeDecorator[dt.datetime]):
             return dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
         return as_utc(value)
 
+
+_UTC = UtcDateTime()
 
 metadata = sa.MetaData()
 
@@ -527,16 +530,12 @@ def _bulk_insert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) 
     """
     names = list(rows[0])
     placeholder = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    sql = (
-        f"INSERT INTO {table.name} ({', '.join(names)}) "
-        f"VALUES ({', '.join([placeholder] * len(names))})"
-    )
-    converters = [
-        _datetime_converter(conn.dialect.name)
-        if isinstance(table.c[name].type, UtcDateTime)
-        else None
-        for name in names
-    ]
+    # Our own column names, each checked against the table: never input.
+    to_db = functools.partial(_UTC.process_bind_param, dialect=conn.dialect)
+    converters = [to_db if isinstance(table.c[name].type, UtcDateTime) else None for name in names]
+    columns = ", ".join(names)
+    values = ", ".join([placeholder] * len(names))
+    sql = f"INSERT INTO {table.name} ({columns}) VALUES ({values})"  # noqa: S608
     params = [
         tuple(
             value if conv is None or value is None else conv(value)
@@ -545,12 +544,6 @@ def _bulk_insert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) 
         for row in rows
     ]
     conn.exec_driver_sql(sql, params)
-
-
-def _datetime_converter(dialect: str) -> Any:
-    if dialect == "sqlite":
-        return lambda v: v.astimezone(dt.UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-    return lambda v: v.astimezone(dt.UTC)
 
 
 def _row(new: NewCertificate) -> dict[str, Any]:

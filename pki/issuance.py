@@ -107,34 +107,41 @@ def verify_issued(
     def bad(what: str) -> IssuedCertificateMismatch:
         return IssuedCertificateMismatch("issue", "CA", f"returned certificate {what}")
 
-    if spki(cert.public_key()) != spki(request.public_key):
+    if cert.public_key() != request.public_key:
         raise bad("has a different public key than the CSR")
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
     if lifetime > dt.timedelta(days=plan.profile.max_days) + BACKDATE:
         raise bad(f"is valid for {lifetime.days} days, over the profile's {plan.profile.max_days}")
     if cert.not_valid_after_utc > issuing_ca.not_valid_after_utc:
         raise bad("outlives the issuing CA")
-    try:
-        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound as exc:
-        raise bad(f"lacks an extension: {exc}") from None
+    if cert.issuer != issuing_ca.subject:
+        raise bad(f"was issued by {cert.issuer.rfc4514_string()}, not the issuing CA")
+    found: dict[type, x509.ExtensionType] = {}
+    for extension in cert.extensions:  # one pass; get_extension_for_class scans each time
+        found[type(extension.value)] = extension.value
+    constraints = found.get(x509.BasicConstraints)
+    usage = found.get(x509.KeyUsage)
+    eku = found.get(x509.ExtendedKeyUsage)
+    san = found.get(x509.SubjectAlternativeName)
+    if not (
+        isinstance(constraints, x509.BasicConstraints)
+        and isinstance(usage, x509.KeyUsage)
+        and isinstance(eku, x509.ExtendedKeyUsage)
+        and isinstance(san, x509.SubjectAlternativeName)
+    ):
+        raise bad("lacks basicConstraints, keyUsage, extendedKeyUsage or subjectAltName")
     if constraints.ca:
         raise bad("is a CA certificate")
     if usage.key_cert_sign or usage.crl_sign:
         raise bad("may sign certificates or CRLs")
-    if set(eku) != set(plan.profile.eku):
+    if list(eku) != list(plan.profile.eku):
         raise bad(f"has extended key usage {[o.dotted_string for o in eku]}")
-    uris = set(san.get_values_for_type(x509.UniformResourceIdentifier))
-    if not set(plan.uris) <= uris:
-        raise bad(f"lacks the SAN URI {sorted(set(plan.uris) - uris)}")
-    dns = set(san.get_values_for_type(x509.DNSName))
-    if not set(plan.dns_names) <= dns:
-        raise bad(f"lacks the DNS names {sorted(set(plan.dns_names) - dns)}")
-    if cert.issuer != issuing_ca.subject:
-        raise bad(f"was issued by {cert.issuer.rfc4514_string()}, not the issuing CA")
+    if plan.uris and not set(plan.uris) <= set(
+        san.get_values_for_type(x509.UniformResourceIdentifier)
+    ):
+        raise bad(f"lacks the SAN URI {list(plan.uris)}")
+    if plan.dns_names and not set(plan.dns_names) <= set(san.get_values_for_type(x509.DNSName)):
+        raise bad(f"lacks the DNS names {list(plan.dns_names)}")
     if check_signature:
         try:
             cert.verify_directly_issued_by(issuing_ca)

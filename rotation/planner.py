@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import sqlalchemy as sa
 
-from pki.clock import as_utc
-from pki.inventory import Inventory, certificates
+from pki.inventory import Inventory, UtcDateTime, certificates
 from pki.model import Status
-from rotation.schedule import RenewalPolicy, renewal_time
+from pki.policy import BACKDATE
+from pki.profiles import PROFILES
+from rotation.schedule import RenewalPolicy, renewal_timestamp
 
 DEFAULT_POLICY = RenewalPolicy()
+ROTATED_PROFILES = ("device", "server")
+# The longest lifetime a rotated certificate can have.
+MAX_LIFETIME = max(p.max_days for p in PROFILES.values()) * dt.timedelta(days=1) + BACKDATE
 
 
-@dataclass(frozen=True)
-class Candidate:
+# NamedTuples rather than dataclasses: a plan reads up to millions of these.
+class Candidate(NamedTuple):
     serial: int
     thing: str | None
     profile: str
@@ -25,8 +29,7 @@ class Candidate:
     not_after: dt.datetime
 
 
-@dataclass(frozen=True)
-class PlanItem:
+class PlanItem(NamedTuple):
     serial: int
     thing: str | None
     profile: str
@@ -42,25 +45,103 @@ def plan(
 ) -> list[PlanItem]:
     """Every candidate whose renewal time is at or before ``now + horizon``, soonest
     expiry first. Pure."""
-    until = now + horizon
+    until = (now + horizon).timestamp()
     due = []
     for c in candidates:
-        at = renewal_time(c.not_before, c.not_after, c.serial, policy)
+        at = renewal_timestamp(c.not_before.timestamp(), c.not_after.timestamp(), c.serial, policy)
         if at <= until:
-            due.append(PlanItem(c.serial, c.thing, c.profile, at, c.not_after))
+            due.append(
+                PlanItem(
+                    c.serial, c.thing, c.profile, dt.datetime.fromtimestamp(at, dt.UTC), c.not_after
+                )
+            )
     due.sort(key=lambda item: (item.not_after, item.serial))
     return due
 
 
-def candidates(inventory: Inventory, now: dt.datetime, batch: int = 10_000) -> Iterator[Candidate]:
+def candidates(
+    inventory: Inventory,
+    now: dt.datetime,
+    *,
+    expiring_before: dt.datetime | None = None,
+    batch: int = 10_000,
+) -> Iterator[Candidate]:
     """Active, unexpired device and server certificates, streamed from the inventory."""
     c = certificates.c
     query = sa.select(c.serial, c.thing, c.profile, c.not_before, c.not_after).where(
         c.status == Status.ACTIVE.value,
         c.not_after > now,
-        c.profile.in_(("device", "server")),
+        c.profile.in_(ROTATED_PROFILES),
     )
+    if expiring_before is not None:
+        query = query.where(c.not_after <= expiring_before)
     with inventory.engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=batch).execute(query)
         for serial, thing, profile, not_before, not_after in result:
-            yield Candidate(int(serial, 16), thing, profile, as_utc(not_before), as_utc(not_after))
+            yield Candidate(int(serial, 16), thing, profile, not_before, not_after)
+
+
+def plan_inventory(
+    inventory: Inventory,
+    now: dt.datetime,
+    policy: RenewalPolicy = DEFAULT_POLICY,
+    horizon: dt.timedelta = dt.timedelta(0),
+) -> list[PlanItem]:
+    """``plan`` over the whole inventory, the same decisions, at a million rows.
+
+    Only certificates that can be due are read: one renewed by ``until`` at the earliest
+    share of the longest lifetime expires no later than ``until + MAX_LIFETIME x (1 -
+    earliest)``, a range the (status, not_after) index finds. Rows come from the driver
+    as they are and are turned into timestamps directly; a ``PlanItem`` is made only for
+    the certificates that are due.
+    """
+    until = now + horizon
+    until_ts = until.timestamp()
+    bound = until + MAX_LIFETIME * (1 - policy.earliest)
+    due: list[PlanItem] = []
+    with inventory.engine.connect() as conn:
+        dialect = conn.dialect
+        mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        where = f"status = {mark} AND not_after > {mark} AND not_after <= {mark}"
+        # Constant text and placeholders only.
+        sql = (
+            "SELECT serial, thing, profile, not_before, not_after FROM certificates "  # noqa: S608
+            f"WHERE {where} AND profile IN ({mark}, {mark})"
+        )
+        to_db = UtcDateTime().process_bind_param
+        params = (
+            Status.ACTIVE.value,
+            to_db(now, dialect),
+            to_db(bound, dialect),
+            *ROTATED_PROFILES,
+        )
+        to_ts = _sqlite_timestamp if dialect.name == "sqlite" else _aware_timestamp
+        cursor = conn.exec_driver_sql(sql, params)
+        renew = renewal_timestamp
+        for serial_text, thing, profile, not_before, not_after in cursor:
+            serial = int(serial_text, 16)
+            after = to_ts(not_after)
+            at = renew(to_ts(not_before), after, serial, policy)
+            if at <= until_ts:
+                due.append(
+                    PlanItem(
+                        serial,
+                        thing,
+                        profile,
+                        dt.datetime.fromtimestamp(at, dt.UTC),
+                        dt.datetime.fromtimestamp(after, dt.UTC),
+                    )
+                )
+    due.sort(key=lambda item: (item.not_after, item.serial))
+    return due
+
+
+_NAIVE_EPOCH = dt.datetime(1970, 1, 1)
+
+
+def _sqlite_timestamp(text: str) -> float:
+    return (dt.datetime.fromisoformat(text) - _NAIVE_EPOCH).total_seconds()
+
+
+def _aware_timestamp(value: dt.datetime) -> float:
+    return value.timestamp()

@@ -26,10 +26,22 @@ class RenewalPolicy:
         if not 0 <= self.jitter < min(self.fraction, 1 - self.fraction):
             raise ValueError("jitter must be smaller than the distance to either end")
 
+    @property
+    def earliest(self) -> float:
+        """The smallest share of the lifetime after which any certificate is renewed."""
+        return self.fraction - self.jitter
+
+
+def renewal_timestamp(
+    not_before: float, not_after: float, serial: int, policy: RenewalPolicy
+) -> float:
+    """``renewal_time`` on POSIX timestamps (the planner's hot path over a million rows)."""
+    spread = (serial % _SPREAD) / (_SPREAD - 1) * 2 - 1  # in [-1, 1]
+    return not_before + (not_after - not_before) * (policy.fraction + policy.jitter * spread)
+
 
 def renewal_time(
     not_before: dt.datetime, not_after: dt.datetime, serial: int, policy: RenewalPolicy
 ) -> dt.datetime:
-    lifetime = not_after - not_before
-    spread = (serial % _SPREAD) / (_SPREAD - 1) * 2 - 1  # in [-1, 1]
-    return not_before + lifetime * (policy.fraction + policy.jitter * spread)
+    at = renewal_timestamp(not_before.timestamp(), not_after.timestamp(), serial, policy)
+    return dt.datetime.fromtimestamp(at, dt.UTC)

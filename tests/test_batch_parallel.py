@@ -17,7 +17,10 @@ from tests.helpers import load_cert, make_csr
 def test_errors_survive_a_trip_through_pickle() -> None:
     violation = pickle.loads(pickle.dumps(PolicyViolation("weak-key", "too weak")))
     assert isinstance(violation, PolicyViolation)
-    assert (violation.reason, str(violation)) == ("weak-key", "policy violation (weak-key): too weak")
+    assert (violation.reason, str(violation)) == (
+        "weak-key",
+        "policy violation (weak-key): too weak",
+    )
     backend = pickle.loads(pickle.dumps(BackendError("issue", "aws-pca", "throttled")))
     assert (backend.operation, backend.backend, backend.cause) == ("issue", "aws-pca", "throttled")
     assert str(backend) == "aws-pca backend failed to issue: throttled"

@@ -77,3 +77,52 @@ def test_candidates_come_from_the_inventory(
     assert set(found) == {serials["a"], serials["c"]}  # not the revoked one, not the CAs
     assert found[serials["a"]].thing == "a"
     assert found[serials["a"]].not_after.tzinfo is not None
+
+
+def test_inventory_plan_matches_the_pure_plan(tmp_path: Path, db_url: str | None) -> None:
+    """The fast path over the inventory decides exactly what ``plan`` decides."""
+    import random
+    import secrets
+
+    from pki.inventory import NewCertificate
+    from pki.model import CertificateRecord, Status
+    from rotation.planner import plan_inventory
+
+    rng = random.Random(7)
+    inventory = Inventory.open(db_url or f"sqlite:///{tmp_path / 'plan.db'}")
+    try:
+        rows = []
+        for i in range(600):
+            lifetime = dt.timedelta(days=rng.choice((30, 90, 397)))
+            not_before = NOW - lifetime * rng.random() * 1.2
+            status = Status.REVOKED if i % 50 == 0 else Status.ACTIVE
+            rows.append(
+                NewCertificate(
+                    CertificateRecord(
+                        serial=secrets.randbits(120) + 1,
+                        thing=f"t{i}",
+                        common_name=f"t{i}",
+                        profile="server" if i % 7 == 0 else "device",
+                        status=status,
+                        not_before=not_before,
+                        not_after=not_before + lifetime,
+                        fingerprint_sha256=secrets.token_hex(32),
+                        issuer="CN=x",
+                        backend="local",
+                        created_at=NOW,
+                    ),
+                    "pem",
+                )
+            )
+        with inventory.transaction() as conn:
+            inventory.add_certificates(conn, rows)
+        for horizon in (dt.timedelta(0), dt.timedelta(days=14)):
+            fast = plan_inventory(inventory, NOW, horizon=horizon)
+            pure = plan(candidates(inventory, NOW), NOW, horizon=horizon)
+            assert [i.serial for i in fast] == [i.serial for i in pure]
+            assert len(fast) > 50
+            for a, b in zip(fast, pure, strict=True):
+                assert abs((a.renew_at - b.renew_at).total_seconds()) < 0.01
+                assert a.not_after.replace(microsecond=0) == b.not_after.replace(microsecond=0)
+    finally:
+        inventory.close()

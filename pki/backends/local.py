@@ -191,6 +191,10 @@ class LocalCA:
             x509.SubjectKeyIdentifier
         ).value
 
+    @cached_property
+    def _aki(self) -> x509.AuthorityKeyIdentifier:
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(self.issuing_ski)
+
     def chain(self) -> tuple[x509.Certificate, ...]:
         return (self.issuing_certificate, self.root_certificate)
 
@@ -200,23 +204,34 @@ class LocalCA:
         names += [x509.IPAddress(ip) for ip in plan.ip_addresses]
         names += [x509.UniformResourceIdentifier(u) for u in plan.uris]
         issuer = self.issuing_certificate
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, plan.common_name)]))
-            .issuer_name(issuer.subject)
-            .public_key(request.public_key)
-            .serial_number(request.serial)
-            .not_valid_before(plan.not_before)
-            .not_valid_after(plan.not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-            .add_extension(key_usage_for(request.public_key), True)
-            .add_extension(x509.ExtendedKeyUsage(list(plan.profile.eku)), False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(request.public_key), False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(self.issuing_ski),
-                False,
-            )
-            .add_extension(x509.SubjectAlternativeName(names), False)
+        # The extension list is handed to the builder whole (add_extension copies it).
+        builder = x509.CertificateBuilder(
+            issuer_name=issuer.subject,
+            subject_name=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, plan.common_name)]),
+            public_key=request.public_key,
+            serial_number=request.serial,
+            not_valid_before=plan.not_before,
+            not_valid_after=plan.not_after,
+            extensions=[
+                x509.Extension(
+                    x509.BasicConstraints.oid,
+                    True,
+                    x509.BasicConstraints(ca=False, path_length=None),
+                ),
+                x509.Extension(x509.KeyUsage.oid, True, key_usage_for(request.public_key)),
+                x509.Extension(
+                    x509.ExtendedKeyUsage.oid, False, x509.ExtendedKeyUsage(list(plan.profile.eku))
+                ),
+                x509.Extension(
+                    x509.SubjectKeyIdentifier.oid,
+                    False,
+                    x509.SubjectKeyIdentifier.from_public_key(request.public_key),
+                ),
+                x509.Extension(x509.AuthorityKeyIdentifier.oid, False, self._aki),
+                x509.Extension(
+                    x509.SubjectAlternativeName.oid, False, x509.SubjectAlternativeName(names)
+                ),
+            ],
         )
         key = self._issuing_key
         return builder.sign(key, signature_hash(key))
