@@ -1,0 +1,669 @@
+"""fleetpki benchmarks. Run through ``scripts/bench [--quick]``.
+
+Every figure is a ratio against a baseline measured in the same run (these machines are
+shared and noisy: absolute times drift, ratios much less). Targets are checked here; the
+script exits 1 naming every missed target. Results go to bench/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pki.backends import RevokedEntry  # noqa: E402
+from pki.backends.local import LocalCA  # noqa: E402
+from pki.clock import SystemClock  # noqa: E402
+from pki.crl import build_crl, check_serials, revoked_serials  # noqa: E402
+from pki.inventory import Inventory, NewCertificate  # noqa: E402
+from pki.issuance import Issuer  # noqa: E402
+from pki.model import CertificateRecord, IssueRequest, KeyType, RevocationReason, Status  # noqa: E402
+
+PEM = serialization.Encoding.PEM
+PG_URL = os.environ.get("FLEETPKI_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+SIZES = {
+    "full": {
+        "issue": 20_000,
+        "crl": 1_000_000,
+        "check": 100_000,
+        "rows": 1_000_000,
+        "per_process": 300,
+    },
+    "quick": {"issue": 2_000, "crl": 100_000, "check": 10_000, "rows": 100_000, "per_process": 40},
+}
+
+
+@dataclass
+class Figure:
+    key: str
+    title: str
+    value: float
+    unit: str
+    baseline: float | None = None
+    baseline_name: str = ""
+    ratio: float | None = None
+    target: str = ""
+    met: bool | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------- 1 and 2: issuance
+
+
+def make_csrs(n: int) -> list[tuple[str, bytes]]:
+    out = []
+    for i in range(n):
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = f"dev-{i:06d}"
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .sign(key, hashes.SHA256())
+        )
+        out.append((name, csr.public_bytes(PEM)))
+    return out
+
+
+def new_ca(directory: Path) -> LocalCA:
+    return LocalCA.create(
+        directory / "ca",
+        key_type=KeyType.EC_P256,
+        common_name="bench",
+        passphrase=b"bench-passphrase",
+        now=SystemClock().now(),
+    )
+
+
+def ceiling(csrs: list[tuple[str, bytes]], ca: LocalCA) -> float:
+    """Bare cryptography: CSR load + signature check + CertificateBuilder.sign + PEM, with
+    the same extensions fleetpki puts in, no policy, no verification, no storage."""
+    issuing = ca.issuing_certificate
+    key = ca._issuing_key
+    ski = ca.issuing_ski
+    now = dt.datetime.now(dt.UTC)
+    eku = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
+    usage = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
+    aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+    def run() -> int:
+        count = 0
+        for name, pem in csrs:
+            csr = x509.load_pem_x509_csr(pem)
+            if not csr.is_signature_valid:
+                raise AssertionError("bad CSR")
+            pub = csr.public_key()
+            cert = (
+                x509.CertificateBuilder()
+                .subject_name(csr.subject)
+                .issuer_name(issuing.subject)
+                .public_key(pub)
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now)
+                .not_valid_after(now + dt.timedelta(days=90))
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+                .add_extension(usage, True)
+                .add_extension(eku, False)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), False)  # type: ignore[arg-type]
+                .add_extension(aki, False)
+                .add_extension(
+                    x509.SubjectAlternativeName(
+                        [x509.UniformResourceIdentifier(f"https://fleetpki.local/things/{name}")]
+                    ),
+                    False,
+                )
+                .sign(key, hashes.SHA256())
+            )
+            cert.public_bytes(PEM)
+            count += 1
+        return count
+
+    seconds, count = timed(run)
+    return count / seconds
+
+
+def fleetpki_rate(csrs: list[tuple[str, bytes]], ca: LocalCA, db_url: str, workers: int) -> float:
+    inventory = Inventory.open(db_url)
+    try:
+        issuer = Issuer(ca, inventory, SystemClock())
+        requests = [IssueRequest("device", name, pem, actor="bench") for name, pem in csrs]
+        seconds, report = timed(
+            lambda: issuer.issue_batch(requests, workers=workers, actor="bench")
+        )
+        if report.failed or len(report.issued) != len(csrs):
+            raise AssertionError(f"batch failed: {report.failed[:3]}")
+        return len(csrs) / seconds
+    finally:
+        inventory.close()
+
+
+def openssl_rate(csrs: list[tuple[str, bytes]], ca: LocalCA, work: Path) -> float:
+    """What shell-script CAs do: one ``openssl x509 -req`` process per certificate."""
+    key_file = work / "ca-plain.key"
+    key_file.write_bytes(
+        ca._issuing_key.private_bytes(
+            PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    key_file.chmod(0o600)
+    cert_file = work / "ca.pem"
+    cert_file.write_bytes(ca.issuing_certificate.public_bytes(PEM))
+    ext = work / "ext.cnf"
+    ext.write_text(
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=clientAuth\nsubjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid\n"
+    )
+    files = []
+    for name, pem in csrs:
+        path = work / f"{name}.csr"
+        path.write_bytes(pem)
+        files.append(path)
+
+    def run() -> None:
+        for path in files:
+            subprocess.run(
+                [
+                    "openssl",
+                    "x509",
+                    "-req",
+                    "-in",
+                    str(path),
+                    "-CA",
+                    str(cert_file),
+                    "-CAkey",
+                    str(key_file),
+                    "-set_serial",
+                    f"0x{secrets.token_hex(16)}",
+                    "-days",
+                    "90",
+                    "-sha256",
+                    "-extfile",
+                    str(ext),
+                    "-out",
+                    str(path.with_suffix(".pem")),
+                ],
+                check=True,
+                capture_output=True,
+            )
+
+    seconds, _ = timed(run)
+    key_file.unlink()
+    return len(files) / seconds
+
+
+def trustme_rate(n: int) -> float:
+    """trustme (a test CA library): note it also makes a new key for every certificate."""
+    import trustme
+
+    ca = trustme.CA()
+    seconds, _ = timed(
+        lambda: [ca.issue_cert(f"dev-{i}.example").cert_chain_pems[0].bytes() for i in range(n)]
+    )
+    return n / seconds
+
+
+def pg_database() -> Iterator[str] | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_URL, connect_timeout=3):
+            pass
+    except Exception:
+        return None
+
+    def gen() -> Iterator[str]:
+        name = f"fleetpki_bench_{secrets.token_hex(4)}"
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield PG_URL.rsplit("/", 1)[0] + "/" + name
+        finally:
+            with psycopg.connect(PG_URL, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return gen()
+
+
+def bench_issuance(sizes: dict[str, int], work: Path) -> list[Figure]:
+    n = sizes["issue"]
+    log(f"issuance: making {n} CSRs")
+    csrs = make_csrs(n)
+    ca = new_ca(work)
+    ca.load_signing_key()
+    log("issuance: bare cryptography ceiling")
+    bare = ceiling(csrs, ca)
+    log("issuance: fleetpki on SQLite, one process")
+    one = fleetpki_rate(csrs, ca, f"sqlite:///{work / 'one.db'}", workers=1)
+    log("issuance: fleetpki on SQLite, two processes")
+    two = fleetpki_rate(csrs, ca, f"sqlite:///{work / 'two.db'}", workers=2)
+    figures = [
+        Figure(
+            "issue_sqlite",
+            f"issuance, local CA P-256, SQLite ({n} CSRs)",
+            one,
+            "certs/s",
+            bare,
+            "bare cryptography",
+            one / bare,
+            ">= 0.80",
+            one / bare >= 0.80,
+        ),
+        Figure(
+            "issue_two_cores",
+            f"issuance on 2 processes ({n} CSRs)",
+            two,
+            "certs/s",
+            one,
+            "fleetpki on 1 process",
+            two / one,
+            ">= 1.70",
+            two / one >= 1.70,
+            {"cores": os.cpu_count()},
+        ),
+    ]
+    pg = pg_database()
+    if pg is not None:
+        log("issuance: fleetpki on PostgreSQL, one process")
+        url = next(pg)
+        try:
+            rate = fleetpki_rate(csrs, ca, url, workers=1)
+        finally:
+            pg.close()
+        figures.append(
+            Figure(
+                "issue_postgres",
+                f"issuance on PostgreSQL ({n} CSRs)",
+                rate,
+                "certs/s",
+                bare,
+                "bare cryptography",
+                rate / bare,
+                "report",
+            )
+        )
+    k = sizes["per_process"]
+    log(f"issuance: openssl x509 -req per certificate ({k})")
+    ossl = openssl_rate(csrs[:k], ca, work)
+    figures.append(
+        Figure(
+            "issue_vs_openssl",
+            "fleetpki vs one openssl process per cert",
+            one,
+            "certs/s",
+            ossl,
+            "openssl x509 -req",
+            one / ossl,
+            "report",
+        )
+    )
+    log(f"issuance: trustme ({k})")
+    tm = trustme_rate(k)
+    figures.append(
+        Figure(
+            "issue_vs_trustme",
+            "fleetpki vs trustme.CA().issue_cert",
+            one,
+            "certs/s",
+            tm,
+            "trustme (new key per cert)",
+            one / tm,
+            "report",
+        )
+    )
+    return figures
+
+
+# -------------------------------------------------------------------------------- 3: CRL
+
+
+def crl_child(kind: str, n: int, checks: int) -> dict[str, Any]:
+    """Runs in its own process so that its peak memory is its own."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench issuing")])
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    issuer = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+    serials = [secrets.randbits(127) + 1 for _ in range(n)]
+    reason = RevocationReason.KEY_COMPROMISE
+    when = now - dt.timedelta(hours=1)
+    result: dict[str, Any] = {}
+    if kind == "ours":
+        entries = [RevokedEntry(s, when, reason) for s in serials]
+        seconds, crl = timed(
+            lambda: build_crl(
+                issuer, key, entries, 1, now, now + dt.timedelta(days=7), hashes.SHA256()
+            )
+        )
+    else:
+        ext = [x509.Extension(x509.CRLReason.oid, False, x509.CRLReason(reason.x509_flag))]
+
+        def bare() -> x509.CertificateRevocationList:
+            revoked = [x509.RevokedCertificateBuilder(s, when, ext).build() for s in serials]
+            return x509.CertificateRevocationListBuilder(
+                issuer_name=issuer.subject,
+                last_update=now,
+                next_update=now + dt.timedelta(days=7),
+                extensions=[x509.Extension(x509.CRLNumber.oid, False, x509.CRLNumber(1))],
+                revoked_certificates=revoked,
+            ).sign(key, hashes.SHA256())
+
+        seconds, crl = timed(bare)
+    der = crl.public_bytes(serialization.Encoding.DER)
+    result["seconds"] = seconds
+    result["der_bytes"] = len(der)
+    result["maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if kind == "ours" and checks:
+        loaded = x509.load_der_x509_crl(der)
+        candidates = serials[: checks // 2] + [
+            secrets.randbits(127) + 1 for _ in range(checks - checks // 2)
+        ]
+        set_seconds, hits = timed(lambda: check_serials(candidates, revoked_serials(loaded)))
+        assert len(hits) == checks // 2
+        sample = candidates[:10] + candidates[-10:]
+        lin_seconds, found = timed(
+            lambda: [loaded.get_revoked_certificate_by_serial_number(s) for s in sample]
+        )
+        assert sum(1 for f in found if f is not None) == 10
+        result["set_seconds"] = set_seconds
+        result["linear_per_serial"] = lin_seconds / len(sample)
+        result["checks"] = checks
+    return result
+
+
+def run_crl_child(kind: str, n: int, checks: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--crl-child", kind, str(n), str(checks)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def bench_crl(sizes: dict[str, int]) -> list[Figure]:
+    n, checks = sizes["crl"], sizes["check"]
+    log(f"CRL: bare cryptography, {n} entries")
+    bare = run_crl_child("bare", n, 0)
+    log(f"CRL: fleetpki, {n} entries, then {checks} serial checks")
+    ours = run_crl_child("ours", n, checks)
+    gib = 1024 * 1024
+    linear_total = ours["linear_per_serial"] * checks
+    speedup = linear_total / ours["set_seconds"]
+    return [
+        Figure(
+            "crl_build",
+            f"CRL build + sign, {n} entries",
+            ours["seconds"],
+            "s",
+            bare["seconds"],
+            "bare cryptography, one pass",
+            ours["seconds"] / bare["seconds"],
+            "<= 1.25",
+            ours["seconds"] / bare["seconds"] <= 1.25,
+            {"der_mb": round(ours["der_bytes"] / 1e6, 1)},
+        ),
+        Figure(
+            "crl_peak_memory",
+            f"CRL peak memory, {n} entries",
+            ours["maxrss_kib"] / 1024,
+            "MiB",
+            bare["maxrss_kib"] / 1024,
+            "bare cryptography",
+            ours["maxrss_kib"] / bare["maxrss_kib"],
+            "<= 1 GiB",
+            ours["maxrss_kib"] <= gib,
+        ),
+        Figure(
+            "crl_check",
+            f"check {checks} serials against the loaded CRL",
+            ours["set_seconds"],
+            "s",
+            linear_total,
+            "get_revoked_certificate_by_serial_number per serial (extrapolated)",
+            speedup,
+            ">= 100x",
+            speedup >= 100,
+            {"linear_ms_per_serial": round(ours["linear_per_serial"] * 1000, 2)},
+        ),
+    ]
+
+
+# -------------------------------------------------------------------- 4: inventory scale
+
+
+def fill_inventory(inventory: Inventory, rows: int, now: dt.datetime) -> float:
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    batch = 1000
+
+    def records(start: int) -> list[NewCertificate]:
+        out = []
+        for i in range(start, min(start + batch, rows)):
+            serial = secrets.randbits(127) + 1
+            not_after = now + dt.timedelta(days=1 + (i * 7919) % 397, seconds=i % 86400)
+            out.append(
+                NewCertificate(
+                    CertificateRecord(
+                        serial=serial,
+                        thing=f"thing-{i}",
+                        common_name=f"thing-{i}",
+                        profile="device",
+                        status=Status.ACTIVE,
+                        not_before=not_after - dt.timedelta(days=397),
+                        not_after=not_after,
+                        fingerprint_sha256=secrets.token_hex(32),
+                        issuer="CN=bench Issuing CA",
+                        backend="local",
+                        created_at=now,
+                    ),
+                    pem,
+                )
+            )
+        return out
+
+    def run() -> None:
+        for start in range(0, rows, batch):
+            chunk = records(start)
+            with inventory.transaction() as conn:
+                inventory.add_certificates(conn, chunk)
+
+    seconds, _ = timed(run)
+    return rows / seconds
+
+
+def bench_inventory(sizes: dict[str, int], work: Path) -> list[Figure]:
+    import sqlite3
+
+    from rotation.planner import plan_inventory
+
+    rows = sizes["rows"]
+    path = work / "scale.db"
+    inventory = Inventory.open(f"sqlite:///{path}")
+    now = dt.datetime.now(dt.UTC)
+    try:
+        log(f"inventory: inserting {rows} rows in 1,000-row transactions")
+        insert_rate = fill_inventory(inventory, rows, now)
+        log("inventory: list --expiring-within 30d")
+        list_seconds, found = timed(
+            lambda: inventory.find(now=now, expiring_within=dt.timedelta(days=30))
+        )
+        log("inventory: rotation plan")
+        plan_seconds, due = timed(lambda: plan_inventory(inventory, now))
+    finally:
+        inventory.close()
+    conn = sqlite3.connect(path)
+    raw_seconds, raw = timed(
+        lambda: conn.execute(
+            "SELECT serial, thing, profile, not_before, not_after FROM certificates "
+            "WHERE status = 'active'"
+        ).fetchall()
+    )
+    conn.close()
+    assert len(raw) == rows
+    return [
+        Figure(
+            "inventory_insert",
+            f"inventory insert, {rows} rows (SQLite WAL)",
+            insert_rate,
+            "rows/s",
+            None,
+            "",
+            None,
+            "report",
+        ),
+        Figure(
+            "inventory_expiring",
+            f"list --expiring-within 30d over {rows} rows",
+            list_seconds,
+            "s",
+            raw_seconds,
+            "raw sqlite3 fetch of all rows",
+            list_seconds / raw_seconds,
+            "report",
+            None,
+            {"rows_returned": len(found), "rows_per_s": round(rows / list_seconds)},
+        ),
+        Figure(
+            "rotation_plan",
+            f"rotation plan over {rows} rows",
+            plan_seconds,
+            "s",
+            raw_seconds,
+            "raw sqlite3 fetch of all rows",
+            plan_seconds / raw_seconds,
+            "<= 5 s",
+            plan_seconds <= 5.0,
+            {"due": len(due), "rows_per_s": round(rows / plan_seconds)},
+        ),
+    ]
+
+
+# ---------------------------------------------------------------------------------- main
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import cryptography
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "cryptography": cryptography.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def print_table(figures: list[Figure]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="fleetpki benchmarks")
+    for col in ("figure", "value", "baseline", "ratio", "target", "ok"):
+        table.add_column(col)
+    for f in figures:
+        table.add_row(
+            f.title,
+            f"{f.value:,.2f} {f.unit}",
+            f"{f.baseline:,.2f} ({f.baseline_name})" if f.baseline is not None else "-",
+            f"{f.ratio:.2f}" if f.ratio is not None else "-",
+            f.target,
+            {True: "yes", False: "NO", None: "-"}[f.met],
+        )
+    Console(width=200).print(table)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes (under 3 minutes)")
+    parser.add_argument("--only", choices=["issuance", "crl", "inventory"], action="append")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    parser.add_argument("--crl-child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.crl_child:
+        kind, n, checks = args.crl_child
+        print(json.dumps(crl_child(kind, int(n), int(checks))))
+        return 0
+    mode = "quick" if args.quick else "full"
+    sizes = SIZES[mode]
+    parts = args.only or ["issuance", "crl", "inventory"]
+    started = time.perf_counter()
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory(prefix="fleetpki-bench-") as tmp:
+        work = Path(tmp)
+        if "issuance" in parts:
+            figures += bench_issuance(sizes, work)
+        if "crl" in parts:
+            figures += bench_crl(sizes)
+        if "inventory" in parts:
+            figures += bench_inventory(sizes, work)
+    elapsed = time.perf_counter() - started
+    print_table(figures)
+    missed = [f for f in figures if f.met is False]
+    result = {
+        "mode": mode,
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine(),
+        "elapsed_s": round(elapsed, 1),
+        "figures": [f.__dict__ for f in figures],
+        "missed": [f.key for f in missed],
+    }
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out} ({mode}, {elapsed:.0f} s)", file=sys.stderr)
+    for f in missed:
+        print(
+            f"MISSED TARGET {f.key}: {f.title}: ratio {f.ratio:.2f}, target {f.target}",
+            file=sys.stderr,
+        )
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
