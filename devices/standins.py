@@ -340,6 +340,24 @@ def _ca_bundle(home: Home) -> bytes:
     return (home.ca_dir / "issuing.pem").read_bytes() + (home.ca_dir / "root.pem").read_bytes()
 
 
+def write_home_crl(home: Home, state: Any) -> Path:
+    """Re-sign HOME/crl/issuing.crl.pem (what ``fleetpki revoke`` does after a revocation)."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from pki.revocation import generate_crl
+
+    result = generate_crl(
+        state.inventory(),
+        state.ca(),
+        state.clock,
+        home.actor(),
+        dt.timedelta(days=home.config().crl_next_update_days),
+    )
+    ensure_dir(home.crl_path.parent)
+    atomic_write(home.crl_path, result.crl.public_bytes(Encoding.PEM), 0o644)
+    return home.crl_path
+
+
 def ensure_crl(home: Home, clock: Clock, state: Any) -> Path:
     """The home CRL, signed now when it is missing or past its nextUpdate."""
     path = home.crl_path

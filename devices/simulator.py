@@ -1,0 +1,499 @@
+"""The fleet simulator: N devices with their own keys, certificates from CSRs through
+pki's batch issuance, connected to the stand-ins over mTLS, publishing QoS 1 telemetry.
+
+The parent issues the certificates, starts worker *processes* (TLS handshakes are CPU:
+threads would share one core), revokes the victims mid-run and runs the impostors;
+each worker drives its devices' paho clients from one selector loop (no thread per
+device) and the SDK devices through the CRT's own threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import math
+import multiprocessing
+import os
+import selectors
+import ssl
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+SCENARIOS = ("steady", "revocation", "impostors", "expiry", "all")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    devices: int = 100
+    duration: float = 10.0
+    rate: float = 1.0  # telemetry messages per device per second
+    scenario: str = "steady"
+    sdk_share: float = 0.1
+    revoke: int = 1
+    workers: int = 0  # 0: one per CPU, at most 4
+    connect_rate: float = 0.0  # new connections per second across the fleet; 0: as fast as possible
+
+    def has(self, scenario: str) -> bool:
+        return self.scenario in (scenario, "all")
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    names: tuple[str, ...]
+    sdk: frozenset[str]
+    victims: frozenset[str]
+    folder: str
+    ca_file: str
+    mqtt_port: int
+    https_port: int
+    topic_prefix: str
+    start_at: float  # wall clock
+    stop_at: float  # seconds of steady telemetry once connected
+    connect_interval: float
+    rate: float
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def run_shard(shard: Shard, progress: Any) -> list[dict[str, Any]]:
+    """One worker process: connect its devices, publish until ``stop_at``, drain acks."""
+    from devices.device import Credentials, PahoDevice, SdkDevice, client_context, https_call
+
+    folder, ca = Path(shard.folder), Path(shard.ca_file)
+    paho: dict[Any, PahoDevice] = {}
+    sdk: list[SdkDevice] = []
+    devices: list[Any] = []
+    selector = selectors.DefaultSelector()
+    contexts: dict[str, ssl.SSLContext] = {}
+
+    def creds(name: str) -> Credentials:
+        return Credentials.in_folder(name, folder / name, ca)
+
+    while time.time() < shard.start_at:
+        time.sleep(0.01)
+    next_publish: dict[str, float] = {}
+    period = 1.0 / shard.rate if shard.rate > 0 else math.inf
+
+    def pump(timeout: float) -> None:
+        for d in paho.values():
+            sock = d.client.socket()
+            if sock is None:
+                continue
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if d.client.want_write() else 0)
+            try:
+                selector.modify(sock, events, d)
+            except (KeyError, ValueError):
+                try:
+                    selector.register(sock, events, d)
+                except (ValueError, OSError):
+                    continue
+        for key, mask in selector.select(timeout):
+            d = key.data
+            if mask & selectors.EVENT_READ:
+                d.client.loop_read()
+            if mask & selectors.EVENT_WRITE:
+                d.client.loop_write()
+            if d.client.socket() is None:
+                with contextlib.suppress(KeyError, ValueError):
+                    selector.unregister(key.fileobj)
+
+    # connect, paced
+    last_misc = time.monotonic()
+    for name in shard.names:
+        c = creds(name)
+        if name in shard.sdk:
+            s = SdkDevice(c, "127.0.0.1", shard.mqtt_port, shard.topic_prefix)
+            s.stats.victim = name in shard.victims
+            s.start()
+            sdk.append(s)
+            devices.append(s)
+        else:
+            p = PahoDevice(c, "127.0.0.1", shard.mqtt_port, shard.topic_prefix)
+            p.stats.victim = name in shard.victims
+            devices.append(p)
+            if p.start():
+                sock = p.client.socket()
+                if sock is not None:
+                    paho[sock] = p
+        contexts[name] = client_context(c, tls12=False)
+        pump(0)
+        if shard.connect_interval:
+            time.sleep(shard.connect_interval)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        pump(0.02)
+        if all(d.stats.connected or d.stats.refused for d in devices if d not in sdk):
+            break
+    for s in sdk:
+        s.wait_connected(max(0.0, deadline - time.monotonic()))
+    # one HTTPS call per device with its certificate
+    for d in devices:
+        ok, _ = https_call(contexts[d.stats.name], shard.https_port)
+        d.stats.https_ok = ok
+    progress.put(("connected", shard.index, sum(d.stats.connected for d in devices)))
+    stop_at = time.time() + shard.stop_at  # stop_at is the steady duration
+
+    # steady publishing
+    now = time.monotonic()
+    for i, d in enumerate(devices):
+        next_publish[d.stats.name] = now + (i % 50) * period / 50
+    seq = 0
+    reported = time.monotonic()
+    while time.time() < stop_at:
+        now = time.monotonic()
+        for d in devices:
+            st = d.stats
+            if not st.connected or st.disconnected_at is not None:
+                continue
+            if next_publish[st.name] <= now:
+                seq += 1
+                d.publish(b'{"seq": %d, "t": %.3f}' % (seq, time.time()))
+                next_publish[st.name] = now + period
+        pump(0.01)
+        if now - last_misc > 1.0:
+            for p in paho.values():
+                p.client.loop_misc()
+            last_misc = now
+        for d in devices:
+            st = d.stats
+            if st.victim and st.disconnected_at is not None and st.https_refused_at is None:
+                ok, reason = https_call(contexts[st.name], shard.https_port)
+                if not ok:
+                    st.https_refused_at, st.https_reason = time.time(), reason
+                else:
+                    st.https_refused_at = -1.0  # still accepted: reported as not cut
+        if now - reported > 0.5:
+            progress.put(
+                (
+                    "stats",
+                    shard.index,
+                    sum(d.stats.sent for d in devices),
+                    sum(d.stats.acked for d in devices),
+                )
+            )
+            reported = now
+    # drain outstanding PUBACKs
+    drain = time.monotonic() + 10
+    while time.monotonic() < drain:
+        pump(0.02)
+        if all(d.stats.sent == d.stats.acked for d in devices if d.stats.disconnected_at is None):
+            break
+    # a revoked device that tries again is refused
+    for d in devices:
+        if d.stats.victim and d.stats.disconnected_at is not None:
+            from devices.device import PahoDevice as Retry
+
+            again = Retry(creds(d.stats.name), "127.0.0.1", shard.mqtt_port, shard.topic_prefix)
+            if again.start():
+                again.client.loop_read()
+                again.stats.refused = again.stats.refused or (
+                    None if again.client.socket() else "connection-closed"
+                )
+                again.close()
+            d.stats.reconnect_reason = again.stats.refused or "accepted"
+    for d in devices:
+        d.close()
+    progress.put(
+        (
+            "stats",
+            shard.index,
+            sum(d.stats.sent for d in devices),
+            sum(d.stats.acked for d in devices),
+        )
+    )
+    return [d.stats.to_json() for d in devices]
+
+
+def _worker(shard: Shard, progress: Any, results: Any) -> None:
+    try:
+        results.put((shard.index, run_shard(shard, progress), None))
+    except BaseException as exc:  # reported to the parent, which fails the run
+        results.put((shard.index, [], f"{type(exc).__name__}: {exc}"))
+
+
+# --------------------------------------------------------------------------- parent
+
+
+@dataclass(frozen=True)
+class Summary:
+    data: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.data["checks"]["passed"])
+
+
+def simulate(
+    config: SimConfig,
+    state: Any,
+    stand: Any,
+    on_progress: Callable[[str, dict[str, Any]], None] = lambda _e, _d: None,
+) -> Summary:
+    """Run the fleet against running stand-ins (``stand``: a ``DevState``)."""
+    import secrets
+
+    from devices import standins
+    from devices.impostors import run_impostors
+    from pki.clock import FixedClock
+    from pki.delivery import OutputFolder, make_key_and_csr
+    from pki.model import IssueRequest, KeyType
+
+    t_start = time.monotonic()
+    home = state.home
+    run_id = secrets.token_hex(3)
+    folder = standins.dev_dir(home) / "fleet" / run_id
+    folder.mkdir(parents=True, mode=0o700)
+    names = [f"sim{run_id}-{i:04d}" for i in range(1, config.devices + 1)]
+    actor = home.actor()
+    # each device makes its own key and CSR; the CA only sees the CSRs
+    requests = []
+    for name in names:
+        key_pem, csr_pem = make_key_and_csr(KeyType.EC_P256, name)
+        (folder / name).mkdir(mode=0o700)
+        (folder / name / "key.pem").write_bytes(key_pem)
+        (folder / name / "key.pem").chmod(0o600)
+        requests.append(IssueRequest("device", name, csr_pem, days=7, actor=actor))
+
+    def deliver(issued: Any) -> Any:
+        return OutputFolder(folder / issued.record.common_name, force=True).deliver(None)(issued)
+
+    issuer = state.issuer()
+    t_issue = time.monotonic()
+    report = issuer.issue_batch(requests, deliver)
+    issue_seconds = time.monotonic() - t_issue
+    serials = {i.record.common_name: i.record.serial_hex for i in report.issued}
+    expired: list[str] = []
+    if config.has("expiry"):
+        # devices whose certificates ran out: issued 3 days ago for 1 day
+        past = state.issuer()
+        past.clock = FixedClock(state.clock.now() - dt.timedelta(days=3))
+        for name in names[: max(1, config.devices // 100)]:
+            key_pem, csr_pem = make_key_and_csr(KeyType.EC_P256, name)
+            (folder / name / "key.pem").write_bytes(key_pem)
+            past.issue(
+                IssueRequest("device", name, csr_pem, days=1, actor=actor),
+                OutputFolder(folder / name, force=True).deliver(None),
+            )
+            expired.append(name)
+    valid = [n for n in names if n not in expired]
+    victims = valid[-config.revoke :] if config.has("revocation") and config.revoke > 0 else []
+    sdk_count = round(len(valid) * config.sdk_share)
+    sdk = set(valid[:: max(1, len(valid) // sdk_count)][:sdk_count]) if sdk_count else set()
+
+    workers = config.workers or min(4, max(1, os.cpu_count() or 1))
+    workers = max(1, min(workers, len(names)))
+    connect_interval = workers / config.connect_rate if config.connect_rate else 0.0
+    start_at = time.time() + 1.5  # spawned workers import paho/awscrt meanwhile
+    stop_at = config.duration  # counted by each worker from when its devices are connected
+    ctx = multiprocessing.get_context("spawn")
+    progress, results = ctx.Queue(), ctx.Queue()
+    shards = [
+        Shard(
+            index=i,
+            names=tuple(names[i::workers]),
+            sdk=frozenset(sdk),
+            victims=frozenset(victims),
+            folder=str(folder),
+            ca_file=str(stand.ca_file),
+            mqtt_port=stand.mqtt_port,
+            https_port=stand.https_port,
+            topic_prefix=stand.topic_prefix,
+            start_at=start_at,
+            stop_at=stop_at,
+            connect_interval=connect_interval,
+            rate=config.rate,
+        )
+        for i in range(workers)
+    ]
+    access_before = sum(1 for _ in standins.read_access_log(stand))
+    procs = [ctx.Process(target=_worker, args=(s, progress, results), daemon=True) for s in shards]
+    for p in procs:
+        p.start()
+    connected: dict[int, int] = {}
+    counters: dict[int, tuple[int, int]] = {}
+    revoked_at: dict[str, float] = {}
+    impostors: list[dict[str, Any]] = []
+    collected: dict[int, list[dict[str, Any]]] = {}
+    errors: list[str] = []
+    revoke_at = math.inf  # set once every worker has connected its devices
+    impostors_done = not config.has("impostors")
+    from pki.hooks import RevocationEvent, run_revocation_hooks
+    from pki.model import RevocationReason
+    from pki.revocation import revoke
+
+    def drain_progress(timeout: float) -> None:
+        try:
+            event = progress.get(timeout=timeout)
+        except Exception:
+            return
+        if event[0] == "connected":
+            connected[event[1]] = event[2]
+        else:
+            counters[event[1]] = (event[2], event[3])
+        on_progress(
+            "progress",
+            {
+                "connected": sum(connected.values()),
+                "sent": sum(c[0] for c in counters.values()),
+                "acked": sum(c[1] for c in counters.values()),
+                "devices": len(names),
+            },
+        )
+
+    while len(collected) < workers:
+        drain_progress(0.1)
+        while not results.empty():
+            index, stats, error = results.get()
+            collected[index] = stats
+            if error:
+                errors.append(error)
+        if len(connected) == workers and revoke_at == math.inf:
+            revoke_at = time.time() + config.duration * 0.4
+        if not impostors_done and len(connected) == workers:
+            impostors = run_impostors(state, stand, folder, valid[0] if valid else None)
+            impostors_done = True
+        if victims and not revoked_at and time.time() >= revoke_at:
+            ca = state.ca()
+            for name in victims:
+                revoked_at[name] = time.time()
+                result = revoke(
+                    state.inventory(),
+                    ca,
+                    state.clock,
+                    int(serials[name], 16),
+                    RevocationReason.KEY_COMPROMISE,
+                    actor,
+                )
+                standins.write_home_crl(home, state)
+                run_revocation_hooks(
+                    RevocationEvent(
+                        result.record,
+                        RevocationReason.KEY_COMPROMISE,
+                        home.path,
+                        home.crl_path,
+                        home.database_url,
+                    )
+                )
+            on_progress("revoked", {"things": victims})
+        if all(not p.is_alive() for p in procs) and results.empty() and len(collected) < workers:
+            errors.append("a worker process died")
+            break
+    for p in procs:
+        p.join(5)
+    stats = [s for index in sorted(collected) for s in collected[index]]
+    access = [e for i, e in enumerate(standins.read_access_log(stand)) if i >= access_before]
+    wall = time.monotonic() - t_start
+    return Summary(
+        _summarise(
+            config,
+            stats,
+            expired,
+            victims,
+            revoked_at,
+            impostors,
+            access,
+            errors,
+            wall,
+            issue_seconds,
+            workers,
+            len(report.issued),
+        )
+    )
+
+
+def _summarise(
+    config: SimConfig,
+    stats: list[dict[str, Any]],
+    expired: list[str],
+    victims: list[str],
+    revoked_at: dict[str, float],
+    impostors: list[dict[str, Any]],
+    access: list[dict[str, Any]],
+    errors: list[str],
+    wall: float,
+    issue_seconds: float,
+    workers: int,
+    issued: int,
+) -> dict[str, Any]:
+    valid = [s for s in stats if s["name"] not in expired and s["name"] not in victims]
+    latencies = [s["connect_latency"] for s in stats if s["connect_latency"] is not None]
+    refused = Counter(s["refused"] for s in stats if s["refused"])
+    cuts = []
+    for s in stats:
+        if s["name"] in victims:
+            at = revoked_at.get(s["name"])
+            cut = s["disconnected_at"]
+            https_at = s["https_refused_at"]
+            cuts.append(
+                {
+                    "thing": s["name"],
+                    "mqtt_cut_seconds": round(cut - at, 3) if cut and at else None,
+                    "https_refused_seconds": round(https_at - at, 3)
+                    if https_at and https_at > 0 and at
+                    else None,
+                    "https_reason": s["https_reason"],
+                    "reconnect": s["reconnect_reason"],
+                }
+            )
+    sent = sum(s["sent"] for s in valid)
+    acked = sum(s["acked"] for s in valid)
+    access_refused = Counter(e.get("reason") for e in access if e.get("result") == "refused")
+    checks = {
+        "all_valid_connected": all(s["connected"] for s in valid),
+        "no_lost_messages": sent == acked,
+        "valid_https_accepted": all(s["https_ok"] for s in valid),
+        "revoked_cut": all(
+            c["mqtt_cut_seconds"] is not None and c["reconnect"] == "revoked" for c in cuts
+        ),
+        "revoked_refused_by_https": all(c["https_reason"] == "revoked" for c in cuts),
+        "expired_refused": all(s["refused"] == "expired" for s in stats if s["name"] in expired),
+        "impostors_refused": all(i["refused"] for i in impostors),
+        "no_worker_errors": not errors,
+    }
+    checks["passed"] = all(checks.values())
+    connected = sum(1 for s in stats if s["connected"])
+    return {
+        "scenario": config.scenario,
+        "config": asdict(config),
+        "devices": len(stats),
+        "issued": issued,
+        "workers": workers,
+        "clients": dict(Counter(s["client"] for s in stats)),
+        "connected": connected,
+        "refused": dict(refused),
+        "messages": {"sent": sent, "acked": acked, "lost": sent - acked},
+        "connect_latency_ms": {
+            "p50": _ms(statistics.median(latencies) if latencies else None),
+            "p99": _ms(percentile(latencies, 0.99)),
+        },
+        "revoked": cuts,
+        "impostors": impostors,
+        "access_log": {
+            "accepted": sum(1 for e in access if e.get("result") == "accepted"),
+            "refused": dict(access_refused),
+        },
+        "timing": {
+            "wall_seconds": round(wall, 2),
+            "issue_seconds": round(issue_seconds, 3),
+        },
+        "errors": errors,
+        "checks": checks,
+    }
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 1)

@@ -1,0 +1,67 @@
+"""The fleet simulator end to end: real Mosquitto, real HTTPS stand-in, paho and the AWS
+IoT Device SDK, worker processes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from devices.simulator import percentile
+from tests.device_fixtures import fleetpki, ok
+
+
+def test_percentile() -> None:
+    assert percentile([], 0.5) is None
+    assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
+    assert percentile([float(i) for i in range(1, 101)], 0.99) == 99.0
+
+
+def test_simulated_fleet_of_250_with_revocation_impostors_and_expiry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # no moto needed here
+    home = tmp_path / "home"
+    ok(home, "ca", "init")
+    code, out, err = fleetpki(
+        home,
+        "fleet",
+        "simulate",
+        "--devices",
+        "250",
+        "--duration",
+        "3",
+        "--scenario",
+        "all",
+        "--revoke",
+        "2",
+        "--json",
+    )
+    data = json.loads(out)
+    assert code == 0, (err, data["checks"])
+    assert data["devices"] == 250
+    assert data["clients"]["awsiotsdk"] == 25
+    expired = 2  # 1% of the fleet has an expired certificate
+    assert data["connected"] == 250 - expired
+    assert data["refused"] == {"expired": expired}
+    assert data["messages"]["sent"] > 0
+    assert data["messages"]["lost"] == 0
+    assert data["messages"]["acked"] == data["messages"]["sent"]
+    assert [c["reconnect"] for c in data["revoked"]] == ["revoked", "revoked"]
+    assert all(c["mqtt_cut_seconds"] is not None for c in data["revoked"])
+    assert [c["https_reason"] for c in data["revoked"]] == ["revoked", "revoked"]
+    assert {i["kind"]: (i["mqtt"], i["https"]) for i in data["impostors"]} == {
+        "foreign-ca": ("unknown-ca", "unknown-ca"),
+        "expired": ("expired", "expired"),
+        "no-certificate": ("no-certificate", "no-certificate"),
+        "other-things-topic": ("Not authorized", "n/a"),
+    }
+    assert data["access_log"]["refused"] == {
+        "unknown-ca": 1,
+        "no-certificate": 1,
+        "expired": 1 + expired,
+        "revoked": 2,
+    }
+    # the stand-ins started for the run are stopped again
+    assert not (home / "dev" / "state.json").exists()
