@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 
 from pki.backends.local import LocalCA
 from pki.clock import Clock
-from pki.errors import AlreadyExists, InvalidInput
+from pki.errors import AlreadyExists, InvalidInput, OperatorError
 from pki.files import remove_quietly
 from pki.home import Home, HomeConfig
 from pki.inventory import AuditEvent, Inventory, NewCertificate
 from pki.issuance import PEM, fingerprint
 from pki.model import CertificateRecord, KeyType, Status
 from pki.profiles import ISSUING_CA_PROFILE, ROOT_CA_PROFILE
+
+if TYPE_CHECKING:
+    from pki.backends.aws_pca import AwsPrivateCA
 
 
 @dataclass(frozen=True)
@@ -115,3 +119,78 @@ def init_ca(
             remove_quietly(home.passphrase_path)
         raise
     return CaInitResult(records, generated)
+
+
+def init_aws_ca(
+    home: Home,
+    inventory: Inventory,
+    clock: Clock,
+    ca: AwsPrivateCA,
+    region: str | None,
+) -> CaInitResult:
+    """Adopt an AWS Private CA: it must be ACTIVE and its chain must check out."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    from pki.backends.aws_pca import check_chain
+
+    if home.has_ca():
+        raise AlreadyExists(
+            f"a CA already exists in {home.path}; refusing to overwrite it "
+            "(use another --home for a new CA)"
+        )
+    status = ca.describe().get("Status")
+    if status != "ACTIVE":
+        raise OperatorError(f"AWS Private CA {ca.arn} is {status}, not ACTIVE")
+    chain = ca.chain()
+    check_chain(ca.arn, chain, clock.now())
+    home.ensure()
+    records = [ca_record(chain[-1], ROOT_CA_PROFILE, ca.name, clock)]
+    records += [ca_record(c, ISSUING_CA_PROFILE, ca.name, clock) for c in chain[:-1]]
+    key = chain[0].public_key()
+    key_type = (
+        f"ec-{key.curve.name}"
+        if isinstance(key, ec.EllipticCurvePublicKey)
+        else f"rsa-{key.key_size}"
+        if isinstance(key, rsa.RSAPublicKey)
+        else type(key).__name__
+    )
+    try:
+        with inventory.transaction() as conn:
+            known = {r.serial for r in inventory.find(now=clock.now(), include_ca=True)}
+            inventory.add_certificates(
+                conn,
+                [
+                    NewCertificate(r, c.public_bytes(PEM).decode())
+                    for r, c in zip(records, (chain[-1], *chain[:-1]), strict=True)
+                    if r.serial not in known
+                ],
+            )
+            inventory.audit(
+                conn,
+                [
+                    AuditEvent(
+                        clock.now(),
+                        home.actor(),
+                        "ca-init",
+                        records[-1].serial_hex,
+                        {
+                            "backend": ca.name,
+                            "ca_arn": ca.arn,
+                            "root_serial": records[0].serial_hex,
+                        },
+                    )
+                ],
+            )
+        home.write_config(
+            HomeConfig(
+                backend=ca.name,
+                key_type=key_type,
+                common_name=records[-1].common_name,
+                ca_arn=ca.arn,
+                region=region,
+            )
+        )
+    except BaseException:
+        remove_quietly(home.config_path)
+        raise
+    return CaInitResult(tuple(records), False)

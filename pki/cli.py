@@ -63,6 +63,20 @@ class State:
 
         home = self.home
         config = home.config()
+        if config.backend == "aws-pca":
+            from pki.backends.aws_pca import AwsPrivateCA, RateLimits, make_client
+
+            if not config.ca_arn:
+                from pki.errors import InvalidInput
+
+                raise InvalidInput(f"{home.config_path} has backend aws-pca but no ca_arn")
+            return AwsPrivateCA(
+                config.ca_arn,
+                make_client(config.region),
+                clock=self.clock,
+                ledger=self.inventory(),
+                limits=RateLimits(config.issue_rate, config.get_rate, config.revoke_rate),
+            )
         if config.backend != "local":
             from pki.errors import InvalidInput
 
@@ -166,6 +180,20 @@ def ca() -> None:
 
 @ca.command("init")
 @click.option(
+    "--backend",
+    type=click.Choice(["local", "aws-pca"]),
+    default="local",
+    show_default=True,
+    help="local: keys in the home. aws-pca: AWS Private CA (--ca-arn ARN or --create).",
+)
+@click.option("--ca-arn", help="aws-pca: adopt this existing Private CA (its chain is checked).")
+@click.option(
+    "--create",
+    is_flag=True,
+    help="aws-pca: create a root + subordinate Private CA hierarchy (test and demo use).",
+)
+@click.option("--region", help="aws-pca: AWS region (default: the standard AWS settings).")
+@click.option(
     "--key-type",
     type=click.Choice(["ec-p256", "ec-p384", "rsa-2048", "rsa-3072"]),
     default="ec-p256",
@@ -190,6 +218,10 @@ def ca() -> None:
 @pass_state
 def ca_init(
     state: State,
+    backend: str,
+    ca_arn: str | None,
+    create: bool,
+    region: str | None,
     key_type: str,
     common_name: str,
     root_days: int,
@@ -202,8 +234,27 @@ def ca_init(
     passphrase is generated into HOME/ca-passphrase (mode 0600). Refuses to overwrite
     an existing CA.
     """
-    from pki.ca_setup import init_ca
+    from pki.ca_setup import CaInitResult, init_ca
 
+    result: CaInitResult
+    if backend == "aws-pca":
+        result = _init_aws_pca(
+            state, ca_arn, create, region, key_type, common_name, root_days, issuing_days
+        )
+        if as_json:
+            _print_json([r.to_json(state.now()) for r in result.records])
+            return
+        _err(f"adopted AWS Private CA {state.home.config().ca_arn} in {state.home.path}")
+        for record in result.records:
+            _err(
+                f"  {record.profile:<11} {record.common_name}  serial {record.serial_hex}  "
+                f"valid until {record.not_after:%Y-%m-%d}"
+            )
+        return
+    if ca_arn or create or region:
+        from pki.errors import InvalidInput
+
+        raise InvalidInput("--ca-arn, --create and --region need --backend aws-pca")
     result = init_ca(
         state.home,
         state.inventory(create=True),
@@ -228,6 +279,38 @@ def ca_init(
             f"  {record.profile:<11} {record.common_name}  serial {record.serial_hex}  "
             f"valid until {record.not_after:%Y-%m-%d}"
         )
+
+
+def _init_aws_pca(
+    state: State,
+    ca_arn: str | None,
+    create: bool,
+    region: str | None,
+    key_type: str,
+    common_name: str,
+    root_days: int,
+    issuing_days: int,
+) -> Any:
+    from pki.backends.aws_pca import AwsPrivateCA, create_hierarchy, make_client
+    from pki.ca_setup import init_aws_ca
+    from pki.errors import AlreadyExists, InvalidInput
+
+    if bool(ca_arn) == create:
+        raise InvalidInput("--backend aws-pca needs exactly one of --ca-arn ARN or --create")
+    if state.home.has_ca():
+        raise AlreadyExists(
+            f"a CA already exists in {state.home.path}; refusing to overwrite it "
+            "(use another --home for a new CA)"
+        )
+    client = make_client(region)
+    if create:
+        placeholder = "arn:aws:acm-pca:::certificate-authority/creating"
+        maker = AwsPrivateCA(placeholder, client, clock=state.clock)
+        ca_arn = create_hierarchy(maker, common_name, key_type, root_days, issuing_days)
+        _err(f"created AWS Private CA hierarchy; issuing CA {ca_arn}")
+    assert ca_arn is not None
+    ca = AwsPrivateCA(ca_arn, client, clock=state.clock)
+    return init_aws_ca(state.home, state.inventory(create=True), state.clock, ca, region)
 
 
 @ca.command("chain")
@@ -610,6 +693,14 @@ def revoke_cmd(state: State, serial: str, reason: str, no_crl: bool, as_json: bo
     )
     record = result.record
     crl_path = None
+    from pki.backends import CrlSigner
+
+    if result.changed and not isinstance(ca, CrlSigner):
+        no_crl = True
+        _err(
+            f"{ca.name}: AWS Private CA writes its own CRL to its S3 bucket, typically about "
+            "30 minutes after a revocation; it is not immediate"
+        )
     if result.changed and not no_crl:
         _write_home_crl(state, ca)
         crl_path = state.home.crl_path

@@ -30,6 +30,12 @@ class HomeConfig:
     common_name: str = "fleetpki"
     crl_next_update_days: int = 7
     policy: PolicySettings = field(default_factory=PolicySettings)
+    # aws-pca backend (absent from local-CA configs; older config files load unchanged)
+    ca_arn: str | None = None
+    region: str | None = None
+    issue_rate: float = 25.0  # IssueCertificate requests/s (AWS default quota)
+    get_rate: float = 75.0  # GetCertificate requests/s
+    revoke_rate: float = 20.0  # RevokeCertificate requests/s
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

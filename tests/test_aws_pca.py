@@ -1,0 +1,295 @@
+"""AWS Private CA backend: end to end over HTTP against moto, parameters under Stubber,
+the rate limiter and throttling with an injected clock."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from botocore.stub import Stubber
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from pki.backends.aws_pca import (
+    BLANK_END_ENTITY,
+    AwsPrivateCA,
+    RateLimits,
+    TokenBucket,
+    WaitConfig,
+    aws_serial,
+    idempotency_token,
+    issue_parameters,
+)
+from pki.clock import SystemClock
+from pki.errors import BackendError
+from pki.inventory import Inventory
+from pki.issuance import Issuer
+from pki.model import IssueRequest
+from tests.aws_fixtures import _pca_server, pca_aws  # noqa: F401 (fixtures)
+from tests.conftest import Cli
+from tests.helpers import load_cert, make_csr, openssl_csr
+
+
+def test_create_issue_revoke_end_to_end(
+    cli: Cli,
+    home: Path,
+    tmp_path: Path,
+    pca_aws: str,  # noqa: F811
+) -> None:
+    init = cli.ok("ca", "init", "--backend", "aws-pca", "--create", "--json")
+    records = json.loads(init.out)
+    assert [r["profile"] for r in records] == ["root-ca", "issuing-ca"]
+    config = json.loads((home / "config.json").read_text())
+    assert config["backend"] == "aws-pca" and config["ca_arn"].startswith("arn:aws:acm-pca:")
+    assert not (home / "ca-passphrase").exists()
+
+    _key, csr = openssl_csr(tmp_path, "thing-7")
+    out = tmp_path / "out"
+    issued = json.loads(
+        cli.ok("issue", "device", "thing-7", "--csr", csr, "--out", out, "--json").out
+    )
+    cert = load_cert(out / "cert.pem")
+    assert issued["backend"] == "aws-pca" and issued["status"] == "active"
+    assert cert.extensions.get_extension_for_class(
+        x509.ExtendedKeyUsage
+    ).value == x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
+        "https://fleetpki.local/things/thing-7"
+    ]
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc == dt.timedelta(days=90, minutes=5)
+    issuing, root = x509.load_pem_x509_certificates((out / "chain.pem").read_bytes())
+    cert.verify_directly_issued_by(issuing)
+    issuing.verify_directly_issued_by(root)
+
+    revoked = cli.ok("revoke", issued["serial"], "--reason", "key-compromise")
+    assert "AWS Private CA writes its own CRL to its S3 bucket, typically about 30 minutes" in (
+        revoked.err
+    )
+    assert json.loads(cli.ok("show", issued["serial"], "--json").out)["status"] == "revoked"
+    # the bundle for API Gateway is built from the adopted chain
+    assert (
+        json.loads(cli.ok("bundle", "build", "--target", "apigw", "--json").out)["certificates"]
+        == 2
+    )
+    # adopting the same CA into a second home works from the ARN alone
+    other = tmp_path / "other"
+    again = cli.ok(
+        "--home", other, "ca", "init", "--backend", "aws-pca", "--ca-arn", config["ca_arn"]
+    )
+    assert f"adopted AWS Private CA {config['ca_arn']}" in again.err
+
+
+def test_stock_moto_output_is_refused(cli: Cli, home: Path, aws: str) -> None:
+    """Stock moto ignores the subordinate template: the CA is not a CA, so adoption fails."""
+    result = cli("ca", "init", "--backend", "aws-pca", "--create")
+    assert result.code == 2
+    assert "cannot be used: CN=fleetpki Issuing CA is not a CA certificate" in result.err
+    assert not (home / "config.json").exists()
+
+
+def test_bad_ca_init_options(cli: Cli, home: Path, aws: str) -> None:
+    both = cli("ca", "init", "--backend", "aws-pca")
+    assert (both.code, both.err) == (
+        2,
+        "fleetpki: error: --backend aws-pca needs exactly one of --ca-arn ARN or --create\n",
+    )
+    bad = cli("ca", "init", "--backend", "aws-pca", "--ca-arn", "nope")
+    assert (bad.code, bad.err) == (2, "fleetpki: error: 'nope' is not an AWS Private CA ARN\n")
+    missing = cli(
+        "ca", "init", "--backend", "aws-pca", "--ca-arn",
+        "arn:aws:acm-pca:us-east-1:123456789012:certificate-authority/00000000-0000-0000-0000-000000000000",
+    )  # fmt: skip
+    assert missing.code == 2 and "was not found" in missing.err
+    assert cli("ca", "init", "--ca-arn", "x").err == (
+        "fleetpki: error: --ca-arn, --create and --region need --backend aws-pca\n"
+    )
+    assert not (home / "config.json").exists()
+
+
+# -- request parameters under Stubber (validated against the acm-pca service model) -------
+
+
+ARN = (
+    "arn:aws:acm-pca:us-east-1:123456789012:certificate-authority/"
+    "11111111-2222-3333-4444-555555555555"
+)
+
+
+class FixedChainCA(AwsPrivateCA):
+    def __init__(self, chain: tuple[x509.Certificate, ...], *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.__dict__["_chain"] = chain
+
+
+def test_issue_parameters_under_stubber(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pki.backends.local import LocalCA
+    from pki.model import KeyType
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    local = LocalCA.create(tmp_path / "ca", key_type=KeyType.EC_P384, common_name="t",
+                           passphrase=b"x" * 16, now=dt.datetime.now(dt.UTC))  # fmt: skip
+    assert local.chain()[0].public_key().curve.name == "secp384r1"  # type: ignore[union-attr]
+    client = boto3.client("acm-pca", aws_access_key_id="a", aws_secret_access_key="b")
+    inventory = Inventory.open(f"sqlite:///{tmp_path / 'i.db'}")
+    ca = FixedChainCA(local.chain(), ARN, client, clock=SystemClock(), ledger=inventory,
+                      wait=WaitConfig(0.01, 2))  # fmt: skip
+    issuer = Issuer(ca, inventory, SystemClock())
+    csr, _ = make_csr("dev-1")
+    signing = issuer.prepare(IssueRequest("device", "dev-1", csr))
+    params = issue_parameters(ARN, signing, "SHA384WITHECDSA", idempotency_token(ARN, signing))
+    assert params["TemplateArn"] == BLANK_END_ENTITY
+    assert params["ApiPassthrough"] == {
+        "Extensions": {
+            "KeyUsage": {"DigitalSignature": True, "KeyEncipherment": False},
+            "ExtendedKeyUsage": [{"ExtendedKeyUsageType": "CLIENT_AUTH"}],
+            "SubjectAlternativeNames": [
+                {"UniformResourceIdentifier": "https://fleetpki.local/things/dev-1"}
+            ],
+        },
+        "Subject": {"CommonName": "dev-1"},
+    }
+    assert params["Validity"] == {
+        "Value": int(signing.plan.not_after.timestamp()),
+        "Type": "ABSOLUTE",
+    }
+    issued = local.issue(signing)  # what a correct Private CA would return
+    cert_arn = f"{ARN}/certificate/abc"
+    stub = Stubber(client)
+    stub.add_response("issue_certificate", {"CertificateArn": cert_arn}, params)
+    stub.add_response(
+        "get_certificate",
+        {"Certificate": issued.public_bytes(serialization_pem()).decode()},
+        {"CertificateAuthorityArn": ARN, "CertificateArn": cert_arn},
+    )  # the certificate_issued waiter
+    stub.add_response(
+        "get_certificate",
+        {"Certificate": issued.public_bytes(serialization_pem()).decode()},
+        {"CertificateAuthorityArn": ARN, "CertificateArn": cert_arn},
+    )
+    pem = issued.public_bytes(serialization_pem()).decode()
+    # a retry (beyond AWS's 5-minute token window) finds the ledger entry: no second issue
+    stub.add_response("get_certificate", {"Certificate": pem},
+                      {"CertificateAuthorityArn": ARN, "CertificateArn": cert_arn})  # fmt: skip
+    stub.add_response("get_certificate", {"Certificate": pem},
+                      {"CertificateAuthorityArn": ARN, "CertificateArn": cert_arn})  # fmt: skip
+    stub.add_response(
+        "revoke_certificate",
+        {},
+        {"CertificateAuthorityArn": ARN, "CertificateSerial": aws_serial(issued.serial_number),
+         "RevocationReason": "CERTIFICATE_AUTHORITY_COMPROMISE"},
+    )  # fmt: skip
+    with stub:
+        assert ca.issue(signing) == issued
+        assert ca.issue(signing) == issued
+        from pki.model import RevocationReason
+
+        ca.revoke(issued.serial_number, RevocationReason.CA_COMPROMISE, dt.datetime.now(dt.UTC))
+    stub.assert_no_pending_responses()
+    assert ca.stats.calls["IssueCertificate"] == 1
+    assert KeyType.EC_P384.value == "ec-p384"
+    inventory.close()
+
+
+def serialization_pem() -> Any:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return Encoding.PEM
+
+
+def test_aws_serial_format() -> None:
+    assert aws_serial(0x0A1B2C) == "0a:1b:2c"
+    assert aws_serial(0xABC) == "0a:bc"
+
+
+# -- rate limiting and throttling with an injected clock ---------------------------------
+
+
+class FakeTicker:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_token_bucket_paces_to_the_rate() -> None:
+    ticker = FakeTicker()
+    bucket = TokenBucket(25, ticker)
+    for _ in range(101):
+        bucket.acquire()
+    assert ticker.now == pytest.approx(4.0)  # the first is free, then 100 at 25/s
+
+
+class QuotaPCA:
+    """Answers like Private CA, throttling when more than ``quota`` calls land in one second."""
+
+    def __init__(self, ticker: FakeTicker, quota: int, cert: str) -> None:
+        self.ticker = ticker
+        self.quota = quota
+        self.cert = cert
+        self.calls: list[float] = []
+        self.throttled = 0
+
+    def issue_certificate(self, **_: Any) -> dict[str, str]:
+        now = self.ticker.now
+        recent = [t for t in self.calls if t > now - 1 + 1e-9]
+        if len(recent) >= self.quota:
+            self.throttled += 1
+            raise ClientError(
+                {"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}},
+                "IssueCertificate",
+            )
+        self.calls.append(now)
+        return {"CertificateArn": f"{ARN}/certificate/{len(self.calls)}"}
+
+
+def _request(tmp_path: Path) -> Any:
+    from pki.backends.local import LocalCA
+    from pki.model import KeyType
+
+    local = LocalCA.create(tmp_path / "ca", key_type=KeyType.EC_P256, common_name="t",
+                           passphrase=b"x" * 16, now=dt.datetime.now(dt.UTC))  # fmt: skip
+    inventory = Inventory.open("sqlite://")
+    issuer = Issuer(local, inventory, SystemClock())
+    csr, _ = make_csr("dev-1")
+    return local, issuer.prepare(IssueRequest("device", "dev-1", csr))
+
+
+def test_a_thousand_issues_meet_the_quota_without_throttling(tmp_path: Path) -> None:
+    ticker = FakeTicker()
+    fake = QuotaPCA(ticker, 25, "")
+    ca = AwsPrivateCA(ARN, fake, clock=SystemClock(), ticker=ticker, limits=RateLimits())
+    for _ in range(1000):
+        ca.call("IssueCertificate", "issue", fake.issue_certificate, Csr=b"x")
+    assert fake.throttled == 0 and ca.stats.throttled == 0
+    assert len(fake.calls) == 1000
+    assert ticker.now == pytest.approx(999 / 25)  # 25/s: the quota, not slower
+
+
+def test_throttling_is_retried_then_reported_typed(tmp_path: Path) -> None:
+    ticker = FakeTicker()
+    fake = QuotaPCA(ticker, 25, "")
+    # no client-side limit: AWS throttles, our backoff absorbs it
+    loose = AwsPrivateCA(ARN, fake, clock=SystemClock(), ticker=ticker,
+                         limits=RateLimits(issue=10_000))  # fmt: skip
+    for _ in range(200):
+        loose.call("IssueCertificate", "issue", fake.issue_certificate)
+    assert fake.throttled > 0 and len(fake.calls) == 200
+    stuck = QuotaPCA(ticker, 0, "")
+    ca = AwsPrivateCA(ARN, stuck, clock=SystemClock(), ticker=ticker, throttle_retries=3)
+    with pytest.raises(BackendError) as err:
+        ca.call("IssueCertificate", "issue", stuck.issue_certificate)
+    assert str(err.value) == (
+        "aws-pca backend failed to issue: throttled by AWS Private CA (ThrottlingException) "
+        "after retries; lower the rate limits in config.json or ask for a higher quota"
+    )
+    assert stuck.throttled == 4
