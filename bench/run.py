@@ -620,11 +620,46 @@ def print_table(figures: list[Figure]) -> None:
     Console(width=200).print(table)
 
 
+README = ROOT / "bench" / "README.md"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [
+        f"Run {result['date']} ({result['mode']}, {result['elapsed_s']} s) on {m['cpu']}, "
+        f"{m['cores']} cores, Python {m['python']}, cryptography {m['cryptography']}.",
+        "",
+        "| figure | value | baseline | ratio | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in result["figures"]:
+        baseline = (
+            f"{f['baseline']:,.2f} ({f['baseline_name']})" if f["baseline"] is not None else "-"
+        )
+        ratio = f"{f['ratio']:.2f}" if f["ratio"] is not None else "-"
+        met = {True: "yes", False: "**no**", None: "-"}[f["met"]]
+        lines.append(
+            f"| {f['title']} | {f['value']:,.2f} {f['unit']} | {baseline} | {ratio} "
+            f"| {f['target']} | {met} |"
+        )
+    return "\n".join(lines)
+
+
+def update_readme(result: dict[str, Any]) -> None:
+    text = README.read_text()
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    README.write_text(text[:start] + "\n" + markdown(result) + "\n" + text[end:])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes (under 3 minutes)")
     parser.add_argument("--only", choices=["issuance", "crl", "inventory"], action="append")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    parser.add_argument(
+        "--update-readme", action="store_true", help="write the results table into bench/README.md"
+    )
     parser.add_argument("--crl-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.crl_child:
@@ -656,6 +691,8 @@ def main() -> int:
         "missed": [f.key for f in missed],
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.update_readme:
+        update_readme(result)
     print(f"wrote {args.out} ({mode}, {elapsed:.0f} s)", file=sys.stderr)
     for f in missed:
         print(

@@ -22,6 +22,7 @@ import signal
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -199,6 +200,7 @@ class MtlsServer(ThreadingHTTPServer):
             self.access_log.write(
                 peer=peer, result="refused", reason=reason, detail=detail, identity=None
             )
+            _close_gently(tls)
             return
         cert = tls.getpeercert() or {}
         self.access_log.write(
@@ -214,6 +216,23 @@ class MtlsServer(ThreadingHTTPServer):
         finally:
             with contextlib.suppress(ssl.SSLError, OSError):
                 tls.unwrap()
+
+
+def _close_gently(tls: ssl.SSLSocket) -> None:
+    """Close a refused connection so the client reads the TLS alert that names the reason.
+
+    Closing with the client's last flight still unread makes the kernel send a reset,
+    which can destroy the alert before the client reads it; so half-close, drain briefly,
+    then close.
+    """
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(tls, socket.SHUT_WR)
+        tls.settimeout(0.5)
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline and socket.socket.recv(tls, 4096):
+            pass
+    with contextlib.suppress(OSError):
+        tls.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -113,8 +113,8 @@ class Provisioned:
 
 
 def _client(service: str = "iot") -> Any:
-    import boto3  # type: ignore[import-untyped]
-    from botocore.exceptions import (  # type: ignore[import-untyped]
+    import boto3
+    from botocore.exceptions import (
         BotoCoreError,
         NoRegionError,
     )

@@ -108,9 +108,7 @@ def parse(pem: bytes) -> CsrFacts:
         raise InvalidInput(f"malformed CSR extensions: {_first_line(exc)}") from None
 
 
-def _facts(
-    csr: x509.CertificateSigningRequest, public_key: CertificatePublicKeyTypes
-) -> CsrFacts:
+def _facts(csr: x509.CertificateSigningRequest, public_key: CertificatePublicKeyTypes) -> CsrFacts:
     cns = tuple(str(attr.value) for attr in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME))
     dns: list[str] = []
     ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
