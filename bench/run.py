@@ -49,8 +49,20 @@ SIZES = {
         "check": 100_000,
         "rows": 1_000_000,
         "per_process": 300,
+        "devices": 1_000,
+        "handshakes": 2_000,
+        "aws": 500,
     },
-    "quick": {"issue": 2_000, "crl": 100_000, "check": 10_000, "rows": 100_000, "per_process": 40},
+    "quick": {
+        "issue": 2_000,
+        "crl": 100_000,
+        "check": 10_000,
+        "rows": 100_000,
+        "per_process": 40,
+        "devices": 200,
+        "handshakes": 400,
+        "aws": 100,
+    },
 }
 
 
@@ -578,6 +590,124 @@ def bench_inventory(sizes: dict[str, int], work: Path) -> list[Figure]:
     ]
 
 
+# ------------------------------------------------------------------------------ 5: fleet
+
+
+def _cli(home: Path, *args: str) -> str:
+    env = dict(os.environ, FLEETPKI_HOME=str(home), AWS_ENDPOINT_URL="http://127.0.0.1:9")
+    env.pop("FLEETPKI_DATABASE_URL", None)
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "fleetpki"), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    return out.stdout
+
+
+def handshake_child(port: int, cert: str, key: str, ca: str, count: int) -> None:
+    """Bare Python ``ssl`` mutual handshakes against the broker (TLS 1.2, as the
+    simulator's devices use): TCP connect, handshake, close; prints how long they took."""
+    import socket
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(ca)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    start = time.perf_counter()
+    for _ in range(count):
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with ctx.wrap_socket(raw, server_hostname="localhost"):
+                pass
+    print(json.dumps({"seconds": time.perf_counter() - start, "count": count}))
+
+
+def bench_fleet(sizes: dict[str, int], work: Path) -> list[Figure]:
+    devices = sizes["devices"]
+    home = work / "fleet-home"
+    _cli(home, "ca", "init")
+    state = json.loads(_cli(home, "dev", "up", "--json"))
+    try:
+        port = int(state["mqtt"]["port"])
+        one = work / "bare-device"
+        _cli(home, "issue", "device", "bare-1", "--generate-key", "--out", str(one))
+        workers = min(4, os.cpu_count() or 1)
+        per = sizes["handshakes"] // workers
+        log(f"fleet: bare ssl mutual handshakes, {workers} processes x {per}")
+        started = time.perf_counter()
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--handshake-child",
+                    str(port),
+                    str(one / "fullchain.pem"),
+                    str(one / "key.pem"),
+                    str(home / "ca" / "root.pem"),
+                    str(per),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(workers)
+        ]
+        for p in procs:
+            p.communicate()
+            if p.returncode:
+                raise RuntimeError("handshake child failed")
+        bare = workers * per / (time.perf_counter() - started)
+        log(f"fleet: simulating {devices} devices")
+        summary = json.loads(
+            _cli(
+                home,
+                "fleet",
+                "simulate",
+                "--devices",
+                str(devices),
+                "--duration",
+                "2",
+                "--scenario",
+                "steady",
+                "--json",
+            )
+        )
+    finally:
+        _cli(home, "dev", "down")
+    rate = summary["connect_phase"]["connects_per_s"] or 0.0
+    return [
+        Figure(
+            "fleet_connects",
+            f"MQTT mTLS connects, {devices} simulated devices",
+            rate,
+            "connects/s",
+            bare,
+            "bare Python ssl mutual handshakes, same broker",
+            rate / bare,
+            ">= 0.50",
+            rate / bare >= 0.5,
+            {
+                "connected": summary["connected"],
+                "lost": summary["messages"]["lost"],
+                "p50_ms": summary["connect_latency_ms"]["p50"],
+                "p99_ms": summary["connect_latency_ms"]["p99"],
+            },
+        ),
+    ]
+
+
+def bench_aws_part(sizes: dict[str, int], work: Path) -> list[Figure]:
+    try:
+        from bench.aws import bench_aws
+    except ImportError as exc:
+        log(f"aws: skipped ({exc})")
+        return []
+    return bench_aws(sizes, work)
+
+
 # ---------------------------------------------------------------------------------- main
 
 
@@ -620,6 +750,7 @@ def print_table(figures: list[Figure]) -> None:
     Console(width=200).print(table)
 
 
+PARTS = ["issuance", "crl", "inventory", "fleet", "aws"]
 README = ROOT / "bench" / "README.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
@@ -655,20 +786,25 @@ def update_readme(result: dict[str, Any]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes (under 3 minutes)")
-    parser.add_argument("--only", choices=["issuance", "crl", "inventory"], action="append")
+    parser.add_argument("--only", choices=PARTS, action="append")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     parser.add_argument(
         "--update-readme", action="store_true", help="write the results table into bench/README.md"
     )
     parser.add_argument("--crl-child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--handshake-child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.handshake_child:
+        port, cert, key, ca, count = args.handshake_child
+        handshake_child(int(port), cert, key, ca, int(count))
+        return 0
     if args.crl_child:
         kind, n, checks = args.crl_child
         print(json.dumps(crl_child(kind, int(n), int(checks))))
         return 0
     mode = "quick" if args.quick else "full"
     sizes = SIZES[mode]
-    parts = args.only or ["issuance", "crl", "inventory"]
+    parts = args.only or PARTS
     started = time.perf_counter()
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory(prefix="fleetpki-bench-") as tmp:
@@ -679,6 +815,10 @@ def main() -> int:
             figures += bench_crl(sizes)
         if "inventory" in parts:
             figures += bench_inventory(sizes, work)
+        if "fleet" in parts:
+            figures += bench_fleet(sizes, work)
+        if "aws" in parts:
+            figures += bench_aws_part(sizes, work)
     elapsed = time.perf_counter() - started
     print_table(figures)
     missed = [f for f in figures if f.met is False]

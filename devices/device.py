@@ -99,6 +99,8 @@ class DeviceStats:
     connected: bool = False
     refused: str | None = None
     connect_latency: float | None = None
+    started_at: float | None = None  # wall clock when the TCP connect began
+    connected_at: float | None = None  # wall clock of the CONNACK
     sent: int = 0
     acked: int = 0
     not_authorized: int = 0
@@ -137,6 +139,7 @@ class PahoDevice:
     def start(self) -> bool:
         """TCP + TLS handshake + CONNECT (CONNACK arrives through the loop)."""
         self._started = time.monotonic()
+        self.stats.started_at = time.time()
         try:
             self.client.connect(self.host, self.port, keepalive=60)
         except (ssl.SSLError, OSError) as exc:
@@ -150,6 +153,7 @@ class PahoDevice:
             return
         self.stats.connected = True
         self.stats.connect_latency = time.monotonic() - self._started
+        self.stats.connected_at = time.time()
         client.subscribe(self.command_topic, qos=1)
 
     def _on_publish(self, _c: Any, _u: Any, mid: int, _reason: Any, _p: Any) -> None:
@@ -213,6 +217,7 @@ class SdkDevice:
 
     def start(self) -> bool:
         self._started = time.monotonic()
+        self.stats.started_at = time.time()
         self.client.start()
         return True
 
@@ -221,6 +226,7 @@ class SdkDevice:
             if not self.stats.connected:
                 self.stats.connected = True
                 self.stats.connect_latency = time.monotonic() - self._started
+                self.stats.connected_at = time.time()
         self.client.subscribe(self._subscribe)
         self._connected.set()
 

@@ -273,7 +273,7 @@ def simulate(
 
     issuer = state.issuer()
     t_issue = time.monotonic()
-    report = issuer.issue_batch(requests, deliver)
+    report = issuer.issue_batch(requests, deliver, actor=actor)
     issue_seconds = time.monotonic() - t_issue
     serials = {i.record.common_name: i.record.serial_hex for i in report.issued}
     expired: list[str] = []
@@ -480,6 +480,7 @@ def _summarise(
             "p50": _ms(statistics.median(latencies) if latencies else None),
             "p99": _ms(percentile(latencies, 0.99)),
         },
+        "connect_phase": connect_phase(stats),
         "revoked": cuts,
         "impostors": impostors,
         "access_log": {
@@ -492,6 +493,19 @@ def _summarise(
         },
         "errors": errors,
         "checks": checks,
+    }
+
+
+def connect_phase(stats: list[dict[str, Any]]) -> dict[str, float | None]:
+    """How fast the fleet got on: first connect attempt to last CONNACK, and the rate."""
+    started = [s["started_at"] for s in stats if s.get("started_at") is not None]
+    done = [s["connected_at"] for s in stats if s.get("connected_at") is not None]
+    if not started or not done:
+        return {"seconds": None, "connects_per_s": None}
+    seconds = max(done) - min(started)
+    return {
+        "seconds": round(seconds, 3),
+        "connects_per_s": round(len(done) / seconds, 1) if seconds > 0 else None,
     }
 
 

@@ -22,11 +22,14 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    for step in range(1, 11):
+    for step in range(1, 16):
         assert f"## {step}. " in output
     assert "issued 3 device certificate(s)" in output
     assert "policy violation (weak-key)" in output
     assert "sensor-01: REFUSED (certificate revoked)" in output
     assert "sensor-02: OK" in output
+    assert "provisioned pump-01" in output
+    assert "checks: all passed" in output
+    assert "stopped moto_server" in output and "mosquitto" in output
     assert "PRIVATE KEY" not in output
     assert (tmp_path / "demo" / "crl.pem").exists()

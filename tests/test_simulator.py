@@ -48,6 +48,7 @@ def test_simulated_fleet_of_250_with_revocation_impostors_and_expiry(
     assert data["messages"]["sent"] > 0
     assert data["messages"]["lost"] == 0
     assert data["messages"]["acked"] == data["messages"]["sent"]
+    assert data["connect_phase"]["connects_per_s"] > 0
     assert [c["reconnect"] for c in data["revoked"]] == ["revoked", "revoked"]
     assert all(c["mqtt_cut_seconds"] is not None for c in data["revoked"])
     assert [c["https_reason"] for c in data["revoked"]] == ["revoked", "revoked"]
@@ -65,3 +66,15 @@ def test_simulated_fleet_of_250_with_revocation_impostors_and_expiry(
     }
     # the stand-ins started for the run are stopped again
     assert not (home / "dev" / "state.json").exists()
+
+
+def test_connect_phase_rate() -> None:
+    from devices.simulator import connect_phase
+
+    stats = [
+        {"started_at": 100.0, "connected_at": 100.5},
+        {"started_at": 100.2, "connected_at": 102.0},
+        {"started_at": 100.4, "connected_at": None},
+    ]
+    assert connect_phase(stats) == {"seconds": 2.0, "connects_per_s": 1.0}
+    assert connect_phase([]) == {"seconds": None, "connects_per_s": None}
