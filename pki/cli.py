@@ -385,6 +385,11 @@ _key_type_option = click.option(
     help="Output folder for cert.pem, chain.pem and fullchain.pem.",
 )
 @click.option("--days", type=int, help="Validity in days (default 90, at most 397).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1, max=64),
+    help="Processes signing a --batch (default: one per CPU for 200 CSRs or more).",
+)
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("--json", "as_json", is_flag=True, help="Print the issued records as JSON.")
 @pass_state
@@ -397,6 +402,7 @@ def issue_device(
     batch_dir: Path | None,
     out_dir: Path,
     days: int | None,
+    workers: int | None,
     force: bool,
     as_json: bool,
 ) -> int:
@@ -412,7 +418,9 @@ def issue_device(
             raise InvalidInput("--batch takes no THING_NAME, --csr or --generate-key")
         from pki.batch import issue_device_batch
 
-        return issue_device_batch(state, batch_dir, out_dir, days, force, as_json)
+        return issue_device_batch(state, batch_dir, out_dir, days, force, as_json, workers)
+    if workers is not None:
+        raise InvalidInput("--workers only applies to --batch")
     if not thing_name:
         raise InvalidInput("give a THING_NAME (or --batch DIR)")
     return _issue_one(

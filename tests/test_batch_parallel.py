@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import pki.batch
+import pki.issuance
 from pki.errors import BackendError, PolicyViolation
 from tests.conftest import Cli
 from tests.helpers import load_cert, make_csr
@@ -30,18 +31,28 @@ def test_errors_survive_a_trip_through_pickle() -> None:
 def test_parallel_batch_matches_serial(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str | None
 ) -> None:
-    monkeypatch.setattr(pki.batch, "PARALLEL_THRESHOLD", 1)  # use worker processes
     monkeypatch.setattr("pki.issuance.BATCH_COMMIT_SIZE", 7)
+    workers_used: list[int] = []
+    real = pki.issuance.Issuer._outcomes
+
+    def spy(self: pki.issuance.Issuer, requests: object, workers: int) -> object:
+        workers_used.append(workers)
+        return real(self, requests, workers)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pki.issuance.Issuer, "_outcomes", spy)
     batch = tmp_path / "csrs"
     batch.mkdir()
     for i in range(40):
         (batch / f"unit-{i:02d}.csr").write_bytes(make_csr(f"unit-{i:02d}")[0])
     (batch / "unit-bad.csr").write_bytes(make_csr("other-name")[0])
-    result = cli("issue", "device", "--batch", batch, "--out", tmp_path / "out", "--json")
+    result = cli(
+        "issue", "device", "--batch", batch, "--out", tmp_path / "out", "--workers", "2", "--json"
+    )
     assert result.code == 2, result.err
     summary = json.loads(result.out)
     assert len(summary["issued"]) == 40
     assert [s["thing"] for s in summary["skipped"]] == ["unit-bad"]
+    assert workers_used == [2]
     assert "policy violation (cn-mismatch)" in summary["skipped"][0]["error"]
     serials = {r["serial"] for r in summary["issued"]}
     assert len(serials) == 40
@@ -53,3 +64,17 @@ def test_parallel_batch_matches_serial(
     assert {r["serial"] for r in listed} == serials
     audit = json.loads(cli.ok("audit", "--json", "--limit", "100").out)
     assert sum(1 for e in audit if e["action"] == "issue") == 40
+
+
+def test_default_workers() -> None:
+    assert pki.batch.default_workers(10) == 1
+    assert pki.batch.default_workers(5000) >= 1
+
+
+@pytest.mark.usefixtures("ca_home")
+def test_workers_needs_batch(cli: Cli, tmp_path: Path) -> None:
+    result = cli(
+        "issue", "device", "x", "--generate-key", "--workers", "2", "--out", tmp_path / "x"
+    )
+    assert (result.code, result.err) == (2, "fleetpki: error: --workers only applies to --batch\n")
+    assert not (tmp_path / "x").exists()
