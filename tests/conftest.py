@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,27 @@ import pytest
 
 from pki.clock import Clock, SystemClock
 from tests.helpers import Result, run_cli
+
+AWS_OPT_IN = (
+    "opt-in: runs against a real AWS account and costs money; select it with 'pytest -m aws' "
+    "(see docs/aws.md)"
+)
+
+
+def aws_selected(markexpr: str) -> bool:
+    """Whether ``-m`` asks for the ``aws`` marker (a bare word in the expression)."""
+    return re.search(r"(?<![\w-])aws(?![\w-])", markexpr) is not None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``aws`` tests never run by default: skipped unless ``-m`` mentions ``aws``."""
+    if aws_selected(str(config.getoption("markexpr", "") or "")):
+        return
+    skip = pytest.mark.skip(reason=AWS_OPT_IN)
+    for item in items:
+        if item.get_closest_marker("aws") is not None:
+            item.add_marker(skip)
+
 
 PG_URL = os.environ.get("FLEETPKI_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
