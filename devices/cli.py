@@ -156,60 +156,43 @@ def iot_provision(
 
 
 def _provision_batch(batch_dir: Path, out_dir: Path, days: int | None, as_json: bool) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
     from devices.iot import provision_many
-    from pki.delivery import OutputFolder, read_csr
-    from pki.errors import InvalidInput
-    from pki.model import IssueRequest
+    from pki.batch import csr_files, deliver_into, progress_bar, read_requests, report
+    from pki.issuance import Failure
 
-    if not batch_dir.is_dir():
-        raise InvalidInput(f"--batch {batch_dir} is not a folder")
-    files = sorted(batch_dir.glob("*.csr"))
-    if not files:
-        raise InvalidInput(f"no *.csr files in {batch_dir}")
+    files = csr_files(batch_dir)
     state = _state()
     actor = state.home.actor()
-    for file in files:
-        OutputFolder(out_dir / file.stem).check_free()
-    requests = [IssueRequest("device", f.stem, read_csr(f), days=days, actor=actor) for f in files]
     iot_core = _iot_core()
-    iot_core.client  # noqa: B018
-
-    def deliver(issued: Any) -> Any:
-        name = issued.record.thing or issued.record.common_name
-        return OutputFolder(out_dir / name).deliver(None)(issued)
-
-    console = Console(stderr=True)
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=as_json or not console.is_terminal,
-    ) as progress:
-        task = progress.add_task("provisioning", total=len(requests))
+    iot_core.client  # noqa: B018  (fail on AWS settings before issuing anything)
+    skipped: list[Failure] = []
+    with progress_bar("provisioning", len(files), quiet=as_json) as advance:
+        requests = list(
+            read_requests(
+                files,
+                out_dir,
+                days=days,
+                force=False,
+                actor=actor,
+                skipped=skipped,
+                advance=advance,
+            )
+        )
         done, failed = provision_many(
             iot_core,
             state.issuer(),
             requests,
-            deliver,
-            lambda _thing, _error: progress.advance(task),
+            deliver_into(out_dir, False),
+            lambda _thing, _error: advance(),
+            actor=actor,
         )
-    if as_json:
-        _print_json(
-            {
-                "provisioned": [p.to_json() for p in done],
-                "failed": [{"thing": t, "error": e} for t, e in failed],
-            }
-        )
-    for name, error in sorted(failed):
-        _err(f"failed {name}: {error}")
-    _err(f"provisioned {len(done)} thing(s) into {out_dir}, failed {len(failed)}")
-    return 2 if failed else 0
+    return report(
+        [p.to_json() for p in done],
+        skipped + failed,
+        as_json=as_json,
+        done_key="provisioned",
+        summary=f"provisioned {len(done)} thing(s) into {out_dir}",
+    )
 
 
 @iot.command("deprovision")

@@ -23,7 +23,7 @@ from pki.errors import BackendError, NotFound, OperatorError, PolicyViolation
 from pki.model import IssuedCertificate, IssueRequest
 
 if TYPE_CHECKING:
-    from pki.issuance import Issuer
+    from pki.issuance import Failure, Issuer
 
 from devices import store
 
@@ -364,16 +364,19 @@ def provision_many(
     requests: Sequence[IssueRequest],
     deliver: Callable[[IssuedCertificate], Callable[[], None]],
     progress: Callable[[str, Exception | None], None] = lambda _t, _e: None,
-) -> tuple[list[Provisioned], list[tuple[str, str]]]:
+    *,
+    actor: str = "cli",
+) -> tuple[list[Provisioned], list[Failure]]:
     """Issue every request as one batch, then provision each in IoT Core.
 
     A thing whose AWS steps fail is rolled back on AWS (its certificate stays issued and
     is reported, so rerunning provisions a fresh one) and the rest go on.
     """
     from pki.errors import FleetPkiError
+    from pki.issuance import Failure
 
-    report = issuer.issue_batch(requests, deliver)
-    failed: list[tuple[str, str]] = [(f.name, str(f.error)) for f in report.failed]
+    report = issuer.issue_batch(requests, deliver, actor=actor)
+    failed: list[Failure] = list(report.failed)
     for failure in report.failed:
         progress(failure.name, failure.error)
     done: list[Provisioned] = []
@@ -383,9 +386,8 @@ def provision_many(
             done.append(iot.provision(issued))
             progress(thing, None)
         except FleetPkiError as exc:
-            failed.append(
-                (thing, f"{exc} (certificate {issued.record.serial_hex} issued, not registered)")
-            )
+            note = f"{exc} (certificate {issued.record.serial_hex} issued, not registered)"
+            failed.append(Failure(thing, FleetPkiError(note)))
             progress(thing, exc)
     return done, failed
 

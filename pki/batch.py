@@ -1,17 +1,22 @@
-"""Factory provisioning: every ``THING.csr`` in a folder, with progress, bad ones skipped."""
+"""Factory provisioning: every ``THING.csr`` in a folder, with progress, bad ones skipped.
+
+The pieces (listing the folder, reading requests, the progress bar, the report) are shared
+with ``fleetpki iot provision --batch``.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from pki.delivery import OutputFolder, read_csr
-from pki.errors import FleetPkiError, InvalidInput, OperatorError
+from pki.errors import InvalidInput, OperatorError
 from pki.issuance import Failure
 from pki.model import IssuedCertificate, IssueRequest
 
@@ -26,26 +31,55 @@ def default_workers(count: int) -> int:
     return min(os.cpu_count() or 1, 8) if count >= PARALLEL_THRESHOLD else 1
 
 
-def issue_device_batch(
-    state: State,
-    batch_dir: Path,
-    out_dir: Path,
-    days: int | None,
-    force: bool,
-    as_json: bool,
-    workers: int | None = None,
-) -> int:
+def csr_files(batch_dir: Path) -> list[Path]:
+    """The ``*.csr`` files of a batch folder, sorted; refuses a missing or empty folder."""
     if not batch_dir.is_dir():
         raise InvalidInput(f"--batch {batch_dir} is not a folder")
     files = sorted(batch_dir.glob("*.csr"))
     if not files:
         raise InvalidInput(f"no *.csr files in {batch_dir}")
-    if workers is not None and workers < 1:
-        raise InvalidInput("--workers must be at least 1")
-    issuer = state.issuer()
-    actor = state.home.actor()
-    early_failures: list[Failure] = []
+    return files
 
+
+def read_requests(
+    files: Sequence[Path],
+    out_dir: Path,
+    *,
+    days: int | None,
+    force: bool,
+    actor: str,
+    skipped: list[Failure],
+    advance: Callable[[], None],
+) -> Iterator[IssueRequest]:
+    """One device request per file (the thing name is the file name without ``.csr``).
+
+    A file that cannot be read, or whose output folder is taken, is added to ``skipped``
+    and the rest go on.
+    """
+    for file in files:
+        thing = file.stem
+        try:
+            OutputFolder(out_dir / thing, force=force).check_free()
+            yield IssueRequest("device", thing, read_csr(file), days=days, actor=actor)
+        except OperatorError as exc:
+            skipped.append(Failure(thing, exc))
+            advance()
+
+
+def deliver_into(out_dir: Path, force: bool) -> Callable[[IssuedCertificate], Callable[[], None]]:
+    """Deliver each certificate into ``out_dir/THING/``."""
+
+    def deliver(issued: IssuedCertificate) -> Callable[[], None]:
+        thing = issued.record.thing or issued.record.common_name
+        return OutputFolder(out_dir / thing, force=force).deliver(None)(issued)
+
+    return deliver
+
+
+@contextmanager
+def progress_bar(description: str, total: int, *, quiet: bool) -> Iterator[Callable[[], None]]:
+    """A progress bar on stderr (only on a terminal, never with ``--json``); yields
+    ``advance()``, which may be called from any thread."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -57,40 +91,27 @@ def issue_device_batch(
         TimeRemainingColumn(),
         console=console,
         transient=True,
-        disable=as_json or not console.is_terminal,
+        disable=quiet or not console.is_terminal,
     ) as progress:
-        task = progress.add_task("issuing", total=len(files))
+        task = progress.add_task(description, total=total)
+        yield lambda: progress.advance(task)
 
-        def advance(_name: str, _error: FleetPkiError | None) -> None:
-            progress.advance(task)
 
-        def requests() -> Iterator[IssueRequest]:
-            for file in files:
-                thing = file.stem
-                try:
-                    OutputFolder(out_dir / thing, force=force).check_free()
-                    yield IssueRequest("device", thing, read_csr(file), days=days, actor=actor)
-                except OperatorError as exc:
-                    early_failures.append(Failure(thing, exc))
-                    advance(thing, exc)
-
-        def deliver(issued: IssuedCertificate) -> Callable[[], None]:
-            thing = issued.record.thing or issued.record.common_name
-            return OutputFolder(out_dir / thing, force=force).deliver(None)(issued)
-
-        report = issuer.issue_batch(
-            requests(),
-            deliver,
-            advance,
-            workers=workers or default_workers(len(files)),
-            actor=actor,
-        )
-    failures = sorted(early_failures + report.failed, key=lambda f: f.name)
+def report(
+    done: Sequence[dict[str, Any]],
+    failures: Sequence[Failure],
+    *,
+    as_json: bool,
+    done_key: str,
+    summary: str,
+) -> int:
+    """Print a batch's outcome; exit code 2 when anything was skipped."""
+    failures = sorted(failures, key=lambda f: f.name)
     if as_json:
         click.echo(
             json.dumps(
                 {
-                    "issued": [i.record.to_json(state.now()) for i in report.issued],
+                    done_key: list(done),
                     "skipped": [{"thing": f.name, "error": str(f.error)} for f in failures],
                 },
                 indent=2,
@@ -99,9 +120,38 @@ def issue_device_batch(
         )
     for failure in failures:
         click.echo(f"skipped {failure.name}: {failure.error}", err=True)
-    click.echo(
-        f"issued {len(report.issued)} device certificate(s) into {out_dir}, "
-        f"skipped {len(failures)}",
-        err=True,
-    )
+    click.echo(f"{summary}, skipped {len(failures)}", err=True)
     return 2 if failures else 0
+
+
+def issue_device_batch(
+    state: State,
+    batch_dir: Path,
+    out_dir: Path,
+    days: int | None,
+    force: bool,
+    as_json: bool,
+    workers: int | None = None,
+) -> int:
+    files = csr_files(batch_dir)
+    issuer = state.issuer()
+    actor = state.home.actor()
+    skipped: list[Failure] = []
+    with progress_bar("issuing", len(files), quiet=as_json) as advance:
+        requests = read_requests(
+            files, out_dir, days=days, force=force, actor=actor, skipped=skipped, advance=advance
+        )
+        result = issuer.issue_batch(
+            requests,
+            deliver_into(out_dir, force),
+            lambda _name, _error: advance(),
+            workers=workers or default_workers(len(files)),
+            actor=actor,
+        )
+    return report(
+        [i.record.to_json(state.now()) for i in result.issued],
+        skipped + result.failed,
+        as_json=as_json,
+        done_key="issued",
+        summary=f"issued {len(result.issued)} device certificate(s) into {out_dir}",
+    )

@@ -131,7 +131,8 @@ def test_batch_provisioning_skips_bad_csrs(
     assert result.code == 2
     data = json.loads(result.out)
     assert sorted(p["thing"] for p in data["provisioned"]) == ["b-1", "b-2", "b-3"]
-    assert [f["thing"] for f in data["failed"]] == ["broken"]
+    assert [f["thing"] for f in data["skipped"]] == ["broken"]
+    assert "input is not a PEM certificate request" in data["skipped"][0]["error"]
     things = sorted(t["thingName"] for t in iot().list_things()["things"])
     assert things == ["b-1", "b-2", "b-3"]
 
