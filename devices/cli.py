@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from pki.cli_options import batch_option, csr_option, days_option, generate_key_option, out_option
+
 if TYPE_CHECKING:
     from pki.cli import State
 
@@ -66,27 +68,11 @@ def iot_register_ca(as_json: bool) -> None:
 
 @iot.command("provision")
 @click.argument("thing", required=False)
-@click.option(
-    "--csr",
-    "csr_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="PEM CSR made on the device.",
-)
-@click.option("--generate-key", is_flag=True, help="Make the key here (OUT/key.pem, 0600).")
-@click.option(
-    "--batch",
-    "batch_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Provision every THING.csr in this folder into OUT/THING/.",
-)
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Output folder for cert.pem, chain.pem and fullchain.pem.",
-)
-@click.option("--days", type=int, help="Validity in days (default 90).")
+@csr_option("device")
+@generate_key_option
+@batch_option("Provision")
+@out_option
+@days_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def iot_provision(
     thing: str | None,
@@ -104,9 +90,9 @@ def iot_provision(
     A failure on AWS rolls back what was created there; the issued certificate stays in
     the inventory and the error names it.
     """
-    from pki.delivery import OutputFolder, make_key_and_csr, read_csr
+    from pki.delivery import single_request
     from pki.errors import InvalidInput
-    from pki.model import IssueRequest, KeyType
+    from pki.model import KeyType
 
     state = _state()
     actor = state.home.actor()
@@ -116,22 +102,22 @@ def iot_provision(
         return _provision_batch(batch_dir, out_dir, days, as_json)
     if not thing:
         raise InvalidInput("give a THING (or --batch DIR)")
-    if (csr_file is None) == (not generate_key):
-        raise InvalidInput("give exactly one of --csr FILE or --generate-key")
-    output = OutputFolder(out_dir, with_key=generate_key)
-    output.check_free()
-    key_pem: bytes | None = None
-    if csr_file is not None:
-        csr_pem = read_csr(csr_file)
-    else:
-        key_pem, csr_pem = make_key_and_csr(KeyType.EC_P256, thing)
-    request = IssueRequest("device", thing, csr_pem, days=days, actor=actor)
+    request, deliver = single_request(
+        profile="device",
+        name=thing,
+        csr_file=csr_file,
+        generate_key=generate_key,
+        key_type=KeyType.EC_P256,
+        out_dir=out_dir,
+        days=days,
+        force=False,
+        actor=actor,
+    )
     issuer = state.issuer()
-    signing = issuer.prepare(request)  # policy first: a refused CSR touches nothing
-    del signing
+    issuer.prepare(request)  # policy first: a refused CSR touches nothing on AWS
     iot_core = _iot_core()
     iot_core.client  # noqa: B018 (fail on AWS settings before issuing)
-    issued = issuer.issue(request, output.deliver(key_pem))
+    issued = issuer.issue(request, deliver)
     try:
         result = iot_core.provision(issued)
     except Exception as exc:

@@ -18,6 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from pki.cli_options import (
+    KEY_TYPES,
+    batch_option,
+    csr_option,
+    days_option,
+    generate_key_option,
+    key_type_option,
+    out_option,
+)
+
 if TYPE_CHECKING:
     import datetime as dt
 
@@ -195,7 +205,7 @@ def ca() -> None:
 @click.option("--region", help="aws-pca: AWS region (default: the standard AWS settings).")
 @click.option(
     "--key-type",
-    type=click.Choice(["ec-p256", "ec-p384", "rsa-2048", "rsa-3072"]),
+    type=click.Choice(KEY_TYPES),
     default="ec-p256",
     show_default=True,
     help="Key type of the root and issuing CA.",
@@ -348,43 +358,14 @@ def issue() -> None:
     """Issue device (client) and server certificates."""
 
 
-_key_type_option = click.option(
-    "--key-type",
-    type=click.Choice(["ec-p256", "ec-p384", "rsa-2048", "rsa-3072"]),
-    default="ec-p256",
-    show_default=True,
-    help="Key type for --generate-key.",
-)
-
-
 @issue.command("device")
 @click.argument("thing_name", required=False)
-@click.option(
-    "--csr",
-    "csr_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="PEM CSR made on the device.",
-)
-@click.option(
-    "--generate-key",
-    is_flag=True,
-    help="Make the key here and write it to OUT/key.pem (0600) instead of using a CSR.",
-)
-@_key_type_option
-@click.option(
-    "--batch",
-    "batch_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Issue every THING.csr in this folder into OUT/THING/.",
-)
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Output folder for cert.pem, chain.pem and fullchain.pem.",
-)
-@click.option("--days", type=int, help="Validity in days (default 90, at most 397).")
+@csr_option("device")
+@generate_key_option
+@key_type_option
+@batch_option("Issue")
+@out_option
+@days_option
 @click.option(
     "--workers",
     type=click.IntRange(min=1, max=64),
@@ -443,26 +424,11 @@ def issue_device(
 @click.argument("name")
 @click.option("--dns", multiple=True, help="DNS name (repeatable). Default: NAME.")
 @click.option("--ip", multiple=True, help="IP address (repeatable).")
-@click.option(
-    "--csr",
-    "csr_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="PEM CSR made on the server.",
-)
-@click.option(
-    "--generate-key",
-    is_flag=True,
-    help="Make the key here and write it to OUT/key.pem (0600) instead of using a CSR.",
-)
-@_key_type_option
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Output folder for cert.pem, chain.pem and fullchain.pem.",
-)
-@click.option("--days", type=int, help="Validity in days (default 90, at most 397).")
+@csr_option("server")
+@generate_key_option
+@key_type_option
+@out_option
+@days_option
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("--json", "as_json", is_flag=True, help="Print the issued record as JSON.")
 @pass_state
@@ -520,30 +486,24 @@ def _issue_one(
     dns: tuple[str, ...],
     ips: tuple[Any, ...],
 ) -> int:
-    from pki.delivery import OutputFolder, make_key_and_csr, read_csr
-    from pki.errors import InvalidInput
-    from pki.model import IssueRequest, KeyType
+    from pki.delivery import single_request
+    from pki.model import KeyType
 
-    if (csr_file is None) == (not generate_key):
-        raise InvalidInput("give exactly one of --csr FILE or --generate-key")
-    output = OutputFolder(out_dir, with_key=generate_key, force=force)
-    output.check_free()
-    key_pem: bytes | None = None
-    if csr_file is not None:
-        csr_pem = read_csr(csr_file)
-    else:
-        key_pem, csr_pem = make_key_and_csr(KeyType(key_type), name)
-    request = IssueRequest(
+    request, deliver = single_request(
         profile=profile,
         name=name,
-        csr_pem=csr_pem,
-        dns_names=dns,
-        ip_addresses=ips,
+        csr_file=csr_file,
+        generate_key=generate_key,
+        key_type=KeyType(key_type),
+        out_dir=out_dir,
         days=days,
+        force=force,
         actor=state.home.actor(),
+        dns=dns,
+        ips=ips,
     )
-    issued = state.issuer().issue(request, output.deliver(key_pem))
-    _report_issued(state, [issued], as_json, output.path)
+    issued = state.issuer().issue(request, deliver)
+    _report_issued(state, [issued], as_json, out_dir)
     return 0
 
 

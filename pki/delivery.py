@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,9 @@ from pki.backends.local import generate_key
 from pki.csr import MAX_CSR_BYTES
 from pki.errors import AlreadyExists, InvalidInput
 from pki.files import atomic_write, ensure_dir, remove_quietly
-from pki.model import IssuedCertificate, KeyType
+from pki.model import IssuedCertificate, IssueRequest, KeyType
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 CERT_FILE = "cert.pem"
 CHAIN_FILE = "chain.pem"
@@ -100,3 +103,44 @@ class OutputFolder:
             return undo
 
         return write
+
+
+def single_request(
+    *,
+    profile: str,
+    name: str,
+    csr_file: Path | None,
+    generate_key: bool,
+    key_type: KeyType,
+    out_dir: Path,
+    days: int | None,
+    force: bool,
+    actor: str,
+    dns: tuple[str, ...] = (),
+    ips: tuple[IPAddress, ...] = (),
+) -> tuple[IssueRequest, Callable[[IssuedCertificate], Callable[[], None]]]:
+    """The request and the delivery of ``--csr FILE | --generate-key --out DIR``.
+
+    Refuses (before anything is signed) when both or neither are given and when the output
+    files exist without ``force``. With ``--generate-key`` the key is made here and written
+    with the certificate, never before it is recorded.
+    """
+    if (csr_file is None) == (not generate_key):
+        raise InvalidInput("give exactly one of --csr FILE or --generate-key")
+    output = OutputFolder(out_dir, with_key=generate_key, force=force)
+    output.check_free()
+    key_pem: bytes | None = None
+    if csr_file is not None:
+        csr_pem = read_csr(csr_file)
+    else:
+        key_pem, csr_pem = make_key_and_csr(key_type, name)
+    request = IssueRequest(
+        profile=profile,
+        name=name,
+        csr_pem=csr_pem,
+        dns_names=dns,
+        ip_addresses=ips,
+        days=days,
+        actor=actor,
+    )
+    return request, output.deliver(key_pem)

@@ -1,0 +1,54 @@
+"""Click options shared by the commands that issue certificates (``issue``, ``iot provision``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+KEY_TYPES = ["ec-p256", "ec-p384", "rsa-2048", "rsa-3072"]
+
+
+def csr_option(made_on: str) -> Callable[[Any], Any]:
+    return click.option(
+        "--csr",
+        "csr_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=f"PEM CSR made on the {made_on}.",
+    )
+
+
+generate_key_option = click.option(
+    "--generate-key",
+    is_flag=True,
+    help="Make the key here and write it to OUT/key.pem (0600) instead of using a CSR.",
+)
+
+key_type_option = click.option(
+    "--key-type",
+    type=click.Choice(KEY_TYPES),
+    default="ec-p256",
+    show_default=True,
+    help="Key type for --generate-key.",
+)
+
+out_option = click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Output folder for cert.pem, chain.pem and fullchain.pem.",
+)
+
+days_option = click.option("--days", type=int, help="Validity in days (default 90, at most 397).")
+
+
+def batch_option(action: str) -> Callable[[Any], Any]:
+    return click.option(
+        "--batch",
+        "batch_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help=f"{action} every THING.csr in this folder into OUT/THING/.",
+    )
