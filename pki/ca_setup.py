@@ -47,6 +47,45 @@ def ca_record(
     )
 
 
+def record_chain(
+    inventory: Inventory,
+    clock: Clock,
+    actor: str,
+    chain: tuple[x509.Certificate, ...],
+    backend: str,
+    detail: dict[str, str],
+) -> tuple[CertificateRecord, ...]:
+    """Record a CA chain (issuing CA first, root last) in the inventory with a ``ca-init``
+    audit event; certificates already there (another home adopting the same CA) are
+    left as they are. Returns the records, root first."""
+    pairs = [(ca_record(chain[-1], ROOT_CA_PROFILE, backend, clock), chain[-1])]
+    pairs += [(ca_record(c, ISSUING_CA_PROFILE, backend, clock), c) for c in chain[:-1]]
+    records = tuple(record for record, _ in pairs)
+    with inventory.transaction() as conn:
+        known = {r.serial for r in inventory.find(now=clock.now(), include_ca=True)}
+        inventory.add_certificates(
+            conn,
+            [
+                NewCertificate(record, cert.public_bytes(PEM).decode())
+                for record, cert in pairs
+                if record.serial not in known
+            ],
+        )
+        inventory.audit(
+            conn,
+            [
+                AuditEvent(
+                    clock.now(),
+                    actor,
+                    "ca-init",
+                    records[-1].serial_hex,
+                    {**detail, "root_serial": records[0].serial_hex},
+                )
+            ],
+        )
+    return records
+
+
 def init_ca(
     home: Home,
     inventory: Inventory,
@@ -82,35 +121,14 @@ def init_ca(
             root_days=root_days,
             issuing_days=issuing_days,
         )
-        issuing, root = ca.chain()
-        records = (
-            ca_record(root, ROOT_CA_PROFILE, ca.name, clock),
-            ca_record(issuing, ISSUING_CA_PROFILE, ca.name, clock),
+        records = record_chain(
+            inventory,
+            clock,
+            home.actor(),
+            ca.chain(),
+            ca.name,
+            {"key_type": key_type, "common_name": common_name},
         )
-        with inventory.transaction() as conn:
-            inventory.add_certificates(
-                conn,
-                [
-                    NewCertificate(records[0], root.public_bytes(PEM).decode()),
-                    NewCertificate(records[1], issuing.public_bytes(PEM).decode()),
-                ],
-            )
-            inventory.audit(
-                conn,
-                [
-                    AuditEvent(
-                        clock.now(),
-                        home.actor(),
-                        "ca-init",
-                        records[1].serial_hex,
-                        {
-                            "key_type": key_type,
-                            "common_name": common_name,
-                            "root_serial": records[0].serial_hex,
-                        },
-                    )
-                ],
-            )
         home.write_config(HomeConfig(backend=ca.name, key_type=key_type, common_name=common_name))
     except BaseException:
         shutil.rmtree(home.ca_dir, ignore_errors=True)
@@ -144,8 +162,6 @@ def init_aws_ca(
     chain = ca.chain()
     check_chain(ca.arn, chain, clock.now())
     home.ensure()
-    records = [ca_record(chain[-1], ROOT_CA_PROFILE, ca.name, clock)]
-    records += [ca_record(c, ISSUING_CA_PROFILE, ca.name, clock) for c in chain[:-1]]
     key = chain[0].public_key()
     key_type = (
         f"ec-{key.curve.name}"
@@ -155,32 +171,9 @@ def init_aws_ca(
         else type(key).__name__
     )
     try:
-        with inventory.transaction() as conn:
-            known = {r.serial for r in inventory.find(now=clock.now(), include_ca=True)}
-            inventory.add_certificates(
-                conn,
-                [
-                    NewCertificate(r, c.public_bytes(PEM).decode())
-                    for r, c in zip(records, (chain[-1], *chain[:-1]), strict=True)
-                    if r.serial not in known
-                ],
-            )
-            inventory.audit(
-                conn,
-                [
-                    AuditEvent(
-                        clock.now(),
-                        home.actor(),
-                        "ca-init",
-                        records[-1].serial_hex,
-                        {
-                            "backend": ca.name,
-                            "ca_arn": ca.arn,
-                            "root_serial": records[0].serial_hex,
-                        },
-                    )
-                ],
-            )
+        records = record_chain(
+            inventory, clock, home.actor(), chain, ca.name, {"backend": ca.name, "ca_arn": ca.arn}
+        )
         home.write_config(
             HomeConfig(
                 backend=ca.name,
@@ -193,4 +186,4 @@ def init_aws_ca(
     except BaseException:
         remove_quietly(home.config_path)
         raise
-    return CaInitResult(tuple(records), False)
+    return CaInitResult(records, False)
