@@ -496,21 +496,35 @@ class Inventory:
 
     # -- AWS Private CA request ledger ----------------------------------------------------
 
-    def pca_request(self, token: str) -> str | None:
-        """The certificate ARN an earlier IssueCertificate with this token returned."""
+    def pca_request(self, token: str, since: dt.datetime | None = None) -> str | None:
+        """The certificate ARN an earlier IssueCertificate with this token returned (only a
+        request made at or after ``since``, when given)."""
+        c = pca_requests.c
+        query = sa.select(c.certificate_arn).where(c.token == token)
+        if since is not None:
+            query = query.where(c.requested_at >= since)
         with self._reading() as conn:
-            value = conn.execute(
-                sa.select(pca_requests.c.certificate_arn).where(pca_requests.c.token == token)
-            ).scalar()
+            value = conn.execute(query).scalar()
         return None if value is None else str(value)
 
     def record_pca_request(
         self, token: str, ca_arn: str, certificate_arn: str, at: dt.datetime
     ) -> None:
+        """Remember a token's certificate; a later request with the same token (a new
+        certificate once the window has passed, or a concurrent retry) replaces the row
+        instead of failing on the primary key."""
+        values = {
+            "token": token,
+            "ca_arn": ca_arn,
+            "certificate_arn": certificate_arn,
+            "requested_at": at,
+        }
         with self.transaction() as conn:
+            insert = _dialect_insert(conn, pca_requests).values(**values)
             conn.execute(
-                pca_requests.insert().values(
-                    token=token, ca_arn=ca_arn, certificate_arn=certificate_arn, requested_at=at
+                insert.on_conflict_do_update(
+                    index_elements=[pca_requests.c.token],
+                    set_={k: insert.excluded[k] for k in values if k != "token"},
                 )
             )
 
@@ -519,6 +533,19 @@ class Inventory:
             return int(
                 conn.execute(sa.select(sa.func.count()).select_from(certificates)).scalar() or 0
             )
+
+
+def _dialect_insert(conn: Connection, table: sa.Table) -> Any:
+    """An INSERT with ``on_conflict_do_*`` for the connection's dialect (SQLite, PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    if conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+    raise StorageError(f"unsupported database {conn.dialect.name!r}: use SQLite or PostgreSQL")
 
 
 def _bulk_insert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:

@@ -131,10 +131,15 @@ def current_object(s3: Any, where: S3Location) -> tuple[str, str | None] | None:
 
 
 def upload_if_changed(
-    s3: Any, where: S3Location, body: bytes, content_type: str = PEM_CONTENT_TYPE
+    s3: Any,
+    where: S3Location,
+    body: bytes,
+    content_type: str = PEM_CONTENT_TYPE,
+    digest: str | None = None,
 ) -> Upload:
-    """Put ``body`` unless the current version already holds the same SHA-256."""
-    digest = hashlib.sha256(body).hexdigest()
+    """Put ``body`` unless the current version already holds the same SHA-256 (of ``body``,
+    or the content ``digest`` given)."""
+    digest = digest or hashlib.sha256(body).hexdigest()
     require_versioning(s3, where.bucket)
     current = current_object(s3, where)
     if current is not None and current[1] == digest:
@@ -560,7 +565,10 @@ def _remove_revocations(elbv2: Any, arn: str, ids: Sequence[int]) -> None:
 
 
 def publish_denylist(s3: Any, where: S3Location, body: bytes) -> Upload:
-    return upload_if_changed(s3, where, body, "application/json")
+    """Upload when the list changed. The hash compared (and recorded) is the one of the
+    content without ``generated_at``, so an unchanged list is not re-uploaded only because
+    it was generated later, and ``generated_at`` stays the time the list last changed."""
+    return upload_if_changed(s3, where, body, "application/json", denylist_digest(body))
 
 
 def s3_object_loader(uri: str, s3: Any | None = None) -> Callable[[], bytes]:
@@ -586,3 +594,12 @@ def denylist_json(serials: Sequence[int], generated_at: str, source: str) -> byt
         "serials": sorted({format(s, "x") for s in serials}, key=lambda h: (len(h), h)),
     }
     return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+
+
+def denylist_digest(body: bytes) -> str:
+    """SHA-256 of a denylist's content: every field but ``generated_at``, canonical JSON."""
+    data = json.loads(body)
+    data.pop("generated_at", None)
+    return hashlib.sha256(
+        json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+    ).hexdigest()

@@ -10,6 +10,7 @@ from typing import Any
 
 import boto3
 import pytest
+import sqlalchemy as sa
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from cryptography import x509
@@ -27,7 +28,7 @@ from pki.backends.aws_pca import (
 )
 from pki.clock import SystemClock
 from pki.errors import BackendError
-from pki.inventory import Inventory
+from pki.inventory import Inventory, pca_requests
 from pki.issuance import Issuer
 from pki.model import IssueRequest
 from tests.aws_fixtures import _pca_server, pca_aws  # noqa: F401 (fixtures)
@@ -36,6 +37,7 @@ from tests.helpers import load_cert, make_csr, openssl_csr
 
 
 def test_create_issue_revoke_end_to_end(
+    db_url: str | None,
     cli: Cli,
     home: Path,
     tmp_path: Path,
@@ -66,6 +68,13 @@ def test_create_issue_revoke_end_to_end(
     issuing, root = x509.load_pem_x509_certificates((out / "chain.pem").read_bytes())
     cert.verify_directly_issued_by(issuing)
     issuing.verify_directly_issued_by(root)
+
+    # the IdempotencyToken went to the request ledger of the database in use
+    ledger = Inventory.open(db_url or f"sqlite:///{home / 'inventory.db'}")
+    with ledger.engine.connect() as conn:
+        arns = list(conn.execute(sa.select(pca_requests.c.certificate_arn)).scalars())
+    ledger.close()
+    assert len(arns) == 1 and arns[0].startswith(config["ca_arn"] + "/certificate/")
 
     revoked = cli.ok("revoke", issued["serial"], "--reason", "key-compromise")
     assert "AWS Private CA writes its own CRL to its S3 bucket, typically about 30 minutes" in (

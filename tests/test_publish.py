@@ -7,6 +7,7 @@ validated against the service model, and the arguments are captured and asserted
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ from botocore.stub import ANY, Stubber
 from cryptography import x509
 
 from pki import publish
+from pki.clock import FixedClock, SystemClock
+from pki.inventory import Inventory
 from tests.conftest import Cli
 from tests.trust_helpers import chain, pems
 
@@ -117,7 +120,7 @@ def publish_args(*extra: object) -> list[object]:
 
 
 def test_publish_unchanged_changed_and_rollback(
-    cli: Cli, ca_home: Path, bucket: str, stubs: Stubs, tmp_path: Path
+    db_url: str | None, cli: Cli, ca_home: Path, bucket: str, stubs: Stubs, tmp_path: Path
 ) -> None:
     api = stubs.stub("apigateway")
     expect_rest_publish(api, None)
@@ -160,10 +163,16 @@ def test_publish_unchanged_changed_and_rollback(
     assert history[3]["sha256"] == hashlib.sha256(built).hexdigest()
     text = cli.ok("bundle", "history").out
     assert "#4 " in text and f"rollback apigw      {DOMAIN}" in text
+    # the ledger is in the database the run was pointed at (PostgreSQL or the home's SQLite)
+    ledger = Inventory.open(db_url or f"sqlite:///{ca_home / 'inventory.db'}")
+    assert [(v.action, v.version_id) for v in ledger.bundle_history()] == [
+        ("publish", v1), ("publish", v1), ("publish", v2), ("rollback", v1)
+    ]  # fmt: skip
+    ledger.close()
 
 
 def test_truststore_warnings_roll_the_domain_back(
-    cli: Cli, ca_home: Path, bucket: str, stubs: Stubs
+    db_url: str | None, cli: Cli, ca_home: Path, bucket: str, stubs: Stubs
 ) -> None:
     api = stubs.stub("apigateway")
     api.add_response("get_domain_name", rest_domain("good-version"), {"domainName": DOMAIN})
@@ -241,7 +250,9 @@ def test_alb_publish_modifies_the_trust_store(
     assert f"{ARN} now trusts that version" in result.err
 
 
-def test_refusals_write_nothing(cli: Cli, ca_home: Path, aws: str, stubs: Stubs) -> None:
+def test_refusals_write_nothing(
+    db_url: str | None, cli: Cli, ca_home: Path, aws: str, stubs: Stubs
+) -> None:
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="plain")
     api = stubs.stub("apigateway")
@@ -299,7 +310,7 @@ def issue_and_revoke(cli: Cli, tmp_path: Path, names: list[str]) -> list[str]:
 
 
 def test_crl_publish_to_alb_replaces_the_previous_list(
-    cli: Cli, ca_home: Path, bucket: str, stubs: Stubs, tmp_path: Path
+    db_url: str | None, cli: Cli, ca_home: Path, bucket: str, stubs: Stubs, tmp_path: Path
 ) -> None:
     serials = issue_and_revoke(cli, tmp_path, ["d1"])
     elb = stubs.stub("elbv2")
@@ -372,14 +383,25 @@ def test_crl_publish_limits_and_bad_input(
     )
 
 
-def test_denylist_publish(cli: Cli, ca_home: Path, bucket: str, tmp_path: Path) -> None:
+def test_denylist_publish(
+    db_url: str | None, cli: Cli, ca_home: Path, bucket: str, tmp_path: Path
+) -> None:
     serials = issue_and_revoke(cli, tmp_path, ["d1", "d2"])
     cli.ok("issue", "device", "ok1", "--generate-key", "--out", tmp_path / "ok1")
     uri = f"s3://{BUCKET}/authz/denylist.json"
-    first = cli.ok("crl", "publish", "--denylist", uri)
+    start = SystemClock().now() + dt.timedelta(minutes=1)
+    first = cli.ok("crl", "publish", "--denylist", uri, clock=FixedClock(start))
     assert "denylist of 2 revoked serial(s) written to" in first.err
     data = json.loads(body("authz/denylist.json"))
     assert sorted(data["serials"]) == sorted(s.lstrip("0") for s in serials)
     assert data["format"] == "fleetpki-denylist/1"
-    again = cli.ok("crl", "publish", "--denylist", uri)
+    # an hour later, nothing new revoked: not uploaded again, generated_at unchanged
+    later = FixedClock(start + dt.timedelta(hours=1))
+    again = cli.ok("crl", "publish", "--denylist", uri, clock=later)
     assert "unchanged at" in again.err and len(versions("authz/denylist.json")) == 1
+    assert json.loads(body("authz/denylist.json")) == data
+    cli.ok("revoke", issue_and_revoke(cli, tmp_path, ["d3"])[0], "--no-crl")
+    third = cli.ok("crl", "publish", "--denylist", uri, clock=later)
+    assert "denylist of 3 revoked serial(s) written to" in third.err
+    assert len(versions("authz/denylist.json")) == 2
+    assert json.loads(body("authz/denylist.json"))["generated_at"] != data["generated_at"]

@@ -42,6 +42,8 @@ BLANK_END_ENTITY = "arn:aws:acm-pca:::template/BlankEndEntityCertificate_APIPass
 ROOT_TEMPLATE = "arn:aws:acm-pca:::template/RootCACertificate/V1"
 SUBORDINATE_TEMPLATE = "arn:aws:acm-pca:::template/SubordinateCACertificate_PathLen0/V1"
 THROTTLING = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsException"})
+# A retry of the same request within this window fetches the first certificate (AWS itself
+# honours an IdempotencyToken for 5 minutes); after it, the same request issues anew.
 LEDGER_WINDOW = dt.timedelta(hours=24)
 
 _EKU_NAMES = {
@@ -116,7 +118,7 @@ class RateLimits:
 class RequestLedger(Protocol):
     """Where IdempotencyTokens are remembered beyond AWS's 5 minutes (the inventory)."""
 
-    def pca_request(self, token: str) -> str | None: ...
+    def pca_request(self, token: str, since: dt.datetime | None = None) -> str | None: ...
 
     def record_pca_request(
         self, token: str, ca_arn: str, certificate_arn: str, at: dt.datetime
@@ -318,7 +320,8 @@ class AwsPrivateCA:
 
     def issue(self, request: SigningRequest) -> x509.Certificate:
         token = idempotency_token(self.arn, request)
-        certificate_arn = self.ledger.pca_request(token) if self.ledger else None
+        since = self.clock.now() - LEDGER_WINDOW
+        certificate_arn = self.ledger.pca_request(token, since) if self.ledger else None
         if certificate_arn is None:
             params = issue_parameters(self.arn, request, signing_algorithm(self._chain[0]), token)
             response = self.call(
