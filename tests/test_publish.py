@@ -221,6 +221,50 @@ def test_http_api_domain(cli: Cli, ca_home: Path, bucket: str, stubs: Stubs) -> 
     assert sent[0]["MutualTlsAuthentication"]["TruststoreVersion"] == row["version_id"]
 
 
+def test_http_api_truststore_warnings_roll_the_domain_back(
+    db_url: str | None, cli: Cli, ca_home: Path, bucket: str, stubs: Stubs
+) -> None:
+    api = stubs.stub("apigatewayv2")
+    old_uri = f"s3://{BUCKET}/old/bundle.pem"
+    uri = f"s3://{BUCKET}/trust/bundle.pem"
+    before = {"TruststoreUri": old_uri, "TruststoreVersion": "good-version"}
+    api.add_response(
+        "get_domain_name",
+        {"DomainName": DOMAIN, "MutualTlsAuthentication": before},
+        {"DomainName": DOMAIN},
+    )
+    api.add_response(
+        "update_domain_name",
+        {"DomainName": DOMAIN},
+        {"DomainName": DOMAIN,
+         "MutualTlsAuthentication": {"TruststoreUri": uri, "TruststoreVersion": ANY}},
+    )  # fmt: skip
+    warning = "Certificate CN=x is not valid for the truststore"
+    api.add_response(
+        "get_domain_name",
+        {"DomainName": DOMAIN, "MutualTlsAuthentication": {
+            "TruststoreUri": uri, "TruststoreVersion": "new", "TruststoreWarnings": [warning]}},
+        {"DomainName": DOMAIN},
+    )  # fmt: skip
+    api.add_response(
+        "update_domain_name",
+        {"DomainName": DOMAIN},
+        {"DomainName": DOMAIN, "MutualTlsAuthentication": before},
+    )
+    result = cli(*publish_args("--api", "http"))
+    stubs.done()
+    new = versions("trust/bundle.pem")[0]["VersionId"]
+    assert (result.code, result.err) == (
+        1,
+        f"fleetpki: error: API Gateway reported truststore warnings for {DOMAIN} with version "
+        f"{new}: {warning}; rolled the domain back to version good-version\n",
+    )
+    # the domain was pointed at the new version, then back at the previous URI and version
+    sent = [p["MutualTlsAuthentication"] for name, p in stubs.calls if name == "UpdateDomainName"]
+    assert sent == [{"TruststoreUri": uri, "TruststoreVersion": new}, before]
+    assert json.loads(cli.ok("bundle", "history", "--json").out) == []
+
+
 def trust_store(arn: str = ARN) -> dict[str, Any]:
     return {
         "TrustStores": [
