@@ -507,6 +507,13 @@ class Inventory:
             value = conn.execute(query).scalar()
         return None if value is None else str(value)
 
+    def has_certificate(self, serial: int) -> bool:
+        with self._reading() as conn:
+            found = conn.execute(
+                sa.select(certificates.c.id).where(certificates.c.serial == serial_hex(serial))
+            ).first()
+        return found is not None
+
     def record_pca_request(
         self, token: str, ca_arn: str, certificate_arn: str, at: dt.datetime
     ) -> None:

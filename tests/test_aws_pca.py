@@ -76,6 +76,17 @@ def test_create_issue_revoke_end_to_end(
     ledger.close()
     assert len(arns) == 1 and arns[0].startswith(config["ca_arn"] + "/certificate/")
 
+    # asking again for the same CSR (--force) is a new request, not a retry of the first
+    again = json.loads(
+        cli.ok("issue", "device", "thing-7", "--csr", csr, "--out", out, "--force", "--json").out
+    )
+    assert again["serial"] != issued["serial"]
+    assert load_cert(out / "cert.pem").serial_number == int(again["serial"], 16)
+    ledger = Inventory.open(db_url or f"sqlite:///{home / 'inventory.db'}")
+    with ledger.engine.connect() as conn:
+        assert len(list(conn.execute(sa.select(pca_requests.c.certificate_arn)))) == 2
+    ledger.close()
+
     revoked = cli.ok("revoke", issued["serial"], "--reason", "key-compromise")
     assert "AWS Private CA writes its own CRL to its S3 bucket, typically about 30 minutes" in (
         revoked.err

@@ -115,6 +115,9 @@ class RateLimits:
         }
 
 
+MAX_REISSUES = 50
+
+
 class RequestLedger(Protocol):
     """Where IdempotencyTokens are remembered beyond AWS's 5 minutes (the inventory)."""
 
@@ -123,6 +126,10 @@ class RequestLedger(Protocol):
     def record_pca_request(
         self, token: str, ca_arn: str, certificate_arn: str, at: dt.datetime
     ) -> None: ...
+
+    def has_certificate(self, serial: int) -> bool:
+        """Whether a certificate with this serial is already recorded."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -193,11 +200,16 @@ def signing_algorithm(cert: x509.Certificate) -> str:
     raise BackendError("issue", BACKEND, f"unsupported CA key type {type(key).__name__}")
 
 
-def idempotency_token(ca_arn: str, request: SigningRequest) -> str:
-    """Same CA, CSR, profile, names and lifetime -> same token (AWS allows 36 characters)."""
+def idempotency_token(ca_arn: str, request: SigningRequest, after: str = "") -> str:
+    """Same CA, CSR, profile, names and lifetime -> same token (AWS allows 36 characters).
+
+    ``after`` names the certificate an earlier, completed request for the same CSR got,
+    so that asking again (``--force``) is a new request and not a retry of that one.
+    """
     plan = request.plan
     digest = hashlib.sha256()
     for part in (
+        after,
         ca_arn,
         request.csr.public_bytes(serialization.Encoding.DER).hex(),
         plan.profile.name,
@@ -319,17 +331,29 @@ class AwsPrivateCA:
         return self._chain
 
     def issue(self, request: SigningRequest) -> x509.Certificate:
-        token = idempotency_token(self.arn, request)
+        """Issue once per request: a retry (same token, certificate not yet recorded in the
+        inventory) gets the certificate the first attempt created; a new request for a CSR
+        whose earlier certificate is recorded gets a new certificate."""
         since = self.clock.now() - LEDGER_WINDOW
-        certificate_arn = self.ledger.pca_request(token, since) if self.ledger else None
-        if certificate_arn is None:
-            params = issue_parameters(self.arn, request, signing_algorithm(self._chain[0]), token)
-            response = self.call(
-                "IssueCertificate", "issue", self.client.issue_certificate, **params
+        after = ""
+        for _ in range(MAX_REISSUES):
+            token = idempotency_token(self.arn, request, after)
+            certificate_arn = self.ledger.pca_request(token, since) if self.ledger else None
+            if certificate_arn is None:
+                break
+            earlier = self.fetch(certificate_arn)
+            if self.ledger is None or not self.ledger.has_certificate(earlier.serial_number):
+                return earlier  # a retry: hand back what the first attempt created
+            after = format(earlier.serial_number, "x")
+        else:
+            raise BackendError(
+                "issue", BACKEND, f"the same CSR was issued {MAX_REISSUES} times in 24 hours"
             )
-            certificate_arn = str(response["CertificateArn"])
-            if self.ledger is not None:
-                self.ledger.record_pca_request(token, self.arn, certificate_arn, self.clock.now())
+        params = issue_parameters(self.arn, request, signing_algorithm(self._chain[0]), token)
+        response = self.call("IssueCertificate", "issue", self.client.issue_certificate, **params)
+        certificate_arn = str(response["CertificateArn"])
+        if self.ledger is not None:
+            self.ledger.record_pca_request(token, self.arn, certificate_arn, self.clock.now())
         return self.fetch(certificate_arn)
 
     def fetch(self, certificate_arn: str) -> x509.Certificate:
