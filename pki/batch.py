@@ -25,9 +25,14 @@ if TYPE_CHECKING:
 
 # Below this many CSRs, forking workers costs more than it saves.
 PARALLEL_THRESHOLD = 200
+# Requests in flight to a remote CA (AWS Private CA): enough to reach its quota despite
+# round trips of tens of milliseconds; the backend's rate limiter paces them.
+REMOTE_IN_FLIGHT = 8
 
 
-def default_workers(count: int) -> int:
+def default_workers(count: int, *, remote: bool = False) -> int:
+    if remote:
+        return min(REMOTE_IN_FLIGHT, count)
     return min(os.cpu_count() or 1, 8) if count >= PARALLEL_THRESHOLD else 1
 
 
@@ -145,7 +150,7 @@ def issue_device_batch(
             requests,
             deliver_into(out_dir, force),
             lambda _name, _error: advance(),
-            workers=workers or default_workers(len(files)),
+            workers=workers or default_workers(len(files), remote=not issuer.signs_in_process),
             actor=actor,
         )
     return report(

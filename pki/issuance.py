@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
+import multiprocessing.pool
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -265,9 +266,21 @@ class Issuer:
 
     # -- internals ------------------------------------------------------------------------
 
+    @property
+    def signs_in_process(self) -> bool:
+        """True when signing is CPU work here (scale with processes); False when it is a
+        remote call (scale with requests in flight: threads)."""
+        return bool(getattr(self.ca, "signs_in_process", False))
+
     def _outcomes(self, requests: Iterable[IssueRequest], workers: int) -> Iterator[Outcome]:
         if workers <= 1:
             yield from (self.outcome(r) for r in requests)
+            return
+        if not self.signs_in_process:
+            # A remote CA (AWS Private CA): the time goes in round trips, so keep several
+            # requests in flight; the backend's rate limiter keeps them within the quota.
+            with multiprocessing.pool.ThreadPool(workers) as threads:
+                yield from threads.imap(self.outcome, requests)
             return
         global _WORKER_ISSUER
         warm = getattr(self.ca, "load_signing_key", None)

@@ -140,9 +140,19 @@ class WaitConfig:
 
 @dataclass
 class CallStats:
+    """Counters of the calls made; safe to update from the batch's request threads."""
+
     calls: dict[str, int] = field(default_factory=dict)
     throttled: int = 0
     waited: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, *, api: str | None = None, waited: float = 0.0, throttled: int = 0) -> None:
+        with self._lock:
+            if api is not None:
+                self.calls[api] = self.calls.get(api, 0) + 1
+            self.waited += waited
+            self.throttled += throttled
 
 
 def make_client(region: str | None = None) -> Any:
@@ -295,14 +305,13 @@ class AwsPrivateCA:
         """One rate-limited call; throttling is retried with backoff, then raised typed."""
         bucket = self.buckets.get(api)
         for attempt in range(self.throttle_retries + 1):
-            if bucket is not None:
-                self.stats.waited += bucket.acquire()
-            self.stats.calls[api] = self.stats.calls.get(api, 0) + 1
+            waited = bucket.acquire() if bucket is not None else 0.0
+            self.stats.record(api=api, waited=waited)
             try:
                 return fn(**params)
             except ClientError as exc:
                 if _code(exc) in THROTTLING and attempt < self.throttle_retries:
-                    self.stats.throttled += 1
+                    self.stats.record(throttled=1)
                     self.ticker.sleep(min(0.05 * 2**attempt, 5.0))
                     continue
                 raise map_error(operation, exc, self.arn) from None
@@ -359,7 +368,7 @@ class AwsPrivateCA:
     def fetch(self, certificate_arn: str) -> x509.Certificate:
         """Wait until issued (the ``certificate_issued`` waiter), then get the certificate."""
         bucket = self.buckets["GetCertificate"]
-        self.stats.waited += bucket.acquire()
+        self.stats.record(waited=bucket.acquire())
         try:
             self.client.get_waiter("certificate_issued").wait(
                 CertificateAuthorityArn=self.arn,
