@@ -313,3 +313,34 @@ def test_throttling_is_retried_then_reported_typed(tmp_path: Path) -> None:
         "after retries; lower the rate limits in config.json or ask for a higher quota"
     )
     assert stuck.throttled == 4
+
+
+def test_batch_through_private_ca_keeps_requests_in_flight(
+    cli: Cli,
+    home: Path,
+    tmp_path: Path,
+    pca_aws: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cli.ok("ca", "init", "--backend", "aws-pca", "--create")
+    seen: list[int] = []
+    real = Issuer._outcomes
+
+    def spy(self: Issuer, requests: Any, workers: int) -> Any:
+        seen.append(workers)
+        return real(self, requests, workers)
+
+    monkeypatch.setattr(Issuer, "_outcomes", spy)
+    csrs = tmp_path / "csrs"
+    csrs.mkdir()
+    for i in range(12):
+        (csrs / f"unit-{i:02d}.csr").write_bytes(make_csr(f"unit-{i:02d}")[0])
+    result = cli("issue", "device", "--batch", csrs, "--out", tmp_path / "out", "--json")
+    assert result.code == 0, result.err
+    issued = json.loads(result.out)["issued"]
+    assert seen == [8]  # threads for a remote CA, not one request at a time
+    assert len({r["serial"] for r in issued}) == 12
+    assert all(r["backend"] == "aws-pca" for r in issued)
+    for i in range(12):
+        cert = load_cert(tmp_path / "out" / f"unit-{i:02d}" / "cert.pem")
+        assert cert.subject.rfc4514_string() == f"CN=unit-{i:02d}"
