@@ -19,8 +19,9 @@ process:
   by ``verify_issued``), so stock moto cannot exercise the path at all.
 - The CA's RSA key is parsed once per CA instead of on every IssueCertificate (moto decrypts
   and validates it each time, ~70 ms: the stand-in, not fleetpki, would be measured).
-- IssueCertificate enforces the quota like AWS would: more than Q calls arriving within
-  one second are answered with ``ThrottlingException``. Every throttled response the client
+- IssueCertificate enforces the quota with a token bucket, as AWS throttles its APIs: Q
+  tokens a second, a burst of Q/5; a call finding the bucket empty is answered with
+  ``ThrottlingException``. Every throttled response the client
   sees is counted (a botocore ``needs-retry`` hook), whether boto3's adaptive retries, our
   own backoff or nobody absorbed it.
 
@@ -37,7 +38,6 @@ import sys
 import threading
 import time
 import urllib.request
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,17 +97,22 @@ def serve(port: int, quota: float) -> None:
         return keys[self.private_bytes]
 
     CertificateAuthority.key = property(cached_key)  # type: ignore[assignment,method-assign]
-    arrivals: deque[float] = deque()
+    # AWS throttles API calls with token buckets: the quota refills the bucket, and a small
+    # burst (here a fifth of a second's worth) absorbs the jitter of requests in flight.
+    # A strict sliding window would throttle even a client pacing at exactly the quota
+    # (26 evenly spaced requests fit in a closed one-second window).
+    capacity = max(1.0, quota / 5)
+    bucket = {"tokens": capacity, "at": time.monotonic()}
     lock = threading.Lock()
 
     def issue_certificate(self: Any) -> str:
         with lock:
             now = time.monotonic()
-            while arrivals and arrivals[0] <= now - 1.0:
-                arrivals.popleft()
-            if len(arrivals) >= quota:
+            bucket["tokens"] = min(capacity, bucket["tokens"] + (now - bucket["at"]) * quota)
+            bucket["at"] = now
+            if bucket["tokens"] < 1:
                 raise JsonRESTError("ThrottlingException", "Rate exceeded")
-            arrivals.append(now)
+            bucket["tokens"] -= 1
         return _issue(self)
 
     ACMPCAResponse.issue_certificate = issue_certificate  # type: ignore[method-assign]
