@@ -23,14 +23,17 @@ def test_server_throttles_above_the_quota() -> None:
             aws_secret_access_key="b", config=Config(retries={"total_max_attempts": 1}),
         )  # fmt: skip
         codes = []
-        for _ in range(3):
+        for _ in range(5):
             with pytest.raises(ClientError) as err:
                 client.issue_certificate(
                     CertificateAuthorityArn=CA, Csr=b"x", SigningAlgorithm="SHA256WITHRSA",
                     Validity={"Value": 1, "Type": "DAYS"},
                 )  # fmt: skip
             codes.append(err.value.response["Error"]["Code"])
-    assert codes[2] == "ThrottlingException" and "ThrottlingException" not in codes[:2]
+    # a burst far above 2/s: the first call is served (it reaches moto, which refuses the
+    # bogus CA), the rest of the burst is throttled
+    assert codes[0] != "ThrottlingException"
+    assert codes.count("ThrottlingException") >= 3
     port = int(url.rsplit(":", 1)[1])
     with socket.socket() as sock:  # the server process is gone
         assert sock.connect_ex(("127.0.0.1", port)) != 0
