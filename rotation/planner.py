@@ -91,9 +91,9 @@ def plan_inventory(
 
     Only certificates that can be due are read: one renewed by ``until`` at the earliest
     share of the longest lifetime expires no later than ``until + MAX_LIFETIME x (1 -
-    earliest)``, a range the (status, not_after, ...) covering index finds. Rows come from the driver
-    as they are and are turned into timestamps directly; a ``PlanItem`` is made only for
-    the certificates that are due.
+    earliest)``, a range the covering expiry index finds without touching the table. The
+    database hands back POSIX seconds; a ``PlanItem`` is made only for the certificates
+    that are due.
     """
     until = now + horizon
     until_ts = until.timestamp()
