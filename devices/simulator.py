@@ -19,7 +19,7 @@ import ssl
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -88,8 +88,10 @@ def run_shard(shard: Shard, progress: Any) -> list[dict[str, Any]]:
     next_publish: dict[str, float] = {}
     period = 1.0 / shard.rate if shard.rate > 0 else math.inf
 
-    def pump(timeout: float) -> None:
-        for d in paho.values():
+    def pump(timeout: float, only: Iterable[PahoDevice] | None = None) -> None:
+        """Serve the sockets' events; (re)register interest first, for ``only`` these
+        devices (the connect phase: the others are current) or for all of them."""
+        for d in paho.values() if only is None else only:
             sock = d.client.socket()
             if sock is None:
                 continue
@@ -111,9 +113,10 @@ def run_shard(shard: Shard, progress: Any) -> list[dict[str, Any]]:
                 with contextlib.suppress(KeyError, ValueError):
                     selector.unregister(key.fileobj)
 
-    # connect, paced
+    # connect, paced; each new socket is registered as it comes, and every 64 connects
+    # all of them are refreshed (CONNACKs make paho queue SUBSCRIBEs to write)
     last_misc = time.monotonic()
-    for name in shard.names:
+    for index, name in enumerate(shard.names):
         c = creds(name)
         if name in shard.sdk:
             s = SdkDevice(c, "127.0.0.1", shard.mqtt_port, shard.topic_prefix)
@@ -129,8 +132,9 @@ def run_shard(shard: Shard, progress: Any) -> list[dict[str, Any]]:
                 sock = p.client.socket()
                 if sock is not None:
                     paho[sock] = p
-        contexts[name] = client_context(c, tls12=False)
-        pump(0)
+                    pump(0, [p])
+        if index % 64 == 63:
+            pump(0)
         if shard.connect_interval:
             time.sleep(shard.connect_interval)
     deadline = time.monotonic() + 20
@@ -140,7 +144,9 @@ def run_shard(shard: Shard, progress: Any) -> list[dict[str, Any]]:
             break
     for s in sdk:
         s.wait_connected(max(0.0, deadline - time.monotonic()))
-    # one HTTPS call per device with its certificate
+    # one HTTPS call per device with its certificate (TLS 1.3, as browsers and SDKs use)
+    for name in shard.names:
+        contexts[name] = client_context(creds(name), tls12=False)
     for d in devices:
         ok, _ = https_call(contexts[d.stats.name], shard.https_port)
         d.stats.https_ok = ok
