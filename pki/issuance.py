@@ -92,10 +92,24 @@ def spki(key: CertificatePublicKeyTypes) -> bytes:
     )
 
 
+@dataclass(frozen=True)
+class IssuingCa:
+    """The issuing CA's certificate with the fields every check reads (cryptography builds
+    a new ``Name`` and ``datetime`` on each access)."""
+
+    certificate: x509.Certificate
+    subject: x509.Name
+    not_after: dt.datetime
+
+    @classmethod
+    def of(cls, certificate: x509.Certificate) -> IssuingCa:
+        return cls(certificate, certificate.subject, certificate.not_valid_after_utc)
+
+
 def verify_issued(
     cert: x509.Certificate,
     request: SigningRequest,
-    issuing_ca: x509.Certificate,
+    issuing_ca: IssuingCa,
     *,
     check_signature: bool,
 ) -> None:
@@ -113,7 +127,7 @@ def verify_issued(
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
     if lifetime > dt.timedelta(days=plan.profile.max_days) + BACKDATE:
         raise bad(f"is valid for {lifetime.days} days, over the profile's {plan.profile.max_days}")
-    if cert.not_valid_after_utc > issuing_ca.not_valid_after_utc:
+    if cert.not_valid_after_utc > issuing_ca.not_after:
         raise bad("outlives the issuing CA")
     if cert.issuer != issuing_ca.subject:
         raise bad(f"was issued by {cert.issuer.rfc4514_string()}, not the issuing CA")
@@ -145,7 +159,7 @@ def verify_issued(
         raise bad(f"lacks the DNS names {list(plan.dns_names)}")
     if check_signature:
         try:
-            cert.verify_directly_issued_by(issuing_ca)
+            cert.verify_directly_issued_by(issuing_ca.certificate)
         except (ValueError, TypeError, Exception) as exc:
             raise bad(f"does not verify against the issuing CA: {exc}") from None
 
@@ -175,6 +189,7 @@ class Issuer:
         self._chain = ca.chain()
         self._chain_pem = b"".join(c.public_bytes(PEM) for c in self._chain)
         self._issuing_pem = self._chain[0].public_bytes(PEM)
+        self._issuing = IssuingCa.of(self._chain[0])
         self._issuer_name = self._chain[0].subject.rfc4514_string()
 
     @property
@@ -191,7 +206,7 @@ class Issuer:
             request,
             self.settings,
             self.clock.now(),
-            self._chain[0].not_valid_after_utc,
+            self._issuing.not_after,
         )
         return SigningRequest(
             plan=plan,
@@ -211,7 +226,7 @@ class Issuer:
             return Outcome(request.name, error=exc)
         cert = self.ca.issue(signing)
         try:
-            verify_issued(cert, signing, self._chain[0], check_signature=self.verify_signature)
+            verify_issued(cert, signing, self._issuing, check_signature=self.verify_signature)
         except IssuedCertificateMismatch as exc:
             bad = self._result(cert, signing.plan, Status.QUARANTINED)
             return Outcome(request.name, error=exc, quarantined=bad)

@@ -192,6 +192,10 @@ class LocalCA:
         ).value
 
     @cached_property
+    def _issuing_subject(self) -> x509.Name:
+        return self.issuing_certificate.subject
+
+    @cached_property
     def _aki(self) -> x509.AuthorityKeyIdentifier:
         return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(self.issuing_ski)
 
@@ -203,10 +207,9 @@ class LocalCA:
         names: list[x509.GeneralName] = [x509.DNSName(d) for d in plan.dns_names]
         names += [x509.IPAddress(ip) for ip in plan.ip_addresses]
         names += [x509.UniformResourceIdentifier(u) for u in plan.uris]
-        issuer = self.issuing_certificate
         # The extension list is handed to the builder whole (add_extension copies it).
         builder = x509.CertificateBuilder(
-            issuer_name=issuer.subject,
+            issuer_name=self._issuing_subject,
             subject_name=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, plan.common_name)]),
             public_key=request.public_key,
             serial_number=request.serial,
