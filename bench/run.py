@@ -525,10 +525,20 @@ def run_crl_child(kind: str, n: int, checks: int) -> dict[str, Any]:
 
 def bench_crl(sizes: dict[str, int]) -> list[Figure]:
     n, checks = sizes["crl"], sizes["check"]
-    log(f"CRL: bare cryptography, {n} entries")
-    bare = run_crl_child("bare", n, 0)
-    log(f"CRL: fleetpki, {n} entries, then {checks} serial checks")
-    ours = run_crl_child("ours", n, checks)
+    # Alternate the two twice and keep each one's best time (the machine's speed drifts);
+    # the serial checks run in fleetpki's second process.
+    log(f"CRL: bare cryptography and fleetpki, {n} entries, alternating twice")
+    bare_runs = [run_crl_child("bare", n, 0)]
+    ours_runs = [run_crl_child("ours", n, 0)]
+    bare_runs.append(run_crl_child("bare", n, 0))
+    ours_runs.append(run_crl_child("ours", n, checks))
+    bare = min(bare_runs, key=lambda r: r["seconds"]) | {
+        "maxrss_kib": max(r["maxrss_kib"] for r in bare_runs)
+    }
+    ours = ours_runs[-1] | {
+        "seconds": min(r["seconds"] for r in ours_runs),
+        "maxrss_kib": max(r["maxrss_kib"] for r in ours_runs),
+    }
     gib = 1024 * 1024
     linear_total = ours["linear_per_serial"] * checks
     speedup = linear_total / ours["set_seconds"]

@@ -47,13 +47,21 @@ def build_crl(
     return builder.sign(key, algorithm)
 
 
+# One (immutable) extension list per reason, shared by every entry with that reason.
+_REASON_EXTENSIONS: dict[RevocationReason, list[x509.Extension[x509.ExtensionType]]] = {
+    reason: (
+        []
+        if reason is RevocationReason.UNSPECIFIED
+        else [x509.Extension(x509.CRLReason.oid, False, x509.CRLReason(reason.x509_flag))]
+    )
+    for reason in RevocationReason
+}
+
+
 def _revoked(entry: RevokedEntry) -> x509.RevokedCertificate:
-    extensions: list[x509.Extension[x509.ExtensionType]] = []
-    if entry.reason is not RevocationReason.UNSPECIFIED:
-        extensions.append(
-            x509.Extension(x509.CRLReason.oid, False, x509.CRLReason(entry.reason.x509_flag))
-        )
-    return x509.RevokedCertificateBuilder(entry.serial, entry.revoked_at, extensions).build()
+    return x509.RevokedCertificateBuilder(
+        entry.serial, entry.revoked_at, _REASON_EXTENSIONS[entry.reason]
+    ).build()
 
 
 def revoked_serials(crl: x509.CertificateRevocationList) -> frozenset[int]:
