@@ -337,9 +337,11 @@ def simulate(
     errors: list[str] = []
     revoke_at = math.inf  # set once every worker has connected its devices
     impostors_done = not config.has("impostors")
-    from pki.hooks import RevocationEvent, run_revocation_hooks
     from pki.model import RevocationReason
-    from pki.revocation import revoke
+    from pki.revocation import revoke_and_publish
+
+    # a worker that hangs must not hang the run: connect, steady phase, drains, margins
+    hard_deadline = time.monotonic() + config.duration + 120 + config.devices * 0.1
 
     def drain_progress(timeout: float) -> None:
         try:
@@ -373,28 +375,25 @@ def simulate(
             impostors = run_impostors(state, stand, folder, valid[0] if valid else None)
             impostors_done = True
         if victims and not revoked_at and time.time() >= revoke_at:
-            ca = state.ca()
-            for name in victims:
-                revoked_at[name] = time.time()
-                result = revoke(
-                    state.inventory(),
-                    ca,
-                    state.clock,
-                    int(serials[name], 16),
-                    RevocationReason.KEY_COMPROMISE,
-                    actor,
-                )
-                standins.write_home_crl(home, state)
-                run_revocation_hooks(
-                    RevocationEvent(
-                        result.record,
-                        RevocationReason.KEY_COMPROMISE,
-                        home.path,
-                        home.crl_path,
-                        home.database_url,
-                    )
-                )
+            started = time.time()
+            revoked_at.update(dict.fromkeys(victims, started))
+            # what 'fleetpki revoke' does: inventory, one CRL for all, hooks (IoT status,
+            # broker CRL reload, live sessions cut)
+            revoke_and_publish(
+                home,
+                state.inventory(),
+                state.ca(),
+                state.clock,
+                [int(serials[name], 16) for name in victims],
+                RevocationReason.KEY_COMPROMISE,
+                actor,
+            )
             on_progress("revoked", {"things": victims})
+        if time.monotonic() > hard_deadline:
+            errors.append("the simulation did not finish in time; workers stopped")
+            for p in procs:
+                p.terminate()
+            break
         if all(not p.is_alive() for p in procs) and results.empty() and len(collected) < workers:
             errors.append("a worker process died")
             break

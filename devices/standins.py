@@ -342,19 +342,9 @@ def _ca_bundle(home: Home) -> bytes:
 
 def write_home_crl(home: Home, state: Any) -> Path:
     """Re-sign HOME/crl/issuing.crl.pem (what ``fleetpki revoke`` does after a revocation)."""
-    from cryptography.hazmat.primitives.serialization import Encoding
+    from pki.revocation import refresh_home_crl
 
-    from pki.revocation import generate_crl
-
-    result = generate_crl(
-        state.inventory(),
-        state.ca(),
-        state.clock,
-        home.actor(),
-        dt.timedelta(days=home.config().crl_next_update_days),
-    )
-    ensure_dir(home.crl_path.parent)
-    atomic_write(home.crl_path, result.crl.public_bytes(Encoding.PEM), 0o644)
+    refresh_home_crl(home, state.inventory(), state.ca(), state.clock, home.actor())
     return home.crl_path
 
 
@@ -366,19 +356,9 @@ def ensure_crl(home: Home, clock: Clock, state: Any) -> Path:
         next_update = crl.next_update_utc
         if next_update is not None and next_update > clock.now() + dt.timedelta(hours=1):
             return path
-    from cryptography.hazmat.primitives.serialization import Encoding
+    from pki.revocation import refresh_home_crl
 
-    from pki.revocation import generate_crl
-
-    result = generate_crl(
-        state.inventory(),
-        state.ca(),
-        clock,
-        home.actor(),
-        dt.timedelta(days=home.config().crl_next_update_days),
-    )
-    ensure_dir(path.parent)
-    atomic_write(path, result.crl.public_bytes(Encoding.PEM), 0o644)
+    refresh_home_crl(home, state.inventory(), state.ca(), clock, home.actor())
     return path
 
 

@@ -645,41 +645,33 @@ def show_cmd(state: State, serial: str, pem: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
 @pass_state
 def revoke_cmd(state: State, serial: str, reason: str, no_crl: bool, as_json: bool) -> None:
-    """Revoke a certificate. Idempotent: revoking twice keeps the first reason."""
+    """Revoke a certificate. Idempotent: revoking twice keeps the first reason, and finishes
+    what an interrupted revocation left undone (the CRL, the revocation hooks)."""
+    from pki.backends import CrlSigner
     from pki.model import RevocationReason, parse_serial
-    from pki.revocation import revoke
+    from pki.revocation import revoke_and_publish
 
-    inventory = state.inventory()
     ca = state.ca()
-    result = revoke(
-        inventory,
+    done = revoke_and_publish(
+        state.home,
+        state.inventory(),
         ca,
         state.clock,
-        parse_serial(serial),
+        [parse_serial(serial)],
         RevocationReason(reason),
         state.home.actor(),
+        sign_crl=not no_crl,
     )
+    result = done.results[0]
     record = result.record
-    crl_path = None
-    from pki.backends import CrlSigner
-
     if result.changed and not isinstance(ca, CrlSigner):
-        no_crl = True
         _err(
             f"{ca.name}: AWS Private CA writes its own CRL to its S3 bucket, typically about "
             "30 minutes after a revocation; it is not immediate"
         )
-    if result.changed and not no_crl:
-        _write_home_crl(state, ca)
-        crl_path = state.home.crl_path
-    if result.changed:
-        from pki.hooks import RevocationEvent, run_revocation_hooks
-
-        run_revocation_hooks(
-            RevocationEvent(
-                record, RevocationReason(reason), state.home.path, crl_path, state.home.database_url
-            )
-        )
+    if done.crl is not None:
+        plural = "entry" if done.crl.entries == 1 else "entries"
+        _err(f"CRL #{done.crl.number} with {done.crl.entries} {plural} written to {done.crl_path}")
     if as_json:
         _print_json(record.to_json(state.now()) | {"changed": result.changed})
         return
@@ -689,34 +681,8 @@ def revoke_cmd(state: State, serial: str, reason: str, no_crl: bool, as_json: bo
         reason_text = record.revocation_reason.value if record.revocation_reason else "unspecified"
         _err(
             f"{record.serial_hex} was already revoked at {record.revoked_at:%Y-%m-%d %H:%M}Z "
-            f"(reason {reason_text}); nothing changed"
+            f"(reason {reason_text}); the inventory is unchanged"
         )
-
-
-def _write_home_crl(state: State, ca: CertificateAuthority) -> int:
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    from pki.files import atomic_write, ensure_dir
-    from pki.revocation import generate_crl
-
-    config = state.home.config()
-    import datetime as dt
-
-    result = generate_crl(
-        state.inventory(),
-        ca,
-        state.clock,
-        state.home.actor(),
-        dt.timedelta(days=config.crl_next_update_days),
-    )
-    path = state.home.crl_path
-    ensure_dir(path.parent)
-    atomic_write(path, result.crl.public_bytes(Encoding.PEM), 0o644)
-    _err(
-        f"CRL #{result.number} with {result.entries} entr{'y' if result.entries == 1 else 'ies'}"
-        f" written to {path}"
-    )
-    return result.number
 
 
 @cli.group("crl", invoke_without_command=True)
@@ -758,13 +724,14 @@ def _sign_crl(
     state: State, out_file: Path | None, fmt: str, next_update: str | None, as_json: bool
 ) -> None:
     import datetime as dt
+    import os
 
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from pki.errors import InvalidInput
-    from pki.files import atomic_write, ensure_dir
+    from pki.files import atomic_write
     from pki.model import isoformat, parse_duration
-    from pki.revocation import generate_crl
+    from pki.revocation import generate_crl, write_crl_file
 
     config = state.home.config()
     window = (
@@ -774,11 +741,15 @@ def _sign_crl(
     )
     if out_file is None and fmt == "der" and sys.stdout.isatty():
         raise InvalidInput("refusing to write DER to a terminal; use --out FILE")
+    if out_file is not None and not os.access(out_file.parent, os.W_OK):
+        # checked before a CRL number is spent
+        raise InvalidInput(
+            f"cannot write --out {out_file}: {out_file.parent} is not a writable folder"
+        )
     result = generate_crl(state.inventory(), state.ca(), state.clock, state.home.actor(), window)
     pem = result.crl.public_bytes(Encoding.PEM)
     data = pem if fmt == "pem" else result.crl.public_bytes(Encoding.DER)
-    ensure_dir(state.home.crl_path.parent)
-    atomic_write(state.home.crl_path, pem, 0o644)
+    write_crl_file(state.home.crl_path, result.crl)
     if out_file is not None:
         atomic_write(out_file, data, 0o644)
     elif not as_json:

@@ -420,23 +420,32 @@ class Inventory:
         with self._reading() as conn:
             return [_record(row) for row in conn.execute(query)]
 
-    def revoked_entries(self, issuer: str, now: dt.datetime) -> list[RevokedEntry]:
-        """Revoked, unexpired certificates of ``issuer``, for the CRL."""
+    def revoked_entries(
+        self, issuer: str, now: dt.datetime, conn: Connection | None = None
+    ) -> list[RevokedEntry]:
+        """Revoked, unexpired certificates of ``issuer``, for the CRL (read on ``conn``
+        when given: inside the transaction that takes the CRL number)."""
         c = certificates.c
         query = (
             sa.select(c.serial, c.revoked_at, c.revocation_reason)
             .where(c.issuer == issuer, c.status == Status.REVOKED.value, c.not_after > now)
             .order_by(c.revoked_at, c.serial)
         )
-        with self._reading() as conn:
+
+        def read(on: Connection) -> list[RevokedEntry]:
             return [
                 RevokedEntry(
                     serial=int(row.serial, 16),
                     revoked_at=as_utc(row.revoked_at),
                     reason=RevocationReason(row.revocation_reason or "unspecified"),
                 )
-                for row in conn.execute(query)
+                for row in on.execute(query)
             ]
+
+        if conn is not None:
+            return read(conn)
+        with self._reading() as reading:
+            return read(reading)
 
     def audit_log(self, limit: int = 100, serial: int | None = None) -> list[AuditEvent]:
         query = sa.select(audit_events).order_by(audit_events.c.id.desc()).limit(limit)

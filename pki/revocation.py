@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from pki.backends import CertificateAuthority, CrlSigner
 from pki.clock import Clock
-from pki.crl import DEFAULT_NEXT_UPDATE
+from pki.crl import DEFAULT_NEXT_UPDATE, crl_number
 from pki.errors import BackendError, InvalidInput, OperatorError
+from pki.files import atomic_write, ensure_dir
+from pki.home import Home
 from pki.inventory import AuditEvent, Inventory
 from pki.model import CertificateRecord, RevocationReason, Status, isoformat
 from pki.profiles import CA_PROFILES
@@ -85,9 +90,11 @@ def generate_crl(
         raise InvalidInput("--next-update must be between 1h and 365d")
     now = clock.now()
     issuer = ca.chain()[0].subject.rfc4514_string()
-    entries = inventory.revoked_entries(issuer, now)
     with inventory.transaction() as conn:
+        # The number is taken (and the CRL table locked) first, then the entries are read in
+        # the same transaction: a higher-numbered CRL never misses an earlier revocation.
         number = inventory.next_crl_number(conn, issuer)
+        entries = inventory.revoked_entries(issuer, now, conn)
         try:
             crl = ca.sign_crl(entries, number, now, now + next_update)
         except (ValueError, TypeError) as exc:
@@ -110,3 +117,88 @@ def generate_crl(
             ],
         )
     return CrlResult(crl=crl, number=number, entries=len(entries))
+
+
+def write_crl_file(path: Path, crl: x509.CertificateRevocationList) -> bool:
+    """Atomically replace ``path`` with ``crl`` unless it already holds a CRL with the same
+    or a higher number (a concurrent signer finished later). Returns whether it wrote."""
+    ensure_dir(path.parent)
+    number = crl_number(crl)
+    with open(path.parent / f".{path.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            current = crl_number(x509.load_pem_x509_crl(path.read_bytes()))
+        except (OSError, ValueError, x509.ExtensionNotFound):
+            current = None
+        if current is not None and current >= number:
+            return False
+        atomic_write(path, crl.public_bytes(serialization.Encoding.PEM), 0o644)
+    return True
+
+
+def refresh_home_crl(
+    home: Home, inventory: Inventory, ca: CertificateAuthority, clock: Clock, actor: str
+) -> CrlResult:
+    """Sign a new CRL with the home's nextUpdate setting and write ``HOME/crl/...``."""
+    days = home.config().crl_next_update_days
+    result = generate_crl(inventory, ca, clock, actor, dt.timedelta(days=days))
+    write_crl_file(home.crl_path, result.crl)
+    return result
+
+
+def crl_lists(path: Path, serial: int) -> bool:
+    """Whether the CRL file at ``path`` exists and lists ``serial``."""
+    try:
+        crl = x509.load_pem_x509_crl(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return crl.get_revoked_certificate_by_serial_number(serial) is not None
+
+
+@dataclass(frozen=True)
+class CompletedRevocation:
+    results: tuple[RevocationResult, ...]
+    crl: CrlResult | None  # the CRL signed for them, if one was
+    crl_path: Path | None  # the home CRL listing them (None when the backend signs its own)
+
+
+def revoke_and_publish(
+    home: Home,
+    inventory: Inventory,
+    ca: CertificateAuthority,
+    clock: Clock,
+    serials: list[int],
+    reason: RevocationReason,
+    actor: str,
+    *,
+    sign_crl: bool = True,
+) -> CompletedRevocation:
+    """Revoke, re-sign the home CRL once, then run the revocation hooks.
+
+    Idempotent as a whole: on a repeat, the CRL is re-signed only if it does not list the
+    certificates yet and the hooks run again (they are idempotent), so a revocation that
+    was interrupted half way is finished by running it again. A wrong CA passphrase is
+    found before anything changes.
+    """
+    from pki.hooks import RevocationEvent, run_revocation_hooks
+
+    signs_crl = sign_crl and isinstance(ca, CrlSigner)
+    if signs_crl:
+        warm = getattr(ca, "load_signing_key", None)
+        if callable(warm):
+            warm()
+    results = tuple(revoke(inventory, ca, clock, s, reason, actor) for s in serials)
+    crl = None
+    crl_path = home.crl_path if signs_crl else None
+    if signs_crl and any(
+        r.changed or not crl_lists(home.crl_path, r.record.serial) for r in results
+    ):
+        crl = refresh_home_crl(home, inventory, ca, clock, actor)
+    for result in results:
+        record = result.record
+        run_revocation_hooks(
+            RevocationEvent(
+                record, record.revocation_reason or reason, home.path, crl_path, home.database_url
+            )
+        )
+    return CompletedRevocation(results, crl, crl_path)

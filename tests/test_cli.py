@@ -189,10 +189,13 @@ def test_revocation_hooks_get_the_event_and_failures_are_reported(
     assert len(seen) == 1 and seen[0].record.serial_hex == serial
     assert seen[0].reason.value == "key-compromise"
     assert seen[0].crl_path == ca_home / "crl" / "issuing.crl.pem"
-    # the revocation stands; a second revoke is a no-op that runs no hook
+    # the revocation stands; revoking again changes nothing in the inventory but runs the
+    # (idempotent) hooks again, so a fixed hook finishes the interrupted revocation
     assert json.loads(cli.ok("show", serial, "--json").out)["status"] == "revoked"
-    cli.ok("revoke", serial)
-    assert len(seen) == 1
+    monkeypatch.setattr(pki.hooks, "revocation_hooks", lambda: [("recorder", recorder)])
+    again = cli.ok("revoke", serial, "--reason", "superseded")
+    assert "the inventory is unchanged" in again.err
+    assert len(seen) == 2 and seen[1].reason.value == "key-compromise"
 
 
 def test_broken_plugin_does_not_break_the_cli(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -215,3 +218,38 @@ def test_broken_plugin_does_not_break_the_cli(cli: Cli, monkeypatch: pytest.Monk
     result = cli("broken")
     assert result.code == 1
     assert "command group 'broken' (nowhere.module:group) failed to load: ImportError" in result.err
+
+
+def test_revoke_with_a_wrong_passphrase_changes_nothing(
+    cli: Cli, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLEETPKI_CA_PASSPHRASE", "correct horse battery staple")
+    cli.ok("ca", "init")
+    serial = json.loads(
+        cli.ok("issue", "device", "d1", "--generate-key", "--out", tmp_path / "d", "--json").out
+    )["serial"]
+    monkeypatch.setenv("FLEETPKI_CA_PASSPHRASE", "wrong horse")
+    result = cli("revoke", serial, "--reason", "key-compromise")
+    assert result.code == 2 and "wrong passphrase" in result.err
+    assert json.loads(cli.ok("show", serial, "--json").out)["status"] == "active"
+    # with the right passphrase the revocation and its CRL go through
+    monkeypatch.setenv("FLEETPKI_CA_PASSPHRASE", "correct horse battery staple")
+    cli.ok("revoke", serial, "--reason", "key-compromise")
+    assert json.loads(cli.ok("show", serial, "--json").out)["status"] == "revoked"
+    assert (home / "crl" / "issuing.crl.pem").exists()
+
+
+def test_revoke_again_resigns_a_crl_that_misses_the_certificate(
+    cli: Cli, ca_home: Path, tmp_path: Path
+) -> None:
+    serial = json.loads(
+        cli.ok("issue", "device", "d1", "--generate-key", "--out", tmp_path / "d", "--json").out
+    )["serial"]
+    cli.ok("revoke", serial, "--no-crl")  # e.g. interrupted before the CRL was signed
+    assert not (ca_home / "crl" / "issuing.crl.pem").exists()
+    again = cli.ok("revoke", serial)
+    assert "CRL #1 with 1 entry written to" in again.err
+    from cryptography import x509
+
+    crl = x509.load_pem_x509_crl((ca_home / "crl" / "issuing.crl.pem").read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(int(serial, 16)) is not None
