@@ -410,37 +410,26 @@ def up(home: Home, clock: Clock, state: Any) -> DevState:
 
     ensure_dir(dev_dir(home), 0o700)
     run = Path(tempfile.mkdtemp(prefix="fleetpki-dev-"))
-    owner = _mosquitto_uid()
-    run.chmod(0o755)
-    _give(run, owner)
-    _write(run / "ca.pem", _ca_bundle(home), 0o644, owner)
-    _write(run / "crl.pem", crl.read_bytes(), 0o644, owner)
-    _write(run / "server.pem", (server / "fullchain.pem").read_bytes(), 0o644, owner)
-    _write(run / "server.key", (server / "key.pem").read_bytes(), 0o600, owner)
-    _write(run / "acl", acl_text().encode(), 0o644, owner)
-    password = secrets.token_urlsafe(24)
-    subprocess.run(
-        [
-            _need("mosquitto_ctrl", "mosquitto-clients"),
-            "dynsec",
-            "init",
-            str(run / "dynsec.json"),
-            ADMIN_USER,
-            password,
-        ],
-        check=True,
-        capture_output=True,
-    )
-    (run / "dynsec.json").chmod(0o600)
-    _give(run / "dynsec.json", owner)
-    mqtt_port, admin_port, https_port = free_port(), free_port(), free_port()
-    config = mosquitto_config(run, mqtt_port, admin_port, plugin, MOSQUITTO_USER if owner else None)
-    _write(run / "mosquitto.conf", config.encode(), 0o644, owner)
-    (run / "mosquitto.log").touch()
-    _give(run / "mosquitto.log", owner)
-
     started: list[int] = []
     try:
+        owner = _mosquitto_uid()
+        run.chmod(0o755)
+        _give(run, owner)
+        _write(run / "ca.pem", _ca_bundle(home), 0o644, owner)
+        _write(run / "crl.pem", crl.read_bytes(), 0o644, owner)
+        _write(run / "server.pem", (server / "fullchain.pem").read_bytes(), 0o644, owner)
+        _write(run / "server.key", (server / "key.pem").read_bytes(), 0o600, owner)
+        _write(run / "acl", acl_text().encode(), 0o644, owner)
+        password = secrets.token_urlsafe(24)
+        _dynsec_init(run / "dynsec.json", password)
+        _give(run / "dynsec.json", owner)
+        mqtt_port, admin_port, https_port = free_port(), free_port(), free_port()
+        config = mosquitto_config(
+            run, mqtt_port, admin_port, plugin, MOSQUITTO_USER if owner else None
+        )
+        _write(run / "mosquitto.conf", config.encode(), 0o644, owner)
+        (run / "mosquitto.log").touch()
+        _give(run / "mosquitto.log", owner)
         broker = _spawn([mosquitto, "-c", str(run / "mosquitto.conf")], run / "stdout.log")
         started.append(broker.pid)
         _wait_port(mqtt_port, broker, "mosquitto", run / "mosquitto.log")
@@ -487,25 +476,52 @@ def up(home: Home, clock: Clock, state: Any) -> DevState:
             started.append(moto.pid)
             _wait_port(moto_port, moto, "moto_server", run / "moto.log")
             moto_pid, endpoint = moto.pid, f"http://{HOST}:{moto_port}"
+        result = DevState(
+            run_dir=str(run),
+            mqtt_port=mqtt_port,
+            admin_port=admin_port,
+            https_port=https_port,
+            mosquitto_pid=broker.pid,
+            https_pid=https.pid,
+            moto_pid=moto_pid,
+            aws_endpoint_url=endpoint,
+            admin_password=password,
+        )
+        atomic_write(state_path(home), json.dumps(asdict(result), indent=2).encode(), 0o600)
+        atomic_write(ports_path(home), json.dumps(result.public(), indent=2).encode(), 0o644)
     except BaseException:
         for pid in reversed(started):
             _terminate(pid)
         shutil.rmtree(run, ignore_errors=True)
+        for path in (state_path(home), ports_path(home)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
         raise
-    result = DevState(
-        run_dir=str(run),
-        mqtt_port=mqtt_port,
-        admin_port=admin_port,
-        https_port=https_port,
-        mosquitto_pid=broker.pid,
-        https_pid=https.pid,
-        moto_pid=moto_pid,
-        aws_endpoint_url=endpoint,
-        admin_password=password,
-    )
-    atomic_write(state_path(home), json.dumps(asdict(result), indent=2).encode(), 0o600)
-    atomic_write(ports_path(home), json.dumps(result.public(), indent=2).encode(), 0o644)
     return result
+
+
+def _dynsec_init(path: Path, password: str) -> None:
+    """Create the dynamic-security file (mode 0600 from the start). The admin password is
+    kept out of any error message."""
+    try:
+        done = subprocess.run(
+            [_need("mosquitto_ctrl", "mosquitto-clients"), "dynsec", "init", str(path),
+             ADMIN_USER, password],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            umask=0o077,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BackendError(
+            "initialise dynamic security", "mosquitto_ctrl", type(exc).__name__
+        ) from None
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip().splitlines()
+        raise BackendError(
+            "initialise dynamic security", "mosquitto_ctrl", detail[-1] if detail else "failed"
+        )
 
 
 def down(home: Home) -> list[str]:
@@ -545,26 +561,37 @@ def reload_crl(home: Home, state: DevState) -> None:
         raise BackendError("reload the CRL", "mosquitto", "the broker is not running") from None
 
 
-def _ctrl(state: DevState, *command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            _need("mosquitto_ctrl", "mosquitto-clients"),
-            "-h",
-            HOST,
-            "-p",
-            str(state.admin_port),
-            "-u",
-            ADMIN_USER,
-            "-P",
-            state.admin_password,
-            "dynsec",
-            *command,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
-    )
+def _dynsec(state: DevState, *commands: dict[str, Any]) -> list[dict[str, Any]]:
+    """Send dynamic-security commands over MQTT on the admin listener, as the admin user:
+    the password never appears on a command line or in an error. Returns the responses."""
+    import queue
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    answers: queue.Queue[bytes] = queue.Queue()
+    subscribed = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fleetpki-{os.getpid()}")
+    client.username_pw_set(ADMIN_USER, state.admin_password)
+    client.on_message = lambda _c, _u, message: answers.put(bytes(message.payload))
+    client.on_subscribe = lambda *_args: subscribed.set()
+    what = f"run dynsec {commands[0]['command']}"
+    try:
+        client.connect(HOST, state.admin_port, keepalive=30)
+        client.loop_start()
+        client.subscribe("$CONTROL/dynamic-security/v1/response", qos=1)
+        if not subscribed.wait(10):
+            raise TimeoutError("no SUBACK")
+        body = json.dumps({"commands": list(commands)})
+        client.publish("$CONTROL/dynamic-security/v1", body, qos=1).wait_for_publish(10)
+        payload = answers.get(timeout=10)
+    except (OSError, ValueError, RuntimeError, queue.Empty) as exc:
+        raise BackendError(what, "mosquitto", type(exc).__name__) from None
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return list(json.loads(payload).get("responses", []))
 
 
 def cut_sessions(state: DevState, username: str) -> None:
@@ -573,13 +600,15 @@ def cut_sessions(state: DevState, username: str) -> None:
     The dynamic-security plugin kicks all clients of a username it deletes; the client
     is created just for that and exists only for the blink between the two commands.
     """
-    _ctrl(state, "createClient", username, "-p", secrets.token_urlsafe(16))
-    done = _ctrl(state, "deleteClient", username)
-    if done.returncode != 0 or "Error" in done.stdout + done.stderr:
-        detail = (done.stderr or done.stdout).strip().splitlines()
-        raise BackendError(
-            "cut the sessions of " + username, "mosquitto", detail[-1] if detail else "failed"
-        )
+    responses = _dynsec(
+        state,
+        {"command": "createClient", "username": username, "password": secrets.token_urlsafe(16)},
+        {"command": "deleteClient", "username": username},
+    )
+    deleted = [r for r in responses if r.get("command") == "deleteClient"]
+    if not deleted or deleted[0].get("error"):
+        detail = deleted[0]["error"] if deleted else "no answer to deleteClient"
+        raise BackendError("cut the sessions of " + username, "mosquitto", str(detail))
 
 
 def read_access_log(state: DevState) -> Iterator[dict[str, Any]]:
