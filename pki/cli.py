@@ -810,7 +810,8 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
         result = cli.main(args=args, prog_name="fleetpki", standalone_mode=False, obj=state)
         return result if isinstance(result, int) else 0
     except FleetPkiError as exc:
-        _err(f"fleetpki: error: {exc}")
+        first = (str(exc).splitlines() or [""])[0]  # one line, whatever a cause carried
+        _err(f"fleetpki: error: {first}")
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.x509.oid import NameOID
 
 from pki import csr as csr_mod
 from pki import policy
@@ -151,17 +152,31 @@ def verify_issued(
         raise bad("may sign certificates or CRLs")
     if list(eku) != list(plan.profile.eku):
         raise bad(f"has extended key usage {[o.dotted_string for o in eku]}")
-    if plan.uris and not set(plan.uris) <= set(
-        san.get_values_for_type(x509.UniformResourceIdentifier)
-    ):
-        raise bad(f"lacks the SAN URI {list(plan.uris)}")
-    if plan.dns_names and not set(plan.dns_names) <= set(san.get_values_for_type(x509.DNSName)):
-        raise bad(f"lacks the DNS names {list(plan.dns_names)}")
+    names: dict[str, tuple[set[str], set[str]]] = {
+        "URI": (set(plan.uris), set(san.get_values_for_type(x509.UniformResourceIdentifier))),
+        "DNS": (set(plan.dns_names), set(san.get_values_for_type(x509.DNSName))),
+        "IP": (
+            {str(ip) for ip in plan.ip_addresses},
+            {str(ip) for ip in san.get_values_for_type(x509.IPAddress)},
+        ),
+    }
+    for kind, (wanted, got) in names.items():
+        if wanted != got:
+            raise bad(f"has {kind} names {sorted(got)}, not {sorted(wanted)}")
+    other = [n for n in san if not isinstance(n, _PLANNED_NAME_TYPES)]
+    if other:
+        raise bad(f"has other subject alternative names: {other[0]}")
+    common_names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if [a.value for a in common_names] != [plan.common_name]:
+        raise bad(f"names {cert.subject.rfc4514_string()}, not CN={plan.common_name}")
     if check_signature:
         try:
             cert.verify_directly_issued_by(issuing_ca.certificate)
-        except (ValueError, TypeError, Exception) as exc:
+        except Exception as exc:  # InvalidSignature, ValueError, TypeError...
             raise bad(f"does not verify against the issuing CA: {exc}") from None
+
+
+_PLANNED_NAME_TYPES = (x509.UniformResourceIdentifier, x509.DNSName, x509.IPAddress)
 
 
 class Issuer:

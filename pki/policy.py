@@ -23,6 +23,9 @@ from pki.profiles import DEVICE, THING_NAME_PATTERN, CertificateProfile
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+# X.520 upper bound of a common name (the device's identity for brokers and endpoints).
+MAX_COMMON_NAME = 64
+
 # Certificates start a few minutes in the past so devices with a slightly slow clock accept them.
 BACKDATE = dt.timedelta(minutes=5)
 
@@ -99,6 +102,12 @@ def check_name(ctx: PolicyContext) -> Violation | None:
             return Violation(
                 "invalid-thing-name",
                 f"thing name {name!r} must be 1-128 characters of A-Z a-z 0-9 : _ -",
+            )
+        if len(name) > MAX_COMMON_NAME:
+            return Violation(
+                "invalid-thing-name",
+                f"thing name {name[:20]!r}... is {len(name)} characters; it is the certificate's "
+                f"common name, which holds at most {MAX_COMMON_NAME}",
             )
     elif not name or len(name) > 64 or not name.isprintable():
         return Violation("invalid-name", f"server name {name!r} must be 1-64 printable characters")

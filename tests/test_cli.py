@@ -253,3 +253,17 @@ def test_revoke_again_resigns_a_crl_that_misses_the_certificate(
 
     crl = x509.load_pem_x509_crl((ca_home / "crl" / "issuing.crl.pem").read_bytes())
     assert crl.get_revoked_certificate_by_serial_number(int(serial, 16)) is not None
+
+
+def test_issuing_key_that_does_not_match_its_certificate(
+    cli: Cli, ca_home: Path, tmp_path: Path
+) -> None:
+    ca = ca_home / "ca"
+    (ca / "issuing.key.pem").write_bytes((ca / "root.key.pem").read_bytes())
+    result = cli("issue", "device", "d1", "--generate-key", "--out", tmp_path / "d")
+    assert result.code == 1
+    assert result.err == (
+        f"fleetpki: error: {ca / 'issuing.key.pem'} does not belong to {ca / 'issuing.pem'}; "
+        "the CA home is inconsistent\n"
+    )
+    assert not (tmp_path / "d").exists()

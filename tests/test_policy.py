@@ -307,3 +307,13 @@ class TestServerRules:
         pem, _ = make_csr("api", extensions=[(x509.BasicConstraints(ca=True, path_length=0), True)])
         err = _server(cli, tmp_path, pem, "api", "--dns", "api.example.com")
         assert "(ca-requested): CSR asks for CA:true; server certificates can never be CAs" in err
+
+
+@pytest.mark.usefixtures("ca_home")
+def test_thing_name_longer_than_a_common_name(cli: Cli, tmp_path: Path) -> None:
+    name = "t" * 65  # allowed by IoT Core (128), not by X.520 for the CN
+    err = _device(cli, tmp_path, make_csr(None)[0], name)
+    assert err == (
+        "fleetpki: error: policy violation (invalid-thing-name): thing name 'tttttttttttttttttttt'"
+        "... is 65 characters; it is the certificate's common name, which holds at most 64"
+    )

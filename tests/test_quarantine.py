@@ -42,6 +42,31 @@ class WrongTemplateCA(LocalCA):
         if self.mistake == "key":
             other = ec.generate_private_key(ec.SECP256R1()).public_key()
             return _copy(cert, public_key=other).sign(self._issuing_key, hashes.SHA256())
+        if self.mistake == "cn":
+            other = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "dev-2")])
+            return (
+                _copy(cert, subject=other)
+                .add_extension(
+                    cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value, False
+                )
+                .sign(self._issuing_key, hashes.SHA256())
+            )
+        if self.mistake == "san":
+            builder = (
+                x509.CertificateBuilder()
+                .subject_name(cert.subject)
+                .issuer_name(cert.issuer)
+                .public_key(cert.public_key())  # type: ignore[arg-type]
+                .serial_number(cert.serial_number)
+                .not_valid_before(cert.not_valid_before_utc)
+                .not_valid_after(cert.not_valid_after_utc)
+            )
+            for ext in cert.extensions:
+                value = ext.value
+                if isinstance(value, x509.SubjectAlternativeName):
+                    value = x509.SubjectAlternativeName([*value, x509.DNSName("evil.example")])
+                builder = builder.add_extension(value, ext.critical)
+            return builder.sign(self._issuing_key, hashes.SHA256())
         if self.mistake == "signer":
             stranger = ec.generate_private_key(ec.SECP256R1())
             return (
@@ -54,10 +79,12 @@ class WrongTemplateCA(LocalCA):
         raise AssertionError(self.mistake)
 
 
-def _copy(cert: x509.Certificate, public_key: object = None) -> x509.CertificateBuilder:
+def _copy(
+    cert: x509.Certificate, public_key: object = None, subject: x509.Name | None = None
+) -> x509.CertificateBuilder:
     builder = (
         x509.CertificateBuilder()
-        .subject_name(cert.subject)
+        .subject_name(subject or cert.subject)
         .issuer_name(cert.issuer)
         .public_key(public_key or cert.public_key())  # type: ignore[arg-type]
         .serial_number(cert.serial_number)
@@ -80,6 +107,8 @@ def _copy(cert: x509.Certificate, public_key: object = None) -> x509.Certificate
         ("eku", "returned certificate has extended key usage ['1.3.6.1.5.5.7.3.1']"),
         ("key", "returned certificate has a different public key than the CSR"),
         ("signer", "returned certificate does not verify against the issuing CA"),
+        ("cn", "returned certificate names CN=dev-2, not CN=dev-1"),
+        ("san", "returned certificate has DNS names ['evil.example'], not []"),
     ],
 )
 def test_mismatch_is_quarantined_and_raised(

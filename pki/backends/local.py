@@ -272,7 +272,14 @@ class LocalCA:
 
     @cached_property
     def _issuing_key(self) -> PrivateKey:
-        return self._load_key(ISSUING_KEY)
+        key = self._load_key(ISSUING_KEY)
+        if key.public_key() != self.issuing_certificate.public_key():
+            # every certificate signed with it would fail verification, unnoticed
+            raise StorageError(
+                f"{self._dir / ISSUING_KEY} does not belong to {self._dir / ISSUING_CERT}; "
+                "the CA home is inconsistent"
+            )
+        return key
 
     def _load_cert(self, filename: str) -> x509.Certificate:
         path = self._dir / filename
