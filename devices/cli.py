@@ -73,6 +73,9 @@ def iot_register_ca(as_json: bool) -> None:
 @batch_option("Provision")
 @out_option
 @days_option
+@click.option(
+    "--force", is_flag=True, help="Replace output files (e.g. after a failed provisioning)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def iot_provision(
     thing: str | None,
@@ -81,6 +84,7 @@ def iot_provision(
     batch_dir: Path | None,
     out_dir: Path,
     days: int | None,
+    force: bool,
     as_json: bool,
 ) -> int:
     """Issue a device certificate for THING and provision it in IoT Core: thing (reused
@@ -99,7 +103,7 @@ def iot_provision(
     if batch_dir is not None:
         if thing or csr_file or generate_key:
             raise InvalidInput("--batch takes no THING, --csr or --generate-key")
-        return _provision_batch(batch_dir, out_dir, days, as_json)
+        return _provision_batch(batch_dir, out_dir, days, force, as_json)
     if not thing:
         raise InvalidInput("give a THING (or --batch DIR)")
     request, deliver = single_request(
@@ -110,7 +114,7 @@ def iot_provision(
         key_type=KeyType.EC_P256,
         out_dir=out_dir,
         days=days,
-        force=False,
+        force=force,
         actor=actor,
     )
     issuer = state.issuer()
@@ -128,7 +132,7 @@ def iot_provision(
                 "provision " + thing,
                 "IoT Core",
                 f"{exc} (certificate {issued.record.serial_hex} was issued into {out_dir} "
-                "but is not registered; AWS changes were rolled back; rerun to retry)",
+                "but is not registered; AWS changes were rolled back; rerun with --force to retry)",
             ) from None
         raise
     if as_json:
@@ -141,7 +145,9 @@ def iot_provision(
     return 0
 
 
-def _provision_batch(batch_dir: Path, out_dir: Path, days: int | None, as_json: bool) -> int:
+def _provision_batch(
+    batch_dir: Path, out_dir: Path, days: int | None, force: bool, as_json: bool
+) -> int:
     from devices.iot import provision_many
     from pki.batch import csr_files, deliver_into, progress_bar, read_requests, report
     from pki.issuance import Failure
@@ -168,7 +174,7 @@ def _provision_batch(batch_dir: Path, out_dir: Path, days: int | None, as_json: 
             iot_core,
             state.issuer(),
             requests,
-            deliver_into(out_dir, False),
+            deliver_into(out_dir, force),
             lambda _thing, _error: advance(),
             actor=actor,
         )

@@ -370,7 +370,7 @@ def provision_many(
     """Issue every request as one batch, then provision each in IoT Core.
 
     A thing whose AWS steps fail is rolled back on AWS (its certificate stays issued and
-    is reported, so rerunning provisions a fresh one) and the rest go on.
+    is reported; rerunning with --force provisions a fresh one) and the rest go on.
     """
     from pki.errors import FleetPkiError
     from pki.issuance import Failure

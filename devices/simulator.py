@@ -256,6 +256,7 @@ def simulate(
     from devices.impostors import run_impostors
     from pki.clock import FixedClock
     from pki.delivery import OutputFolder, make_key_and_csr
+    from pki.files import atomic_write
     from pki.model import IssueRequest, KeyType
 
     t_start = time.monotonic()
@@ -270,8 +271,7 @@ def simulate(
     for name in names:
         key_pem, csr_pem = make_key_and_csr(KeyType.EC_P256, name)
         (folder / name).mkdir(mode=0o700)
-        (folder / name / "key.pem").write_bytes(key_pem)
-        (folder / name / "key.pem").chmod(0o600)
+        atomic_write(folder / name / "key.pem", key_pem, 0o600)
         requests.append(IssueRequest("device", name, csr_pem, days=7, actor=actor))
 
     def deliver(issued: Any) -> Any:
@@ -289,7 +289,7 @@ def simulate(
         past.clock = FixedClock(state.clock.now() - dt.timedelta(days=3))
         for name in names[: max(1, config.devices // 100)]:
             key_pem, csr_pem = make_key_and_csr(KeyType.EC_P256, name)
-            (folder / name / "key.pem").write_bytes(key_pem)
+            atomic_write(folder / name / "key.pem", key_pem, 0o600)
             past.issue(
                 IssueRequest("device", name, csr_pem, days=1, actor=actor),
                 OutputFolder(folder / name, force=True).deliver(None),

@@ -40,7 +40,7 @@ from typing import Any
 from cryptography import x509
 
 from pki.clock import Clock
-from pki.errors import BackendError, NotFound, OperatorError
+from pki.errors import BackendError, OperatorError
 from pki.files import atomic_write, ensure_dir
 from pki.home import Home
 
@@ -205,13 +205,6 @@ def load_state(home: Home) -> DevState | None:
         raise OperatorError(
             f"{state_path(home)} is damaged ({exc}); remove it and stop the stand-ins by hand"
         ) from None
-
-
-def require_state(home: Home) -> DevState:
-    state = load_state(home)
-    if state is None or not alive(state):
-        raise NotFound("the local stand-ins are not running; start them with 'fleetpki dev up'")
-    return state
 
 
 def _mosquitto_uid() -> tuple[int, int] | None:

@@ -9,7 +9,7 @@ import getpass
 import json
 import os
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +42,37 @@ class HomeConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> HomeConfig:
-        policy = PolicySettings(**data.get("policy", {}))
+        """Each field is checked against its type: ``"allow_wildcard": "false"`` (a string,
+        hence truthy) must not quietly switch wildcards on."""
+        if not isinstance(data, dict):
+            raise TypeError("the top level must be an object")
+        policy = data.get("policy", {})
+        if not isinstance(policy, dict):
+            raise TypeError("'policy' must be an object")
+        _check_fields(PolicySettings(), policy, "policy.")
         rest = {k: v for k, v in data.items() if k != "policy"}
-        return cls(policy=policy, **rest)
+        _check_fields(cls(), rest, "")
+        return cls(policy=PolicySettings(**policy), **rest)
+
+
+def _check_fields(defaults: object, values: dict[str, Any], prefix: str) -> None:
+    known = {f.name: getattr(defaults, f.name) for f in fields(defaults)}  # type: ignore[arg-type]
+    for name, value in values.items():
+        if name not in known:
+            raise TypeError(f"unknown setting {prefix}{name!r}")
+        default = known[name]
+        if default is None:
+            ok = value is None or isinstance(value, str)
+        elif isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise TypeError(f"{prefix}{name} must be {type(default).__name__}, not {value!r}")
 
 
 @dataclass(frozen=True)

@@ -464,15 +464,6 @@ class Inventory:
             for r in reversed(rows)
         ]
 
-    def latest_crl_number(self, issuer: str) -> int | None:
-        with self._reading() as conn:
-            value = conn.execute(
-                sa.select(sa.func.max(crls.c.number)).where(crls.c.issuer == issuer)
-            ).scalar()
-        return None if value is None else int(value)
-
-    # -- trust-bundle ledger ------------------------------------------------------------
-
     def record_bundle_version(self, conn: Connection, version: BundleVersion) -> int:
         values = {k: v for k, v in version.__dict__.items() if k != "id"}
         result = conn.execute(bundle_versions.insert().values(**values))
@@ -552,12 +543,6 @@ class Inventory:
                     index_elements=[pca_requests.c.token],
                     set_={k: insert.excluded[k] for k in values if k != "token"},
                 )
-            )
-
-    def count(self) -> int:
-        with self._reading() as conn:
-            return int(
-                conn.execute(sa.select(sa.func.count()).select_from(certificates)).scalar() or 0
             )
 
 

@@ -42,16 +42,6 @@ class RevocationReason(enum.StrEnum):
         """The string AWS Private CA's ``RevokeCertificate`` expects."""
         return _AWS_NAMES[self]
 
-    @classmethod
-    def parse(cls, text: str) -> RevocationReason:
-        try:
-            return cls(text.strip().lower().replace("_", "-"))
-        except ValueError:
-            choices = ", ".join(r.value for r in cls)
-            raise InvalidInput(
-                f"unknown revocation reason {text!r}; choose one of {choices}"
-            ) from None
-
 
 _X509_FLAGS = {
     RevocationReason.UNSPECIFIED: x509.ReasonFlags.unspecified,

@@ -63,7 +63,6 @@ def candidates(
     inventory: Inventory,
     now: dt.datetime,
     *,
-    expiring_before: dt.datetime | None = None,
     batch: int = 10_000,
 ) -> Iterator[Candidate]:
     """Active, unexpired device and server certificates, streamed from the inventory."""
@@ -73,8 +72,6 @@ def candidates(
         c.not_after > now,
         c.profile.in_(ROTATED_PROFILES),
     )
-    if expiring_before is not None:
-        query = query.where(c.not_after <= expiring_before)
     with inventory.engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=batch).execute(query)
         for serial, thing, profile, not_before, not_after in result:

@@ -267,3 +267,32 @@ def test_issuing_key_that_does_not_match_its_certificate(
         "the CA home is inconsistent\n"
     )
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"policy": {"allow_wildcard": "false"}},
+            "policy.allow_wildcard must be bool, not 'false'",
+        ),
+        ({"crl_next_update_days": "7"}, "crl_next_update_days must be int, not '7'"),
+        ({"polcy": {}}, "unknown setting 'polcy'"),
+    ],
+)
+def test_config_values_are_type_checked(
+    cli: Cli, ca_home: Path, tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    path = ca_home / "config.json"
+    config = json.loads(path.read_text())
+    for key, value in change.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key].update(value)
+        else:
+            config[key] = value
+    path.write_text(json.dumps(config))
+    result = cli("issue", "server", "api.example.com", "--dns", "*.api.example.com",
+                 "--generate-key", "--out", tmp_path / "s")  # fmt: skip
+    assert result.code == 2
+    assert result.err == f"fleetpki: error: {path} is not a valid fleetpki config: {message}\n"
+    assert not (tmp_path / "s").exists()

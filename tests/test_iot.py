@@ -197,3 +197,27 @@ def test_provision_with_bad_input_writes_nothing(
     assert result.code == 2
     assert not (tmp_path / "x").exists()
     assert iot().list_things()["things"] == []
+
+
+def test_failed_provisioning_is_retried_with_force(
+    cli: Cli, ca_home: Path, aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import devices.iot
+    from pki.errors import BackendError
+
+    real = devices.iot.IotCore.provision
+
+    def fail_once(self: Any, issued: Any) -> Any:
+        monkeypatch.setattr(devices.iot.IotCore, "provision", real)
+        raise BackendError("attach the thing principal", "IoT Core", "ThrottlingException")
+
+    monkeypatch.setattr(devices.iot.IotCore, "provision", fail_once)
+    out = tmp_path / "retry"
+    failed = cli("iot", "provision", "retry-1", "--generate-key", "--out", out)
+    assert failed.code == 1
+    assert "rerun with --force to retry" in failed.err
+    assert (out / "cert.pem").exists()
+    refused = cli("iot", "provision", "retry-1", "--generate-key", "--out", out)
+    assert refused.code == 2 and "use --force" in refused.err
+    cli.ok("iot", "provision", "retry-1", "--generate-key", "--out", out, "--force")
+    assert [t["thingName"] for t in iot().list_things()["things"]] == ["retry-1"]
