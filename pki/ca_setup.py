@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 
-from pki.backends.local import LocalCA
+from pki.backends.local import LocalCA, check_ca_options
 from pki.clock import Clock
 from pki.errors import AlreadyExists, InvalidInput, OperatorError
 from pki.files import remove_quietly
@@ -86,15 +86,10 @@ def record_chain(
     return records
 
 
-def init_ca(
-    home: Home,
-    inventory: Inventory,
-    clock: Clock,
-    key_type: str,
-    common_name: str,
-    root_days: int,
-    issuing_days: int,
-) -> CaInitResult:
+def check_init(
+    home: Home, key_type: str, common_name: str, root_days: int, issuing_days: int
+) -> KeyType:
+    """Everything ``ca init`` can refuse, checked before anything is written."""
     if home.has_ca() or (home.ca_dir.exists() and any(home.ca_dir.iterdir())):
         raise AlreadyExists(
             f"a CA already exists in {home.path}; refusing to overwrite it "
@@ -104,6 +99,20 @@ def init_ca(
         kind = KeyType(key_type)
     except ValueError:
         raise InvalidInput(f"unknown key type {key_type!r}") from None
+    check_ca_options(common_name, root_days, issuing_days)
+    return kind
+
+
+def init_ca(
+    home: Home,
+    inventory: Inventory,
+    clock: Clock,
+    key_type: str,
+    common_name: str,
+    root_days: int,
+    issuing_days: int,
+) -> CaInitResult:
+    kind = check_init(home, key_type, common_name, root_days, issuing_days)
     home.ensure()
     if home.passphrase_path.exists() and not home.passphrase_path.read_bytes().strip():
         remove_quietly(home.passphrase_path)
@@ -111,6 +120,7 @@ def init_ca(
         passphrase, generated = home.passphrase(), False
     else:
         passphrase, generated = home.new_passphrase()
+    created: list[str] = []  # what this call made, and only that is undone on failure
     try:
         ca = LocalCA.create(
             home.ca_dir,
@@ -121,6 +131,7 @@ def init_ca(
             root_days=root_days,
             issuing_days=issuing_days,
         )
+        created.append("ca")
         records = record_chain(
             inventory,
             clock,
@@ -131,8 +142,9 @@ def init_ca(
         )
         home.write_config(HomeConfig(backend=ca.name, key_type=key_type, common_name=common_name))
     except BaseException:
-        shutil.rmtree(home.ca_dir, ignore_errors=True)
-        remove_quietly(home.config_path)
+        if "ca" in created:
+            shutil.rmtree(home.ca_dir, ignore_errors=True)
+            remove_quietly(home.config_path)
         if generated:
             remove_quietly(home.passphrase_path)
         raise

@@ -265,6 +265,9 @@ def ca_init(
         from pki.errors import InvalidInput
 
         raise InvalidInput("--ca-arn, --create and --region need --backend aws-pca")
+    from pki.ca_setup import check_init
+
+    check_init(state.home, key_type, common_name, root_days, issuing_days)  # before any write
     result = init_ca(
         state.home,
         state.inventory(create=True),

@@ -51,8 +51,11 @@ def make_client(service: str, region: str | None = None) -> Any:
         raise OperatorError(f"cannot make an AWS {service} client: {exc}") from None
 
 
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", "Unknown"))
+def _code(exc: Exception) -> str:
+    """The AWS error code of a ``ClientError``; "" for a transport failure (BotoCoreError)."""
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", "Unknown"))
+    return ""
 
 
 def _aws_error(exc: Exception, doing: str) -> FleetPkiError:
@@ -102,12 +105,10 @@ class Upload:
 def require_versioning(s3: Any, bucket: str) -> None:
     try:
         status = s3.get_bucket_versioning(Bucket=bucket).get("Status")
-    except ClientError as exc:
+    except (ClientError, BotoCoreError) as exc:
         if _code(exc) in {"NoSuchBucket", "404"}:
             raise NotFound(f"S3 bucket {bucket!r} does not exist") from None
         raise _aws_error(exc, f"reading the versioning of bucket {bucket}") from None
-    except BotoCoreError as exc:
-        raise _aws_error(exc, "reaching S3") from None
     if status != "Enabled":
         raise OperatorError(
             f"S3 bucket {bucket!r} does not have versioning enabled; endpoints pin object "
@@ -120,7 +121,7 @@ def current_object(s3: Any, where: S3Location) -> tuple[str, str | None] | None:
     """(VersionId, stored SHA-256) of the current object, or None when there is none."""
     try:
         head = s3.head_object(Bucket=where.bucket, Key=where.key)
-    except ClientError as exc:
+    except (ClientError, BotoCoreError) as exc:
         if _code(exc) in {"404", "NoSuchKey", "NotFound"}:
             return None
         raise _aws_error(exc, f"reading {where.uri}") from None
@@ -165,7 +166,7 @@ def read_version(s3: Any, where: S3Location, version_id: str) -> bytes:
     try:
         body = s3.get_object(Bucket=where.bucket, Key=where.key, VersionId=version_id)["Body"]
         return bytes(body.read())
-    except ClientError as exc:
+    except (ClientError, BotoCoreError) as exc:
         if _code(exc) in {"NoSuchVersion", "NoSuchKey", "404"}:
             raise NotFound(f"{where.uri} has no version {version_id}") from None
         raise _aws_error(exc, f"reading {where.uri} version {version_id}") from None
@@ -207,7 +208,7 @@ class RestDomain(Endpoint):
     def _mtls(self) -> dict[str, Any]:
         try:
             found = self.client.get_domain_name(domainName=self.name)
-        except ClientError as exc:
+        except (ClientError, BotoCoreError) as exc:
             if _code(exc) == "NotFoundException":
                 raise NotFound(f"API Gateway custom domain {self.name!r} does not exist") from None
             raise _aws_error(exc, f"reading custom domain {self.name}") from None
@@ -240,7 +241,7 @@ class RestDomain(Endpoint):
             )
         try:
             self.client.update_domain_name(domainName=self.name, patchOperations=ops)
-        except ClientError as exc:
+        except (ClientError, BotoCoreError) as exc:
             raise _aws_error(exc, f"updating the truststore of {self.name}") from None
 
     def apply(self, where: S3Location, version_id: str) -> None:
@@ -272,7 +273,7 @@ class HttpDomain(Endpoint):
     def _mtls(self) -> dict[str, Any]:
         try:
             found = self.client.get_domain_name(DomainName=self.name)
-        except ClientError as exc:
+        except (ClientError, BotoCoreError) as exc:
             if _code(exc) == "NotFoundException":
                 raise NotFound(f"API Gateway custom domain {self.name!r} does not exist") from None
             raise _aws_error(exc, f"reading custom domain {self.name}") from None
@@ -293,7 +294,7 @@ class HttpDomain(Endpoint):
         mtls = {"TruststoreUri": uri} | ({"TruststoreVersion": version} if version else {})
         try:
             self.client.update_domain_name(DomainName=self.name, MutualTlsAuthentication=mtls)
-        except ClientError as exc:
+        except (ClientError, BotoCoreError) as exc:
             raise _aws_error(exc, f"updating the truststore of {self.name}") from None
 
     def apply(self, where: S3Location, version_id: str) -> None:
@@ -326,7 +327,7 @@ class AlbTrustStore(Endpoint):
     def check(self) -> str | None:
         try:
             stores = self.client.describe_trust_stores(TrustStoreArns=[self.name])["TrustStores"]
-        except ClientError as exc:
+        except (ClientError, BotoCoreError) as exc:
             if _code(exc) == "TrustStoreNotFound":
                 raise NotFound(f"ALB trust store {self.name} does not exist") from None
             raise _aws_error(exc, f"reading trust store {self.name}") from None
@@ -342,7 +343,7 @@ class AlbTrustStore(Endpoint):
                 CaCertificatesBundleS3Key=where.key,
                 CaCertificatesBundleS3ObjectVersion=version_id,
             )
-        except ClientError as exc:
+        except (ClientError, BotoCoreError) as exc:
             raise _aws_error(exc, f"modifying trust store {self.name}") from None
 
 
@@ -515,7 +516,7 @@ def publish_alb_crl(
         existing = elbv2.describe_trust_store_revocations(TrustStoreArn=trust_store_arn).get(
             "TrustStoreRevocations", []
         )
-    except ClientError as exc:
+    except (ClientError, BotoCoreError) as exc:
         raise _aws_error(exc, f"listing the revocations of {trust_store_arn}") from None
     ours = {int(r["RevocationId"]) for r in existing} & set(previous_ids)
     others = [r for r in existing if int(r["RevocationId"]) not in ours]
@@ -548,7 +549,7 @@ def publish_alb_crl(
                 }
             ],
         )["TrustStoreRevocations"]
-    except ClientError as exc:
+    except (ClientError, BotoCoreError) as exc:
         raise _aws_error(exc, f"adding the CRL to trust store {trust_store_arn}") from None
     if not added:
         raise PublishError(f"trust store {trust_store_arn} returned no revocation ID")
@@ -560,7 +561,7 @@ def publish_alb_crl(
 def _remove_revocations(elbv2: Any, arn: str, ids: Sequence[int]) -> None:
     try:
         elbv2.remove_trust_store_revocations(TrustStoreArn=arn, RevocationIds=list(ids))
-    except ClientError as exc:
+    except (ClientError, BotoCoreError) as exc:
         raise _aws_error(exc, f"removing old revocation lists from {arn}") from None
 
 

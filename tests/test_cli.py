@@ -296,3 +296,18 @@ def test_config_values_are_type_checked(
     assert result.code == 2
     assert result.err == f"fleetpki: error: {path} is not a valid fleetpki config: {message}\n"
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--common-name", ""), "--common-name must be 1-50 characters"),
+        (("--issuing-days", "9999"), "the issuing CA must expire before the root"),
+    ],
+)
+def test_bad_ca_init_options_write_nothing(
+    cli: Cli, home: Path, args: tuple[str, ...], message: str
+) -> None:
+    result = cli("ca", "init", *args)
+    assert result.code == 2 and message in result.err
+    assert not home.exists()

@@ -385,6 +385,8 @@ class AwsPrivateCA:
             raise BackendError(
                 "issue", BACKEND, f"certificate {certificate_arn} not ready: {reason}"
             ) from None
+        except BotoCoreError as exc:  # the endpoint or the credentials, not the request
+            raise map_error("issue", exc, self.arn) from None
         got = self.call(
             "GetCertificate",
             "fetch the issued certificate",
@@ -498,6 +500,8 @@ def create_hierarchy(
             )
         except WaiterError as exc:
             raise BackendError("create a CA", BACKEND, f"{arn} has no CSR: {exc}") from None
+        except BotoCoreError as exc:
+            raise map_error("create a CA", exc, arn) from None
         return arn
 
     def sign(issuer: str, subject: str, template: str, days: int) -> str:

@@ -81,6 +81,13 @@ def _ca_extensions(
     )
 
 
+def check_ca_options(common_name: str, root_days: int, issuing_days: int) -> None:
+    if not common_name.strip() or len(common_name) > 50:
+        raise InvalidInput("--common-name must be 1-50 characters")
+    if not 0 < issuing_days < root_days:
+        raise InvalidInput("the issuing CA must expire before the root (issuing days < root)")
+
+
 class LocalCA:
     """Signs with the issuing CA's key, which is decrypted only when first needed."""
 
@@ -112,10 +119,7 @@ class LocalCA:
         Everything is written into a staging directory first and renamed into place,
         so a failure leaves no partial CA behind.
         """
-        if not common_name.strip() or len(common_name) > 50:
-            raise InvalidInput("--common-name must be 1-50 characters")
-        if not 0 < issuing_days < root_days:
-            raise InvalidInput("the issuing CA must expire before the root (issuing days < root)")
+        check_ca_options(common_name, root_days, issuing_days)
         if ca_dir.exists() and any(ca_dir.iterdir()):
             raise AlreadyExists(
                 f"a CA already exists in {ca_dir}; refusing to overwrite it "
