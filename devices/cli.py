@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from pki.cli_options import batch_option, csr_option, days_option, generate_key_option, out_option
+from pki.cli_options import (
+    batch_option,
+    csr_option,
+    days_option,
+    err,
+    generate_key_option,
+    out_option,
+    print_json,
+)
 
 if TYPE_CHECKING:
     from pki.cli import State
@@ -23,14 +31,6 @@ def _state() -> State:
     state = click.get_current_context().find_object(State)
     assert state is not None, "the devices commands run under the fleetpki root group"
     return state
-
-
-def _print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
-
-
-def _err(message: str) -> None:
-    click.echo(message, err=True)
 
 
 # -------------------------------------------------------------------------------- iot
@@ -60,10 +60,10 @@ def iot_register_ca(as_json: bool) -> None:
     state = _state()
     certificate_id, created = _iot_core().register_ca(state.issuer(), state.home.actor())
     if as_json:
-        _print_json({"certificate_id": certificate_id, "registered": created})
+        print_json({"certificate_id": certificate_id, "registered": created})
         return
     click.echo(certificate_id)
-    _err("registered the issuing CA" if created else "the issuing CA was already registered")
+    err("registered the issuing CA" if created else "the issuing CA was already registered")
 
 
 @iot.command("provision")
@@ -136,9 +136,9 @@ def iot_provision(
             ) from None
         raise
     if as_json:
-        _print_json(result.to_json())
+        print_json(result.to_json())
         return 0
-    _err(
+    err(
         f"provisioned {thing}: certificate {result.certificate_id[:16]}… "
         f"(serial {result.serial_hex}), policy fleetpki-device -> {out_dir}"
     )
@@ -195,9 +195,9 @@ def iot_deprovision(thing: str, as_json: bool) -> None:
     policy and the thing, delete them, then delete the thing."""
     removed = _iot_core().deprovision(thing)
     if as_json:
-        _print_json({"thing": thing, "certificates_deleted": removed})
+        print_json({"thing": thing, "certificates_deleted": removed})
         return
-    _err(f"deprovisioned {thing}: {len(removed)} certificate(s) deleted, thing deleted")
+    err(f"deprovisioned {thing}: {len(removed)} certificate(s) deleted, thing deleted")
 
 
 @iot.command("set-status")
@@ -210,7 +210,7 @@ def iot_set_status(serial: str, status: str) -> None:
 
     number = serial_hex(parse_serial(serial))
     changed = _iot_core().set_status(number, IotStatus(status))
-    _err(f"{number}: {status}" + ("" if changed else " (unchanged)"))
+    err(f"{number}: {status}" + ("" if changed else " (unchanged)"))
 
 
 @iot.command("endpoint")
@@ -241,7 +241,7 @@ def dev_up(as_json: bool) -> None:
     started = standins.up(state.home, state.clock, state)
     info = started.public()
     if as_json:
-        _print_json(info)
+        print_json(info)
         return
     click.echo(
         f"mqtt   mqtts://127.0.0.1:{started.mqtt_port}  (topics {started.topic_prefix}/THING/#)"
@@ -250,7 +250,7 @@ def dev_up(as_json: bool) -> None:
     click.echo(f"aws    {started.aws_endpoint_url}" + ("" if started.moto_pid else " (from env)"))
     click.echo(f"ca     {started.ca_file}")
     click.echo(f"log    {started.access_log}")
-    _err(
+    err(
         f"stand-ins running; ports in {standins.ports_path(state.home)}; "
         "stop them with 'fleetpki dev down'"
     )
@@ -262,7 +262,7 @@ def dev_down() -> None:
     from devices import standins
 
     stopped = standins.down(_state().home)
-    _err("stopped " + ", ".join(stopped) if stopped else "no stand-ins were running")
+    err("stopped " + ", ".join(stopped) if stopped else "no stand-ins were running")
 
 
 @dev.command("status")
@@ -274,11 +274,11 @@ def dev_status(as_json: bool) -> int:
     current = standins.load_state(_state().home)
     running = current is not None and standins.alive(current)
     if as_json:
-        _print_json({"running": running, **(current.public() if current else {})})
+        print_json({"running": running, **(current.public() if current else {})})
     elif current is not None and running:
         click.echo(json.dumps(current.public(), indent=2))
     else:
-        _err("the stand-ins are not running")
+        err("the stand-ins are not running")
     return 0 if running else 2
 
 
@@ -392,7 +392,7 @@ def fleet_simulate(
             standins.down(home)
     data = summary.data
     if as_json:
-        _print_json(data)
+        print_json(data)
     else:
         _print_summary(data)
     return 0 if summary.ok else 1

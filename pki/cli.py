@@ -9,7 +9,6 @@ Heavy imports happen inside the commands to keep start-up fast.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,9 +22,11 @@ from pki.cli_options import (
     batch_option,
     csr_option,
     days_option,
+    err,
     generate_key_option,
     key_type_option,
     out_option,
+    print_json,
 )
 
 if TYPE_CHECKING:
@@ -107,14 +108,6 @@ class State:
 
 
 pass_state = click.make_pass_decorator(State)
-
-
-def _err(message: str) -> None:
-    click.echo(message, err=True)
-
-
-def _print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 class PluginGroup(click.Group):
@@ -252,11 +245,11 @@ def ca_init(
             state, ca_arn, create, region, key_type, common_name, root_days, issuing_days
         )
         if as_json:
-            _print_json([r.to_json(state.now()) for r in result.records])
+            print_json([r.to_json(state.now()) for r in result.records])
             return
-        _err(f"adopted AWS Private CA {state.home.config().ca_arn} in {state.home.path}")
+        err(f"adopted AWS Private CA {state.home.config().ca_arn} in {state.home.path}")
         for record in result.records:
-            _err(
+            err(
                 f"  {record.profile:<11} {record.common_name}  serial {record.serial_hex}  "
                 f"valid until {record.not_after:%Y-%m-%d}"
             )
@@ -279,16 +272,16 @@ def ca_init(
     )
     home = state.home
     if result.generated_passphrase:
-        _err(
+        err(
             f"generated a CA key passphrase into {home.passphrase_path} (mode 0600); "
             "back it up, or set FLEETPKI_CA_PASSPHRASE instead"
         )
     if as_json:
-        _print_json([r.to_json(state.now()) for r in result.records])
+        print_json([r.to_json(state.now()) for r in result.records])
         return
-    _err(f"created CA '{common_name}' ({key_type}) in {home.path}")
+    err(f"created CA '{common_name}' ({key_type}) in {home.path}")
     for record in result.records:
-        _err(
+        err(
             f"  {record.profile:<11} {record.common_name}  serial {record.serial_hex}  "
             f"valid until {record.not_after:%Y-%m-%d}"
         )
@@ -320,7 +313,7 @@ def _init_aws_pca(
         placeholder = "arn:aws:acm-pca:::certificate-authority/creating"
         maker = AwsPrivateCA(placeholder, client, clock=state.clock)
         ca_arn = create_hierarchy(maker, common_name, key_type, root_days, issuing_days)
-        _err(f"created AWS Private CA hierarchy; issuing CA {ca_arn}")
+        err(f"created AWS Private CA hierarchy; issuing CA {ca_arn}")
     assert ca_arn is not None
     ca = AwsPrivateCA(ca_arn, client, clock=state.clock)
     return init_aws_ca(state.home, state.inventory(create=True), state.clock, ca, region)
@@ -345,7 +338,7 @@ def ca_show(state: State, as_json: bool) -> None:
     records += state.inventory().find(now=state.now(), include_ca=True, profile="root-ca")
     config = state.home.config()
     if as_json:
-        _print_json(
+        print_json(
             {"config": config.to_json(), "certificates": [r.to_json(state.now()) for r in records]}
         )
         return
@@ -515,11 +508,11 @@ def _report_issued(
 ) -> None:
     if as_json:
         data = [i.record.to_json(state.now()) for i in issued]
-        _print_json(data[0] if len(data) == 1 and out is not None else data)
+        print_json(data[0] if len(data) == 1 and out is not None else data)
         return
     for item in issued:
         r = item.record
-        _err(
+        err(
             f"issued {r.profile} certificate for {r.common_name}: serial {r.serial_hex}, "
             f"valid until {r.not_after:%Y-%m-%d %H:%M}Z" + (f" -> {out}" if out else "")
         )
@@ -570,7 +563,7 @@ def list_cmd(
         limit=limit,
     )
     if as_json:
-        _print_json([r.to_json(state.now()) for r in records])
+        print_json([r.to_json(state.now()) for r in records])
         return
     _print_table(records, state.now())
 
@@ -592,7 +585,7 @@ def _print_table(records: Sequence[CertificateRecord], now: dt.datetime) -> None
             r.fingerprint_sha256[:16],
         )
     Console(width=200).print(table)
-    _err(f"{len(records)} certificate(s)")
+    err(f"{len(records)} certificate(s)")
 
 
 @cli.command("show")
@@ -612,7 +605,7 @@ def show_cmd(state: State, serial: str, pem: bool, as_json: bool) -> None:
     record = inventory.get(number)
     data = record.to_json(state.now())
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     for key, value in data.items():
         click.echo(f"{key:>20}: {value if value is not None else '-'}")
@@ -668,21 +661,21 @@ def revoke_cmd(state: State, serial: str, reason: str, no_crl: bool, as_json: bo
     result = done.results[0]
     record = result.record
     if result.changed and not isinstance(ca, CrlSigner):
-        _err(
+        err(
             f"{ca.name}: AWS Private CA writes its own CRL to its S3 bucket, typically about "
             "30 minutes after a revocation; it is not immediate"
         )
     if done.crl is not None:
         plural = "entry" if done.crl.entries == 1 else "entries"
-        _err(f"CRL #{done.crl.number} with {done.crl.entries} {plural} written to {done.crl_path}")
+        err(f"CRL #{done.crl.number} with {done.crl.entries} {plural} written to {done.crl_path}")
     if as_json:
-        _print_json(record.to_json(state.now()) | {"changed": result.changed})
+        print_json(record.to_json(state.now()) | {"changed": result.changed})
         return
     if result.changed:
-        _err(f"revoked {record.serial_hex} ({record.thing or record.common_name}), reason {reason}")
+        err(f"revoked {record.serial_hex} ({record.thing or record.common_name}), reason {reason}")
     else:
         reason_text = record.revocation_reason.value if record.revocation_reason else "unspecified"
-        _err(
+        err(
             f"{record.serial_hex} was already revoked at {record.revoked_at:%Y-%m-%d %H:%M}Z "
             f"(reason {reason_text}); the inventory is unchanged"
         )
@@ -766,9 +759,9 @@ def _sign_crl(
         "path": str(out_file or state.home.crl_path),
     }
     if as_json:
-        _print_json(summary)
+        print_json(summary)
     else:
-        _err(
+        err(
             f"CRL #{result.number}: {result.entries} revoked, next update "
             f"{summary['next_update']}" + (f", written to {out_file}" if out_file else "")
         )
@@ -785,7 +778,7 @@ def audit_cmd(state: State, serial: str | None, limit: int, as_json: bool) -> No
 
     events = state.inventory().audit_log(limit, parse_serial(serial) if serial else None)
     if as_json:
-        _print_json([e.to_json() for e in events])
+        print_json([e.to_json() for e in events])
         return
     for e in events:
         detail = " ".join(f"{k}={v}" for k, v in sorted(e.detail.items()) if v is not None)
@@ -814,26 +807,26 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
         return result if isinstance(result, int) else 0
     except FleetPkiError as exc:
         first = (str(exc).splitlines() or [""])[0]  # one line, whatever a cause carried
-        _err(f"fleetpki: error: {first}")
+        err(f"fleetpki: error: {first}")
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-        _err(f"fleetpki: error: {exc.format_message()}{hint}")
+        err(f"fleetpki: error: {exc.format_message()}{hint}")
         return 2
     except click.ClickException as exc:
-        _err(f"fleetpki: error: {exc.format_message()}")
+        err(f"fleetpki: error: {exc.format_message()}")
         return exc.exit_code
     except click.Abort:
-        _err("fleetpki: aborted")
+        err("fleetpki: aborted")
         return 1
     except KeyboardInterrupt:
-        _err("fleetpki: interrupted")
+        err("fleetpki: interrupted")
         return 130
     except Exception as exc:  # a bug or an unexpected library failure: one line, exit 1
         first = (str(exc).splitlines() or [""])[0]
-        _err(f"fleetpki: internal error: {type(exc).__name__}: {first}")
+        err(f"fleetpki: internal error: {type(exc).__name__}: {first}")
         return 1
     finally:
         state.close()

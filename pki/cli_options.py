@@ -1,7 +1,9 @@
-"""Click options shared by the commands that issue certificates (``issue``, ``iot provision``)."""
+"""Shared by every command group: output helpers, and the options of the commands that
+issue certificates (``issue``, ``iot provision``)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -9,6 +11,16 @@ from typing import Any
 import click
 
 KEY_TYPES = ["ec-p256", "ec-p384", "rsa-2048", "rsa-3072"]
+
+
+def err(message: str) -> None:
+    """A message for the operator, on stderr."""
+    click.echo(message, err=True)
+
+
+def print_json(data: Any) -> None:
+    """Records as JSON, on stdout."""
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 def csr_option(made_on: str) -> Callable[[Any], Any]:

@@ -6,26 +6,19 @@ commands only.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from pki.cli_options import err, print_json
+
 if TYPE_CHECKING:
     from cryptography import x509
 
     from pki.bundles import Target, TrustBundle
     from pki.cli import State
-
-
-def _err(message: str) -> None:
-    click.echo(message, err=True)
-
-
-def _print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 _target_option = click.option(
@@ -133,9 +126,9 @@ def bundle_build(
         "path": str(out_file) if out_file else None,
     }
     if as_json:
-        _print_json(summary)
+        print_json(summary)
     else:
-        _err(
+        err(
             f"bundle for {kind.label}: {len(result)} CA certificate(s), sha256 {result.sha256}"
             + (f", written to {out_file}" if out_file else "")
         )
@@ -204,10 +197,10 @@ def bundle_publish(
         state.home.actor(),
     )
     if as_json:
-        _print_json(row.to_json())
+        print_json(row.to_json())
         return
     what = "uploaded" if row.uploaded else "unchanged, kept"
-    _err(
+    err(
         f"bundle {row.sha256[:16]} ({row.certificates} CA certificate(s)) {what} "
         f"{where.uri} version {row.version_id}"
         + (f"; {row.endpoint} now trusts that version" if row.endpoint else "")
@@ -225,7 +218,7 @@ def bundle_history(state: State, limit: int | None, as_json: bool) -> None:
 
     rows = state.inventory().bundle_history(limit)
     if as_json:
-        _print_json([r.to_json() for r in rows])
+        print_json([r.to_json() for r in rows])
         return
     for r in rows:
         click.echo(
@@ -233,7 +226,7 @@ def bundle_history(state: State, limit: int | None, as_json: bool) -> None:
             f"{r.endpoint or '-'} s3://{r.bucket}/{r.key} version {r.version_id} "
             f"sha256 {r.sha256[:16]}"
         )
-    _err(f"{len(rows)} ledger entr{'y' if len(rows) == 1 else 'ies'}")
+    err(f"{len(rows)} ledger entr{'y' if len(rows) == 1 else 'ies'}")
 
 
 @bundle.command("rollback")
@@ -273,9 +266,9 @@ def bundle_rollback(state: State, to: str, as_json: bool) -> None:
         state.home.actor(),
     )
     if as_json:
-        _print_json(row.to_json())
+        print_json(row.to_json())
         return
-    _err(
+    err(
         f"rolled back to s3://{row.bucket}/{row.key} version {row.version_id} "
         f"(sha256 {row.sha256[:16]})"
         + (f"; {row.endpoint} trusts it again" if row.endpoint else "")
@@ -392,7 +385,7 @@ def crl_publish(
             "removed_revocation_ids": list(alb.removed),
         }
         if not as_json:
-            _err(
+            err(
                 f"CRL #{result.number} ({result.entries} revoked) loaded into {trust_store} "
                 f"as revocation list {alb.revocation_id}"
                 + (f", replacing {', '.join(map(str, alb.removed))}" if alb.removed else "")
@@ -430,10 +423,10 @@ def crl_publish(
             "uploaded": upload.uploaded,
         }
         if not as_json:
-            _err(
+            err(
                 f"denylist of {len(set(serials))} revoked serial(s) "
                 f"{'written to' if upload.uploaded else 'unchanged at'} {deny_where.uri} "
                 f"version {upload.version_id}"
             )
     if as_json:
-        _print_json(summary)
+        print_json(summary)

@@ -105,7 +105,7 @@ def plan_inventory(
         # Constant text and placeholders only.
         sql = (
             f"SELECT serial, thing, profile, {nb}, {na} FROM certificates "  # noqa: S608
-            f"WHERE {where} AND profile IN ({mark}, {mark})"
+            f"WHERE {where} AND profile IN ({', '.join([mark] * len(ROTATED_PROFILES))})"
         )
         to_db = UtcDateTime().process_bind_param
         params = (
