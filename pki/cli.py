@@ -244,15 +244,7 @@ def ca_init(
         result = _init_aws_pca(
             state, ca_arn, create, region, key_type, common_name, root_days, issuing_days
         )
-        if as_json:
-            print_json([r.to_json(state.now()) for r in result.records])
-            return
-        err(f"adopted AWS Private CA {state.home.config().ca_arn} in {state.home.path}")
-        for record in result.records:
-            err(
-                f"  {record.profile:<11} {record.common_name}  serial {record.serial_hex}  "
-                f"valid until {record.not_after:%Y-%m-%d}"
-            )
+        _report_ca(state, result, as_json, f"adopted AWS Private CA {state.home.config().ca_arn}")
         return
     if ca_arn or create or region:
         from pki.errors import InvalidInput
@@ -276,10 +268,14 @@ def ca_init(
             f"generated a CA key passphrase into {home.passphrase_path} (mode 0600); "
             "back it up, or set FLEETPKI_CA_PASSPHRASE instead"
         )
+    _report_ca(state, result, as_json, f"created CA '{common_name}' ({key_type})")
+
+
+def _report_ca(state: State, result: Any, as_json: bool, what: str) -> None:
     if as_json:
         print_json([r.to_json(state.now()) for r in result.records])
         return
-    err(f"created CA '{common_name}' ({key_type}) in {home.path}")
+    err(f"{what} in {state.home.path}")
     for record in result.records:
         err(
             f"  {record.profile:<11} {record.common_name}  serial {record.serial_hex}  "

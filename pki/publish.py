@@ -10,6 +10,7 @@ AWS errors are never swallowed: they become ``PublishError`` (exit 1) or an
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -181,104 +182,49 @@ def restore_version(s3: Any, where: S3Location, version_id: str) -> Upload:
 # -- endpoints --------------------------------------------------------------------------
 
 
-class Endpoint:
+class Endpoint(abc.ABC):
     """An API Gateway custom domain or an ALB trust store that loads a bundle from S3."""
 
     target: str
     name: str
 
+    @abc.abstractmethod
     def check(self) -> str | None:
         """Raise unless the endpoint exists and takes a bundle; return the version in use."""
-        raise PublishError("Endpoint.check is abstract")  # pragma: no cover
 
+    @abc.abstractmethod
     def apply(self, where: S3Location, version_id: str) -> None:
-        raise PublishError("Endpoint.apply is abstract")  # pragma: no cover
+        """Point the endpoint at that object version (and roll back on its warnings)."""
 
 
-class RestDomain(Endpoint):
-    """A REST API custom domain (``apigateway``): ``truststoreVersion`` by patch operation."""
+class _ApiDomain(Endpoint):
+    """An API Gateway custom domain; the two APIs differ only in spelling and in how an
+    update is written (``_get`` and ``_update``)."""
 
-    target = APIGW_REST
-
-    def __init__(self, client: Any, domain: str) -> None:
-        self.client = client
-        self.name = domain
-        self._previous: tuple[str | None, str | None] | None = None
-
-    def _mtls(self) -> dict[str, Any]:
-        try:
-            found = self.client.get_domain_name(domainName=self.name)
-        except (ClientError, BotoCoreError) as exc:
-            if _code(exc) == "NotFoundException":
-                raise NotFound(f"API Gateway custom domain {self.name!r} does not exist") from None
-            raise _aws_error(exc, f"reading custom domain {self.name}") from None
-        mtls = found.get("mutualTlsAuthentication")
-        if not mtls or not mtls.get("truststoreUri"):
-            raise OperatorError(
-                f"custom domain {self.name!r} has no mutual TLS configured; create it with a "
-                "truststore URI first"
-            )
-        return dict(mtls)
-
-    def check(self) -> str | None:
-        mtls = self._mtls()
-        self._previous = (mtls.get("truststoreUri"), mtls.get("truststoreVersion"))
-        return self._previous[1]
-
-    def _patch(self, uri: str | None, version: str | None) -> None:
-        ops = []
-        if uri:
-            ops.append(
-                {"op": "replace", "path": "/mutualTlsAuthentication/truststoreUri", "value": uri}
-            )
-        if version:
-            ops.append(
-                {
-                    "op": "replace",
-                    "path": "/mutualTlsAuthentication/truststoreVersion",
-                    "value": version,
-                }
-            )
-        try:
-            self.client.update_domain_name(domainName=self.name, patchOperations=ops)
-        except (ClientError, BotoCoreError) as exc:
-            raise _aws_error(exc, f"updating the truststore of {self.name}") from None
-
-    def apply(self, where: S3Location, version_id: str) -> None:
-        if self._previous is None:
-            self.check()
-        assert self._previous is not None
-        self._patch(where.uri, version_id)
-        warnings = list(self._mtls().get("truststoreWarnings") or [])
-        if warnings:
-            old_uri, old_version = self._previous
-            self._patch(old_uri, old_version)
-            raise PublishError(
-                f"API Gateway reported truststore warnings for {self.name} with version "
-                f"{version_id}: {'; '.join(warnings)}; rolled the domain back to version "
-                f"{old_version or '(none)'}"
-            )
-
-
-class HttpDomain(Endpoint):
-    """An HTTP API custom domain (``apigatewayv2``)."""
-
-    target = APIGW_HTTP
+    MTLS, URI, VERSION, WARNINGS = "", "", "", ""
 
     def __init__(self, client: Any, domain: str) -> None:
         self.client = client
         self.name = domain
         self._previous: dict[str, Any] | None = None
 
+    @abc.abstractmethod
+    def _get(self) -> dict[str, Any]:
+        """The domain as the API describes it."""
+
+    @abc.abstractmethod
+    def _update(self, uri: str | None, version: str | None) -> None:
+        """Point the domain's mutual TLS at ``uri`` / ``version``."""
+
     def _mtls(self) -> dict[str, Any]:
         try:
-            found = self.client.get_domain_name(DomainName=self.name)
+            found = self._get()
         except (ClientError, BotoCoreError) as exc:
             if _code(exc) == "NotFoundException":
                 raise NotFound(f"API Gateway custom domain {self.name!r} does not exist") from None
             raise _aws_error(exc, f"reading custom domain {self.name}") from None
-        mtls = found.get("MutualTlsAuthentication")
-        if not mtls or not mtls.get("TruststoreUri"):
+        mtls = found.get(self.MTLS)
+        if not mtls or not mtls.get(self.URI):
             raise OperatorError(
                 f"custom domain {self.name!r} has no mutual TLS configured; create it with a "
                 "truststore URI first"
@@ -287,13 +233,12 @@ class HttpDomain(Endpoint):
 
     def check(self) -> str | None:
         self._previous = self._mtls()
-        version = self._previous.get("TruststoreVersion")
+        version = self._previous.get(self.VERSION)
         return str(version) if version else None
 
-    def _update(self, uri: str, version: str | None) -> None:
-        mtls = {"TruststoreUri": uri} | ({"TruststoreVersion": version} if version else {})
+    def _write(self, uri: str | None, version: str | None) -> None:
         try:
-            self.client.update_domain_name(DomainName=self.name, MutualTlsAuthentication=mtls)
+            self._update(uri, version)
         except (ClientError, BotoCoreError) as exc:
             raise _aws_error(exc, f"updating the truststore of {self.name}") from None
 
@@ -301,16 +246,58 @@ class HttpDomain(Endpoint):
         if self._previous is None:
             self.check()
         assert self._previous is not None
-        self._update(where.uri, version_id)
-        warnings = list(self._mtls().get("TruststoreWarnings") or [])
+        self._write(where.uri, version_id)
+        warnings = list(self._mtls().get(self.WARNINGS) or [])
         if warnings:
             old = self._previous
-            self._update(str(old["TruststoreUri"]), old.get("TruststoreVersion"))
+            self._write(old.get(self.URI), old.get(self.VERSION))
             raise PublishError(
                 f"API Gateway reported truststore warnings for {self.name} with version "
                 f"{version_id}: {'; '.join(warnings)}; rolled the domain back to version "
-                f"{old.get('TruststoreVersion') or '(none)'}"
+                f"{old.get(self.VERSION) or '(none)'}"
             )
+
+
+class RestDomain(_ApiDomain):
+    """A REST API custom domain (``apigateway``): ``truststoreVersion`` by patch operation."""
+
+    target = APIGW_REST
+    MTLS, URI, VERSION, WARNINGS = (
+        "mutualTlsAuthentication",
+        "truststoreUri",
+        "truststoreVersion",
+        "truststoreWarnings",
+    )
+
+    def _get(self) -> dict[str, Any]:
+        return dict(self.client.get_domain_name(domainName=self.name))
+
+    def _update(self, uri: str | None, version: str | None) -> None:
+        ops = [
+            {"op": "replace", "path": f"/mutualTlsAuthentication/{field}", "value": value}
+            for field, value in (("truststoreUri", uri), ("truststoreVersion", version))
+            if value
+        ]
+        self.client.update_domain_name(domainName=self.name, patchOperations=ops)
+
+
+class HttpDomain(_ApiDomain):
+    """An HTTP API custom domain (``apigatewayv2``)."""
+
+    target = APIGW_HTTP
+    MTLS, URI, VERSION, WARNINGS = (
+        "MutualTlsAuthentication",
+        "TruststoreUri",
+        "TruststoreVersion",
+        "TruststoreWarnings",
+    )
+
+    def _get(self) -> dict[str, Any]:
+        return dict(self.client.get_domain_name(DomainName=self.name))
+
+    def _update(self, uri: str | None, version: str | None) -> None:
+        mtls = {"TruststoreUri": str(uri)} | ({"TruststoreVersion": version} if version else {})
+        self.client.update_domain_name(DomainName=self.name, MutualTlsAuthentication=mtls)
 
 
 class AlbTrustStore(Endpoint):
