@@ -203,6 +203,19 @@ class IotCore:
             )
         certificate_id = str(response["certificateId"])
         store.record_ca(self.engine, certificate_id, str(response["certificateArn"]), self.clock)
+        # The verification certificate has done its job and its key is gone: retire it so it
+        # is never listed as an active device certificate nor planned for rotation.
+        from pki.model import RevocationReason
+        from pki.revocation import revoke
+
+        revoke(
+            issuer.inventory,
+            issuer.ca,
+            self.clock,
+            verification.record.serial,
+            RevocationReason.CESSATION_OF_OPERATION,
+            actor,
+        )
         return certificate_id, True
 
     # -- provisioning -----------------------------------------------------------------------

@@ -51,10 +51,13 @@ def revoke(
     if record.status is Status.REVOKED:
         return RevocationResult(record, changed=False)
     now = clock.now()
+    # The backend first, outside any transaction: a remote CA's call (rate-limited, retried)
+    # must not hold the inventory's write lock. Revoking twice there is harmless (AWS's
+    # "already revoked" is success), so a failure after it is finished by running again.
+    ca.revoke(serial, reason, now)
     with inventory.transaction() as conn:
         changed = inventory.mark_revoked(conn, serial, now, reason)
         if changed:
-            ca.revoke(serial, reason, now)
             inventory.audit(
                 conn,
                 [

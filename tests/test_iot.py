@@ -67,6 +67,10 @@ def test_register_ca_is_idempotent_and_then_used(
     issuing = (ca_home / "ca" / "issuing.pem").read_text().strip()
     assert ca["certificateDescription"]["certificatePem"].strip() == issuing
     assert ca["certificateDescription"]["status"] == "ACTIVE"
+    # the verification certificate (CN = registration code, key discarded) is retired
+    assert json.loads(cli.ok("list", "--status", "active", "--json").out) == []
+    retired = json.loads(cli.ok("list", "--status", "revoked", "--json").out)
+    assert [r["revocation_reason"] for r in retired] == ["cessation-of-operation"]
     out = json.loads(
         cli.ok("iot", "provision", "fan-1", "--generate-key", "--out", tmp_path / "f", "--json").out
     )
