@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from devices.simulator import SCENARIOS
 from pki.cli_options import (
     batch_option,
     csr_option,
@@ -308,9 +309,13 @@ def fleet() -> None:
 )
 @click.option(
     "--scenario",
-    type=click.Choice(["steady", "revocation", "impostors", "expiry", "all"]),
+    type=click.Choice(list(SCENARIOS)),
     default="steady",
     show_default=True,
+    help="steady: telemetry only; revocation: devices revoked mid-run and cut; impostors: "
+    "foreign CA, expired, no certificate, another thing's topic; expiry: 1%% with expired "
+    "certificates; rotation: a rotation wave over MQTT ('fleetpki rotation rotate "
+    "--grace 0'), old certificates refused afterwards; all: everything.",
 )
 @click.option(
     "--revoke",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pki.errors import BackendError, FleetPkiError
 from pki.home import Home
 from pki.hooks import RevocationEvent
+from pki.model import RevocationReason
 
 
 def on_revoked(event: RevocationEvent) -> None:
@@ -13,7 +14,8 @@ def on_revoked(event: RevocationEvent) -> None:
     1. The IoT Core certificate goes to REVOKED when fleetpki registered it.
     2. When the local stand-ins run: the broker re-reads the CRL (SIGHUP), the HTTPS
        endpoint picks it up before its next handshake, and the device's live MQTT
-       sessions are cut (a reconnect is then refused by the CRL).
+       sessions are cut (a reconnect is then refused by the CRL), except for a
+       certificate superseded by rotation.
 
     Every step is attempted; the failures are raised together at the end.
     """
@@ -42,5 +44,7 @@ def _cut_local(event: RevocationEvent) -> None:
     if event.crl_path is not None:
         standins.reload_crl(home, state)
     name = event.record.thing or event.record.common_name
-    if event.record.profile == "device":
+    # A superseded certificate was replaced by rotation: the device is already connected
+    # with its new certificate under the same username, a cut would throw it off.
+    if event.record.profile == "device" and event.reason is not RevocationReason.SUPERSEDED:
         standins.cut_sessions(state, name)

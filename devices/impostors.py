@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +20,21 @@ from devices.device import (
 )
 
 
-def _try_mqtt(creds: Credentials, stand: Any) -> str | None:
+def try_mqtt(creds: Credentials, stand: Any) -> str | None:
     """None when the broker accepted the connection, else the refusal reason."""
     device = PahoDevice(creds, "127.0.0.1", stand.mqtt_port, stand.topic_prefix)
     if not device.start():
         return device.stats.refused
-    device.client.loop_read()
-    device.client.loop_read()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (device.stats.connected or device.stats.refused):
+        if device.client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS:
+            break
     refused = device.stats.refused or (None if device.stats.connected else "connection-closed")
     device.close()
     return refused
 
 
-def _try_https(creds: Credentials, stand: Any) -> str | None:
+def try_https(creds: Credentials, stand: Any) -> str | None:
     ok, reason = https_call(client_context(creds), stand.https_port)
     return None if ok else reason
 
@@ -99,8 +102,8 @@ def run_impostors(state: Any, stand: Any, folder: Path, victim: str | None) -> l
         "no-certificate": Credentials(f"sim{folder.name}-nocert", None, None, ca),
     }
     for kind, cred in creds.items():
-        mqtt_reason = _try_mqtt(cred, stand)
-        https_reason = _try_https(cred, stand)
+        mqtt_reason = try_mqtt(cred, stand)
+        https_reason = try_https(cred, stand)
         results.append(
             {
                 "kind": kind,

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-SCENARIOS = ("steady", "revocation", "impostors", "expiry", "all")
+SCENARIOS = ("steady", "revocation", "impostors", "expiry", "rotation", "all")
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ class Shard:
     stop_at: float  # seconds of steady telemetry once connected
     connect_interval: float
     rate: float
+    hard_stop: float  # seconds after connecting: stop even if the parent is still busy
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -69,8 +70,9 @@ def percentile(values: list[float], q: float) -> float | None:
 # --------------------------------------------------------------------------- worker
 
 
-def run_shard(shard: Shard, progress: Any) -> list[dict[str, Any]]:
-    """One worker process: connect its devices, publish until ``stop_at``, drain acks."""
+def run_shard(shard: Shard, progress: Any, may_stop: Any = None) -> list[dict[str, Any]]:
+    """One worker process: connect its devices, publish until ``stop_at`` and until the
+    parent says its work (rotation wave, revocation) is done, drain acks."""
     from devices.device import Credentials, PahoDevice, SdkDevice, client_context, https_call
 
     folder, ca = Path(shard.folder), Path(shard.ca_file)
@@ -152,6 +154,33 @@ def run_shard(shard: Shard, progress: Any) -> list[dict[str, Any]]:
         d.stats.https_ok = ok
     progress.put(("connected", shard.index, sum(d.stats.connected for d in devices)))
     stop_at = time.time() + shard.stop_at  # stop_at is the steady duration
+    hard_stop = time.time() + shard.hard_stop
+
+    def keep_going() -> bool:
+        now = time.time()
+        if now >= hard_stop:
+            return False
+        return now < stop_at or (may_stop is not None and not may_stop.is_set())
+
+    def switch_rotated(now: float) -> None:
+        """Devices holding a new certificate reconnect with it once their telemetry in
+        flight is acknowledged."""
+        for d in devices:
+            if not d.ready_to_switch(now):
+                continue
+            if isinstance(d, PahoDevice):
+                old = d.client.socket()
+                if old is not None:
+                    paho.pop(old, None)
+                    with contextlib.suppress(KeyError, ValueError):
+                        selector.unregister(old)
+                if d.switch():
+                    sock = d.client.socket()
+                    if sock is not None:
+                        paho[sock] = d
+                        pump(0, [d])
+            else:
+                d.switch()
 
     # steady publishing
     now = time.monotonic()
@@ -159,8 +188,9 @@ def run_shard(shard: Shard, progress: Any) -> list[dict[str, Any]]:
         next_publish[d.stats.name] = now + (i % 50) * period / 50
     seq = 0
     reported = time.monotonic()
-    while time.time() < stop_at:
+    while keep_going():
         now = time.monotonic()
+        switch_rotated(now)
         for d in devices:
             st = d.stats
             if not st.connected or st.disconnected_at is not None:
@@ -177,7 +207,9 @@ def run_shard(shard: Shard, progress: Any) -> list[dict[str, Any]]:
         for d in devices:
             st = d.stats
             if st.victim and st.disconnected_at is not None and st.https_refused_at is None:
-                ok, reason = https_call(contexts[st.name], shard.https_port)
+                # the files now: a rotated victim's context would hold the replaced certificate
+                fresh = client_context(creds(st.name), tls12=False)
+                ok, reason = https_call(fresh, shard.https_port)
                 if not ok:
                     st.https_refused_at, st.https_reason = time.time(), reason
                 else:
@@ -192,11 +224,16 @@ def run_shard(shard: Shard, progress: Any) -> list[dict[str, Any]]:
                 )
             )
             reported = now
-    # drain outstanding PUBACKs
+    # drain outstanding PUBACKs (and finish switches under way)
     drain = time.monotonic() + 10
     while time.monotonic() < drain:
         pump(0.02)
-        if all(d.stats.sent == d.stats.acked for d in devices if d.stats.disconnected_at is None):
+        switch_rotated(time.monotonic())
+        if all(
+            d.stats.sent == d.stats.acked and not d.switching
+            for d in devices
+            if d.stats.disconnected_at is None
+        ):
             break
     # a revoked device that tries again is refused
     for d in devices:
@@ -224,9 +261,9 @@ def run_shard(shard: Shard, progress: Any) -> list[dict[str, Any]]:
     return [d.stats.to_json() for d in devices]
 
 
-def _worker(shard: Shard, progress: Any, results: Any) -> None:
+def _worker(shard: Shard, progress: Any, results: Any, may_stop: Any) -> None:
     try:
-        results.put((shard.index, run_shard(shard, progress), None))
+        results.put((shard.index, run_shard(shard, progress, may_stop), None))
     except BaseException as exc:  # reported to the parent, which fails the run
         results.put((shard.index, [], f"{type(exc).__name__}: {exc}"))
 
@@ -322,11 +359,16 @@ def simulate(
             stop_at=stop_at,
             connect_interval=connect_interval,
             rate=config.rate,
+            hard_stop=config.duration + 60 + config.devices * 0.05,
         )
         for i in range(workers)
     ]
     access_before = sum(1 for _ in standins.read_access_log(stand))
-    procs = [ctx.Process(target=_worker, args=(s, progress, results), daemon=True) for s in shards]
+    may_stop = ctx.Event()
+    procs = [
+        ctx.Process(target=_worker, args=(s, progress, results, may_stop), daemon=True)
+        for s in shards
+    ]
     for p in procs:
         p.start()
     connected: dict[int, int] = {}
@@ -337,6 +379,10 @@ def simulate(
     errors: list[str] = []
     revoke_at = math.inf  # set once every worker has connected its devices
     impostors_done = not config.has("impostors")
+    # the devices that are online (an expired device also has the valid certificate it
+    # was first issued in the inventory, but it cannot connect to answer)
+    wave = RotationWave(home.path, valid) if config.has("rotation") else None
+    cut_seen_by = math.inf  # after a revocation, time for the workers to see the cut
     from pki.model import RevocationReason
     from pki.revocation import revoke_and_publish
 
@@ -371,11 +417,17 @@ def simulate(
                 errors.append(error)
         if len(connected) == workers and revoke_at == math.inf:
             revoke_at = time.time() + config.duration * 0.4
+            if wave is not None:
+                wave.start()
+        if wave is not None and wave.running:
+            wave.poll()
+            revoke_at = max(revoke_at, time.time() + 0.5)  # after the wave
         if not impostors_done and len(connected) == workers:
             impostors = run_impostors(state, stand, folder, valid[0] if valid else None)
             impostors_done = True
         if victims and not revoked_at and time.time() >= revoke_at:
             started = time.time()
+            cut_seen_by = started + 3.0
             revoked_at.update(dict.fromkeys(victims, started))
             # what 'fleetpki revoke' does: inventory, one CRL for all, hooks (IoT status,
             # broker CRL reload, live sessions cut)
@@ -384,11 +436,15 @@ def simulate(
                 state.inventory(),
                 state.ca(),
                 state.clock,
-                [int(serials[name], 16) for name in victims],
+                [_current_serial(state, name, serials[name]) for name in victims],
                 RevocationReason.KEY_COMPROMISE,
                 actor,
             )
             on_progress("revoked", {"things": victims})
+        waiting_on_wave = wave is not None and (wave.running or not wave.started)
+        waiting_on_revocation = bool(victims) and (not revoked_at or time.time() < cut_seen_by)
+        if not may_stop.is_set() and not waiting_on_wave and not waiting_on_revocation:
+            may_stop.set()
         if time.monotonic() > hard_deadline:
             errors.append("the simulation did not finish in time; workers stopped")
             for p in procs:
@@ -399,7 +455,13 @@ def simulate(
             break
     for p in procs:
         p.join(5)
+    if wave is not None and wave.running:
+        wave.stop()
     stats = [s for index in sorted(collected) for s in collected[index]]
+    rotation = None
+    if wave is not None:
+        rotated = [s for s in stats if s.get("rotated_serial") and s["name"] not in victims]
+        rotation = wave.summary(stats, _old_certificates_refused(folder, stand, rotated[:5]))
     access = [e for i, e in enumerate(standins.read_access_log(stand)) if i >= access_before]
     wall = time.monotonic() - t_start
     return Summary(
@@ -416,8 +478,122 @@ def simulate(
             issue_seconds,
             workers,
             len(report.issued),
+            rotation,
         )
     )
+
+
+def _current_serial(state: Any, thing: str, issued: str) -> int:
+    """The thing's newest active certificate (a rotation may have replaced ``issued``)."""
+    from pki.model import Status
+
+    active = state.inventory().find(now=state.clock.now(), status=Status.ACTIVE, thing=thing)
+    return active[-1].serial if active else int(issued, 16)
+
+
+def _old_certificates_refused(
+    folder: Path, stand: Any, rotated: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Each sampled device's replaced certificate (kept in ``previous/``) tried again on
+    MQTT and HTTPS: both must refuse it (revoked as superseded)."""
+    from devices.device import Credentials
+    from devices.impostors import try_https, try_mqtt
+
+    tried = []
+    for s in rotated:
+        old = Credentials.in_folder(s["name"], folder / s["name"] / "previous", stand.ca_file)
+        tried.append(
+            {"thing": s["name"], "mqtt": try_mqtt(old, stand), "https": try_https(old, stand)}
+        )
+    return tried
+
+
+class RotationWave:
+    """``fleetpki rotation rotate THING... --grace 0`` run beside the fleet, the way an
+    operator would start a wave (the simulator does not import ``rotation``)."""
+
+    def __init__(self, home: Path, things: list[str]) -> None:
+        self.home = home
+        self.things = things
+        self.started = False
+        self.proc: Any = None
+        self.result: dict[str, Any] | None = None
+        self.error: str | None = None
+        self._out: Any = None
+        self._err: Any = None
+        self.stderr = ""
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.result is None and self.error is None
+
+    def start(self) -> None:
+        import subprocess
+        import sys
+        import tempfile
+
+        self.started = True
+        # files, not pipes: a full pipe would block the command
+        self._out = tempfile.TemporaryFile()  # noqa: SIM115 (outlives this call; closed by poll)
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115
+        fleetpki = Path(sys.executable).parent / "fleetpki"
+        self.proc = subprocess.Popen(
+            [str(fleetpki), "--home", str(self.home), "rotation", "rotate", *self.things,
+             "--grace", "0", "--timeout", "5m", "--json"],
+            stdout=self._out,
+            stderr=self._err,
+        )  # fmt: skip
+
+    def poll(self) -> None:
+        import json
+
+        if self.proc is None or self.proc.poll() is None:
+            return
+        self._out.seek(0)
+        self._err.seek(0)
+        text = self._out.read().decode()
+        stderr = self._err.read().decode()
+        self._out.close()
+        self._err.close()
+        self.stderr = stderr
+        try:
+            self.result = json.loads(text)
+        except json.JSONDecodeError:
+            lines = stderr.strip().splitlines()
+            self.error = lines[-1] if lines else f"exit {self.proc.returncode}"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.poll()
+        if self.result is None and self.error is None:
+            self.error = "the rotation wave did not finish"
+
+    def summary(self, stats: list[dict[str, Any]], old: list[dict[str, Any]]) -> dict[str, Any]:
+        asked = [s["rotation_requested_at"] for s in stats if s.get("rotation_requested_at")]
+        done = [s["rotation_confirmed_at"] for s in stats if s.get("rotation_confirmed_at")]
+        each = sorted(
+            s["rotation_confirmed_at"] - s["rotation_requested_at"]
+            for s in stats
+            if s.get("rotation_confirmed_at") and s.get("rotation_requested_at")
+        )
+        return {
+            "devices_asked": len(asked),
+            "devices_confirmed": len(done),
+            "device_errors": dict(
+                Counter(s["rotation_error"] for s in stats if s.get("rotation_error"))
+            ),
+            "wave_seconds": round(max(done) - min(asked), 3) if asked and done else None,
+            "per_device_seconds": {
+                "p50": round(statistics.median(each), 3) if each else None,
+                "p99": round(percentile(each, 0.99) or 0.0, 3) if each else None,
+            },
+            "service": self.result,
+            "service_error": self.error,
+            "service_log": self.stderr.strip().splitlines()[-5:] if self.error else [],
+            "old_certificates": old,
+        }
 
 
 def _summarise(
@@ -433,6 +609,7 @@ def _summarise(
     issue_seconds: float,
     workers: int,
     issued: int,
+    rotation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     valid = [s for s in stats if s["name"] not in expired and s["name"] not in victims]
     latencies = [s["connect_latency"] for s in stats if s["connect_latency"] is not None]
@@ -469,6 +646,19 @@ def _summarise(
         "impostors_refused": all(i["refused"] for i in impostors),
         "no_worker_errors": not errors,
     }
+    if rotation is not None:
+        service = rotation["service"] or {}
+        states = service.get("states", {})
+        rotating = [s for s in stats if s["name"] not in expired]
+        checks["rotation_completed"] = (
+            rotation["service_error"] is None
+            and states.get("completed", 0) == len(rotating)
+            and service.get("rotations") == len(rotating)
+            and all(s.get("rotation_confirmed_at") for s in rotating)
+        )
+        checks["superseded_refused"] = bool(rotation["old_certificates"]) and all(
+            o["mqtt"] == "revoked" and o["https"] == "revoked" for o in rotation["old_certificates"]
+        )
     checks["passed"] = all(checks.values())
     connected = sum(1 for s in stats if s["connected"])
     return {
@@ -496,6 +686,7 @@ def _summarise(
             "wall_seconds": round(wall, 2),
             "issue_seconds": round(issue_seconds, 3),
         },
+        "rotation": rotation,
         "errors": errors,
         "checks": checks,
     }

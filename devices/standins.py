@@ -47,6 +47,7 @@ from pki.home import Home
 HOST = "127.0.0.1"
 TOPIC_PREFIX = "things"
 ADMIN_USER = "fleetpki-admin"
+ROTATION_USER = "fleetpki-rotation"  # the rotation service (plays IoT Core's rules + Lambda)
 MOSQUITTO_USER = "mosquitto"
 DYNSEC_PLUGIN_PATHS = (
     "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
@@ -74,6 +75,7 @@ class DevState:
     aws_endpoint_url: str | None
     admin_password: str
     topic_prefix: str = TOPIC_PREFIX
+    rotation_password: str = ""
 
     @property
     def run(self) -> Path:
@@ -126,11 +128,19 @@ def acl_text(prefix: str = TOPIC_PREFIX) -> str:
     """The broker's ACL: a device reads and writes only under its own thing's topics.
 
     ``%u`` is the username, which is the certificate CN (= the thing name). The admin
-    user may only use the dynamic-security control topics.
+    user may only use the dynamic-security control topics; the rotation service reads
+    the devices' CSRs and confirmations and writes rotation requests and certificates
+    (the policy reserves the ``fleetpki-`` prefix, so no device certificate carries
+    these usernames).
     """
     return (
         f"pattern readwrite {prefix}/%u/#\n"
         f"\nuser {ADMIN_USER}\ntopic readwrite $CONTROL/dynamic-security/#\n"
+        f"\nuser {ROTATION_USER}\n"
+        f"topic read {prefix}/+/rotation/csr\n"
+        f"topic read {prefix}/+/rotation/confirm\n"
+        f"topic write {prefix}/+/rotation/request\n"
+        f"topic write {prefix}/+/rotation/certificate\n"
     )
 
 
@@ -427,6 +437,8 @@ def up(home: Home, clock: Clock, state: Any) -> DevState:
         started.append(broker.pid)
         _wait_port(mqtt_port, broker, "mosquitto", run / "mosquitto.log")
         _wait_port(admin_port, broker, "mosquitto", run / "mosquitto.log")
+        rotation_password = secrets.token_urlsafe(24)
+        _add_service_user(run, admin_port, password, ROTATION_USER, rotation_password)
         https = _spawn(
             [
                 sys.executable,
@@ -479,6 +491,7 @@ def up(home: Home, clock: Clock, state: Any) -> DevState:
             moto_pid=moto_pid,
             aws_endpoint_url=endpoint,
             admin_password=password,
+            rotation_password=rotation_password,
         )
         atomic_write(state_path(home), json.dumps(asdict(result), indent=2).encode(), 0o600)
         atomic_write(ports_path(home), json.dumps(result.public(), indent=2).encode(), 0o644)
@@ -491,6 +504,19 @@ def up(home: Home, clock: Clock, state: Any) -> DevState:
                 path.unlink()
         raise
     return result
+
+
+def _add_service_user(
+    run: Path, admin_port: int, admin_password: str, username: str, password: str
+) -> None:
+    """A password user on the loopback admin listener (over MQTT, never on a command line)."""
+    probe = DevState(str(run), 0, admin_port, 0, 0, 0, None, None, admin_password)
+    responses = _dynsec(
+        probe, {"command": "createClient", "username": username, "password": password}
+    )
+    if not responses or responses[0].get("error"):
+        detail = responses[0]["error"] if responses else "no answer to createClient"
+        raise BackendError(f"create the broker user {username}", "mosquitto", str(detail))
 
 
 def _dynsec_init(path: Path, password: str) -> None:

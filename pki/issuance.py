@@ -211,6 +211,11 @@ class Issuer:
     def chain_pem(self) -> bytes:
         return self._chain_pem
 
+    @property
+    def issuing_pem(self) -> bytes:
+        """The issuing CA certificate (what follows a leaf in a full chain)."""
+        return self._issuing_pem
+
     def prepare(self, request: IssueRequest) -> SigningRequest:
         """Parse the CSR and apply the policy: raises before anything is signed."""
         facts = csr_mod.parse(request.csr_pem)

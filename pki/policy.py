@@ -25,6 +25,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # X.520 upper bound of a common name (the device's identity for brokers and endpoints).
 MAX_COMMON_NAME = 64
+# The broker takes a device's CN as its username; fleetpki's own service users (admin,
+# rotation) have this prefix, so no device may be named like them.
+RESERVED_THING_PREFIX = "fleetpki-"
 
 # Certificates start a few minutes in the past so devices with a slightly slow clock accept them.
 BACKDATE = dt.timedelta(minutes=5)
@@ -108,6 +111,12 @@ def check_name(ctx: PolicyContext) -> Violation | None:
                 "invalid-thing-name",
                 f"thing name {name[:20]!r}... is {len(name)} characters; it is the certificate's "
                 f"common name, which holds at most {MAX_COMMON_NAME}",
+            )
+        if name.lower().startswith(RESERVED_THING_PREFIX):
+            return Violation(
+                "reserved-thing-name",
+                f"thing name {name!r} starts with {RESERVED_THING_PREFIX!r}, which is reserved "
+                "for fleetpki's own service identities on the broker",
             )
     elif not name or len(name) > 64 or not name.isprintable():
         return Violation("invalid-name", f"server name {name!r} must be 1-64 printable characters")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator
+import fnmatch
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import sqlalchemy as sa
@@ -35,6 +36,7 @@ class PlanItem(NamedTuple):
     profile: str
     renew_at: dt.datetime
     not_after: dt.datetime
+    not_before: dt.datetime
 
 
 def plan(
@@ -52,7 +54,12 @@ def plan(
         if at <= until:
             due.append(
                 PlanItem(
-                    c.serial, c.thing, c.profile, dt.datetime.fromtimestamp(at, dt.UTC), c.not_after
+                    c.serial,
+                    c.thing,
+                    c.profile,
+                    dt.datetime.fromtimestamp(at, dt.UTC),
+                    c.not_after,
+                    c.not_before,
                 )
             )
     due.sort(key=lambda item: (item.not_after, item.serial))
@@ -127,6 +134,7 @@ def plan_inventory(
                         profile,
                         dt.datetime.fromtimestamp(at, dt.UTC),
                         dt.datetime.fromtimestamp(after, dt.UTC),
+                        dt.datetime.fromtimestamp(before, dt.UTC),
                     )
                 )
     due.sort(key=lambda item: (item.not_after, item.serial))
@@ -138,3 +146,30 @@ _EPOCH_SQL = {
     "sqlite": "(julianday({column}) - 2440587.5) * 86400.0",
     "postgresql": "CAST(EXTRACT(EPOCH FROM {column}) AS DOUBLE PRECISION)",
 }
+
+
+def active_devices(
+    inventory: Inventory,
+    now: dt.datetime,
+    *,
+    things: Sequence[str] = (),
+    match: str | None = None,
+) -> list[PlanItem]:
+    """Active device certificates of the named things or of things matching a glob
+    (``line7-*``), as plan items due now: an operator's rotation wave."""
+    c = certificates.c
+    query = sa.select(c.serial, c.thing, c.profile, c.not_before, c.not_after).where(
+        c.status == Status.ACTIVE.value,
+        c.not_after > now,
+        c.profile == "device",
+        c.thing.is_not(None),
+    )
+    if things:
+        query = query.where(c.thing.in_(list(things)))
+    items = []
+    with inventory.engine.connect() as conn:
+        for serial, thing, profile, not_before, not_after in conn.execute(query):
+            if match is None or fnmatch.fnmatchcase(thing, match):
+                items.append(PlanItem(int(serial, 16), thing, profile, now, not_after, not_before))
+    items.sort(key=lambda item: (item.not_after, item.serial))
+    return items

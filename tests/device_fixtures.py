@@ -43,6 +43,10 @@ class Stand:
         return int(self.ports["mqtt"]["port"])
 
     @property
+    def topic_prefix(self) -> str:
+        return str(self.ports["mqtt"]["topic_prefix"])
+
+    @property
     def https_port(self) -> int:
         return int(self.ports["https"]["port"])
 

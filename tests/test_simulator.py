@@ -18,7 +18,7 @@ def test_percentile() -> None:
     assert percentile([float(i) for i in range(1, 101)], 0.99) == 99.0
 
 
-def test_simulated_fleet_of_250_with_revocation_impostors_and_expiry(
+def test_simulated_fleet_of_250_with_rotation_revocation_impostors_and_expiry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # no moto needed here
@@ -58,11 +58,21 @@ def test_simulated_fleet_of_250_with_revocation_impostors_and_expiry(
         "no-certificate": ("no-certificate", "no-certificate"),
         "other-things-topic": ("Not authorized", "n/a"),
     }
+    # the rotation wave: every connected device got a new certificate over MQTT, confirmed
+    # it, and its old one is refused by the broker and the HTTPS endpoint
+    rotation = data["rotation"]
+    assert rotation["service_error"] is None
+    assert rotation["service"]["states"]["completed"] == 250 - expired
+    assert rotation["devices_confirmed"] == 250 - expired
+    assert rotation["wave_seconds"] > 0
+    sampled = rotation["old_certificates"]
+    assert len(sampled) == 5
+    assert {(o["mqtt"], o["https"]) for o in sampled} == {("revoked", "revoked")}
     assert data["access_log"]["refused"] == {
         "unknown-ca": 1,
         "no-certificate": 1,
         "expired": 1 + expired,
-        "revoked": 2,
+        "revoked": 2 + len(sampled),  # the victims, then the superseded certificates
     }
     # the stand-ins started for the run are stopped again
     assert not (home / "dev" / "state.json").exists()

@@ -1,0 +1,133 @@
+"""The rotation service's MQTT connection: it hears every device's CSRs and confirmations
+and sends requests and certificates to one device at a time.
+
+Against the local stand-ins it logs in as ``fleetpki-rotation`` on the broker's loopback
+admin listener (password user; the ACL in ``devices.standins`` lets it use only the
+rotation topics). A persistent session (clean_session off, fixed client id) keeps the
+devices' messages queued at the broker while the service restarts.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from devices import rotation_protocol as rp
+from pki.errors import BackendError, InvalidInput, OperatorError
+from pki.home import Home
+
+OnMessage = Callable[[str, str, bytes], None]  # (thing, kind, payload)
+
+
+@dataclass(frozen=True)
+class BrokerAccess:
+    host: str
+    port: int
+    username: str
+    password: str
+    topic_prefix: str
+
+    def __repr__(self) -> str:  # the password stays out of logs and tracebacks
+        return f"BrokerAccess({self.username}@{self.host}:{self.port}, {self.topic_prefix!r})"
+
+
+def stand_in_access(home: Home) -> BrokerAccess:
+    """The local stand-ins' broker, or an operator error saying how to start it."""
+    from devices import standins
+
+    state = standins.load_state(home)
+    if state is None or not standins.alive(state):
+        raise OperatorError(
+            "rotation talks to the devices over MQTT, and the local broker is not running: "
+            "start it with 'fleetpki dev up'"
+        )
+    if not state.rotation_password:
+        raise OperatorError(
+            "the running stand-ins predate rotation support: restart them "
+            "('fleetpki dev down' then 'fleetpki dev up')"
+        )
+    return BrokerAccess(
+        standins.HOST,
+        state.admin_port,
+        standins.ROTATION_USER,
+        state.rotation_password,
+        state.topic_prefix,
+    )
+
+
+class ServiceChannel:
+    """paho-mqtt on its own network thread; ``on_message`` runs on that thread."""
+
+    def __init__(
+        self,
+        access: BrokerAccess,
+        on_message: OnMessage,
+        *,
+        client_id: str = "fleetpki-rotation",
+        on_bad_message: Callable[[str, str], None] = lambda _topic, _why: None,
+    ) -> None:
+        self.access = access
+        self._on_message = on_message
+        self._on_bad = on_bad_message
+        self._subscribed = threading.Event()
+        self._refused: str | None = None
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+        )
+        client.username_pw_set(access.username, access.password)
+        client.max_inflight_messages_set(1000)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._connected
+        client.on_subscribe = lambda *_a: self._subscribed.set()
+        client.on_message = self._message
+        self.client = client
+
+    def start(self, timeout: float = 10.0) -> None:
+        a = self.access
+        try:
+            self.client.connect(a.host, a.port, keepalive=30)
+        except OSError as exc:
+            raise BackendError(
+                "connect to the broker", "mqtt", f"{a.host}:{a.port}: {exc.strerror or exc}"
+            ) from None
+        self.client.loop_start()
+        if not self._subscribed.wait(timeout):
+            self.close()
+            why = self._refused or f"no subscription acknowledged within {timeout:g} s"
+            raise BackendError("subscribe to the rotation topics", "mqtt", why)
+
+    def _connected(self, client: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            self._refused = f"connection refused: {reason}"
+            return
+        client.subscribe([(t, 1) for t in rp.service_subscriptions(self.access.topic_prefix)])
+
+    def _message(self, _c: Any, _u: Any, message: Any) -> None:
+        try:
+            thing, kind = rp.parse_topic(self.access.topic_prefix, message.topic)
+        except InvalidInput as exc:
+            self._on_bad(str(message.topic), str(exc))
+            return
+        self._on_message(thing, kind, bytes(message.payload))
+
+    def send(self, thing: str, message: rp.Message) -> None:
+        kind = "request" if isinstance(message, rp.Request) else "certificate"
+        info = self.client.publish(
+            rp.topic(self.access.topic_prefix, thing, kind), rp.encode(message), qos=1
+        )
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            raise BackendError(
+                f"send a rotation {kind} to {thing}", "mqtt", mqtt.error_string(info.rc)
+            )
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -1,0 +1,463 @@
+"""``fleetpki rotation …``: plan, rotate now, run the daemon, status (an entry point).
+
+Imports stay inside the commands: ``fleetpki --help`` must not pay for paho or APScheduler.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import signal
+import statistics
+import time
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from pki.cli_options import err, print_json
+
+if TYPE_CHECKING:
+    from devices.rotation_channel import ServiceChannel
+    from pki.cli import State
+    from rotation.executor import RotationService, RotationSettings
+    from rotation.store import Rotation
+
+
+def _state() -> State:
+    from pki.cli import State
+
+    state = click.get_current_context().find_object(State)
+    assert state is not None, "the rotation commands run under the fleetpki root group"
+    return state
+
+
+def _duration(text: str) -> dt.timedelta:
+    from pki.model import parse_duration
+
+    return parse_duration(text)
+
+
+@click.group()
+def rotation() -> None:
+    """Certificate rotation: which certificates are due, rotate device certificates over
+    MQTT now, or run the rotation daemon.
+
+    A device rotates like this: the service asks it on <prefix>/<thing>/rotation/request;
+    it makes a new key and sends a CSR on .../rotation/csr; the service issues (and
+    registers the certificate with IoT Core when the thing is provisioned there) and
+    returns it on .../rotation/certificate; the device reconnects with it and confirms on
+    .../rotation/confirm; after the grace period the old certificate is revoked as
+    superseded.
+    """
+
+
+# ------------------------------------------------------------------------------- plan
+
+
+@rotation.command("plan")
+@click.option(
+    "--horizon",
+    default="0",
+    show_default=True,
+    metavar="DURATION",
+    help="Also list certificates due within DURATION from now (e.g. 7d).",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many rows.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plan_command(horizon: str, limit: int | None, as_json: bool) -> None:
+    """Certificates past their renewal time (two thirds of the lifetime, with a jitter
+    derived from the serial), soonest expiry first."""
+    from pki.model import serial_hex
+    from rotation.planner import plan_inventory
+
+    state = _state()
+    items = plan_inventory(state.inventory(), state.clock.now(), horizon=_duration(horizon))
+    shown = items[:limit] if limit else items
+    rows = [
+        {
+            "serial": serial_hex(i.serial),
+            "thing": i.thing,
+            "profile": i.profile,
+            "renew_at": i.renew_at.isoformat(),
+            "not_after": i.not_after.isoformat(),
+        }
+        for i in shown
+    ]
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        click.echo("nothing is due")
+        return
+    for i in shown:
+        click.echo(
+            f"{serial_hex(i.serial)}  {i.profile:<6}  {i.thing or '-':<32}  "
+            f"renew {i.renew_at:%Y-%m-%d %H:%M}  expires {i.not_after:%Y-%m-%d %H:%M}"
+        )
+    click.echo(f"{len(items)} due" + (f" ({len(rows)} shown)" if len(rows) < len(items) else ""))
+
+
+# -------------------------------------------------------------------------- the service
+
+
+def _service(
+    settings: RotationSettings, *, with_iot: bool = True
+) -> tuple[RotationService, ServiceChannel]:
+    from devices import standins
+    from devices.rotation_channel import ServiceChannel, stand_in_access
+    from rotation.executor import RotationService
+
+    state = _state()
+    home = state.home
+    access = stand_in_access(home)
+    inventory = state.inventory()
+    service: RotationService | None = None
+
+    def on_message(thing: str, kind: str, payload: bytes) -> None:
+        assert service is not None
+        service.handle(thing, kind, payload)
+
+    channel = ServiceChannel(
+        access,
+        on_message,
+        on_bad_message=lambda topic, why: logging.getLogger("fleetpki.rotation").warning(
+            "ignored a message on %s: %s", topic, why
+        ),
+    )
+
+    def reload_crl() -> None:
+        running = standins.load_state(home)
+        if running is not None and standins.alive(running):
+            standins.reload_crl(home, running)
+
+    service = RotationService(
+        home=home,
+        inventory=inventory,
+        issuer=state.issuer(),
+        sender=channel,
+        clock=state.clock,
+        settings=settings,
+        register=_iot_register(state) if with_iot else None,
+        on_crl=reload_crl,
+    )
+    return service, channel
+
+
+def _iot_register(state: State) -> Any:
+    """Register a rotated certificate with IoT Core when fleetpki provisioned the thing
+    there (the thing, policy and attachments as ``iot provision`` makes them)."""
+    from devices import store as iot_store
+
+    engine = state.inventory().engine
+    iot_store.create(engine)
+    cores: list[Any] = []
+
+    def register(issued: Any) -> None:
+        thing = issued.record.thing or issued.record.common_name
+        if not iot_store.certificates_of(engine, thing):
+            return
+        if not cores:
+            from devices.iot import IotCore
+
+            cores.append(IotCore(engine, state.clock))
+        cores[0].provision(issued)
+
+    return register
+
+
+def _settings(grace: str, answer_timeout: str) -> RotationSettings:
+    from pki.errors import InvalidInput
+    from rotation.executor import RotationSettings
+
+    try:
+        return RotationSettings(
+            grace=_duration(grace),
+            answer_timeout=_duration(answer_timeout),
+        )
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+def _summary(rows: list[Rotation], counts: dict[str, int], seconds: float) -> dict[str, Any]:
+    took = [
+        (r.confirmed_at - r.requested_at).total_seconds()
+        for r in rows
+        if r.confirmed_at is not None
+    ]
+    ordered = sorted(took)
+    return {
+        "rotations": len(rows),
+        "states": counts,
+        "seconds": round(seconds, 3),
+        "request_to_confirm_s": {
+            "p50": round(statistics.median(ordered), 3) if ordered else None,
+            "p99": round(ordered[max(0, int(len(ordered) * 0.99) - 1)], 3) if ordered else None,
+            "max": round(ordered[-1], 3) if ordered else None,
+        },
+        "failed": [{"thing": r.thing, "error": r.error} for r in rows if r.state.value == "failed"],
+    }
+
+
+grace_option = click.option(
+    "--grace",
+    default="1h",
+    show_default=True,
+    metavar="DURATION",
+    help="How long the old certificate stays valid after the device confirms (0: revoke "
+    "it at once).",
+)
+answer_option = click.option(
+    "--answer-timeout",
+    default="15m",
+    show_default=True,
+    metavar="DURATION",
+    help="How long a device has to send its CSR, then to confirm.",
+)
+
+
+# ------------------------------------------------------------------------------ rotate
+
+
+@rotation.command("rotate")
+@click.argument("things", nargs=-1)
+@click.option("--match", metavar="GLOB", help="Every thing whose name matches (e.g. 'line7-*').")
+@grace_option
+@answer_option
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Stay until done.")
+@click.option(
+    "--timeout",
+    default="10m",
+    show_default=True,
+    metavar="DURATION",
+    help="With --wait: give up waiting after DURATION (the rotations go on with the daemon).",
+)
+@click.option("--force", is_flag=True, help="Also things whose rotation failed recently.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def rotate_command(
+    things: tuple[str, ...],
+    match: str | None,
+    grace: str,
+    answer_timeout: str,
+    wait: bool,
+    timeout: str,
+    force: bool,
+    as_json: bool,
+) -> int:
+    """Rotate the device certificates of THINGS (or of things matching --match) now,
+    whatever their renewal time: a rotation wave. The devices must be online; with
+    --wait this command works their answers until every rotation is confirmed (and, with
+    --grace 0, the old certificates revoked) or failed. Exit 1 when one failed."""
+    from pki.errors import InvalidInput, NotFound
+    from rotation.daemon import wait_for
+    from rotation.planner import active_devices
+
+    if not things and match is None:
+        raise InvalidInput("name the things to rotate, or give --match GLOB")
+    state = _state()
+    settings = _settings(grace, answer_timeout)
+    wait_seconds = _duration(timeout).total_seconds()
+    items = active_devices(state.inventory(), state.clock.now(), things=things, match=match)
+    missing = sorted(set(things) - {i.thing for i in items})
+    if missing:
+        raise NotFound(
+            f"no active device certificate for {', '.join(missing[:5])}"
+            + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        )
+    if not items:
+        raise NotFound(f"no active device certificate of a thing matching {match!r}")
+    service, channel = _service(settings)
+    started = time.monotonic()
+    channel.start()
+    try:
+        requested = service.request(items, force=force)
+        if not requested:
+            err("nothing requested: every thing already has a rotation in progress or failed "
+                "recently (--force to retry those)")  # fmt: skip
+            return 1
+        if not as_json:
+            err(f"asked {len(requested)} devices to rotate")
+        ids = [r.id for r in requested]
+        if not wait:
+            if as_json:
+                print_json({"requested": [r.to_json() for r in requested]})
+            return 0
+        counts = wait_for(
+            service,
+            ids,
+            timeout=wait_seconds,
+            until_completed=settings.grace == dt.timedelta(0),
+            on_progress=(lambda _counts: None) if as_json else _progress_printer(len(ids)),
+        )
+        rows = service.open_rotations(ids)
+    finally:
+        channel.close()
+    summary = _summary(rows, counts, time.monotonic() - started)
+    if as_json:
+        print_json(summary)
+    else:
+        click.echo(
+            f"{summary['rotations']} rotations in {summary['seconds']} s: "
+            + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+        )
+        for failed in summary["failed"][:20]:
+            click.echo(f"failed {failed['thing']}: {failed['error']}")
+        if settings.grace > dt.timedelta(0) and counts.get("confirmed"):
+            click.echo(
+                f"old certificates are revoked {grace} after confirmation by "
+                "'fleetpki rotation run' (the daemon, or '--once')"
+            )
+    unfinished = sum(counts.get(s, 0) for s in ("requested", "issued"))
+    return 1 if counts.get("failed") or unfinished else 0
+
+
+def _progress_printer(total: int) -> Any:
+    last: list[str] = []
+
+    def show(counts: dict[str, int]) -> None:
+        line = f"{total} rotations: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+        if not last or last[0] != line:
+            err(line)
+            last[:] = [line]
+
+    return show
+
+
+# --------------------------------------------------------------------------------- run
+
+
+@rotation.command("run")
+@click.option(
+    "--interval",
+    default="5m",
+    show_default=True,
+    metavar="DURATION",
+    help="How often to plan and request rotations.",
+)
+@click.option(
+    "--horizon",
+    default="0",
+    show_default=True,
+    metavar="DURATION",
+    help="Request rotations that fall due within DURATION (spreads a wave out early).",
+)
+@grace_option
+@answer_option
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=9464,
+    show_default=True,
+    help="Prometheus metrics on http://HOST:PORT/metrics (0: off).",
+)
+@click.option("--metrics-host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--once",
+    is_flag=True,
+    help="One pass: re-sign the CRL if due, revoke superseded certificates, request what "
+    "is due, wait for the devices (--timeout), then exit.",
+)
+@click.option("--timeout", default="10m", show_default=True, metavar="DURATION")
+def run_command(
+    interval: str,
+    horizon: str,
+    grace: str,
+    answer_timeout: str,
+    metrics_port: int,
+    metrics_host: str,
+    once: bool,
+    timeout: str,
+) -> int:
+    """The rotation daemon: plans every --interval, asks the devices whose certificates
+    are past their renewal time to rotate, works their CSRs and confirmations, revokes
+    the replaced certificates after --grace, and re-signs the CRL well before its
+    nextUpdate. Stops cleanly on SIGTERM or Ctrl-C."""
+    from pki.errors import InvalidInput
+    from rotation.daemon import Daemon, wait_for
+    from rotation.planner import plan_inventory
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    state = _state()
+    settings = _settings(grace, answer_timeout)
+    every = _duration(interval).total_seconds()
+    if every < 1:
+        raise InvalidInput("--interval must be at least 1s")
+    ahead = _duration(horizon)
+    service, channel = _service(settings)
+
+    def plan() -> list[Any]:
+        return plan_inventory(state.inventory(), state.clock.now(), horizon=ahead)
+
+    daemon = Daemon(service, plan, interval=every)
+    daemon.acquire()
+    if metrics_port and not once:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(metrics_port, metrics_host, registry=service.metrics.registry)
+        except OSError as exc:
+            raise InvalidInput(
+                f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror}"
+            ) from None
+    channel.start()
+    try:
+        if once:
+            daemon.refresh_crl()
+            daemon.sweep()
+            before = service.request(plan())
+            counts = wait_for(
+                service,
+                [r.id for r in before],
+                timeout=_duration(timeout).total_seconds(),
+                until_completed=settings.grace == dt.timedelta(0),
+            )
+            print_json({"requested": len(before), "states": counts})
+            return 1 if counts.get("failed") else 0
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_a: daemon.stop.set())
+        err(
+            f"rotation daemon running (plan every {interval}, grace {grace}"
+            + (
+                f", metrics on http://{metrics_host}:{metrics_port}/metrics)"
+                if metrics_port
+                else ")"
+            )
+        )
+        daemon.run()
+        return 0
+    finally:
+        channel.close()
+        from rotation import store
+
+        store.release_lease(state.inventory().engine, "rotation-daemon", daemon.holder)
+
+
+# ------------------------------------------------------------------------------ status
+
+
+@rotation.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status_command(as_json: bool) -> None:
+    """Rotations by state, the latest failures, and which daemon holds the lease."""
+    from rotation import store
+    from rotation.daemon import LEASE
+
+    state = _state()
+    engine = state.inventory().engine
+    store.create(engine)
+    with store.transaction(engine) as conn:
+        counts = store.counts(conn)
+        failed = store.select(conn, [store.State.FAILED], limit=10)
+    data = {
+        "states": counts,
+        "daemon": store.lease_holder(engine, LEASE, state.clock.now()),
+        "recent_failures": [r.to_json() for r in failed],
+    }
+    if as_json:
+        print_json(data)
+        return
+    click.echo(", ".join(f"{k} {v}" for k, v in counts.items()))
+    click.echo(f"daemon: {data['daemon'] or 'not running'}")
+    for r in failed:
+        click.echo(f"failed {r.thing} ({r.requested_at:%Y-%m-%d %H:%M}): {r.error}")

@@ -1,0 +1,174 @@
+"""The rotation daemon: APScheduler wiring only.
+
+Jobs: plan and request (every ``interval``), sweep (revoke superseded certificates after
+their grace, fail unanswered rotations), CRL re-signing before nextUpdate. The main
+thread works the devices' messages. A lease in the inventory keeps a second daemon off
+the same inventory (and off the broker under the same client id).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from pki.errors import FleetPkiError, OperatorError
+from rotation import store
+from rotation.executor import RotationService
+from rotation.planner import PlanItem
+
+log = logging.getLogger("fleetpki.rotation")
+LEASE = "rotation-daemon"
+
+
+def holder_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Daemon:
+    def __init__(
+        self,
+        service: RotationService,
+        plan: Callable[[], list[PlanItem]],
+        *,
+        interval: float = 300.0,
+        sweep_interval: float = 30.0,
+        crl_interval: float = 600.0,
+        holder: str | None = None,
+    ) -> None:
+        self.service = service
+        self.plan = plan
+        self.interval = interval
+        self.sweep_interval = sweep_interval
+        self.crl_interval = crl_interval
+        self.holder = holder or holder_id()
+        self.lease_ttl = dt.timedelta(seconds=max(3 * interval, 3 * sweep_interval, 60))
+        self.stop = threading.Event()
+
+    # -- the lease ------------------------------------------------------------------------
+
+    def acquire(self) -> None:
+        engine = self.service.inventory.engine
+        now = self.service.clock.now()
+        if not store.take_lease(engine, LEASE, self.holder, now, self.lease_ttl):
+            other = store.lease_holder(engine, LEASE, now) or "another process"
+            raise OperatorError(
+                f"another rotation daemon ({other}) is working this inventory; stop it first "
+                f"(its lease runs out {self.lease_ttl} after its last renewal)"
+            )
+
+    def _renew(self) -> bool:
+        engine = self.service.inventory.engine
+        if store.take_lease(engine, LEASE, self.holder, self.service.clock.now(), self.lease_ttl):
+            return True
+        log.error("lost the rotation lease to another daemon; stopping")
+        self.stop.set()
+        return False
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def plan_and_request(self) -> int:
+        if not self._renew():
+            return 0
+        items = self.plan()
+        self.service.metrics.due.set(len(items))
+        self.service.metrics.last_plan.set(time.time())
+        requested = self.service.request(items)
+        if requested:
+            log.info("%d certificates due, %d rotations requested", len(items), len(requested))
+        return len(requested)
+
+    def sweep(self) -> None:
+        if self._renew():
+            result = self.service.sweep()
+            if result.completed or result.expired:
+                log.info(
+                    "%d rotations completed (old certificates revoked), %d timed out",
+                    len(result.completed),
+                    len(result.expired),
+                )
+
+    def refresh_crl(self) -> None:
+        if self.service.refresh_crl():
+            log.info("CRL re-signed before its nextUpdate")
+
+    @staticmethod
+    def _guarded(job: Callable[[], object], name: str) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                job()
+            except FleetPkiError as exc:
+                log.error("%s: %s", name, exc)
+
+        return run
+
+    # -- running --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Until ``stop`` is set (signal handler or a lost lease)."""
+        self.acquire()
+        scheduler = BackgroundScheduler(timezone=dt.UTC)
+        now = dt.datetime.now(dt.UTC)
+        for job, seconds, name in (
+            (self.refresh_crl, self.crl_interval, "crl"),
+            (self.plan_and_request, self.interval, "plan"),
+            (self.sweep, self.sweep_interval, "sweep"),
+        ):
+            scheduler.add_job(
+                self._guarded(job, name),
+                "interval",
+                seconds=seconds,
+                id=name,
+                next_run_time=now,
+                max_instances=1,
+                coalesce=True,
+            )
+        scheduler.start()
+        try:
+            while not self.stop.is_set():
+                try:
+                    self.service.process(wait=0.2)
+                except FleetPkiError as exc:
+                    log.error("processing device messages: %s", exc)
+        finally:
+            scheduler.shutdown(wait=True)
+            store.release_lease(self.service.inventory.engine, LEASE, self.holder)
+
+
+def wait_for(
+    service: RotationService,
+    ids: list[str],
+    *,
+    timeout: float,
+    until_completed: bool,
+    sweep_every: float = 1.0,
+    on_progress: Callable[[dict[str, int]], None] = lambda _counts: None,
+) -> dict[str, int]:
+    """Work messages (and sweep) until the rotations ``ids`` are confirmed (or, with
+    ``until_completed``, their old certificates revoked), failed, or ``timeout`` s pass.
+    Returns how many are in each state."""
+    done_states = {store.State.FAILED, store.State.COMPLETED}
+    if not until_completed:
+        done_states.add(store.State.CONFIRMED)
+    deadline = time.monotonic() + timeout
+    next_sweep = 0.0
+    counts: dict[str, int] = {}
+    while True:
+        service.process(wait=0.1)
+        now = time.monotonic()
+        if now >= next_sweep:
+            service.sweep()
+            next_sweep = now + sweep_every
+            rows = service.open_rotations(ids)
+            counts = {s.value: 0 for s in store.State}
+            for row in rows:
+                counts[row.state.value] += 1
+            on_progress(counts)
+            if all(row.state in done_states for row in rows) or now >= deadline:
+                return counts

@@ -1,0 +1,62 @@
+"""Prometheus metrics of the rotation daemon, on a registry of their own (tests and two
+services in one process never collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requested = Counter(
+            "fleetpki_rotation_requests", "Rotation requests sent to devices", registry=r
+        )
+        self.issued = Counter(
+            "fleetpki_rotation_certificates_issued",
+            "Certificates issued for rotation and sent to devices",
+            registry=r,
+        )
+        self.confirmed = Counter(
+            "fleetpki_rotation_confirmed",
+            "Rotations the device confirmed after reconnecting with the new certificate",
+            registry=r,
+        )
+        self.completed = Counter(
+            "fleetpki_rotation_completed",
+            "Rotations finished: the old certificate revoked as superseded",
+            registry=r,
+        )
+        self.failed = Counter(
+            "fleetpki_rotation_failed", "Rotations that failed", ["reason"], registry=r
+        )
+        self.bad_messages = Counter(
+            "fleetpki_rotation_bad_messages",
+            "Messages from devices that were malformed or named no open rotation",
+            registry=r,
+        )
+        self.open = Gauge(
+            "fleetpki_rotation_open", "Rotations in progress, by state", ["state"], registry=r
+        )
+        self.due = Gauge(
+            "fleetpki_certificates_due",
+            "Certificates past their renewal time at the last plan",
+            registry=r,
+        )
+        self.last_plan = Gauge(
+            "fleetpki_rotation_last_plan_timestamp_seconds",
+            "When the daemon last planned (POSIX seconds)",
+            registry=r,
+        )
+        self.crl_next_update = Gauge(
+            "fleetpki_crl_next_update_timestamp_seconds",
+            "nextUpdate of the home CRL (POSIX seconds)",
+            registry=r,
+        )
+        self.duration = Histogram(
+            "fleetpki_rotation_seconds",
+            "From the rotation request to the device's confirmation",
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
+            registry=r,
+        )

@@ -1,0 +1,229 @@
+"""Rotation's own tables on the inventory's database (SQLite or PostgreSQL): one row per
+rotation of a device certificate, and the lease that keeps a second daemon from working
+the same inventory at the same time. ``pki.inventory`` knows nothing of them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from pki.errors import StorageError
+from pki.inventory import UtcDateTime
+
+metadata = sa.MetaData()
+
+
+class State(enum.StrEnum):
+    REQUESTED = "requested"  # request sent, waiting for the device's CSR
+    ISSUED = "issued"  # certificate sent, waiting for the device to confirm
+    CONFIRMED = "confirmed"  # the device uses the new certificate; old one in its grace
+    COMPLETED = "completed"  # the old certificate is revoked (superseded)
+    FAILED = "failed"
+
+
+OPEN = (State.REQUESTED, State.ISSUED, State.CONFIRMED)
+
+rotations = sa.Table(
+    "rotations",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("thing", sa.String(128), nullable=False, index=True),
+    sa.Column("old_serial", sa.String(42), nullable=False),
+    sa.Column("new_serial", sa.String(42), nullable=True),
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("days", sa.Integer, nullable=False),
+    sa.Column("requested_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("deadline", UtcDateTime, nullable=False),
+    sa.Column("confirmed_at", UtcDateTime, nullable=True),
+    sa.Column("completed_at", UtcDateTime, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+)
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(128), nullable=False),
+    sa.Column("expires_at", UtcDateTime, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Rotation:
+    id: str
+    thing: str
+    old_serial: str
+    new_serial: str | None
+    state: State
+    days: int
+    requested_at: dt.datetime
+    updated_at: dt.datetime
+    deadline: dt.datetime
+    confirmed_at: dt.datetime | None = None
+    completed_at: dt.datetime | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for key, value in self.__dict__.items():
+            data[key] = value.isoformat() if isinstance(value, dt.datetime) else value
+        data["state"] = self.state.value
+        return data
+
+
+def _why(exc: sa.exc.SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None)
+    return (str(orig) if orig is not None else str(exc)).splitlines()[0]
+
+
+def create(engine: Engine) -> None:
+    try:
+        metadata.create_all(engine, checkfirst=True)
+    except sa.exc.SQLAlchemyError as exc:
+        raise StorageError(f"rotation tables: {_why(exc)}") from None
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    try:
+        with engine.begin() as conn:
+            yield conn
+    except sa.exc.SQLAlchemyError as exc:
+        raise StorageError(f"rotation tables: {_why(exc)}") from None
+
+
+def _rotation(row: Any) -> Rotation:
+    m = row._mapping
+    return Rotation(
+        id=m["id"],
+        thing=m["thing"],
+        old_serial=m["old_serial"],
+        new_serial=m["new_serial"],
+        state=State(m["state"]),
+        days=m["days"],
+        requested_at=m["requested_at"],
+        updated_at=m["updated_at"],
+        deadline=m["deadline"],
+        confirmed_at=m["confirmed_at"],
+        completed_at=m["completed_at"],
+        error=m["error"],
+    )
+
+
+def insert(conn: Connection, items: Sequence[Rotation]) -> None:
+    if items:
+        conn.execute(
+            rotations.insert(),
+            [
+                {k: (v.value if isinstance(v, State) else v) for k, v in r.__dict__.items()}
+                for r in items
+            ],
+        )
+
+
+def get(conn: Connection, rotation_id: str) -> Rotation | None:
+    row = conn.execute(sa.select(rotations).where(rotations.c.id == rotation_id)).first()
+    return None if row is None else _rotation(row)
+
+
+def advance(conn: Connection, rotation_id: str, expected: State, to: State, **values: Any) -> bool:
+    """Compare-and-set: move one rotation from ``expected`` to ``to``; False if it was not
+    in ``expected`` any more (a repeat message, or another worker got there first)."""
+    done = conn.execute(
+        rotations.update()
+        .where(rotations.c.id == rotation_id, rotations.c.state == expected.value)
+        .values(state=to.value, **values)
+    )
+    return bool(done.rowcount)
+
+
+def open_things(conn: Connection, things: Sequence[str] | None = None) -> set[str]:
+    query = sa.select(rotations.c.thing).where(rotations.c.state.in_([s.value for s in OPEN]))
+    return {row[0] for row in conn.execute(query)}
+
+
+def failed_since(conn: Connection, since: dt.datetime) -> set[str]:
+    query = sa.select(rotations.c.thing).where(
+        rotations.c.state == State.FAILED.value, rotations.c.updated_at >= since
+    )
+    return {row[0] for row in conn.execute(query)}
+
+
+def select(
+    conn: Connection,
+    states: Sequence[State] = (),
+    *,
+    ids: Sequence[str] = (),
+    updated_before: dt.datetime | None = None,
+    deadline_before: dt.datetime | None = None,
+    confirmed_before: dt.datetime | None = None,
+    limit: int | None = None,
+) -> list[Rotation]:
+    c = rotations.c
+    query = sa.select(rotations)
+    if states:
+        query = query.where(c.state.in_([s.value for s in states]))
+    if ids:
+        query = query.where(c.id.in_(list(ids)))
+    if updated_before is not None:
+        query = query.where(c.updated_at < updated_before)
+    if deadline_before is not None:
+        query = query.where(c.deadline < deadline_before)
+    if confirmed_before is not None:
+        query = query.where(c.confirmed_at <= confirmed_before)
+    query = query.order_by(c.requested_at.desc(), c.id)
+    if limit is not None:
+        query = query.limit(limit)
+    return [_rotation(row) for row in conn.execute(query)]
+
+
+def counts(conn: Connection) -> dict[str, int]:
+    query = sa.select(rotations.c.state, sa.func.count()).group_by(rotations.c.state)
+    found = {state: int(n) for state, n in conn.execute(query)}
+    return {s.value: found.get(s.value, 0) for s in State}
+
+
+def take_lease(engine: Engine, name: str, holder: str, now: dt.datetime, ttl: dt.timedelta) -> bool:
+    """Hold ``name`` until ``now + ttl`` unless someone else holds it unexpired."""
+    with transaction(engine) as conn:
+        row = conn.execute(
+            sa.select(leases.c.holder, leases.c.expires_at).where(leases.c.name == name)
+        ).first()
+        if row is None:
+            try:
+                with conn.begin_nested():
+                    conn.execute(
+                        leases.insert().values(name=name, holder=holder, expires_at=now + ttl)
+                    )
+            except sa.exc.IntegrityError:
+                return False  # another daemon inserted it first
+            return True
+        if row.holder != holder and row.expires_at > now:
+            return False
+        done = conn.execute(
+            leases.update()
+            .where(leases.c.name == name, leases.c.holder == row.holder)
+            .values(holder=holder, expires_at=now + ttl)
+        )
+        return bool(done.rowcount)
+
+
+def lease_holder(engine: Engine, name: str, now: dt.datetime) -> str | None:
+    with transaction(engine) as conn:
+        row = conn.execute(
+            sa.select(leases.c.holder, leases.c.expires_at).where(leases.c.name == name)
+        ).first()
+    return None if row is None or row.expires_at <= now else str(row.holder)
+
+
+def release_lease(engine: Engine, name: str, holder: str) -> None:
+    with transaction(engine) as conn:
+        conn.execute(leases.delete().where(leases.c.name == name, leases.c.holder == holder))

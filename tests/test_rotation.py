@@ -1,0 +1,283 @@
+"""Rotation end to end: real Mosquitto with TLS client certificates, real paho devices that
+make their own keys, the real CLI (``fleetpki rotation …``), the inventory and the CRL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from cryptography import x509
+from paho.mqtt.enums import CallbackAPIVersion
+
+from devices import rotation_protocol as rp
+from devices.device import Credentials, PahoDevice, client_context
+from devices.impostors import try_https, try_mqtt
+from pki.clock import FixedClock
+from pki.delivery import make_key_and_csr
+from pki.model import KeyType
+from tests.device_fixtures import Stand, dev_up, fleetpki, make_home, ok, wait_for
+
+DEVICES = ("rot-1", "rot-2", "rot-3", "rot-bad", "rot-quiet", "rot-due")
+
+
+@pytest.fixture(scope="module")
+def stand(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stand]:
+    root = tmp_path_factory.mktemp("rotation")
+    saved = os.environ.pop("AWS_ENDPOINT_URL", None)  # dev up starts its own moto_server
+    home = make_home(root, DEVICES[:-1])
+    # rot-due: issued 6 days ago for 7 days, past its renewal time (2/3 of the lifetime)
+    six_days_ago = FixedClock(dt.datetime.now(dt.UTC) - dt.timedelta(days=6))
+    ok(home, "issue", "device", "rot-due", "--generate-key", "--days", "7", "--out",
+       root / "rot-due", clock=six_days_ago)  # fmt: skip
+    try:
+        s = dev_up(home, root)
+        try:
+            yield s
+        finally:
+            ok(home, "dev", "down")
+    finally:
+        if saved is not None:
+            os.environ["AWS_ENDPOINT_URL"] = saved
+
+
+class LiveDevice:
+    """A paho device on its own thread: connected, answering rotation requests, switching
+    to its new certificate when one arrives."""
+
+    def __init__(self, stand: Stand, name: str) -> None:
+        creds = Credentials.in_folder(name, stand.device(name), stand.ca_file)
+        self.device = PahoDevice(creds, "127.0.0.1", stand.mqtt_port, "things")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PahoDevice:
+        assert self.device.start()
+        self._thread.start()
+        assert wait_for(lambda: self.device.stats.connected), self.device.stats.refused
+        return self.device
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.device.client.loop(timeout=0.05)
+            if self.device.ready_to_switch(time.monotonic()):
+                self.device.switch()
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.device.close()
+
+
+def _records(stand: Stand, thing: str) -> list[dict[str, Any]]:
+    return list(json.loads(ok(stand.home, "list", "--thing", thing, "--json")))
+
+
+def _serial_of(path: Path) -> str:
+    cert = x509.load_pem_x509_certificates(path.read_bytes())[0]
+    return format(cert.serial_number, "x")
+
+
+def test_rotate_replaces_the_certificate_and_revokes_the_old_one(stand: Stand) -> None:
+    folder = stand.device("rot-1")
+    old_serial = stand.serial("rot-1")
+    with LiveDevice(stand, "rot-1") as device:
+        code, out, err = fleetpki(stand.home, "rotation", "rotate", "rot-1", "--grace", "0",
+                                  "--timeout", "60s", "--json")  # fmt: skip
+        assert code == 0, err
+        summary = json.loads(out)
+        assert summary["rotations"] == 1
+        assert summary["states"]["completed"] == 1
+        # the device moved to its new certificate and was not cut by the revocation
+        assert wait_for(lambda: device.stats.rotation_confirmed_at is not None)
+        time.sleep(0.5)
+        assert device.stats.disconnected_at is None
+        assert device.client.is_connected()
+    new_serial = _serial_of(folder / "fullchain.pem")
+    assert new_serial.lstrip("0") != old_serial.lstrip("0")
+    assert _serial_of(folder / "previous" / "fullchain.pem").lstrip("0") == old_serial.lstrip("0")
+    rows = {r["serial"].lstrip("0"): r for r in _records(stand, "rot-1")}
+    assert rows[old_serial.lstrip("0")]["status"] == "revoked"
+    assert rows[old_serial.lstrip("0")]["revocation_reason"] == "superseded"
+    new = rows[new_serial.lstrip("0")]
+    assert new["status"] == "active"
+    # the same lifetime as before (make_home issues for the default 90 days)
+    lifetime = dt.datetime.fromisoformat(new["not_after"]) - dt.datetime.fromisoformat(
+        new["not_before"]
+    )
+    assert dt.timedelta(days=90) <= lifetime <= dt.timedelta(days=90, minutes=6)
+    # the key never left the device: the inventory holds no private key
+    assert "PRIVATE KEY" not in json.dumps(rows)
+    # old certificate: refused by the broker and the HTTPS endpoint; new one accepted
+    old = Credentials.in_folder("rot-1", folder / "previous", stand.ca_file)
+    assert try_mqtt(old, stand) == "revoked"
+    assert try_https(old, stand) == "revoked"
+    current = Credentials.in_folder("rot-1", folder, stand.ca_file)
+    assert try_mqtt(current, stand) is None
+    assert try_https(current, stand) is None
+
+
+def test_a_wave_rotates_several_devices_and_a_repeat_changes_nothing(stand: Stand) -> None:
+    with LiveDevice(stand, "rot-2") as d2, LiveDevice(stand, "rot-3") as d3:
+        code, out, err = fleetpki(stand.home, "rotation", "rotate", "--match", "rot-[23]",
+                                  "--grace", "1h", "--timeout", "60s", "--json")  # fmt: skip
+        assert code == 0, err
+        summary = json.loads(out)
+        # with a grace period the command stops at 'confirmed'; the old ones stay valid
+        assert summary["states"]["confirmed"] == 2
+        assert d2.stats.rotated_serial and d3.stats.rotated_serial
+        # a second wave while these are in their grace period requests nothing
+        code, _out, err = fleetpki(stand.home, "rotation", "rotate", "rot-2", "--no-wait")
+        assert code == 1
+        assert "already has a rotation in progress" in err
+    for thing in ("rot-2", "rot-3"):
+        statuses = sorted(r["status"] for r in _records(stand, thing))
+        assert statuses == ["active", "active"]  # old one valid until the grace ends
+    status = json.loads(ok(stand.home, "rotation", "status", "--json"))
+    assert status["states"]["confirmed"] >= 2
+
+
+def test_a_csr_for_another_name_fails_the_rotation_and_issues_nothing(stand: Stand) -> None:
+    """A device (here a raw client with rot-bad's certificate) that answers with a CSR for
+    another thing gets the policy's refusal; no certificate is issued."""
+    folder = stand.device("rot-bad")
+    creds = Credentials.in_folder("rot-bad", folder, stand.ca_file)
+    refusals: list[rp.CertificateMessage] = []
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="rot-bad")
+    client.tls_set_context(client_context(creds))
+
+    def on_message(c: Any, _u: Any, message: Any) -> None:
+        _thing, kind = rp.parse_topic("things", message.topic)
+        decoded = rp.decode(kind, bytes(message.payload))
+        if isinstance(decoded, rp.Request):
+            _key, csr = make_key_and_csr(KeyType.EC_P256, "rot-1")  # someone else's name
+            c.publish(rp.topic("things", "rot-bad", "csr"), rp.encode(rp.CsrMessage(
+                decoded.rotation_id, csr)), qos=1)  # fmt: skip
+        elif isinstance(decoded, rp.CertificateMessage):
+            refusals.append(decoded)
+
+    subscribed = threading.Event()
+    client.on_message = on_message
+    client.on_subscribe = lambda *_a: subscribed.set()
+    client.connect("127.0.0.1", stand.mqtt_port)
+    client.subscribe([(rp.topic("things", "rot-bad", k), 1) for k in ("request", "certificate")])
+    client.loop_start()
+    try:
+        assert subscribed.wait(10)
+        before = len(_records(stand, "rot-bad"))
+        code, out, _err = fleetpki(stand.home, "rotation", "rotate", "rot-bad", "--grace", "0",
+                                   "--timeout", "30s", "--json")  # fmt: skip
+        assert code == 1
+        summary = json.loads(out)
+        assert summary["states"]["failed"] == 1
+        assert "cn-mismatch" in summary["failed"][0]["error"]
+        assert wait_for(lambda: bool(refusals))
+        assert refusals[0].error == "cn-mismatch"
+        assert len(_records(stand, "rot-bad")) == before  # nothing issued
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_rotate_names_what_is_wrong(stand: Stand) -> None:
+    code, _out, err = fleetpki(stand.home, "rotation", "rotate")
+    assert code == 2
+    assert "name the things to rotate" in err
+    code, _out, err = fleetpki(stand.home, "rotation", "rotate", "no-such-thing")
+    assert code == 2
+    assert "no active device certificate for no-such-thing" in err
+    code, _out, err = fleetpki(stand.home, "rotation", "rotate", "rot-1", "--grace", "soon")
+    assert code == 2
+    assert "'soon' is not a duration" in err
+
+
+def test_rotate_without_the_broker_says_how_to_start_it(tmp_path: Path) -> None:
+    home = make_home(tmp_path, ["lonely-1"])
+    code, _out, err = fleetpki(home, "rotation", "rotate", "lonely-1")
+    assert code == 2
+    assert "fleetpki dev up" in err
+    assert err.count("\n") == 1
+
+
+def test_plan_lists_what_is_due_and_run_once_rotates_it(stand: Stand) -> None:
+    due = json.loads(ok(stand.home, "rotation", "plan", "--json"))
+    assert [d["thing"] for d in due] == ["rot-due"]
+    ahead = json.loads(ok(stand.home, "rotation", "plan", "--horizon", "400d", "--json"))
+    assert {"rot-due", "rot-quiet"} <= {d["thing"] for d in ahead}
+    with LiveDevice(stand, "rot-due") as device:
+        code, out, err = fleetpki(stand.home, "rotation", "run", "--once", "--grace", "0",
+                                  "--timeout", "60s")  # fmt: skip
+        assert code == 0, err
+        result = json.loads(out)
+        assert result["requested"] == 1
+        assert result["states"]["completed"] == 1
+        assert device.stats.rotated_serial is not None
+    # the replacement has the old lifetime (7 days) and nothing is due any more
+    assert json.loads(ok(stand.home, "rotation", "plan", "--json")) == []
+    active = [r for r in _records(stand, "rot-due") if r["status"] == "active"]
+    assert len(active) == 1
+    lifetime = dt.datetime.fromisoformat(active[0]["not_after"]) - dt.datetime.fromisoformat(
+        active[0]["not_before"]
+    )
+    assert dt.timedelta(days=7) <= lifetime <= dt.timedelta(days=7, minutes=6)
+
+
+def test_daemon_serves_metrics_holds_the_lease_and_stops_on_sigterm(stand: Stand) -> None:
+    from devices.standins import free_port
+
+    port = free_port()
+    exe = Path(sys.executable).parent / "fleetpki"
+    daemon = subprocess.Popen(
+        [str(exe), "--home", str(stand.home), "rotation", "run", "--interval", "1h",
+         "--metrics-port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+
+        def metrics() -> str:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    return str(r.read().decode())
+            except OSError:
+                return ""
+
+        assert wait_for(lambda: "fleetpki_rotation_last_plan_timestamp_seconds " in metrics(), 30)
+        text = metrics()
+        assert "fleetpki_rotation_requests_total" in text
+        assert "fleetpki_crl_next_update_timestamp_seconds" in text
+        # a second daemon on the same inventory is refused while the first holds the lease
+        status = json.loads(ok(stand.home, "rotation", "status", "--json"))
+        assert status["daemon"] is not None
+        code, _out, err = fleetpki(stand.home, "rotation", "run", "--metrics-port", "0")
+        assert code == 2
+        assert "another rotation daemon" in err
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(20)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            raise
+    assert daemon.returncode == 0, daemon.stderr.read() if daemon.stderr else ""
+    # the lease is released: the next daemon may start
+    assert json.loads(ok(stand.home, "rotation", "status", "--json"))["daemon"] is None
+
+
+def test_a_device_name_cannot_take_a_service_identity(tmp_path: Path) -> None:
+    home = make_home(tmp_path, [])
+    code, _out, err = fleetpki(home, "issue", "device", "fleetpki-rotation", "--generate-key",
+                               "--out", tmp_path / "x")  # fmt: skip
+    assert code == 2
+    assert "reserved-thing-name" in err
+    assert not (tmp_path / "x").exists()

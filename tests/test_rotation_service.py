@@ -1,0 +1,236 @@
+"""The rotation service's decisions over time (FixedClock), on SQLite and PostgreSQL: the
+answer timeout, the grace period, redelivered and stray messages, the daemon lease, CRL
+re-signing, IoT Core registration of the new certificate (moto). The messages the service
+sends are recorded; the MQTT path itself is tested end to end in test_rotation.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+from devices import rotation_protocol as rp
+from pki.cli import State
+from pki.clock import FixedClock
+from pki.delivery import make_key_and_csr
+from pki.errors import OperatorError
+from pki.model import KeyType
+from rotation import store
+from rotation.daemon import Daemon
+from rotation.executor import RotationService, RotationSettings
+from rotation.planner import active_devices
+from tests.device_fixtures import ok
+
+T0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, rp.Message]] = []
+
+    def send(self, thing: str, message: rp.Message) -> None:
+        self.sent.append((thing, message))
+
+    def last(self, thing: str, kind: type[Any]) -> Any:
+        return [m for t, m in self.sent if t == thing and isinstance(m, kind)][-1]
+
+
+@pytest.fixture
+def world(tmp_path: Path, db_url: str | None) -> dict[str, Any]:
+    """A CA and two devices on SQLite and on PostgreSQL (FLEETPKI_DATABASE_URL)."""
+    home = tmp_path / "home"
+    clock = FixedClock(T0)
+    ok(home, "ca", "init", clock=clock)
+    for thing in ("t-1", "t-2"):
+        ok(home, "issue", "device", thing, "--generate-key", "--out", tmp_path / thing, clock=clock)
+    state = State(home, clock)
+    recorder = Recorder()
+    service = RotationService(
+        home=state.home,
+        inventory=state.inventory(),
+        issuer=state.issuer(),
+        sender=recorder,
+        clock=clock,
+        settings=RotationSettings(grace=dt.timedelta(hours=1)),
+    )
+    return {"home": home, "clock": clock, "state": state, "sent": recorder, "service": service}
+
+
+def _request(world: dict[str, Any], *things: str) -> list[store.Rotation]:
+    state, service = world["state"], world["service"]
+    items = active_devices(state.inventory(), world["clock"].now(), things=things)
+    return list(service.request(items))
+
+
+def _answer_csr(world: dict[str, Any], thing: str, name: str | None = None) -> bytes:
+    request = world["sent"].last(thing, rp.Request)
+    key, csr = make_key_and_csr(KeyType.EC_P256, name or thing)
+    world["service"].handle(thing, "csr", rp.encode(rp.CsrMessage(request.rotation_id, csr)))
+    world["service"].process(wait=0)
+    return key
+
+
+def _rows(world: dict[str, Any]) -> dict[str, store.Rotation]:
+    with store.transaction(world["state"].inventory().engine) as conn:
+        return {r.thing: r for r in store.select(conn)}
+
+
+def test_full_rotation_with_grace_then_superseded(world: dict[str, Any]) -> None:
+    service, clock, sent = world["service"], world["clock"], world["sent"]
+    (rotation,) = _request(world, "t-1")
+    assert sent.last("t-1", rp.Request).serial == rotation.old_serial
+    _answer_csr(world, "t-1")
+    reply = sent.last("t-1", rp.CertificateMessage)
+    assert reply.ok
+    leaf = x509.load_pem_x509_certificates(reply.fullchain_pem)
+    assert len(leaf) == 2  # the certificate, then the issuing CA
+    assert _rows(world)["t-1"].state is store.State.ISSUED
+    # a redelivered CSR gets the same certificate again, nothing new is issued
+    before = len(world["state"].inventory().find(now=clock.now(), thing="t-1"))
+    service.handle("t-1", "csr", rp.encode(rp.CsrMessage(rotation.id, b"-----BEGIN x")))
+    service.process(wait=0)
+    assert sent.last("t-1", rp.CertificateMessage).serial == reply.serial
+    assert len(world["state"].inventory().find(now=clock.now(), thing="t-1")) == before
+    # confirmation; the old certificate stays valid through the grace period
+    service.handle("t-1", "confirm", rp.encode(rp.Confirm(rotation.id, reply.serial)))
+    service.process(wait=0)
+    assert _rows(world)["t-1"].state is store.State.CONFIRMED
+    clock.advance(dt.timedelta(minutes=59))
+    assert service.sweep().completed == []
+    old = world["state"].inventory().get(int(rotation.old_serial, 16))
+    assert old.status.value == "active"
+    clock.advance(dt.timedelta(minutes=2))
+    result = service.sweep()
+    assert [r.id for r in result.completed] == [rotation.id]
+    old = world["state"].inventory().get(int(rotation.old_serial, 16))
+    assert old.status.value == "revoked"
+    assert old.revocation_reason is not None and old.revocation_reason.value == "superseded"
+    crl = x509.load_pem_x509_crl(world["state"].home.crl_path.read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(int(rotation.old_serial, 16))
+    assert _rows(world)["t-1"].state is store.State.COMPLETED
+    assert service.metrics.completed._value.get() == 1
+
+
+def test_unanswered_rotations_time_out_and_are_retried_later(world: dict[str, Any]) -> None:
+    service, clock = world["service"], world["clock"]
+    (first,) = _request(world, "t-2")
+    clock.advance(dt.timedelta(minutes=16))
+    result = service.sweep()
+    assert [r.id for r in result.expired] == [first.id]
+    row = _rows(world)["t-2"]
+    assert row.state is store.State.FAILED
+    assert row.error is not None and "did not send its CSR" in row.error
+    # within retry_after the thing is left alone, unless forced; later it is asked again
+    assert _request(world, "t-2") == []
+    clock.advance(dt.timedelta(hours=1, seconds=1))
+    (again,) = _request(world, "t-2")
+    assert again.id != first.id
+    # the old certificate was never touched
+    assert world["state"].inventory().get(int(first.old_serial, 16)).status.value == "active"
+
+
+def test_stray_and_mismatched_messages_change_nothing(world: dict[str, Any]) -> None:
+    service, sent = world["service"], world["sent"]
+    (rotation,) = _request(world, "t-1")
+    # a CSR naming t-1's rotation, arriving on t-2's topic; garbage; an unknown id
+    _key, csr = make_key_and_csr(KeyType.EC_P256, "t-2")
+    service.handle("t-2", "csr", rp.encode(rp.CsrMessage(rotation.id, csr)))
+    service.handle("t-1", "csr", b"{not json")
+    service.handle("t-1", "confirm", rp.encode(rp.Confirm("f" * 32, "0a")))
+    service.process(wait=0)
+    assert service.metrics.bad_messages._value.get() == 3
+    assert _rows(world)["t-1"].state is store.State.REQUESTED
+    assert [m for _t, m in sent.sent if isinstance(m, rp.CertificateMessage)] == []
+    # a CSR for another name: refused by the policy, the device is told why
+    _answer_csr(world, "t-1", name="t-2")
+    refusal = sent.last("t-1", rp.CertificateMessage)
+    assert (refusal.ok, refusal.error) == (False, "cn-mismatch")
+    assert _rows(world)["t-1"].state is store.State.FAILED
+    # a confirmation of a serial that was never sent is not a confirmation
+    (second,) = _request(world, "t-2")
+    _answer_csr(world, "t-2")
+    service.handle("t-2", "confirm", rp.encode(rp.Confirm(second.id, "0bad")))
+    service.process(wait=0)
+    assert _rows(world)["t-2"].state is store.State.ISSUED
+
+
+def test_the_lease_keeps_a_second_daemon_out(world: dict[str, Any]) -> None:
+    service, clock = world["service"], world["clock"]
+    first = Daemon(service, list, interval=60, holder="host-a:1")
+    second = Daemon(service, list, interval=60, holder="host-b:2")
+    first.acquire()
+    with pytest.raises(OperatorError, match=r"another rotation daemon \(host-a:1\)"):
+        second.acquire()
+    # a crashed holder's lease runs out
+    clock.advance(first.lease_ttl + dt.timedelta(seconds=1))
+    second.acquire()
+    assert not first._renew()
+    assert first.stop.is_set()
+
+
+def test_crl_is_resigned_before_next_update_only(world: dict[str, Any]) -> None:
+    service, clock = world["service"], world["clock"]
+    called: list[bool] = []
+    service.on_crl = lambda: called.append(True)
+    assert service.refresh_crl()  # no CRL yet
+    path = world["state"].home.crl_path
+    first = x509.load_pem_x509_crl(path.read_bytes())
+    assert not service.refresh_crl()  # 7 days left, more than the 3-day margin
+    clock.advance(dt.timedelta(days=4, seconds=1))
+    assert service.refresh_crl()
+    second = x509.load_pem_x509_crl(path.read_bytes())
+    assert second.next_update_utc is not None and first.next_update_utc is not None
+    assert second.next_update_utc > first.next_update_utc
+    number = x509.CRLNumber
+    assert (
+        second.extensions.get_extension_for_class(number).value.crl_number
+        > first.extensions.get_extension_for_class(number).value.crl_number
+    )
+    assert called == [True, True]
+
+
+def test_a_provisioned_thing_gets_its_new_certificate_registered_with_iot_core(
+    tmp_path: Path, aws: str
+) -> None:
+    from rotation.cli import _iot_register
+
+    home = tmp_path / "home"
+    clock = FixedClock(dt.datetime.now(dt.UTC))
+    ok(home, "ca", "init", clock=clock)
+    ok(home, "iot", "provision", "pump-9", "--generate-key", "--out", tmp_path / "p9", clock=clock)
+    state = State(home, clock)
+    recorder = Recorder()
+    service = RotationService(
+        home=state.home,
+        inventory=state.inventory(),
+        issuer=state.issuer(),
+        sender=recorder,
+        clock=clock,
+        settings=RotationSettings(grace=dt.timedelta(0)),
+        register=_iot_register(state),
+    )
+    world = {"state": state, "service": service, "sent": recorder, "clock": clock}
+    (rotation,) = _request(world, "pump-9")
+    _answer_csr(world, "pump-9")
+    reply = recorder.last("pump-9", rp.CertificateMessage)
+    assert reply.ok
+    service.handle("pump-9", "confirm", rp.encode(rp.Confirm(rotation.id, reply.serial)))
+    service.process(wait=0)
+    assert [r.id for r in service.sweep().completed] == [rotation.id]
+
+    import boto3
+
+    iot = boto3.client("iot")
+    principals = iot.list_thing_principals(thingName="pump-9")["principals"]
+    assert len(principals) == 2
+    by_status: dict[str, list[str]] = {}
+    for arn in principals:
+        described = iot.describe_certificate(certificateId=arn.split("/")[-1])
+        pem = described["certificateDescription"]["certificatePem"]
+        serial = format(x509.load_pem_x509_certificate(pem.encode()).serial_number, "x")
+        by_status.setdefault(described["certificateDescription"]["status"], []).append(serial)
+    assert by_status["ACTIVE"] == [reply.serial.lstrip("0")]
+    assert by_status["REVOKED"] == [rotation.old_serial.lstrip("0")]
