@@ -775,10 +775,50 @@ def bench_fleet(sizes: dict[str, int], work: Path) -> list[Figure]:
                 "--json",
             )
         )
+        log(f"fleet: rotation wave of {devices} devices over MQTT")
+        wave = json.loads(
+            _cli(
+                home,
+                "fleet",
+                "simulate",
+                "--devices",
+                str(devices),
+                "--duration",
+                "2",
+                "--scenario",
+                "rotation",
+                "--json",
+            )
+        )
     finally:
         _cli(home, "dev", "down")
     rate = summary["connect_phase"]["connects_per_s"] or 0.0
+    rotation = wave["rotation"]
+    service = rotation["service"] or {}
+    wave_seconds = rotation["wave_seconds"] or float("nan")
+    connect_seconds = summary["connect_phase"]["seconds"] or float("nan")
     return [
+        Figure(
+            "rotation_wave",
+            f"rotation wave over MQTT, {devices} devices (request -> new key + CSR -> issue -> "
+            "certificate -> reconnect -> confirm)",
+            wave_seconds,
+            "s",
+            connect_seconds,
+            "the same fleet's first connect phase (s)",
+            wave_seconds / connect_seconds,
+            "report (every device rotated)",
+            None if wave["checks"]["passed"] else False,
+            {
+                "confirmed": rotation["devices_confirmed"],
+                "completed": service.get("states", {}).get("completed"),
+                "command_seconds": service.get("seconds"),
+                "per_device_p50_s": rotation["per_device_seconds"]["p50"],
+                "per_device_p99_s": rotation["per_device_seconds"]["p99"],
+                "lost": wave["messages"]["lost"],
+                "checks_passed": wave["checks"]["passed"],
+            },
+        ),
         Figure(
             "fleet_connects",
             f"MQTT mTLS connects, {devices} simulated devices",

@@ -12,6 +12,7 @@ inventory's database.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -409,16 +410,20 @@ def on_certificate_revoked(database_url: str, serial: int) -> bool:
     """The revocation hook's IoT part: REVOKED in IoT Core when fleetpki registered the
     certificate. Returns whether IoT Core was changed."""
     from pki.clock import SystemClock
-    from pki.inventory import Inventory
     from pki.model import serial_hex
 
-    inventory = Inventory.open(database_url)
-    try:
-        store.create(inventory.engine)
-        if store.certificate(inventory.engine, serial_hex(serial)) is None:
-            return False
-        return IotCore(inventory.engine, SystemClock()).set_status(
-            serial_hex(serial), IotStatus.REVOKED
-        )
-    finally:
-        inventory.close()
+    engine = _hook_engine(database_url)
+    if store.certificate(engine, serial_hex(serial)) is None:
+        return False
+    return IotCore(engine, SystemClock()).set_status(serial_hex(serial), IotStatus.REVOKED)
+
+
+@functools.lru_cache(maxsize=4)
+def _hook_engine(database_url: str) -> Any:
+    """One engine per database for the revocation hook: a wave of superseded certificates
+    calls it once per certificate."""
+    from pki.inventory import Inventory
+
+    engine = Inventory.open(database_url).engine
+    store.create(engine)
+    return engine

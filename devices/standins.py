@@ -573,6 +573,11 @@ def reload_crl(home: Home, state: DevState) -> None:
     The HTTPS stand-in notices the new file by itself before its next handshake.
     """
     data = home.crl_path.read_bytes()
+    try:
+        if state.crl_file.read_bytes() == data:
+            return  # already in place (a batch revocation calls this per certificate)
+    except OSError:
+        pass
     _write(state.crl_file, data, 0o644, _mosquitto_uid())
     try:
         os.kill(state.mosquitto_pid, signal.SIGHUP)

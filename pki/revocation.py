@@ -183,7 +183,7 @@ def revoke_and_publish(
     was interrupted half way is finished by running it again. A wrong CA passphrase is
     found before anything changes.
     """
-    from pki.hooks import RevocationEvent, run_revocation_hooks
+    from pki.hooks import RevocationEvent, revocation_hooks, run_revocation_hooks
 
     signs_crl = sign_crl and isinstance(ca, CrlSigner)
     if signs_crl:
@@ -197,11 +197,13 @@ def revoke_and_publish(
         r.changed or not crl_lists(home.crl_path, r.record.serial) for r in results
     ):
         crl = refresh_home_crl(home, inventory, ca, clock, actor)
+    hooks = revocation_hooks() if results else []  # looked up once, not per certificate
     for result in results:
         record = result.record
         run_revocation_hooks(
             RevocationEvent(
                 record, record.revocation_reason or reason, home.path, crl_path, home.database_url
-            )
+            ),
+            hooks,
         )
     return CompletedRevocation(results, crl, crl_path)
