@@ -31,15 +31,15 @@ def test_errors_survive_a_trip_through_pickle() -> None:
 def test_parallel_batch_matches_serial(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str | None
 ) -> None:
-    monkeypatch.setattr("pki.issuance.BATCH_COMMIT_SIZE", 7)
+    monkeypatch.setattr("pki.issuance.FORKED_CHUNK", 7)  # several chunks per worker
     workers_used: list[int] = []
-    real = pki.issuance.Issuer._outcomes
+    real = pki.issuance.Issuer._issue_forked
 
-    def spy(self: pki.issuance.Issuer, requests: object, workers: int) -> object:
-        workers_used.append(workers)
-        return real(self, requests, workers)  # type: ignore[arg-type]
+    def spy(self: pki.issuance.Issuer, *args: object) -> object:
+        workers_used.append(args[4])  # type: ignore[arg-type]
+        return real(self, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(pki.issuance.Issuer, "_outcomes", spy)
+    monkeypatch.setattr(pki.issuance.Issuer, "_issue_forked", spy)
     batch = tmp_path / "csrs"
     batch.mkdir()
     for i in range(40):
