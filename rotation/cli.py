@@ -10,11 +10,12 @@ import logging
 import signal
 import statistics
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from pki.cli_options import err, print_json
+from pki.cli_options import KEY_TYPES, err, print_json
 
 if TYPE_CHECKING:
     from devices.rotation_channel import ServiceChannel
@@ -461,3 +462,157 @@ def status_command(as_json: bool) -> None:
     click.echo(f"daemon: {data['daemon'] or 'not running'}")
     for r in failed:
         click.echo(f"failed {r.thing} ({r.requested_at:%Y-%m-%d %H:%M}): {r.error}")
+
+
+# ------------------------------------------------------------------------------ servers
+
+
+@rotation.group("server")
+def server_group() -> None:
+    """Server certificates kept current on disk: DIR/current -> DIR/versions/SERIAL/
+    (key.pem, cert.pem, chain.pem, fullchain.pem), swapped atomically, then the server's
+    reload command. Configure the server with DIR/current/fullchain.pem and
+    DIR/current/key.pem."""
+
+
+@server_group.command("add")
+@click.argument("name")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="The folder the server reads its certificate from.",
+)
+@click.option("--dns", multiple=True, help="DNS name (repeatable; default: NAME itself).")
+@click.option("--ip", "ips", multiple=True, help="IP address (repeatable).")
+@click.option("--days", type=click.IntRange(1, 397), default=90, show_default=True)
+@click.option("--key-type", type=click.Choice(KEY_TYPES), default="ec-p256", show_default=True)
+@click.option(
+    "--reload-command",
+    metavar="CMD",
+    help="Run after each replacement, without a shell (e.g. 'systemctl reload nginx').",
+)
+@click.option("--force", is_flag=True, help="Replace an existing target of that name.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def server_add(
+    name: str,
+    directory: Path,
+    dns: tuple[str, ...],
+    ips: tuple[str, ...],
+    days: int,
+    key_type: str,
+    reload_command: str | None,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Issue a server certificate into --dir now and keep it current from then on (the
+    daemon replaces it past its renewal time, with the same names and lifetime)."""
+    import ipaddress
+    import shlex
+
+    from pki.errors import InvalidInput
+    from rotation import servers
+
+    try:
+        addresses = tuple(str(ipaddress.ip_address(a)) for a in ips)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+    if not dns:  # NAME is the DNS name (or the address, when it is one)
+        try:
+            addresses = (str(ipaddress.ip_address(name)), *addresses)
+        except ValueError:
+            dns = (name,)
+    try:
+        command = tuple(shlex.split(reload_command)) if reload_command else ()
+    except ValueError as exc:
+        raise InvalidInput(f"--reload-command: {exc}") from None
+    state = _state()
+    target = servers.ServerTarget(
+        name=name,
+        directory=directory.absolute(),
+        dns=dns,
+        ips=addresses,
+        key_type=key_type,
+        days=days,
+        reload_command=command,
+    )
+    placed = servers.add(
+        state.inventory().engine,
+        state.issuer(),
+        target,
+        state.clock.now(),
+        state.home.actor(),
+        force=force,
+    )
+    if as_json:
+        print_json(placed.to_json())
+    else:
+        click.echo(f"{name}: certificate {placed.serial} in {placed.current}")
+
+
+@server_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def server_list(as_json: bool) -> None:
+    """The server targets and the certificate each has installed."""
+    from rotation import servers, store
+
+    engine = _state().inventory().engine
+    store.create(engine)
+    found = servers.targets(engine)
+    if as_json:
+        print_json([t.to_json() for t in found])
+        return
+    for t in found:
+        click.echo(f"{t.name:<32} {t.serial}  {t.current}")
+    if not found:
+        click.echo("no server targets (add one with 'fleetpki rotation server add')")
+
+
+@server_group.command("remove")
+@click.argument("name")
+def server_remove(name: str) -> None:
+    """Stop keeping NAME current (its files and certificates stay as they are)."""
+    from rotation import servers, store
+
+    engine = _state().inventory().engine
+    store.create(engine)
+    gone = servers.remove(engine, name)
+    click.echo(f"no longer rotating {name} ({gone.current} left in place)")
+
+
+@server_group.command("rotate")
+@click.argument("name")
+@grace_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def server_rotate(name: str, grace: str, as_json: bool) -> int:
+    """Replace NAME's certificate now (e.g. after a key compromise), reload the server,
+    and revoke the old certificate after --grace (0: now)."""
+    from pki.errors import BackendError
+    from rotation import servers
+    from rotation.executor import RotationService
+
+    state = _state()
+    settings = _settings(grace, "15m")
+    engine = state.inventory().engine
+    servers.target(engine, name)  # NotFound names the problem
+
+    service = RotationService(
+        home=state.home,
+        inventory=state.inventory(),
+        issuer=state.issuer(),
+        sender=None,
+        clock=state.clock,
+        settings=settings,
+    )
+    (done,) = service.rotate_servers([], names=[name])
+    if settings.grace == dt.timedelta(0) and done.state.value == "confirmed":
+        service.sweep()
+    rows = service.open_rotations([done.id])
+    if as_json:
+        print_json(rows[0].to_json())
+    else:
+        click.echo(f"{name}: {rows[0].state.value}, certificate {rows[0].new_serial}")
+    if rows[0].state.value == "failed":
+        raise BackendError(f"rotate {name}", "server", rows[0].error or "failed")
+    return 0

@@ -80,9 +80,16 @@ class Daemon:
         self.service.metrics.due.set(len(items))
         self.service.metrics.last_plan.set(time.time())
         requested = self.service.request(items)
-        if requested:
-            log.info("%d certificates due, %d rotations requested", len(items), len(requested))
-        return len(requested)
+        servers = self.service.rotate_servers(items)
+        if requested or servers:
+            log.info(
+                "%d certificates due: %d device rotations requested, %d server certificates "
+                "replaced",
+                len(items),
+                len(requested),
+                len(servers),
+            )
+        return len(requested) + len(servers)
 
     def sweep(self) -> None:
         if self._renew():

@@ -16,8 +16,8 @@ import queue
 import secrets
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography import x509
 
@@ -33,6 +33,9 @@ from rotation import store
 from rotation.metrics import Metrics
 from rotation.planner import PlanItem
 from rotation.store import Rotation, State
+
+if TYPE_CHECKING:
+    from rotation import servers as servers_mod
 
 log = logging.getLogger("fleetpki.rotation")
 
@@ -79,7 +82,7 @@ class RotationService:
         home: Home,
         inventory: Inventory,
         issuer: Issuer,
-        sender: Sender,
+        sender: Sender | None,  # None: server certificates only
         clock: Clock,
         settings: RotationSettings | None = None,
         register: Register | None = None,
@@ -90,7 +93,7 @@ class RotationService:
         self.home = home
         self.inventory = inventory
         self.issuer = issuer
-        self.sender = sender
+        self._sender = sender
         self.clock = clock
         self.settings = settings or RotationSettings()
         self.register = register
@@ -100,6 +103,12 @@ class RotationService:
         self.inbox: queue.Queue[tuple[str, str, bytes]] = queue.Queue()
         self._lock = threading.RLock()
         store.create(inventory.engine)
+
+    @property
+    def sender(self) -> Sender:
+        if self._sender is None:
+            raise AssertionError("this service has no MQTT channel to the devices")
+        return self._sender
 
     # -- requests -------------------------------------------------------------------------
 
@@ -406,6 +415,79 @@ class RotationService:
             if self.on_crl is not None:
                 self.on_crl()
             return True
+
+    # -- server certificates on disk ------------------------------------------------------
+
+    def rotate_servers(
+        self, items: Sequence[PlanItem], *, names: Sequence[str] = ()
+    ) -> list[Rotation]:
+        """Replace the certificates of the server targets that are due (or named): a key
+        and certificate made here, swapped in on disk, the server reloaded; the old
+        certificate is revoked as superseded after the grace period (``sweep``)."""
+        from rotation import servers
+
+        with self._lock:
+            engine = self.inventory.engine
+            due = {serial_hex(i.serial) for i in items if i.profile == "server"}
+            with store.transaction(engine) as conn:
+                busy = store.open_things(conn)
+            done = []
+            for target in servers.targets(engine):
+                if target.name in busy or not (target.serial in due or target.name in names):
+                    continue
+                done.append(self._rotate_server(target))
+            return done
+
+    def _rotate_server(self, target: servers_mod.ServerTarget) -> Rotation:
+        from rotation import servers
+
+        now = self.clock.now()
+        rotation = Rotation(
+            id=secrets.token_hex(16),
+            thing=target.name,
+            old_serial=target.serial,
+            new_serial=None,
+            state=State.REQUESTED,
+            days=target.days,
+            requested_at=now,
+            updated_at=now,
+            deadline=now + self.settings.answer_timeout,
+        )
+        engine = self.inventory.engine
+        with store.transaction(engine) as conn:
+            store.insert(conn, [rotation])
+        self.metrics.requested.inc()
+        try:
+            key_pem, issued = servers.issue_for(self.issuer, target, self.actor)
+            servers.install(target.directory, key_pem, issued)
+        except FleetPkiError as exc:
+            self._fail(rotation, State.REQUESTED, "server-issue", str(exc), now)
+            return replace(rotation, state=State.FAILED, error=str(exc))
+        new = issued.record.serial_hex
+        servers.record_serial(engine, target.name, new, now)
+        self.metrics.issued.inc()
+        try:
+            servers.reload(target)
+        except FleetPkiError as exc:
+            # installed, but the server may still serve the old one: keep that valid
+            with store.transaction(engine) as conn:
+                store.advance(conn, rotation.id, State.REQUESTED, State.ISSUED, new_serial=new)
+            message = f"installed {new} in {target.current}, but {exc}"
+            self._fail(rotation, State.ISSUED, "reload", message, now)
+            return replace(rotation, new_serial=new, state=State.FAILED, error=message)
+        with store.transaction(engine) as conn:
+            store.advance(
+                conn,
+                rotation.id,
+                State.REQUESTED,
+                State.CONFIRMED,
+                new_serial=new,
+                confirmed_at=now,
+                updated_at=now,
+            )
+        self.metrics.confirmed.inc()
+        log.info("server %s: certificate %s installed in %s", target.name, new, target.current)
+        return replace(rotation, new_serial=new, state=State.CONFIRMED, confirmed_at=now)
 
     def open_rotations(self, ids: Sequence[str]) -> list[Rotation]:
         with store.transaction(self.inventory.engine) as conn:

@@ -47,6 +47,18 @@ rotations = sa.Table(
     sa.Column("error", sa.Text, nullable=True),
 )
 
+# Server certificates kept current on disk (rotation.servers).
+server_targets = sa.Table(
+    "server_targets",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("directory", sa.Text, nullable=False),
+    sa.Column("spec", sa.Text, nullable=False),  # JSON: names, key type, days, reload command
+    sa.Column("serial", sa.String(42), nullable=False),  # the certificate installed now
+    sa.Column("added_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
 leases = sa.Table(
     "leases",
     metadata,
@@ -145,7 +157,7 @@ def advance(conn: Connection, rotation_id: str, expected: State, to: State, **va
     return bool(done.rowcount)
 
 
-def open_things(conn: Connection, things: Sequence[str] | None = None) -> set[str]:
+def open_things(conn: Connection) -> set[str]:
     query = sa.select(rotations.c.thing).where(rotations.c.state.in_([s.value for s in OPEN]))
     return {row[0] for row in conn.execute(query)}
 

@@ -1,0 +1,252 @@
+"""Server certificates fleetpki keeps current on disk: each target is a folder that a server
+(Mosquitto, nginx, the HTTPS stand-in...) reads its certificate and key from.
+
+Layout, so that a replacement is atomic for the key *and* the certificate together::
+
+    DIR/current -> versions/<serial>        (a symlink, swapped with one rename)
+    DIR/versions/<serial>/key.pem           (0600, made here: the server is ours)
+                         /cert.pem, chain.pem, fullchain.pem
+
+The server is configured with ``DIR/current/fullchain.pem`` and ``DIR/current/key.pem``.
+After the swap the target's reload command runs (no shell); the replaced certificate is
+revoked as superseded after the grace period, like a device's. The three newest versions
+are kept for rollback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from pki.delivery import CERT_FILE, CHAIN_FILE, FULLCHAIN_FILE, KEY_FILE, make_key_and_csr
+from pki.errors import AlreadyExists, BackendError, InvalidInput, NotFound
+from pki.files import atomic_write, ensure_dir
+from pki.issuance import Issuer
+from pki.model import IssuedCertificate, IssueRequest, KeyType
+from rotation import store
+from rotation.store import server_targets
+
+KEEP_VERSIONS = 3
+RELOAD_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class ServerTarget:
+    name: str
+    directory: Path
+    dns: tuple[str, ...] = ()
+    ips: tuple[str, ...] = ()
+    key_type: str = KeyType.EC_P256.value
+    days: int = 90
+    reload_command: tuple[str, ...] = ()
+    serial: str = ""  # the certificate installed now
+
+    @property
+    def current(self) -> Path:
+        return self.directory / "current"
+
+    def spec(self) -> str:
+        return json.dumps(
+            {
+                "dns": list(self.dns),
+                "ips": list(self.ips),
+                "key_type": self.key_type,
+                "days": self.days,
+                "reload_command": list(self.reload_command),
+            },
+            sort_keys=True,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "directory": str(self.directory),
+            "dns": list(self.dns),
+            "ips": list(self.ips),
+            "key_type": self.key_type,
+            "days": self.days,
+            "reload_command": list(self.reload_command),
+            "serial": self.serial,
+        }
+
+
+def _target(row: Any) -> ServerTarget:
+    spec = json.loads(row.spec)
+    return ServerTarget(
+        name=row.name,
+        directory=Path(row.directory),
+        dns=tuple(spec["dns"]),
+        ips=tuple(spec["ips"]),
+        key_type=spec["key_type"],
+        days=int(spec["days"]),
+        reload_command=tuple(spec["reload_command"]),
+        serial=row.serial,
+    )
+
+
+def targets(engine: Engine) -> list[ServerTarget]:
+    with store.transaction(engine) as conn:
+        rows = conn.execute(sa.select(server_targets).order_by(server_targets.c.name))
+        return [_target(r) for r in rows]
+
+
+def target(engine: Engine, name: str) -> ServerTarget:
+    for t in targets(engine):
+        if t.name == name:
+            return t
+    raise NotFound(f"no server target {name!r}; see 'fleetpki rotation server list'")
+
+
+def check_reload_command(command: Sequence[str]) -> None:
+    if command and shutil.which(command[0]) is None:
+        raise InvalidInput(f"reload command {command[0]!r} is not an executable on PATH")
+
+
+# ------------------------------------------------------------------------------ on disk
+
+
+def install(directory: Path, key_pem: bytes, issued: IssuedCertificate) -> Path:
+    """Write a new version and point ``current`` at it with one rename. Returns the
+    version folder. A failure before the rename leaves ``current`` as it was."""
+    versions = directory / "versions"
+    ensure_dir(versions, 0o700)
+    version = versions / issued.record.serial_hex
+    ensure_dir(version, 0o700)
+    atomic_write(version / KEY_FILE, key_pem, 0o600)
+    atomic_write(version / CERT_FILE, issued.cert_pem, 0o644)
+    atomic_write(version / CHAIN_FILE, issued.chain_pem, 0o644)
+    atomic_write(version / FULLCHAIN_FILE, issued.fullchain_pem, 0o644)
+    link = directory / "current"
+    temporary = directory / f".current.{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    try:
+        os.symlink(Path("versions") / version.name, temporary)
+        os.replace(temporary, link)
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise BackendError(
+            "switch to the new certificate", "files", f"{link}: {exc.strerror}"
+        ) from None
+    _prune(versions, keep=version.name)
+    return version
+
+
+def _prune(versions: Path, keep: str) -> None:
+    found = sorted(
+        (p for p in versions.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True
+    )
+    for old in found[KEEP_VERSIONS:]:
+        if old.name != keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def reload(target: ServerTarget) -> None:
+    if not target.reload_command:
+        return
+    try:
+        done = subprocess.run(
+            list(target.reload_command),
+            capture_output=True,
+            text=True,
+            timeout=RELOAD_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BackendError(f"reload {target.name}", "server", type(exc).__name__) from None
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        detail = f": {lines[-1][:200]}" if lines else ""
+        raise BackendError(
+            f"reload {target.name}",
+            "server",
+            f"{target.reload_command[0]} exited {done.returncode}{detail}",
+        )
+
+
+# ------------------------------------------------------------------------------ issuing
+
+
+def issue_for(issuer: Issuer, target: ServerTarget, actor: str) -> tuple[bytes, IssuedCertificate]:
+    """A key made here and a certificate for it, with the target's names and lifetime."""
+    key_pem, csr_pem = make_key_and_csr(KeyType(target.key_type), target.name)
+    request = IssueRequest(
+        profile="server",
+        name=target.name,
+        csr_pem=csr_pem,
+        dns_names=target.dns,
+        ip_addresses=tuple(ipaddress.ip_address(a) for a in target.ips),
+        days=target.days,
+        actor=actor,
+    )
+    return key_pem, issuer.issue(request)
+
+
+def add(
+    engine: Engine,
+    issuer: Issuer,
+    target: ServerTarget,
+    now: dt.datetime,
+    actor: str,
+    *,
+    force: bool,
+) -> ServerTarget:
+    """Issue the first certificate into the folder and record the target."""
+    store.create(engine)
+    check_reload_command(target.reload_command)
+    exists = any(t.name == target.name for t in targets(engine))
+    if exists and not force:
+        raise AlreadyExists(f"server target {target.name!r} exists; --force replaces it")
+    if target.current.exists() and not force:
+        raise AlreadyExists(f"{target.current} exists; --force replaces it")
+    key_pem, issued = issue_for(issuer, target, actor)
+    install(target.directory, key_pem, issued)
+    placed = ServerTarget(**{**target.__dict__, "serial": issued.record.serial_hex})
+    with store.transaction(engine) as conn:
+        conn.execute(server_targets.delete().where(server_targets.c.name == target.name))
+        conn.execute(
+            server_targets.insert().values(
+                name=placed.name,
+                directory=str(placed.directory),
+                spec=placed.spec(),
+                serial=placed.serial,
+                added_at=now,
+                updated_at=now,
+            )
+        )
+    reload(placed)
+    return placed
+
+
+def record_serial(engine: Engine, name: str, serial: str, now: dt.datetime) -> None:
+    with store.transaction(engine) as conn:
+        conn.execute(
+            server_targets.update()
+            .where(server_targets.c.name == name)
+            .values(serial=serial, updated_at=now)
+        )
+
+
+def remove(engine: Engine, name: str) -> ServerTarget:
+    found = target(engine, name)
+    with store.transaction(engine) as conn:
+        conn.execute(server_targets.delete().where(server_targets.c.name == name))
+    return found

@@ -1,0 +1,183 @@
+"""Server certificates kept current on disk: atomic swap of key and certificate, the reload
+command, the superseded certificate revoked after the grace period, and real TLS
+handshakes that see the new certificate."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from pki.cli import State
+from pki.clock import FixedClock
+from rotation import store
+from rotation.executor import RotationService, RotationSettings
+from rotation.planner import plan_inventory
+from tests.device_fixtures import fleetpki, ok
+
+# far enough back that the clock can move past a renewal and the certificates are still
+# valid for the real TLS handshakes
+T0 = dt.datetime.now(dt.UTC) - dt.timedelta(days=40)
+
+
+def _served_serial(directory: Path, ca_root: Path) -> int:
+    """Serve DIR/current over TLS for one handshake and return the serial the client saw."""
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(
+        directory / "current" / "fullchain.pem", directory / "current" / "key.pem"
+    )
+    client = ssl.create_default_context(cafile=str(ca_root))
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            try:
+                with server.wrap_socket(conn, server_side=True):
+                    pass
+            except (ssl.SSLError, OSError):
+                pass
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        with (
+            socket.create_connection(("127.0.0.1", port)) as raw,
+            client.wrap_socket(raw, server_hostname="api.example.test") as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+        thread.join(5)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Path, FixedClock, Path]:
+    home = tmp_path / "home"
+    clock = FixedClock(T0)
+    ok(home, "ca", "init", clock=clock)
+    return home, clock, tmp_path / "srv"
+
+
+def test_add_installs_a_served_certificate_and_refuses_a_second_time(
+    setup: tuple[Path, FixedClock, Path],
+) -> None:
+    home, clock, folder = setup
+    marker = folder.parent / "reloaded"
+    out = ok(home, "rotation", "server", "add", "api.example.test", "--dir", folder, "--ip",
+             "127.0.0.1", "--days", "90", "--reload-command", f"touch {marker}", "--json",
+             clock=clock)  # fmt: skip
+    placed = json.loads(out)
+    assert marker.exists()  # the reload command ran
+    current = folder / "current"
+    assert current.is_symlink() and current.resolve().name == placed["serial"]
+    key_file = current / "key.pem"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    cert = x509.load_pem_x509_certificate((current / "cert.pem").read_bytes())
+    key = serialization.load_pem_private_key(key_file.read_bytes(), None)
+    assert cert.public_key() == key.public_key()
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["api.example.test"]
+    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert _served_serial(folder, home / "ca" / "root.pem") == cert.serial_number
+    code, _out, err = fleetpki(home, "rotation", "server", "add", "api.example.test", "--dir",
+                               folder, clock=clock)  # fmt: skip
+    assert code == 2
+    assert "exists; --force replaces it" in err
+    listed = json.loads(ok(home, "rotation", "server", "list", "--json"))
+    assert [t["name"] for t in listed] == ["api.example.test"]
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["bad name!"], "policy violation (invalid-dns-name)"),
+        (["api.example.test", "--reload-command", "no-such-binary-xyz"], "not an executable"),
+        (["api.example.test", "--ip", "300.1.1.1"], "does not appear to be an IPv4"),
+    ],
+)
+def test_bad_targets_are_refused_and_nothing_is_written(
+    setup: tuple[Path, FixedClock, Path], args: list[str], problem: str
+) -> None:
+    home, clock, folder = setup
+    code, _out, err = fleetpki(home, "rotation", "server", "add", *args, "--dir", folder,
+                               clock=clock)  # fmt: skip
+    assert code == 2, err
+    assert problem in err
+    assert not folder.exists()
+    assert json.loads(ok(home, "rotation", "server", "list", "--json")) == []
+
+
+def test_a_due_server_certificate_is_replaced_reloaded_and_the_old_one_revoked(
+    setup: tuple[Path, FixedClock, Path],
+) -> None:
+    home, clock, folder = setup
+    marker = folder.parent / "reloads"
+    placed = json.loads(ok(home, "rotation", "server", "add", "api.example.test", "--dir",
+                           folder, "--days", "30", "--reload-command",
+                           f"sh -c 'echo x >> {marker}'", "--json", clock=clock))  # fmt: skip
+    old_serial = placed["serial"]
+    state = State(home, clock)
+    service = RotationService(
+        home=state.home,
+        inventory=state.inventory(),
+        issuer=state.issuer(),
+        sender=None,  # servers only: nothing is sent to devices
+        clock=clock,
+        settings=RotationSettings(grace=dt.timedelta(hours=1)),
+    )
+    # not due yet: nothing happens
+    assert service.rotate_servers(plan_inventory(state.inventory(), clock.now())) == []
+    clock.advance(dt.timedelta(days=22))  # past 2/3 of 30 days (+ at most 5 % jitter)
+    items = plan_inventory(state.inventory(), clock.now())
+    (rotation,) = service.rotate_servers(items)
+    assert rotation.state is store.State.CONFIRMED
+    assert rotation.old_serial == old_serial
+    current = (folder / "current").resolve()
+    assert current.name == rotation.new_serial != old_serial
+    assert (folder / "versions" / old_serial).is_dir()  # kept for rollback
+    assert marker.read_text().count("x") == 2  # add, then the replacement
+    new_cert = x509.load_pem_x509_certificate((current / "cert.pem").read_bytes())
+    assert _served_serial(folder, home / "ca" / "root.pem") == new_cert.serial_number
+    lifetime = new_cert.not_valid_after_utc - new_cert.not_valid_before_utc
+    assert dt.timedelta(days=30) <= lifetime <= dt.timedelta(days=30, minutes=6)
+    # the old one stays valid through the grace period, then is revoked as superseded
+    assert service.sweep().completed == []
+    clock.advance(dt.timedelta(hours=1, seconds=1))
+    assert [r.id for r in service.sweep().completed] == [rotation.id]
+    old = state.inventory().get(int(old_serial, 16))
+    assert old.status.value == "revoked"
+    assert old.revocation_reason is not None and old.revocation_reason.value == "superseded"
+    listed = json.loads(ok(home, "rotation", "server", "list", "--json"))
+    assert listed[0]["serial"] == rotation.new_serial
+
+
+def test_a_failing_reload_keeps_the_old_certificate_valid(
+    setup: tuple[Path, FixedClock, Path],
+) -> None:
+    home, clock, folder = setup
+    placed = json.loads(ok(home, "rotation", "server", "add", "api.example.test", "--dir",
+                           folder, "--json", clock=clock))  # fmt: skip
+    # make the reload fail from now on
+    engine = State(home, clock).inventory().engine
+    with store.transaction(engine) as conn:
+        spec = json.loads(conn.execute(store.server_targets.select()).first().spec)  # type: ignore[union-attr]
+        spec["reload_command"] = ["sh", "-c", "echo cannot reload >&2; exit 3"]
+        conn.execute(store.server_targets.update().values(spec=json.dumps(spec)))
+    code, _out, err = fleetpki(home, "rotation", "server", "rotate", "api.example.test",
+                               "--grace", "0", clock=clock)  # fmt: skip
+    assert code == 1
+    assert "exited 3: cannot reload" in err
+    serials = {r["serial"]: r["status"] for r in json.loads(ok(home, "list", "--json"))}
+    assert serials[placed["serial"]] == "active"  # not revoked: the server may still use it
+    assert (folder / "current").resolve().name != placed["serial"]  # the new one is in place
+    status = json.loads(ok(home, "rotation", "status", "--json"))
+    assert "exited 3" in status["recent_failures"][0]["error"]
