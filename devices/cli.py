@@ -418,6 +418,20 @@ def _print_summary(data: dict[str, Any]) -> None:
             f"HTTPS refused after {cut['https_refused_seconds']} s ({cut['https_reason']}), "
             f"reconnect {cut['reconnect']}"
         )
+    rotation = data.get("rotation")
+    if rotation:
+        each = rotation["per_device_seconds"]
+        old = sorted(
+            {f"MQTT {o['mqtt']}, HTTPS {o['https']}" for o in rotation["old_certificates"]}
+        )
+        click.echo(
+            f"rotation wave: {rotation['devices_asked']} devices asked, "
+            f"{rotation['devices_confirmed']} on their new certificate in "
+            f"{rotation['wave_seconds']} s (per device p50 {each['p50']} s, p99 {each['p99']} s); "
+            f"old certificates: {'; '.join(old) or 'not tried'}"
+        )
+        if rotation["service_error"]:
+            click.echo(f"rotation service: {rotation['service_error']}")
     for imp in data["impostors"]:
         click.echo(f"impostor {imp['kind']}: MQTT {imp['mqtt']}, HTTPS {imp['https']}")
     click.echo(f"access log: {data['access_log']}")
