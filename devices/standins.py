@@ -520,12 +520,14 @@ def _add_service_user(
 
 
 def _dynsec_init(path: Path, password: str) -> None:
-    """Create the dynamic-security file (mode 0600 from the start). The admin password is
-    kept out of any error message."""
+    """Create the dynamic-security file (mode 0600 from the start). The admin password goes
+    to ``mosquitto_ctrl`` on its standard input (its password prompt, twice), never on the
+    command line where any local user could read it; it is kept out of every message."""
     try:
         done = subprocess.run(
             [_need("mosquitto_ctrl", "mosquitto-clients"), "dynsec", "init", str(path),
-             ADMIN_USER, password],
+             ADMIN_USER],
+            input=f"{password}\n{password}\n",
             capture_output=True,
             text=True,
             timeout=30,

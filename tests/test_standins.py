@@ -8,6 +8,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -194,3 +195,27 @@ def test_dev_down_stops_every_process(tmp_path: Path, monkeypatch: pytest.Monkey
     assert not Path(s.ports["run_dir"]).exists()
     assert fleetpki(home, "dev", "down")[2].strip() == "no stand-ins were running"
     assert fleetpki(home, "dev", "status")[0] == 2
+
+
+def test_dynsec_init_takes_the_admin_password_on_stdin_not_argv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess as sp
+
+    from devices import standins
+
+    seen: list[list[str]] = []
+    real = sp.run
+
+    def spy(args: list[str], **kwargs: Any) -> Any:
+        seen.append(list(args))
+        return real(args, **kwargs)
+
+    monkeypatch.setattr(standins.subprocess, "run", spy)
+    path = tmp_path / "dynsec.json"
+    standins._dynsec_init(path, "pw-not-on-argv-123")
+    assert seen and all("pw-not-on-argv-123" not in arg for args in seen for arg in args)
+    assert path.stat().st_mode & 0o777 == 0o600
+    text = path.read_text()
+    assert "pw-not-on-argv-123" not in text  # stored as a salted hash
+    assert json.loads(text)["clients"][0]["username"] == standins.ADMIN_USER
