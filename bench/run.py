@@ -725,6 +725,12 @@ def handshake_child(port: int, cert: str, key: str, ca: str, count: int) -> None
     print(json.dumps({"seconds": time.perf_counter() - start, "count": count}))
 
 
+def _simulate(home: Path, devices: int, scenario: str) -> dict[str, Any]:
+    out = _cli(home, "fleet", "simulate", "--devices", str(devices), "--duration", "2",
+               "--scenario", scenario, "--json")  # fmt: skip
+    return dict(json.loads(out))
+
+
 def bench_fleet(sizes: dict[str, int], work: Path) -> list[Figure]:
     devices = sizes["devices"]
     home = work / "fleet-home"
@@ -761,35 +767,9 @@ def bench_fleet(sizes: dict[str, int], work: Path) -> list[Figure]:
                 raise RuntimeError("handshake child failed")
         bare = workers * per / (time.perf_counter() - started)
         log(f"fleet: simulating {devices} devices")
-        summary = json.loads(
-            _cli(
-                home,
-                "fleet",
-                "simulate",
-                "--devices",
-                str(devices),
-                "--duration",
-                "2",
-                "--scenario",
-                "steady",
-                "--json",
-            )
-        )
+        summary = _simulate(home, devices, "steady")
         log(f"fleet: rotation wave of {devices} devices over MQTT")
-        wave = json.loads(
-            _cli(
-                home,
-                "fleet",
-                "simulate",
-                "--devices",
-                str(devices),
-                "--duration",
-                "2",
-                "--scenario",
-                "rotation",
-                "--json",
-            )
-        )
+        wave = _simulate(home, devices, "rotation")
     finally:
         _cli(home, "dev", "down")
     rate = summary["connect_phase"]["connects_per_s"] or 0.0

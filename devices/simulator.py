@@ -115,6 +115,13 @@ def run_shard(shard: Shard, progress: Any, may_stop: Any = None) -> list[dict[st
                 with contextlib.suppress(KeyError, ValueError):
                     selector.unregister(key.fileobj)
 
+    def watch(p: PahoDevice) -> None:
+        """Serve a device's new socket (a first connect, or a reconnect after rotation)."""
+        sock = p.client.socket()
+        if sock is not None:
+            paho[sock] = p
+            pump(0, [p])
+
     # connect, paced; each new socket is registered as it comes, and every 64 connects
     # all of them are refreshed (CONNACKs make paho queue SUBSCRIBEs to write)
     last_misc = time.monotonic()
@@ -131,10 +138,7 @@ def run_shard(shard: Shard, progress: Any, may_stop: Any = None) -> list[dict[st
             p.stats.victim = name in shard.victims
             devices.append(p)
             if p.start():
-                sock = p.client.socket()
-                if sock is not None:
-                    paho[sock] = p
-                    pump(0, [p])
+                watch(p)
         if index % 64 == 63:
             pump(0)
         if shard.connect_interval:
@@ -175,10 +179,7 @@ def run_shard(shard: Shard, progress: Any, may_stop: Any = None) -> list[dict[st
                     with contextlib.suppress(KeyError, ValueError):
                         selector.unregister(old)
                 if d.switch():
-                    sock = d.client.socket()
-                    if sock is not None:
-                        paho[sock] = d
-                        pump(0, [d])
+                    watch(d)
             else:
                 d.switch()
 

@@ -7,9 +7,10 @@ import contextlib
 import datetime as dt
 import io
 import json
+import os
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,22 @@ def make_home(root: Path, devices: Sequence[str], expired: Sequence[str] = ()) -
 def dev_up(home: Path, root: Path) -> Stand:
     ports = json.loads(ok(home, "dev", "up", "--json", clock=SystemClock()))
     return Stand(home, root, ports)
+
+
+@contextlib.contextmanager
+def running_stand(home: Path, root: Path) -> Iterator[Stand]:
+    """``dev up`` with its own moto_server (AWS_ENDPOINT_URL unset meanwhile), then
+    ``dev down``."""
+    saved = os.environ.pop("AWS_ENDPOINT_URL", None)
+    try:
+        stand = dev_up(home, root)
+        try:
+            yield stand
+        finally:
+            ok(home, "dev", "down")
+    finally:
+        if saved is not None:
+            os.environ["AWS_ENDPOINT_URL"] = saved
 
 
 def mqtt_args(stand: Stand, device: Path | None) -> list[str]:

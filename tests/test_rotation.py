@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from devices.impostors import try_https, try_mqtt
 from pki.clock import FixedClock
 from pki.delivery import make_key_and_csr
 from pki.model import KeyType
-from tests.device_fixtures import Stand, dev_up, fleetpki, make_home, ok, wait_for
+from tests.device_fixtures import Stand, fleetpki, make_home, ok, running_stand, wait_for
 
 DEVICES = ("rot-1", "rot-2", "rot-3", "rot-bad", "rot-quiet", "rot-due")
 
@@ -35,21 +34,13 @@ DEVICES = ("rot-1", "rot-2", "rot-3", "rot-bad", "rot-quiet", "rot-due")
 @pytest.fixture(scope="module")
 def stand(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stand]:
     root = tmp_path_factory.mktemp("rotation")
-    saved = os.environ.pop("AWS_ENDPOINT_URL", None)  # dev up starts its own moto_server
     home = make_home(root, DEVICES[:-1])
     # rot-due: issued 6 days ago for 7 days, past its renewal time (2/3 of the lifetime)
     six_days_ago = FixedClock(dt.datetime.now(dt.UTC) - dt.timedelta(days=6))
     ok(home, "issue", "device", "rot-due", "--generate-key", "--days", "7", "--out",
        root / "rot-due", clock=six_days_ago)  # fmt: skip
-    try:
-        s = dev_up(home, root)
-        try:
-            yield s
-        finally:
-            ok(home, "dev", "down")
-    finally:
-        if saved is not None:
-            os.environ["AWS_ENDPOINT_URL"] = saved
+    with running_stand(home, root) as s:
+        yield s
 
 
 class LiveDevice:

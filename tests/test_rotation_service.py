@@ -46,6 +46,15 @@ def world(tmp_path: Path, db_url: str | None) -> dict[str, Any]:
     ok(home, "ca", "init", clock=clock)
     for thing in ("t-1", "t-2"):
         ok(home, "issue", "device", thing, "--generate-key", "--out", tmp_path / thing, clock=clock)
+    return _world(home, clock, dt.timedelta(hours=1))
+
+
+def _world(
+    home: Path, clock: FixedClock, grace: dt.timedelta, *, iot: bool = False
+) -> dict[str, Any]:
+    """A service on HOME whose messages to devices are recorded."""
+    from rotation.cli import _iot_register
+
     state = State(home, clock)
     recorder = Recorder()
     service = RotationService(
@@ -54,7 +63,8 @@ def world(tmp_path: Path, db_url: str | None) -> dict[str, Any]:
         issuer=state.issuer(),
         sender=recorder,
         clock=clock,
-        settings=RotationSettings(grace=dt.timedelta(hours=1)),
+        settings=RotationSettings(grace=grace),
+        register=_iot_register(state) if iot else None,
     )
     return {"home": home, "clock": clock, "state": state, "sent": recorder, "service": service}
 
@@ -195,24 +205,12 @@ def test_crl_is_resigned_before_next_update_only(world: dict[str, Any]) -> None:
 def test_a_provisioned_thing_gets_its_new_certificate_registered_with_iot_core(
     tmp_path: Path, aws: str
 ) -> None:
-    from rotation.cli import _iot_register
-
     home = tmp_path / "home"
     clock = FixedClock(dt.datetime.now(dt.UTC))
     ok(home, "ca", "init", clock=clock)
     ok(home, "iot", "provision", "pump-9", "--generate-key", "--out", tmp_path / "p9", clock=clock)
-    state = State(home, clock)
-    recorder = Recorder()
-    service = RotationService(
-        home=state.home,
-        inventory=state.inventory(),
-        issuer=state.issuer(),
-        sender=recorder,
-        clock=clock,
-        settings=RotationSettings(grace=dt.timedelta(0)),
-        register=_iot_register(state),
-    )
-    world = {"state": state, "service": service, "sent": recorder, "clock": clock}
+    world = _world(home, clock, dt.timedelta(0), iot=True)
+    service, recorder = world["service"], world["sent"]
     (rotation,) = _request(world, "pump-9")
     _answer_csr(world, "pump-9")
     reply = recorder.last("pump-9", rp.CertificateMessage)

@@ -4,7 +4,6 @@ with TLS client-certificate auth, curl against the mTLS HTTPS endpoint."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from tests.device_fixtures import (
     mosquitto_pub,
     mqtt_args,
     ok,
+    running_stand,
     wait_for,
 )
 
@@ -31,23 +31,15 @@ DEVICES = ("dev-1", "dev-2", "victim-1", "revoked-1")
 @pytest.fixture(scope="module")
 def stand(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stand]:
     root = tmp_path_factory.mktemp("standins")
-    saved = os.environ.pop("AWS_ENDPOINT_URL", None)  # dev up starts its own moto_server
     home = make_home(root, DEVICES, expired=("old-1",))
-    try:
-        s = dev_up(home, root)
-        try:
-            ok(home, "revoke", s.serial("revoked-1"), "--reason", "key-compromise")
-            foreign = trustme.CA()
-            leaf = foreign.issue_cert("dev-1", common_name="dev-1")
-            (root / "foreign").mkdir()
-            leaf.private_key_pem.write_to_path(str(root / "foreign" / "key.pem"))
-            leaf.cert_chain_pems[0].write_to_path(str(root / "foreign" / "fullchain.pem"))
-            yield s
-        finally:
-            ok(home, "dev", "down")
-    finally:
-        if saved is not None:
-            os.environ["AWS_ENDPOINT_URL"] = saved
+    with running_stand(home, root) as s:
+        ok(home, "revoke", s.serial("revoked-1"), "--reason", "key-compromise")
+        foreign = trustme.CA()
+        leaf = foreign.issue_cert("dev-1", common_name="dev-1")
+        (root / "foreign").mkdir()
+        leaf.private_key_pem.write_to_path(str(root / "foreign" / "key.pem"))
+        leaf.cert_chain_pems[0].write_to_path(str(root / "foreign" / "fullchain.pem"))
+        yield s
 
 
 def _pid_running(pid: int) -> bool:
