@@ -5,7 +5,6 @@ from __future__ import annotations
 from pki.errors import BackendError, FleetPkiError
 from pki.home import Home
 from pki.hooks import RevocationEvent
-from pki.model import RevocationReason
 
 
 def on_revoked(event: RevocationEvent) -> None:
@@ -15,7 +14,7 @@ def on_revoked(event: RevocationEvent) -> None:
     2. When the local stand-ins run: the broker re-reads the CRL (SIGHUP), the HTTPS
        endpoint picks it up before its next handshake, and the device's live MQTT
        sessions are cut (a reconnect is then refused by the CRL), except for a
-       certificate superseded by rotation.
+       certificate rotation replaced (``replaced_by``).
 
     Every step is attempted; the failures are raised together at the end.
     """
@@ -44,7 +43,9 @@ def _cut_local(event: RevocationEvent) -> None:
     if event.crl_path is not None:
         standins.reload_crl(home, state)
     name = event.record.thing or event.record.common_name
-    # A superseded certificate was replaced by rotation: the device is already connected
-    # with its new certificate under the same username, a cut would throw it off.
-    if event.record.profile == "device" and event.reason is not RevocationReason.SUPERSEDED:
+    # A certificate rotation replaced: the device is already connected with its new
+    # certificate under the same username, and a cut (by username) would throw it off.
+    # (A session opened with the old key stays until it disconnects; keep the grace
+    # period short, and revoke with key-compromise when a key may be stolen: that cuts.)
+    if event.record.profile == "device" and event.replaced_by is None:
         standins.cut_sessions(state, name)

@@ -10,6 +10,8 @@ devices' messages queued at the broker while the service restarts.
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +23,9 @@ from devices import rotation_protocol as rp
 from pki.errors import BackendError, InvalidInput, OperatorError
 from pki.home import Home
 
-OnMessage = Callable[[str, str, bytes], None]  # (thing, kind, payload)
+# (thing, kind, payload, ack): ``ack`` acknowledges the message to the broker; call it
+# once the message has been acted on, so that one lost in a crash is delivered again
+OnMessage = Callable[[str, str, bytes, Callable[[], None]], None]
 
 
 @dataclass(frozen=True)
@@ -61,32 +65,44 @@ def stand_in_access(home: Home) -> BrokerAccess:
 
 
 class ServiceChannel:
-    """paho-mqtt on its own network thread; ``on_message`` runs on that thread."""
+    """paho-mqtt on its own network thread; ``on_message`` runs on that thread.
+
+    With ``listen`` (the service that works the answers) the session is persistent
+    (clean session off, fixed client id) and messages are acknowledged only when the
+    service says so. Without it (a process that only sends requests while the daemon
+    works the answers) the client id is its own and nothing is subscribed.
+    """
 
     def __init__(
         self,
         access: BrokerAccess,
         on_message: OnMessage,
         *,
+        listen: bool = True,
         client_id: str = "fleetpki-rotation",
         on_bad_message: Callable[[str, str], None] = lambda _topic, _why: None,
     ) -> None:
         self.access = access
+        self.listen = listen
         self._on_message = on_message
         self._on_bad = on_bad_message
-        self._subscribed = threading.Event()
+        self._ready = threading.Event()
         self._refused: str | None = None
+        self._sent: list[mqtt.MQTTMessageInfo] = []
+        self._sent_lock = threading.Lock()
+        self._closed = False
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=False,
+            client_id=client_id if listen else f"{client_id}-{uuid.uuid4().hex[:12]}",
+            clean_session=not listen,
             protocol=mqtt.MQTTv311,
         )
         client.username_pw_set(access.username, access.password)
-        client.max_inflight_messages_set(1000)
-        client.max_queued_messages_set(0)
+        client.max_inflight_messages_set(100)
+        client.max_queued_messages_set(0)  # no limit: a wave's requests all wait their turn
+        client.manual_ack_set(True)
         client.on_connect = self._connected
-        client.on_subscribe = lambda *_a: self._subscribed.set()
+        client.on_subscribe = self._subscribed
         client.on_message = self._message
         self.client = client
 
@@ -99,24 +115,38 @@ class ServiceChannel:
                 "connect to the broker", "mqtt", f"{a.host}:{a.port}: {exc.strerror or exc}"
             ) from None
         self.client.loop_start()
-        if not self._subscribed.wait(timeout):
-            self.close()
-            why = self._refused or f"no subscription acknowledged within {timeout:g} s"
+        if not self._ready.wait(timeout) or self._refused:
+            self.close(drain=0)
+            why = self._refused or f"no answer within {timeout:g} s"
             raise BackendError("subscribe to the rotation topics", "mqtt", why)
 
     def _connected(self, client: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
             self._refused = f"connection refused: {reason}"
+            self._ready.set()
+            return
+        if not self.listen:
+            self._ready.set()
             return
         client.subscribe([(t, 1) for t in rp.service_subscriptions(self.access.topic_prefix)])
 
-    def _message(self, _c: Any, _u: Any, message: Any) -> None:
+    def _subscribed(self, _c: Any, _u: Any, _mid: int, reasons: Any, _p: Any) -> None:
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:  # the broker's ACL said no (SUBACK 0x80)
+            self._refused = f"subscription refused: {', '.join(refused)}"
+        self._ready.set()
+
+    def _message(self, client: Any, _u: Any, message: Any) -> None:
+        def ack() -> None:
+            client.ack(message.mid, message.qos)
+
         try:
             thing, kind = rp.parse_topic(self.access.topic_prefix, message.topic)
         except InvalidInput as exc:
             self._on_bad(str(message.topic), str(exc))
+            ack()
             return
-        self._on_message(thing, kind, bytes(message.payload))
+        self._on_message(thing, kind, bytes(message.payload), ack)
 
     def send(self, thing: str, message: rp.Message) -> None:
         kind = "request" if isinstance(message, rp.Request) else "certificate"
@@ -127,7 +157,25 @@ class ServiceChannel:
             raise BackendError(
                 f"send a rotation {kind} to {thing}", "mqtt", mqtt.error_string(info.rc)
             )
+        with self._sent_lock:
+            self._sent.append(info)
+            if len(self._sent) > 1000:
+                self._sent = [i for i in self._sent if not i.is_published()]
 
-    def close(self) -> None:
+    def unsent(self) -> int:
+        with self._sent_lock:
+            return sum(1 for i in self._sent if not i.is_published())
+
+    def close(self, drain: float = 30.0) -> int:
+        """Disconnect once what was sent is acknowledged by the broker (at most ``drain``
+        seconds). Returns how many messages were still unacknowledged."""
+        if self._closed:
+            return 0
+        deadline = time.monotonic() + drain
+        while self.unsent() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = self.unsent()
+        self._closed = True
         self.client.disconnect()
         self.client.loop_stop()
+        return left

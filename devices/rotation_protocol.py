@@ -116,7 +116,7 @@ def decode(kind: str, payload: bytes) -> Message:
         raise InvalidInput(f"rotation {kind} message is {len(payload)} bytes (limit {MAX_PAYLOAD})")
     try:
         data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested to exhaustion
         raise InvalidInput(f"rotation {kind} message is not JSON") from None
     if not isinstance(data, dict):
         raise InvalidInput(f"rotation {kind} message is not a JSON object")

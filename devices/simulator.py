@@ -537,10 +537,9 @@ class RotationWave:
         # files, not pipes: a full pipe would block the command
         self._out = tempfile.TemporaryFile()  # noqa: SIM115 (outlives this call; closed by poll)
         self._err = tempfile.TemporaryFile()  # noqa: SIM115
-        fleetpki = Path(sys.executable).parent / "fleetpki"
         self.proc = subprocess.Popen(
-            [str(fleetpki), "--home", str(self.home), "rotation", "rotate", *self.things,
-             "--grace", "0", "--timeout", "5m", "--json"],
+            [sys.executable, "-m", "pki", "--home", str(self.home), "rotation", "rotate",
+             *self.things, "--grace", "0", "--timeout", "5m", "--json"],
             stdout=self._out,
             stderr=self._err,
         )  # fmt: skip

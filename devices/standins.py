@@ -32,10 +32,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography import x509
 
@@ -73,9 +73,9 @@ class DevState:
     https_pid: int
     moto_pid: int | None
     aws_endpoint_url: str | None
-    admin_password: str
+    admin_password: str = field(repr=False)
     topic_prefix: str = TOPIC_PREFIX
-    rotation_password: str = ""
+    rotation_password: str = field(default="", repr=False)
 
     @property
     def run(self) -> Path:
@@ -153,6 +153,8 @@ def mosquitto_config(
         "allow_anonymous false",
         "persistence false",
         "set_tcp_nodelay true",
+        # the rotation service's session holds a whole wave of CSRs while it works them
+        "max_queued_messages 100000",
         "max_keepalive 120",
         f"log_dest file {run / 'mosquitto.log'}",
         "log_type error",
@@ -307,6 +309,21 @@ def _wait_port(
         time.sleep(0.05)
 
 
+Started = TypeVar("Started")
+
+
+def _on_a_free_port(start: Callable[[], Started], attempts: int = 3) -> Started:
+    """``start`` picks free ports and starts a listener on them; another process may take a
+    port between the pick and the bind, so that is tried again with new ports."""
+    for attempt in range(attempts):
+        try:
+            return start()
+        except BackendError as exc:
+            if "in use" not in str(exc).lower() or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _terminate(pid: int, timeout: float = 10.0) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
@@ -426,60 +443,53 @@ def up(home: Home, clock: Clock, state: Any) -> DevState:
         password = secrets.token_urlsafe(24)
         _dynsec_init(run / "dynsec.json", password)
         _give(run / "dynsec.json", owner)
-        mqtt_port, admin_port, https_port = free_port(), free_port(), free_port()
-        config = mosquitto_config(
-            run, mqtt_port, admin_port, plugin, MOSQUITTO_USER if owner else None
-        )
-        _write(run / "mosquitto.conf", config.encode(), 0o644, owner)
         (run / "mosquitto.log").touch()
         _give(run / "mosquitto.log", owner)
-        broker = _spawn([mosquitto, "-c", str(run / "mosquitto.conf")], run / "stdout.log")
-        started.append(broker.pid)
-        _wait_port(mqtt_port, broker, "mosquitto", run / "mosquitto.log")
-        _wait_port(admin_port, broker, "mosquitto", run / "mosquitto.log")
+
+        def start_broker() -> tuple[subprocess.Popen[bytes], int, int]:
+            mqtt_port, admin_port = free_port(), free_port()
+            config = mosquitto_config(
+                run, mqtt_port, admin_port, plugin, MOSQUITTO_USER if owner else None
+            )
+            _write(run / "mosquitto.conf", config.encode(), 0o644, owner)
+            broker = _spawn([mosquitto, "-c", str(run / "mosquitto.conf")], run / "stdout.log")
+            started.append(broker.pid)
+            _wait_port(mqtt_port, broker, "mosquitto", run / "mosquitto.log")
+            _wait_port(admin_port, broker, "mosquitto", run / "mosquitto.log")
+            return broker, mqtt_port, admin_port
+
+        broker, mqtt_port, admin_port = _on_a_free_port(start_broker)
         rotation_password = secrets.token_urlsafe(24)
         _add_service_user(run, admin_port, password, ROTATION_USER, rotation_password)
-        https = _spawn(
-            [
-                sys.executable,
-                "-m",
-                "devices.https_standin",
-                "--port",
-                str(https_port),
-                "--cert",
-                str(run / "server.pem"),
-                "--key",
-                str(run / "server.key"),
-                "--ca",
-                str(run / "ca.pem"),
-                "--crl",
-                str(run / "crl.pem"),
-                "--access-log",
-                str(run / "access.log"),
-                "--run-dir",
-                str(run),
-            ],
-            run / "https.log",
-        )
-        started.append(https.pid)
-        _wait_port(
-            https_port, https, "https stand-in", run / "https.log", f"listening on {https_port}"
-        )
+
+        def start_https() -> tuple[subprocess.Popen[bytes], int]:
+            port = free_port()
+            https = _spawn(
+                [sys.executable, "-m", "devices.https_standin", "--port", str(port),
+                 "--cert", str(run / "server.pem"), "--key", str(run / "server.key"),
+                 "--ca", str(run / "ca.pem"), "--crl", str(run / "crl.pem"),
+                 "--access-log", str(run / "access.log"), "--run-dir", str(run)],
+                run / "https.log",
+            )  # fmt: skip
+            started.append(https.pid)
+            _wait_port(port, https, "https stand-in", run / "https.log", f"listening on {port}")
+            return https, port
+
+        https, https_port = _on_a_free_port(start_https)
         moto_pid, endpoint = None, os.environ.get("AWS_ENDPOINT_URL") or None
         if endpoint is None:
-            moto_port = free_port()
-            moto = _spawn(
-                [
-                    str(Path(sys.executable).parent / "moto_server"),
-                    "-H",
-                    HOST,
-                    "-p",
-                    str(moto_port),
-                ],
-                run / "moto.log",
-            )
-            started.append(moto.pid)
-            _wait_port(moto_port, moto, "moto_server", run / "moto.log")
+
+            def start_moto() -> tuple[subprocess.Popen[bytes], int]:
+                port = free_port()
+                moto = _spawn(
+                    [str(Path(sys.executable).parent / "moto_server"), "-H", HOST, "-p", str(port)],
+                    run / "moto.log",
+                )
+                started.append(moto.pid)
+                _wait_port(port, moto, "moto_server", run / "moto.log")
+                return moto, port
+
+            moto, moto_port = _on_a_free_port(start_moto)
             moto_pid, endpoint = moto.pid, f"http://{HOST}:{moto_port}"
         result = DevState(
             run_dir=str(run),

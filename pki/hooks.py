@@ -26,6 +26,9 @@ class RevocationEvent:
     home: Path
     crl_path: Path | None  # the re-signed CRL, or None with --no-crl
     database_url: str
+    # the certificate that replaced this one, when rotation revoked it as superseded (the
+    # device is connected with the replacement: its sessions are not cut)
+    replaced_by: int | None = None
 
 
 RevocationHook = Callable[[RevocationEvent], None]

@@ -537,7 +537,7 @@ class Inventory:
             "requested_at": at,
         }
         with self.transaction() as conn:
-            insert = _dialect_insert(conn, pca_requests).values(**values)
+            insert = dialect_insert(conn, pca_requests).values(**values)
             conn.execute(
                 insert.on_conflict_do_update(
                     index_elements=[pca_requests.c.token],
@@ -546,7 +546,7 @@ class Inventory:
             )
 
 
-def _dialect_insert(conn: Connection, table: sa.Table) -> Any:
+def dialect_insert(conn: Connection, table: sa.Table) -> Any:
     """An INSERT with ``on_conflict_do_*`` for the connection's dialect (SQLite, PostgreSQL)."""
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert

@@ -10,8 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import multiprocessing
 import multiprocessing.pool
+import signal
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -83,6 +85,7 @@ def _worker_init() -> None:
 # What a forked batch worker commits and delivers with, and the requests (set with
 # _WORKER_ISSUER, inherited through fork).
 _WORKER_COMMIT: tuple[Deliver, str, Sequence[IssueRequest]] | None = None
+_WORKER_STOP: Any = None  # a multiprocessing Event: set when a chunk failed
 
 
 @dataclass(frozen=True)
@@ -95,19 +98,29 @@ def _worker_chunk(span: tuple[int, int]) -> ChunkResult:
     """Sign, check, quarantine, commit and deliver one chunk in a forked worker: the
     parent only hands out index ranges of the requests (inherited through fork) and adds
     up the results (on two cores, a parent that also wrote every row would take the CPU
-    the second worker needs)."""
-    issuer, commit = _WORKER_ISSUER, _WORKER_COMMIT
-    assert issuer is not None and commit is not None
+    the second worker needs). Once a chunk failed, the others do nothing more."""
+    issuer, commit, stop = _WORKER_ISSUER, _WORKER_COMMIT, _WORKER_STOP
+    assert issuer is not None and commit is not None and stop is not None
+    if stop.is_set():
+        return ChunkResult([])
     deliver, actor, requests = commit
-    outcomes = [issuer.outcome(r) for r in requests[span[0] : span[1]]]
     try:
+        outcomes = [issuer.outcome(r) for r in requests[span[0] : span[1]]]
         for o in outcomes:
             if o.quarantined is not None:
                 issuer._quarantine(o.quarantined, actor)
         issued = [o.issued for o in outcomes if o.issued is not None]
         if issued:
-            issuer._commit(issued, deliver, actor)
+            # a stop (Ctrl-C, the pool terminated) waits until the rows and the files are
+            # both there or both gone: never a delivered certificate without its row
+            blocked = {signal.SIGINT, signal.SIGTERM}
+            signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+            try:
+                issuer._commit(issued, deliver, actor)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
     except FleetPkiError as exc:
+        stop.set()
         return ChunkResult([], exc)
     return ChunkResult(outcomes)
 
@@ -241,6 +254,11 @@ class Issuer:
         return self._chain_pem
 
     @property
+    def issuing_not_after(self) -> dt.datetime:
+        """When the issuing CA expires: no certificate may outlive it."""
+        return self._issuing.not_after
+
+    @property
     def issuing_pem(self) -> bytes:
         """The issuing CA certificate (what follows a leaf in a full chain)."""
         return self._issuing_pem
@@ -360,22 +378,23 @@ class Issuer:
         workers: int,
         actor: str,
     ) -> BatchReport:
-        global _WORKER_ISSUER, _WORKER_COMMIT
+        global _WORKER_ISSUER, _WORKER_COMMIT, _WORKER_STOP
         report = BatchReport()
         warm = getattr(self.ca, "load_signing_key", None)
         if callable(warm):
             warm()  # decrypt the CA key once, before forking, not once per worker
         work = list(requests)
-        _WORKER_ISSUER, _WORKER_COMMIT = self, (deliver, actor, work)
         size = max(1, min(commit_size, FORKED_CHUNK))
         spans = [(start, min(start + size, len(work))) for start in range(0, len(work), size)]
+        context = multiprocessing.get_context("fork")
+        _WORKER_ISSUER, _WORKER_COMMIT, _WORKER_STOP = self, (deliver, actor, work), context.Event()
+        fatal: FleetPkiError | None = None
         try:
-            context = multiprocessing.get_context("fork")
             with context.Pool(workers, initializer=_worker_init) as pool:
+                # drained to the end even after a failure: the chunks other workers
+                # committed meanwhile are reported, and no worker is killed mid-commit
                 for chunk in pool.imap(_worker_chunk, spans):
-                    if chunk.fatal is not None:
-                        pool.terminate()
-                        raise chunk.fatal
+                    fatal = fatal or chunk.fatal
                     for result in chunk.outcomes:
                         if result.error is not None:
                             report.failed.append(Failure(result.name, result.error))
@@ -383,8 +402,12 @@ class Issuer:
                             report.issued.append(result.issued)
                         if progress is not None:
                             progress(result.name, result.error)
+                pool.close()
+                pool.join()
         finally:
-            _WORKER_ISSUER, _WORKER_COMMIT = None, None
+            _WORKER_ISSUER, _WORKER_COMMIT, _WORKER_STOP = None, None, None
+        if fatal is not None:
+            raise fatal
         return report
 
     def _commit(self, issued: Sequence[IssuedCertificate], deliver: Deliver, actor: str) -> None:

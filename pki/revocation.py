@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -13,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from pki.backends import CertificateAuthority, CrlSigner
 from pki.clock import Clock
 from pki.crl import DEFAULT_NEXT_UPDATE, crl_number
-from pki.errors import BackendError, InvalidInput, OperatorError
+from pki.errors import BackendError, FleetPkiError, InvalidInput, OperatorError
 from pki.files import atomic_write, ensure_dir
 from pki.home import Home
 from pki.inventory import AuditEvent, Inventory
@@ -163,6 +164,9 @@ class CompletedRevocation:
     results: tuple[RevocationResult, ...]
     crl: CrlResult | None  # the CRL signed for them, if one was
     crl_path: Path | None  # the home CRL listing them (None when the backend signs its own)
+    # serial -> what failed for it (the revocation itself, or a hook); only with
+    # raise_failures=False, else the first failure is raised once all were attempted
+    failures: dict[int, FleetPkiError] = field(default_factory=dict)
 
 
 def revoke_and_publish(
@@ -175,13 +179,16 @@ def revoke_and_publish(
     actor: str,
     *,
     sign_crl: bool = True,
+    replaced_by: Mapping[int, int] | None = None,
+    raise_failures: bool = True,
 ) -> CompletedRevocation:
     """Revoke, re-sign the home CRL once, then run the revocation hooks.
 
     Idempotent as a whole: on a repeat, the CRL is re-signed only if it does not list the
     certificates yet and the hooks run again (they are idempotent), so a revocation that
     was interrupted half way is finished by running it again. A wrong CA passphrase is
-    found before anything changes.
+    found before anything changes. Every certificate is attempted even when one fails;
+    ``replaced_by`` names the replacement of a certificate rotation superseded.
     """
     from pki.hooks import RevocationEvent, revocation_hooks, run_revocation_hooks
 
@@ -190,7 +197,14 @@ def revoke_and_publish(
         warm = getattr(ca, "load_signing_key", None)
         if callable(warm):
             warm()
-    results = tuple(revoke(inventory, ca, clock, s, reason, actor) for s in serials)
+    failures: dict[int, FleetPkiError] = {}
+    done: list[RevocationResult] = []
+    for serial in serials:
+        try:
+            done.append(revoke(inventory, ca, clock, serial, reason, actor))
+        except FleetPkiError as exc:
+            failures[serial] = exc
+    results = tuple(done)
     crl = None
     crl_path = home.crl_path if signs_crl else None
     if signs_crl and any(
@@ -200,10 +214,18 @@ def revoke_and_publish(
     hooks = revocation_hooks() if results else []  # looked up once, not per certificate
     for result in results:
         record = result.record
-        run_revocation_hooks(
-            RevocationEvent(
-                record, record.revocation_reason or reason, home.path, crl_path, home.database_url
-            ),
-            hooks,
+        event = RevocationEvent(
+            record,
+            record.revocation_reason or reason,
+            home.path,
+            crl_path,
+            home.database_url,
+            (replaced_by or {}).get(record.serial),
         )
-    return CompletedRevocation(results, crl, crl_path)
+        try:
+            run_revocation_hooks(event, hooks)
+        except FleetPkiError as exc:
+            failures[record.serial] = exc
+    if failures and raise_failures:
+        raise next(iter(failures.values()))
+    return CompletedRevocation(results, crl, crl_path, failures)

@@ -102,8 +102,10 @@ def plan_command(horizon: str, limit: int | None, as_json: bool) -> None:
 
 
 def _service(
-    settings: RotationSettings, *, with_iot: bool = True
+    settings: RotationSettings, *, listen: bool = True
 ) -> tuple[RotationService, ServiceChannel]:
+    """The service and its MQTT channel (not started). Without ``listen`` the channel only
+    sends requests: a running daemon works the answers."""
     from devices import standins
     from devices.rotation_channel import ServiceChannel, stand_in_access
     from rotation.executor import RotationService
@@ -114,13 +116,14 @@ def _service(
     inventory = state.inventory()
     service: RotationService | None = None
 
-    def on_message(thing: str, kind: str, payload: bytes) -> None:
+    def on_message(thing: str, kind: str, payload: bytes, ack: Any) -> None:
         assert service is not None
-        service.handle(thing, kind, payload)
+        service.handle(thing, kind, payload, ack)
 
     channel = ServiceChannel(
         access,
         on_message,
+        listen=listen,
         on_bad_message=lambda topic, why: logging.getLogger("fleetpki.rotation").warning(
             "ignored a message on %s: %s", topic, why
         ),
@@ -138,7 +141,7 @@ def _service(
         sender=channel,
         clock=state.clock,
         settings=settings,
-        register=_iot_register(state) if with_iot else None,
+        register=_iot_register(state),
         on_crl=reload_crl,
     )
     return service, channel
@@ -266,32 +269,51 @@ def rotate_command(
         )
     if not items:
         raise NotFound(f"no active device certificate of a thing matching {match!r}")
-    service, channel = _service(settings)
+    from rotation import store
+    from rotation.daemon import LEASE, Daemon
+
+    engine = state.inventory().engine
+    store.create(engine)
+    daemon = store.lease_holder(engine, LEASE, state.clock.now())
+    # with a daemon running, it works the answers: this command only sends the requests
+    service, channel = _service(settings, listen=daemon is None)
+    holder = None
+    if daemon is None:  # keep a daemon from starting meanwhile
+        holder = Daemon(service, list, interval=max(60.0, wait_seconds))
+        holder.acquire()
     started = time.monotonic()
-    channel.start()
     try:
+        channel.start()
         requested = service.request(items, force=force)
         if not requested:
-            err("nothing requested: every thing already has a rotation in progress or failed "
-                "recently (--force to retry those)")  # fmt: skip
-            return 1
+            from pki.errors import OperatorError
+
+            raise OperatorError(
+                "nothing requested: every thing already has a rotation in progress or "
+                "failed within the hour (--force retries those)"
+            )
         if not as_json:
-            err(f"asked {len(requested)} devices to rotate")
+            by = f" (the running daemon {daemon} works their answers)" if daemon else ""
+            err(f"asked {len(requested)} devices to rotate{by}")
         ids = [r.id for r in requested]
         if not wait:
+            unsent = channel.close()
             if as_json:
-                print_json({"requested": [r.to_json() for r in requested]})
-            return 0
+                print_json({"requested": [r.to_json() for r in requested], "unsent": unsent})
+            return 1 if unsent else 0
         counts = wait_for(
             service,
             ids,
             timeout=wait_seconds,
             until_completed=settings.grace == dt.timedelta(0),
+            work=daemon is None,
             on_progress=(lambda _counts: None) if as_json else _progress_printer(len(ids)),
         )
         rows = service.open_rotations(ids)
     finally:
         channel.close()
+        if holder is not None:
+            store.release_lease(engine, LEASE, holder.holder)
     summary = _summary(rows, counts, time.monotonic() - started)
     if as_json:
         print_json(summary)
@@ -391,30 +413,33 @@ def run_command(
         return plan_inventory(state.inventory(), state.clock.now(), horizon=ahead)
 
     daemon = Daemon(service, plan, interval=every)
-    daemon.acquire()
-    if metrics_port and not once:
-        from prometheus_client import start_http_server
-
-        try:
-            start_http_server(metrics_port, metrics_host, registry=service.metrics.registry)
-        except OSError as exc:
-            raise InvalidInput(
-                f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror}"
-            ) from None
-    channel.start()
     try:
+        daemon.acquire()
+        if metrics_port and not once:
+            from prometheus_client import start_http_server
+
+            try:
+                start_http_server(metrics_port, metrics_host, registry=service.metrics.registry)
+            except OSError as exc:
+                raise InvalidInput(
+                    f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror}"
+                ) from None
+        channel.start()
         if once:
             daemon.refresh_crl()
             daemon.sweep()
-            before = service.request(plan())
+            items = plan()
+            before = service.request(items)
+            servers = service.rotate_servers(items)
             counts = wait_for(
                 service,
                 [r.id for r in before],
                 timeout=_duration(timeout).total_seconds(),
                 until_completed=settings.grace == dt.timedelta(0),
             )
-            print_json({"requested": len(before), "states": counts})
-            return 1 if counts.get("failed") else 0
+            print_json({"requested": len(before), "servers": len(servers), "states": counts})
+            unfinished = counts.get("requested", 0) + counts.get("issued", 0)
+            return 1 if counts.get("failed") or unfinished else 0
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_a: daemon.stop.set())
         err(
@@ -605,6 +630,7 @@ def server_rotate(name: str, grace: str, as_json: bool) -> int:
         clock=state.clock,
         settings=settings,
     )
+    service.sweep()  # finish what is due first (a rotation whose grace period is over)
     (done,) = service.rotate_servers([], names=[name])
     if settings.grace == dt.timedelta(0) and done.state.value == "confirmed":
         service.sweep()

@@ -102,7 +102,7 @@ class Daemon:
                 )
 
     def refresh_crl(self) -> None:
-        if self.service.refresh_crl():
+        if self._renew() and self.service.refresh_crl():
             log.info("CRL re-signed before its nextUpdate")
 
     @staticmethod
@@ -112,6 +112,8 @@ class Daemon:
                 job()
             except FleetPkiError as exc:
                 log.error("%s: %s", name, exc)
+            except Exception:  # a bug must not end the job for good
+                log.exception("%s failed", name)
 
         return run
 
@@ -139,10 +141,7 @@ class Daemon:
         scheduler.start()
         try:
             while not self.stop.is_set():
-                try:
-                    self.service.process(wait=0.2)
-                except FleetPkiError as exc:
-                    log.error("processing device messages: %s", exc)
+                _guarded_process(self.service, wait=0.2)
         finally:
             scheduler.shutdown(wait=True)
             store.release_lease(self.service.inventory.engine, LEASE, self.holder)
@@ -154,12 +153,14 @@ def wait_for(
     *,
     timeout: float,
     until_completed: bool,
+    work: bool = True,
     sweep_every: float = 1.0,
     on_progress: Callable[[dict[str, int]], None] = lambda _counts: None,
 ) -> dict[str, int]:
-    """Work messages (and sweep) until the rotations ``ids`` are confirmed (or, with
-    ``until_completed``, their old certificates revoked), failed, or ``timeout`` s pass.
-    Returns how many are in each state."""
+    """Until the rotations ``ids`` are confirmed (or, with ``until_completed``, their old
+    certificates revoked), failed, or ``timeout`` s pass: work the devices' messages and
+    sweep (``work``), or only watch while a running daemon does. Returns how many are in
+    each state."""
     done_states = {store.State.FAILED, store.State.COMPLETED}
     if not until_completed:
         done_states.add(store.State.CONFIRMED)
@@ -167,10 +168,14 @@ def wait_for(
     next_sweep = 0.0
     counts: dict[str, int] = {}
     while True:
-        service.process(wait=0.1)
+        if work:
+            _guarded_process(service, wait=0.1)
+        else:
+            time.sleep(0.2)
         now = time.monotonic()
         if now >= next_sweep:
-            service.sweep()
+            if work:
+                Daemon._guarded(service.sweep, "sweep")()
             next_sweep = now + sweep_every
             rows = service.open_rotations(ids)
             counts = {s.value: 0 for s in store.State}
@@ -179,3 +184,16 @@ def wait_for(
             on_progress(counts)
             if all(row.state in done_states for row in rows) or now >= deadline:
                 return counts
+
+
+def _guarded_process(service: RotationService, wait: float) -> None:
+    """One batch of device messages; nothing a device sends, and no failure of ours,
+    stops the loop (the batch stays unacknowledged and comes again)."""
+    try:
+        service.process(wait=wait)
+    except FleetPkiError as exc:
+        log.error("processing device messages: %s", exc)
+        time.sleep(1.0)
+    except Exception:
+        log.exception("processing device messages failed")
+        time.sleep(1.0)

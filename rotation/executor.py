@@ -19,16 +19,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
+import sqlalchemy as sa
 from cryptography import x509
 
 from devices import rotation_protocol as rp
 from pki.clock import Clock
-from pki.errors import FleetPkiError, OperatorError, PolicyViolation
+from pki.errors import FleetPkiError, IssuedCertificateMismatch, OperatorError, PolicyViolation
 from pki.home import Home
 from pki.inventory import Inventory
 from pki.issuance import Issuer
-from pki.model import IssuedCertificate, IssueRequest, RevocationReason, serial_hex
+from pki.model import IssuedCertificate, IssueRequest, RevocationReason, Status, serial_hex
 from pki.policy import BACKDATE
+from pki.profiles import get_profile
 from rotation import store
 from rotation.metrics import Metrics
 from rotation.planner import PlanItem
@@ -45,6 +47,10 @@ class Sender(Protocol):
 
 
 Register = Callable[[IssuedCertificate], None]  # IoT Core registration of a new certificate
+
+
+def _nothing() -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,7 @@ class RotationService:
         self.on_crl = on_crl
         self.metrics = metrics or Metrics()
         self.actor = actor
-        self.inbox: queue.Queue[tuple[str, str, bytes]] = queue.Queue()
+        self.inbox: queue.Queue[tuple[str, str, bytes, Callable[[], None]]] = queue.Queue()
         self._lock = threading.RLock()
         store.create(inventory.engine)
 
@@ -114,8 +120,9 @@ class RotationService:
 
     def request(self, items: Sequence[PlanItem], *, force: bool = False) -> list[Rotation]:
         """Ask the devices behind ``items`` to rotate. Skips things with a rotation in
-        progress and (unless ``force``) things whose rotation failed within
-        ``retry_after``; at most ``max_open`` rotations are in flight."""
+        progress (in any process: the inventory allows one per thing) and, unless
+        ``force``, things whose rotation failed within ``retry_after``; at most
+        ``max_open`` rotations are in flight."""
         with self._lock:
             now = self.clock.now()
             newest: dict[str, PlanItem] = {}
@@ -125,42 +132,67 @@ class RotationService:
                 seen = newest.get(item.thing)
                 if seen is None or item.not_after > seen.not_after:
                     newest[item.thing] = item
+            if not newest:
+                return []
+            ceiling = self._days_ceiling(now)
+            if ceiling < 1:
+                self.metrics.failed.labels("ca-expiring").inc(len(newest))
+                log.error(
+                    "cannot rotate %d device certificates: the issuing CA expires within a "
+                    "day; renew the CA first",
+                    len(newest),
+                )
+                return []
+            grace = int(self.settings.grace.total_seconds())
             with store.transaction(self.inventory.engine) as conn:
                 busy = store.open_things(conn)
                 room = self.settings.max_open - len(busy)
                 if not force:
                     busy |= store.failed_since(conn, now - self.settings.retry_after)
-                new = [
+                wanted = [
                     Rotation(
                         id=secrets.token_hex(16),
                         thing=thing,
                         old_serial=serial_hex(item.serial),
                         new_serial=None,
                         state=State.REQUESTED,
-                        days=lifetime_days(item),
+                        days=min(lifetime_days(item), ceiling),
                         requested_at=now,
                         updated_at=now,
                         deadline=now + self.settings.answer_timeout,
+                        grace_seconds=grace,
                     )
                     for thing, item in newest.items()
                     if thing not in busy
                 ][: max(0, room)]
-                store.insert(conn, new)
+                new = store.insert(conn, wanted)
             # the rows are committed before a device can answer
             for rotation in new:
                 self.sender.send(rotation.thing, rp.Request(rotation.id, rotation.old_serial))
             self.metrics.requested.inc(len(new))
             return new
 
+    def _days_ceiling(self, now: dt.datetime) -> int:
+        """The longest lifetime a replacement may have: the device profile's maximum, and
+        never beyond the issuing CA (the old lifetime may no longer fit)."""
+        remaining = (self.issuer.issuing_not_after - now - BACKDATE).total_seconds() // 86_400
+        return int(min(get_profile("device").max_days, remaining))
+
     # -- messages from devices ------------------------------------------------------------
 
-    def handle(self, thing: str, kind: str, payload: bytes) -> None:
-        """Called on the MQTT thread: queue only."""
-        self.inbox.put((thing, kind, payload))
+    def handle(
+        self, thing: str, kind: str, payload: bytes, ack: Callable[[], None] = _nothing
+    ) -> None:
+        """Called on the MQTT thread: queue only. ``ack`` acknowledges the message to the
+        broker; it is called once the message has been acted on (committed), so a message
+        in the queue when the process stops is delivered again."""
+        self.inbox.put((thing, kind, payload, ack))
 
     def process(self, wait: float = 0.2, max_batch: int = 1000) -> int:
         """Take up to ``max_batch`` queued messages (waiting up to ``wait`` s for the
-        first) and act on them. Returns how many were taken."""
+        first) and act on them. Returns how many were taken. A storage or CA failure
+        leaves the batch unacknowledged (the broker delivers it again after a reconnect)
+        and is raised."""
         try:
             first = self.inbox.get(timeout=wait) if wait > 0 else self.inbox.get_nowait()
         except queue.Empty:
@@ -173,7 +205,7 @@ class RotationService:
                 break
         csrs: dict[str, tuple[str, rp.CsrMessage]] = {}
         confirms: dict[str, tuple[str, rp.Confirm]] = {}
-        for thing, kind, payload in taken:
+        for thing, kind, payload, _ack in taken:
             try:
                 message = rp.decode(kind, payload)
             except OperatorError as exc:
@@ -190,6 +222,8 @@ class RotationService:
                 self._issue(list(csrs.values()))
             if confirms:
                 self._confirm(list(confirms.values()))
+        for *_message, ack in taken:
+            ack()
         return len(taken)
 
     def _bad(self, thing: str, why: str) -> None:
@@ -227,19 +261,18 @@ class RotationService:
             issued.append(item)
             return lambda: None
 
-        try:
-            report = self.issuer.issue_batch(requests, collect, actor=self.actor)
-        except FleetPkiError as exc:  # storage or backend: nothing was committed for them
-            log.error("rotation issuance failed: %s", exc)
-            return  # the rotations stay requested; a redelivered CSR or the timeout ends them
+        # storage or CA failure: raised, nothing committed for them; the rotations stay
+        # requested until the CSRs come again or the answer timeout ends them
+        report = self.issuer.issue_batch(requests, collect, actor=self.actor)
         now = self.clock.now()
         for failure in report.failed:
             rotation = waiting[failure.name]
-            reason = (
-                failure.error.reason
-                if isinstance(failure.error, PolicyViolation)
-                else "invalid-csr"
-            )
+            if isinstance(failure.error, PolicyViolation):
+                reason = failure.error.reason
+            elif isinstance(failure.error, IssuedCertificateMismatch):
+                reason = "ca-error"  # the CA returned something else: quarantined
+            else:
+                reason = "invalid-csr"
             self._fail(rotation, State.REQUESTED, reason, str(failure.error), now)
             self.sender.send(
                 rotation.thing,
@@ -257,12 +290,12 @@ class RotationService:
                         rotation.thing,
                         rp.CertificateMessage(rotation.id, error="registration", message=str(exc)),
                     )
+                    self._withdraw(item, rotation)
                     continue
             registered.append((rotation, item))
+        sent: list[tuple[Rotation, IssuedCertificate]] = []
         with store.transaction(self.inventory.engine) as conn:
-            sent = [
-                (rotation, item)
-                for rotation, item in registered
+            for rotation, item in registered:
                 if store.advance(
                     conn,
                     rotation.id,
@@ -271,14 +304,37 @@ class RotationService:
                     new_serial=item.record.serial_hex,
                     updated_at=now,
                     deadline=now + self.settings.answer_timeout,
-                )
-            ]
+                ):
+                    sent.append((rotation, item))
+        moved = {rotation.id for rotation, _item in sent}
+        for rotation, item in registered:
+            if rotation.id not in moved:  # the rotation ended meanwhile (a timeout)
+                self._withdraw(item, rotation)
         for rotation, item in sent:
             self.sender.send(
                 rotation.thing,
                 rp.CertificateMessage(rotation.id, item.record.serial_hex, item.fullchain_pem),
             )
         self.metrics.issued.inc(len(sent))
+
+    def _withdraw(self, item: IssuedCertificate, rotation: Rotation) -> None:
+        """Revoke a certificate issued for a rotation that will not use it (it was never
+        sent): no certificate stays active without an owner."""
+        from pki.revocation import revoke_and_publish
+
+        result = revoke_and_publish(
+            self.home,
+            self.inventory,
+            self.issuer.ca,
+            self.clock,
+            [item.record.serial],
+            RevocationReason.CESSATION_OF_OPERATION,
+            self.actor,
+            replaced_by={item.record.serial: int(rotation.old_serial, 16)},  # no session cut
+            raise_failures=False,
+        )
+        for serial, error in result.failures.items():
+            log.error("withdrawing unused certificate %s: %s", serial_hex(serial), error)
 
     def _resend(self, rotation: Rotation) -> None:
         assert rotation.new_serial is not None
@@ -300,17 +356,29 @@ class RotationService:
                     continue
                 if rotation.state in (State.CONFIRMED, State.COMPLETED):
                     continue  # a repeat
-                if rotation.state is not State.ISSUED or message.serial != rotation.new_serial:
+                late = rotation.state is State.FAILED and rotation.new_serial is not None
+                if message.serial != rotation.new_serial or not (
+                    rotation.state is State.ISSUED or late
+                ):
                     self._bad(thing, f"confirmation of serial {message.serial} does not match")
                     continue
-                if store.advance(
-                    conn,
-                    rotation.id,
-                    State.ISSUED,
-                    State.CONFIRMED,
-                    confirmed_at=now,
-                    updated_at=now,
-                ):
+                try:
+                    # a late confirmation (after the answer timeout) still counts: the
+                    # device runs on the certificate it was sent
+                    with conn.begin_nested():
+                        moved = store.advance(
+                            conn,
+                            rotation.id,
+                            rotation.state,
+                            State.CONFIRMED,
+                            confirmed_at=now,
+                            updated_at=now,
+                            error=None,
+                        )
+                except sa.exc.IntegrityError:  # a newer rotation of the thing is open
+                    self._bad(thing, "late confirmation: a newer rotation is in progress")
+                    continue
+                if moved:
                     done.append(rotation)
         for rotation in done:
             self.metrics.duration.observe((now - rotation.requested_at).total_seconds())
@@ -335,7 +403,9 @@ class RotationService:
 
     def sweep(self) -> SweepResult:
         """Revoke (superseded) the old certificates whose grace period is over, in one CRL;
-        fail the rotations whose device did not answer in time."""
+        fail the rotations whose device did not answer in time. A rotation is completed
+        only once its old certificate is revoked and the revocation hooks (IoT Core, the
+        broker's CRL) succeeded; otherwise it stays confirmed and the next sweep retries."""
         from pki.revocation import revoke_and_publish
 
         result = SweepResult()
@@ -343,37 +413,54 @@ class RotationService:
             now = self.clock.now()
             engine = self.inventory.engine
             with store.transaction(engine) as conn:
-                due = store.select(
-                    conn, [State.CONFIRMED], confirmed_before=now - self.settings.grace
-                )
+                confirmed = store.select(conn, [State.CONFIRMED])
                 stale = store.select(conn, [State.REQUESTED, State.ISSUED], deadline_before=now)
+            due = [r for r in confirmed if r.revoke_old_at is not None and r.revoke_old_at <= now]
             if due:
-                try:
-                    revoke_and_publish(
-                        self.home,
-                        self.inventory,
-                        self.issuer.ca,
-                        self.clock,
-                        [int(r.old_serial, 16) for r in due],
-                        RevocationReason.SUPERSEDED,
-                        self.actor,
-                    )
-                except FleetPkiError as exc:
-                    # the inventory is right; what failed (a hook) is retried next sweep
-                    result.errors.append(str(exc))
-                    log.error("revoking superseded certificates: %s", exc)
+                owner: dict[int, Rotation] = {}
+                for rotation in due:
+                    for serial in self._superseded(rotation):
+                        owner[serial] = rotation
+                revoked = revoke_and_publish(
+                    self.home,
+                    self.inventory,
+                    self.issuer.ca,
+                    self.clock,
+                    list(owner),
+                    RevocationReason.SUPERSEDED,
+                    self.actor,
+                    replaced_by={s: int(owner[s].new_serial or "0", 16) for s in owner},
+                    raise_failures=False,
+                )
+                unfinished = {owner[s].id: str(e) for s, e in revoked.failures.items()}
                 with store.transaction(engine) as conn:
                     for rotation in due:
-                        if store.advance(
+                        if rotation.id in unfinished:
+                            why = unfinished[rotation.id]
+                            result.errors.append(f"{rotation.thing}: {why}")
+                            store.advance(
+                                conn,
+                                rotation.id,
+                                State.CONFIRMED,
+                                State.CONFIRMED,
+                                error=f"revoking the old certificate: {why} (retried)",
+                                updated_at=now,
+                            )
+                        elif store.advance(
                             conn,
                             rotation.id,
                             State.CONFIRMED,
                             State.COMPLETED,
                             completed_at=now,
                             updated_at=now,
+                            error=None,
                         ):
                             result.completed.append(rotation)
+                for error in result.errors:
+                    log.error("revoking a superseded certificate: %s", error)
                 self.metrics.completed.inc(len(result.completed))
+                if result.errors:
+                    self.metrics.failed.labels("revoke").inc(len(result.errors))
             for rotation in stale:
                 what = "send its CSR" if rotation.state is State.REQUESTED else "confirm"
                 self._fail(
@@ -386,6 +473,26 @@ class RotationService:
                 result.expired.append(rotation)
             self._gauge_open()
         return result
+
+    def _superseded(self, rotation: Rotation) -> list[int]:
+        """The certificates a completed rotation revokes: the one it replaced and, for a
+        device, every other active certificate of the thing issued before the new one (a
+        thing ends a rotation with one certificate)."""
+        serials = [int(rotation.old_serial, 16)]
+        if rotation.new_serial is None:
+            return serials
+        new = int(rotation.new_serial, 16)
+        now = self.clock.now()
+        active = self.inventory.find(now=now, status=Status.ACTIVE, thing=rotation.thing)
+        issued = {r.serial: r.created_at for r in active}
+        if new in issued:
+            serials += [
+                r.serial
+                for r in active
+                if r.profile == "device" and r.serial not in (new, serials[0])
+                and r.created_at <= issued[new]
+            ]  # fmt: skip
+        return serials
 
     def _gauge_open(self) -> None:
         with store.transaction(self.inventory.engine) as conn:
@@ -421,21 +528,32 @@ class RotationService:
     def rotate_servers(
         self, items: Sequence[PlanItem], *, names: Sequence[str] = ()
     ) -> list[Rotation]:
-        """Replace the certificates of the server targets that are due (or named): a key
-        and certificate made here, swapped in on disk, the server reloaded; the old
-        certificate is revoked as superseded after the grace period (``sweep``)."""
+        """Replace the certificates of the server targets that are due (or ``names``): a
+        key and certificate made here, swapped in on disk, the server reloaded; the old
+        certificate is revoked as superseded after the grace period (``sweep``). Also runs
+        again the reload commands that failed last time."""
         from rotation import servers
 
         with self._lock:
             engine = self.inventory.engine
+            self._retry_reloads()
             due = {serial_hex(i.serial) for i in items if i.profile == "server"}
             with store.transaction(engine) as conn:
-                busy = store.open_things(conn)
+                busy = {r.thing: r for r in store.select(conn, store.OPEN)}
             done = []
             for target in servers.targets(engine):
-                if target.name in busy or not (target.serial in due or target.name in names):
+                if target.name in busy:
+                    if target.name in names:
+                        pending = busy[target.name]
+                        raise OperatorError(
+                            f"{target.name} has a rotation in progress ({pending.state.value}; "
+                            f"the old certificate is revoked at {pending.revoke_old_at}); "
+                            "wait for it, or revoke the current certificate with "
+                            "'fleetpki revoke SERIAL --reason key-compromise'"
+                        )
                     continue
-                done.append(self._rotate_server(target))
+                if target.serial in due or target.name in names:
+                    done.append(self._rotate_server(target))
             return done
 
     def _rotate_server(self, target: servers_mod.ServerTarget) -> Rotation:
@@ -452,42 +570,85 @@ class RotationService:
             requested_at=now,
             updated_at=now,
             deadline=now + self.settings.answer_timeout,
+            grace_seconds=int(self.settings.grace.total_seconds()),
         )
         engine = self.inventory.engine
         with store.transaction(engine) as conn:
-            store.insert(conn, [rotation])
+            if not store.insert(conn, [rotation]):
+                raise OperatorError(f"{target.name} has a rotation in progress")
         self.metrics.requested.inc()
         try:
             key_pem, issued = servers.issue_for(self.issuer, target, self.actor)
-            servers.install(target.directory, key_pem, issued)
         except FleetPkiError as exc:
             self._fail(rotation, State.REQUESTED, "server-issue", str(exc), now)
             return replace(rotation, state=State.FAILED, error=str(exc))
         new = issued.record.serial_hex
-        servers.record_serial(engine, target.name, new, now)
+        try:
+            servers.install(target.directory, key_pem, issued)
+            servers.record_serial(engine, target.name, new, now)
+        except FleetPkiError as exc:
+            # not in use anywhere: withdrawn, the old one stays
+            self._fail(rotation, State.REQUESTED, "server-install", str(exc), now)
+            self._withdraw(issued, rotation)
+            return replace(rotation, state=State.FAILED, error=str(exc))
         self.metrics.issued.inc()
+        with store.transaction(engine) as conn:
+            store.advance(conn, rotation.id, State.REQUESTED, State.ISSUED, new_serial=new)
+        return self._reloaded(replace(rotation, new_serial=new, state=State.ISSUED), target)
+
+    def _reloaded(self, rotation: Rotation, target: servers_mod.ServerTarget) -> Rotation:
+        """Run the reload command; confirmed when it worked, else failed with the reason
+        (the old certificate stays valid: the server may still serve it)."""
+        from rotation import servers
+
+        now = self.clock.now()
         try:
             servers.reload(target)
         except FleetPkiError as exc:
-            # installed, but the server may still serve the old one: keep that valid
-            with store.transaction(engine) as conn:
-                store.advance(conn, rotation.id, State.REQUESTED, State.ISSUED, new_serial=new)
-            message = f"installed {new} in {target.current}, but {exc}"
-            self._fail(rotation, State.ISSUED, "reload", message, now)
-            return replace(rotation, new_serial=new, state=State.FAILED, error=message)
-        with store.transaction(engine) as conn:
+            message = f"installed {rotation.new_serial} in {target.current}, but {exc}"
+            self._fail(rotation, rotation.state, "reload", message, now)
+            return replace(rotation, state=State.FAILED, error=f"reload: {message}")
+        with store.transaction(self.inventory.engine) as conn:
             store.advance(
                 conn,
                 rotation.id,
-                State.REQUESTED,
+                rotation.state,
                 State.CONFIRMED,
-                new_serial=new,
                 confirmed_at=now,
                 updated_at=now,
+                error=None,
             )
         self.metrics.confirmed.inc()
-        log.info("server %s: certificate %s installed in %s", target.name, new, target.current)
-        return replace(rotation, new_serial=new, state=State.CONFIRMED, confirmed_at=now)
+        log.info(
+            "server %s: certificate %s installed in %s",
+            target.name,
+            rotation.new_serial,
+            target.current,
+        )
+        return replace(rotation, state=State.CONFIRMED, confirmed_at=now)
+
+    def _retry_reloads(self) -> None:
+        """A server whose reload failed still serves its old certificate: try the reload
+        again (the new certificate is in place); once it works, the rotation goes on."""
+        from rotation import servers
+
+        engine = self.inventory.engine
+        installed = {t.name: t for t in servers.targets(engine)}
+        with store.transaction(engine) as conn:
+            failed = store.select(conn, [State.FAILED])
+            busy = store.open_things(conn)
+        latest: dict[str, Rotation] = {}
+        for rotation in failed:  # newest first
+            latest.setdefault(rotation.thing, rotation)
+        for name, rotation in latest.items():
+            target = installed.get(name)
+            if (
+                target is not None
+                and name not in busy
+                and rotation.new_serial == target.serial
+                and (rotation.error or "").startswith("reload:")
+            ):
+                self._reloaded(rotation, target)
 
     def open_rotations(self, ids: Sequence[str]) -> list[Rotation]:
         with store.transaction(self.inventory.engine) as conn:

@@ -123,11 +123,15 @@ def install(directory: Path, key_pem: bytes, issued: IssuedCertificate) -> Path:
     versions = directory / "versions"
     ensure_dir(versions, 0o700)
     version = versions / issued.record.serial_hex
-    ensure_dir(version, 0o700)
-    atomic_write(version / KEY_FILE, key_pem, 0o600)
-    atomic_write(version / CERT_FILE, issued.cert_pem, 0o644)
-    atomic_write(version / CHAIN_FILE, issued.chain_pem, 0o644)
-    atomic_write(version / FULLCHAIN_FILE, issued.fullchain_pem, 0o644)
+    try:
+        ensure_dir(version, 0o700)
+        atomic_write(version / KEY_FILE, key_pem, 0o600)
+        atomic_write(version / CERT_FILE, issued.cert_pem, 0o644)
+        atomic_write(version / CHAIN_FILE, issued.chain_pem, 0o644)
+        atomic_write(version / FULLCHAIN_FILE, issued.fullchain_pem, 0o644)
+    except BaseException:
+        shutil.rmtree(version, ignore_errors=True)  # no key left behind unused
+        raise
     link = directory / "current"
     temporary = directory / f".current.{os.getpid()}"
     with contextlib.suppress(FileNotFoundError):
@@ -143,6 +147,7 @@ def install(directory: Path, key_pem: bytes, issued: IssuedCertificate) -> Path:
     except OSError as exc:
         with contextlib.suppress(OSError):
             temporary.unlink()
+        shutil.rmtree(version, ignore_errors=True)
         raise BackendError(
             "switch to the new certificate", "files", f"{link}: {exc.strerror}"
         ) from None
@@ -162,16 +167,24 @@ def _prune(versions: Path, keep: str) -> None:
 def reload(target: ServerTarget) -> None:
     if not target.reload_command:
         return
+    command = target.reload_command
     try:
         done = subprocess.run(
-            list(target.reload_command),
+            list(command),
             capture_output=True,
             text=True,
             timeout=RELOAD_TIMEOUT,
             check=False,
+            env=_reload_env(),
         )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BackendError(f"reload {target.name}", "server", type(exc).__name__) from None
+    except subprocess.TimeoutExpired:
+        raise BackendError(
+            f"reload {target.name}", "server", f"{command[0]} ran over {RELOAD_TIMEOUT:g} s"
+        ) from None
+    except OSError as exc:
+        raise BackendError(
+            f"reload {target.name}", "server", f"{command[0]}: {exc.strerror or exc}"
+        ) from None
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()
         detail = f": {lines[-1][:200]}" if lines else ""
@@ -180,6 +193,15 @@ def reload(target: ServerTarget) -> None:
             "server",
             f"{target.reload_command[0]} exited {done.returncode}{detail}",
         )
+
+
+def _reload_env() -> dict[str, str]:
+    """What the reload command sees: not fleetpki's secrets (the CA passphrase...)."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("FLEETPKI_", "AWS_")) and "PASS" not in k.upper()
+    }
 
 
 # ------------------------------------------------------------------------------ issuing
@@ -218,7 +240,16 @@ def add(
     if target.current.exists() and not force:
         raise AlreadyExists(f"{target.current} exists; --force replaces it")
     key_pem, issued = issue_for(issuer, target, actor)
-    install(target.directory, key_pem, issued)
+    try:
+        install(target.directory, key_pem, issued)
+    except BaseException:
+        from pki.model import RevocationReason
+        from pki.revocation import revoke
+
+        # never in use: revoked, so no certificate stays active without an owner
+        revoke(issuer.inventory, issuer.ca, issuer.clock, issued.record.serial,
+               RevocationReason.CESSATION_OF_OPERATION, actor)  # fmt: skip
+        raise
     placed = ServerTarget(**{**target.__dict__, "serial": issued.record.serial_hex})
     with store.transaction(engine) as conn:
         conn.execute(server_targets.delete().where(server_targets.c.name == target.name))

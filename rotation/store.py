@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from pki.errors import StorageError
-from pki.inventory import UtcDateTime
+from pki.inventory import UtcDateTime, dialect_insert
 
 metadata = sa.MetaData()
 
@@ -45,6 +45,17 @@ rotations = sa.Table(
     sa.Column("confirmed_at", UtcDateTime, nullable=True),
     sa.Column("completed_at", UtcDateTime, nullable=True),
     sa.Column("error", sa.Text, nullable=True),
+    # how long the old certificate stays valid after the confirmation: the requester's
+    # setting, whichever process sweeps
+    sa.Column("grace_seconds", sa.Integer, nullable=False, default=3600),
+    # at most one rotation in progress per thing, across every process on the inventory
+    sa.Index(
+        "ux_rotations_open_thing",
+        "thing",
+        unique=True,
+        sqlite_where=sa.text("state IN ('requested', 'issued', 'confirmed')"),
+        postgresql_where=sa.text("state IN ('requested', 'issued', 'confirmed')"),
+    ),
 )
 
 # Server certificates kept current on disk (rotation.servers).
@@ -82,6 +93,13 @@ class Rotation:
     confirmed_at: dt.datetime | None = None
     completed_at: dt.datetime | None = None
     error: str | None = None
+    grace_seconds: int = 3600
+
+    @property
+    def revoke_old_at(self) -> dt.datetime | None:
+        if self.confirmed_at is None:
+            return None
+        return self.confirmed_at + dt.timedelta(seconds=self.grace_seconds)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
@@ -127,18 +145,25 @@ def _rotation(row: Any) -> Rotation:
         confirmed_at=m["confirmed_at"],
         completed_at=m["completed_at"],
         error=m["error"],
+        grace_seconds=int(m["grace_seconds"]),
     )
 
 
-def insert(conn: Connection, items: Sequence[Rotation]) -> None:
-    if items:
-        conn.execute(
-            rotations.insert(),
-            [
-                {k: (v.value if isinstance(v, State) else v) for k, v in r.__dict__.items()}
-                for r in items
-            ],
-        )
+def _values(r: Rotation) -> dict[str, Any]:
+    return {k: (v.value if isinstance(v, State) else v) for k, v in r.__dict__.items()}
+
+
+def insert(conn: Connection, items: Sequence[Rotation]) -> list[Rotation]:
+    """Insert; a thing that already has a rotation in progress (another process got there
+    first) is skipped. Returns the rotations inserted."""
+    if not items:
+        return []
+    statement = dialect_insert(conn, rotations).on_conflict_do_nothing()
+    conn.execute(statement, [_values(r) for r in items])
+    ids = {row[0] for row in conn.execute(
+        sa.select(rotations.c.id).where(rotations.c.id.in_([r.id for r in items]))
+    )}  # fmt: skip
+    return [r for r in items if r.id in ids]
 
 
 def get(conn: Connection, rotation_id: str) -> Rotation | None:
@@ -218,14 +243,35 @@ def take_lease(engine: Engine, name: str, holder: str, now: dt.datetime, ttl: dt
             except sa.exc.IntegrityError:
                 return False  # another daemon inserted it first
             return True
-        if row.holder != holder and row.expires_at > now:
+        if row.holder != holder and row.expires_at > now and not _dead_here(row.holder):
             return False
         done = conn.execute(
             leases.update()
-            .where(leases.c.name == name, leases.c.holder == row.holder)
+            .where(
+                leases.c.name == name,
+                leases.c.holder == row.holder,
+                leases.c.expires_at == row.expires_at,  # nobody renewed or took it meanwhile
+            )
             .values(holder=holder, expires_at=now + ttl)
         )
         return bool(done.rowcount)
+
+
+def _dead_here(holder: str) -> bool:
+    """A holder ``host:pid`` on this host whose process is gone (a crash, kill -9)."""
+    import os
+    import socket
+
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def lease_holder(engine: Engine, name: str, now: dt.datetime) -> str | None:
@@ -233,7 +279,9 @@ def lease_holder(engine: Engine, name: str, now: dt.datetime) -> str | None:
         row = conn.execute(
             sa.select(leases.c.holder, leases.c.expires_at).where(leases.c.name == name)
         ).first()
-    return None if row is None or row.expires_at <= now else str(row.holder)
+    if row is None or row.expires_at <= now or _dead_here(row.holder):
+        return None
+    return str(row.holder)
 
 
 def release_lease(engine: Engine, name: str, holder: str) -> None:

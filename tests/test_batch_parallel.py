@@ -78,3 +78,37 @@ def test_workers_needs_batch(cli: Cli, tmp_path: Path) -> None:
     )
     assert (result.code, result.err) == (2, "fleetpki: error: --workers only applies to --batch\n")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.usefixtures("ca_home")
+def test_a_failing_chunk_stops_the_forked_batch_without_orphans(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery that fails in one worker: that chunk is rolled back (rows and files), the
+    batch stops and raises, and every certificate file on disk has its inventory row."""
+    from pki.cli import State
+    from pki.clock import SystemClock
+    from pki.delivery import OutputFolder
+    from pki.errors import AlreadyExists
+    from pki.model import IssueRequest
+
+    monkeypatch.setattr("pki.issuance.FORKED_CHUNK", 5)
+    state = State(home, SystemClock())
+    out = tmp_path / "out"
+    requests = [
+        IssueRequest("device", f"fork-{i:02d}", make_csr(f"fork-{i:02d}")[0], actor="t")
+        for i in range(40)
+    ]
+
+    def deliver(issued: pki.issuance.IssuedCertificate) -> object:
+        if issued.record.common_name == "fork-22":
+            raise AlreadyExists("fork-22/cert.pem already exists")
+        return OutputFolder(out / issued.record.common_name).deliver(None)(issued)
+
+    with pytest.raises(AlreadyExists, match="fork-22"):
+        state.issuer().issue_batch(requests, deliver, workers=2)  # type: ignore[arg-type]
+    recorded = {r.serial for r in state.inventory().find(now=state.now()) if r.thing}
+    on_disk = {load_cert(p).serial_number for p in out.glob("*/cert.pem")}
+    assert on_disk == recorded  # no file without a row, no row without its file
+    assert not (out / "fork-22").exists() or not any((out / "fork-22").iterdir())
+    assert 0 < len(recorded) < 40

@@ -130,7 +130,7 @@ def test_a_wave_rotates_several_devices_and_a_repeat_changes_nothing(stand: Stan
         assert d2.stats.rotated_serial and d3.stats.rotated_serial
         # a second wave while these are in their grace period requests nothing
         code, _out, err = fleetpki(stand.home, "rotation", "rotate", "rot-2", "--no-wait")
-        assert code == 1
+        assert code == 2
         assert "already has a rotation in progress" in err
     for thing in ("rot-2", "rot-3"):
         statuses = sorted(r["status"] for r in _records(stand, thing))
@@ -243,7 +243,13 @@ def test_daemon_serves_metrics_holds_the_lease_and_stops_on_sigterm(stand: Stand
             except OSError:
                 return ""
 
-        assert wait_for(lambda: "fleetpki_rotation_last_plan_timestamp_seconds " in metrics(), 30)
+        def planned() -> float:
+            for line in metrics().splitlines():
+                if line.startswith("fleetpki_rotation_last_plan_timestamp_seconds "):
+                    return float(line.split()[1])
+            return 0.0
+
+        assert wait_for(lambda: planned() > 0, 30)  # the plan job ran
         text = metrics()
         assert "fleetpki_rotation_requests_total" in text
         assert "fleetpki_crl_next_update_timestamp_seconds" in text

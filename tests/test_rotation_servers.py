@@ -181,3 +181,41 @@ def test_a_failing_reload_keeps_the_old_certificate_valid(
     assert (folder / "current").resolve().name != placed["serial"]  # the new one is in place
     status = json.loads(ok(home, "rotation", "status", "--json"))
     assert "exited 3" in status["recent_failures"][0]["error"]
+
+
+def test_a_second_rotate_in_the_grace_period_says_why_and_a_fixed_reload_is_retried(
+    setup: tuple[Path, FixedClock, Path],
+) -> None:
+    home, clock, folder = setup
+    ok(home, "rotation", "server", "add", "api.example.test", "--dir", folder, clock=clock)
+    ok(home, "rotation", "server", "rotate", "api.example.test", clock=clock)  # 1 h of grace
+    code, _out, err = fleetpki(home, "rotation", "server", "rotate", "api.example.test",
+                               clock=clock)  # fmt: skip
+    assert code == 2
+    assert "has a rotation in progress (confirmed" in err
+    # a reload that fails, then works: the daemon's next pass reloads and goes on
+    clock.advance(dt.timedelta(hours=2))
+    engine = State(home, clock).inventory().engine
+
+    def set_reload(command: list[str]) -> None:
+        with store.transaction(engine) as conn:
+            row = conn.execute(store.server_targets.select()).first()
+            assert row is not None
+            spec = json.loads(row.spec)
+            spec["reload_command"] = command
+            conn.execute(store.server_targets.update().values(spec=json.dumps(spec)))
+
+    set_reload(["false"])
+    code, _out, err = fleetpki(home, "rotation", "server", "rotate", "api.example.test",
+                               clock=clock)  # fmt: skip
+    assert code == 1
+    assert "false exited 1" in err
+    marker = folder.parent / "reloaded-now"
+    set_reload(["touch", str(marker)])
+    state = State(home, clock)
+    service = RotationService(home=state.home, inventory=state.inventory(),
+                              issuer=state.issuer(), sender=None, clock=clock)  # fmt: skip
+    assert service.rotate_servers([]) == []  # nothing due, but the reload is run again
+    assert marker.exists()
+    status = json.loads(ok(home, "rotation", "status", "--json"))
+    assert status["states"]["confirmed"] == 1 and status["states"]["failed"] == 0

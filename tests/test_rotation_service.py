@@ -17,7 +17,7 @@ from pki.cli import State
 from pki.clock import FixedClock
 from pki.delivery import make_key_and_csr
 from pki.errors import OperatorError
-from pki.model import KeyType
+from pki.model import KeyType, Status
 from rotation import store
 from rotation.daemon import Daemon
 from rotation.executor import RotationService, RotationSettings
@@ -232,3 +232,145 @@ def test_a_provisioned_thing_gets_its_new_certificate_registered_with_iot_core(
         by_status.setdefault(described["certificateDescription"]["status"], []).append(serial)
     assert by_status["ACTIVE"] == [reply.serial.lstrip("0")]
     assert by_status["REVOKED"] == [rotation.old_serial.lstrip("0")]
+
+
+def _confirm(world: dict[str, Any], thing: str) -> rp.CertificateMessage:
+    reply: rp.CertificateMessage = world["sent"].last(thing, rp.CertificateMessage)
+    request = world["sent"].last(thing, rp.Request)
+    world["service"].handle(thing, "confirm", rp.encode(rp.Confirm(request.rotation_id,
+                                                                     reply.serial)))  # fmt: skip
+    world["service"].process(wait=0)
+    return reply
+
+
+def test_hostile_payloads_are_counted_and_every_message_is_acknowledged(
+    world: dict[str, Any],
+) -> None:
+    service = world["service"]
+    (rotation,) = _request(world, "t-1")
+    acked: list[int] = []
+    nested = b"[" * 8000 + b"]" * 8000  # json.loads would exhaust the recursion limit
+    service.handle("t-1", "csr", nested, lambda: acked.append(1))
+    service.handle("t-1", "csr", b"\xff\xfe", lambda: acked.append(2))
+    _key, csr = make_key_and_csr(KeyType.EC_P256, "t-1")
+    service.handle(
+        "t-1", "csr", rp.encode(rp.CsrMessage(rotation.id, csr)), lambda: acked.append(3)
+    )
+    assert service.process(wait=0) == 3
+    assert sorted(acked) == [1, 2, 3]
+    assert service.metrics.bad_messages._value.get() == 2
+    assert _rows(world)["t-1"].state is store.State.ISSUED  # the good one went through
+
+
+def test_the_grace_period_is_the_requesters_whoever_sweeps(world: dict[str, Any]) -> None:
+    clock = world["clock"]
+    (rotation,) = _request(world, "t-1")  # this service: 1 h of grace
+    _answer_csr(world, "t-1")
+    _confirm(world, "t-1")
+    impatient = _world(world["home"], clock, dt.timedelta(0))["service"]
+    assert impatient.sweep().completed == []  # not its rotation's grace
+    clock.advance(dt.timedelta(hours=1, seconds=1))
+    assert [r.id for r in impatient.sweep().completed] == [rotation.id]
+
+
+def test_a_failed_revocation_hook_keeps_the_rotation_open_until_it_works(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pki.hooks
+    from pki.errors import BackendError
+
+    service, clock = world["service"], world["clock"]
+    (rotation,) = _request(world, "t-1")
+    _answer_csr(world, "t-1")
+    _confirm(world, "t-1")
+    clock.advance(dt.timedelta(hours=2))
+
+    def broken(_event: Any) -> None:
+        raise BackendError("finish the revocation", "iot", "IoT Core unreachable")
+
+    monkeypatch.setattr(pki.hooks, "revocation_hooks", lambda: [("iot", broken)])
+    result = service.sweep()
+    assert result.completed == [] and "IoT Core unreachable" in result.errors[0]
+    row = _rows(world)["t-1"]
+    assert row.state is store.State.CONFIRMED
+    assert row.error is not None and "retried" in row.error
+    monkeypatch.undo()
+    assert [r.id for r in service.sweep().completed] == [rotation.id]
+    assert _rows(world)["t-1"].error is None
+
+
+def test_a_late_confirmation_still_completes_the_rotation(world: dict[str, Any]) -> None:
+    service, clock = world["service"], world["clock"]
+    (rotation,) = _request(world, "t-1")
+    _answer_csr(world, "t-1")
+    clock.advance(dt.timedelta(minutes=16))
+    assert [r.id for r in service.sweep().expired] == [rotation.id]
+    assert _rows(world)["t-1"].state is store.State.FAILED
+    reply = _confirm(world, "t-1")  # the device did switch; its confirmation came late
+    row = _rows(world)["t-1"]
+    assert (row.state, row.new_serial) == (store.State.CONFIRMED, reply.serial)
+
+
+def test_a_failed_registration_withdraws_the_new_certificate(world: dict[str, Any]) -> None:
+    from pki.errors import BackendError
+
+    service, clock = world["service"], world["clock"]
+
+    def refuse(_issued: Any) -> None:
+        raise BackendError("register the certificate", "iot", "LimitExceededException")
+
+    service.register = refuse
+    (rotation,) = _request(world, "t-1")
+    _answer_csr(world, "t-1")
+    refusal = world["sent"].last("t-1", rp.CertificateMessage)
+    assert (refusal.ok, refusal.error) == (False, "registration")
+    records = world["state"].inventory().find(now=clock.now(), thing="t-1")
+    statuses = {r.serial_hex: (r.status.value, r.revocation_reason) for r in records}
+    assert statuses.pop(rotation.old_serial)[0] == "active"
+    ((status, reason),) = statuses.values()  # the one issued for the rotation
+    assert status == "revoked" and reason is not None
+    assert reason.value == "cessation-of-operation"
+
+
+def test_completion_leaves_the_thing_with_one_active_certificate(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    clock, state = world["clock"], world["state"]
+    ok(world["home"], "issue", "device", "t-2", "--generate-key", "--out", tmp_path / "again",
+       clock=clock)  # fmt: skip
+    assert len(state.inventory().find(now=clock.now(), thing="t-2")) == 2
+    (rotation,) = _request(world, "t-2")
+    _answer_csr(world, "t-2")
+    _confirm(world, "t-2")
+    clock.advance(dt.timedelta(hours=2))
+    assert [r.id for r in world["service"].sweep().completed] == [rotation.id]
+    active = state.inventory().find(now=clock.now(), thing="t-2", status=Status.ACTIVE)
+    assert [r.serial_hex for r in active] == [rotation_new(world, rotation.id)]
+
+
+def rotation_new(world: dict[str, Any], rotation_id: str) -> str:
+    with store.transaction(world["state"].inventory().engine) as conn:
+        (row,) = store.select(conn, ids=[rotation_id])
+    assert row.new_serial is not None
+    return row.new_serial
+
+
+def test_one_rotation_per_thing_across_services(world: dict[str, Any]) -> None:
+    other = _world(world["home"], world["clock"], dt.timedelta(hours=1))
+    assert len(_request(world, "t-1")) == 1
+    assert _request(other, "t-1") == []
+    assert other["sent"].sent == []
+
+
+def test_replacements_never_outlive_the_issuing_ca(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    clock = FixedClock(T0)
+    ok(home, "ca", "init", "--issuing-days", "30", clock=clock)
+    ok(home, "issue", "device", "short-1", "--generate-key", "--days", "20", "--out",
+       tmp_path / "s1", clock=clock)  # fmt: skip
+    clock.advance(dt.timedelta(days=14))  # the CA has 16 days left; the old lifetime is 20
+    world = _world(home, clock, dt.timedelta(hours=1))
+    (rotation,) = _request(world, "short-1")
+    assert rotation.days == 15  # whole days left, less the 5-minute backdate
+    _answer_csr(world, "short-1")
+    assert world["sent"].last("short-1", rp.CertificateMessage).ok
