@@ -518,6 +518,12 @@ def server_group() -> None:
     metavar="CMD",
     help="Run after each replacement, without a shell (e.g. 'systemctl reload nginx').",
 )
+@click.option(
+    "--group",
+    default="",
+    help="A group that may read the key (0640; for a server that drops privileges, e.g. "
+    "mosquitto).",
+)
 @click.option("--force", is_flag=True, help="Replace an existing target of that name.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def server_add(
@@ -528,6 +534,7 @@ def server_add(
     days: int,
     key_type: str,
     reload_command: str | None,
+    group: str,
     force: bool,
     as_json: bool,
 ) -> None:
@@ -561,6 +568,7 @@ def server_add(
         key_type=key_type,
         days=days,
         reload_command=command,
+        group=group,
     )
     placed = servers.add(
         state.inventory().engine,

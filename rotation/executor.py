@@ -584,7 +584,7 @@ class RotationService:
             return replace(rotation, state=State.FAILED, error=str(exc))
         new = issued.record.serial_hex
         try:
-            servers.install(target.directory, key_pem, issued)
+            servers.install(target.directory, key_pem, issued, target.group)
             servers.record_serial(engine, target.name, new, now)
         except FleetPkiError as exc:
             # not in use anywhere: withdrawn, the old one stays

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import grp
 import ipaddress
 import json
 import os
@@ -52,6 +53,7 @@ class ServerTarget:
     days: int = 90
     reload_command: tuple[str, ...] = ()
     serial: str = ""  # the certificate installed now
+    group: str = ""  # a group that may read the key (a server that drops privileges)
 
     @property
     def current(self) -> Path:
@@ -65,6 +67,7 @@ class ServerTarget:
                 "key_type": self.key_type,
                 "days": self.days,
                 "reload_command": list(self.reload_command),
+                "group": self.group,
             },
             sort_keys=True,
         )
@@ -79,6 +82,7 @@ class ServerTarget:
             "days": self.days,
             "reload_command": list(self.reload_command),
             "serial": self.serial,
+            "group": self.group,
         }
 
 
@@ -93,6 +97,7 @@ def _target(row: Any) -> ServerTarget:
         days=int(spec["days"]),
         reload_command=tuple(spec["reload_command"]),
         serial=row.serial,
+        group=str(spec.get("group", "")),
     )
 
 
@@ -117,15 +122,31 @@ def check_reload_command(command: Sequence[str]) -> None:
 # ------------------------------------------------------------------------------ on disk
 
 
-def install(directory: Path, key_pem: bytes, issued: IssuedCertificate) -> Path:
+def group_id(group: str) -> int | None:
+    if not group:
+        return None
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise InvalidInput(f"no group {group!r} on this machine") from None
+
+
+def install(directory: Path, key_pem: bytes, issued: IssuedCertificate, group: str = "") -> Path:
     """Write a new version and point ``current`` at it with one rename. Returns the
-    version folder. A failure before the rename leaves ``current`` as it was."""
+    version folder. A failure before the rename leaves ``current`` as it was. With
+    ``group``, the folders and the key are readable by that group (0750, 0640)."""
+    gid = group_id(group)
+    private, folder = (0o600, 0o700) if gid is None else (0o640, 0o750)
     versions = directory / "versions"
-    ensure_dir(versions, 0o700)
+    ensure_dir(versions, folder)
     version = versions / issued.record.serial_hex
     try:
-        ensure_dir(version, 0o700)
-        atomic_write(version / KEY_FILE, key_pem, 0o600)
+        ensure_dir(version, folder)
+        atomic_write(version / KEY_FILE, key_pem, private)
+        if gid is not None:
+            for path in (versions, version, version / KEY_FILE):
+                os.chown(path, -1, gid)
+                path.chmod(folder if path.is_dir() else private)
         atomic_write(version / CERT_FILE, issued.cert_pem, 0o644)
         atomic_write(version / CHAIN_FILE, issued.chain_pem, 0o644)
         atomic_write(version / FULLCHAIN_FILE, issued.fullchain_pem, 0o644)
@@ -239,9 +260,10 @@ def add(
         raise AlreadyExists(f"server target {target.name!r} exists; --force replaces it")
     if target.current.exists() and not force:
         raise AlreadyExists(f"{target.current} exists; --force replaces it")
+    group_id(target.group)  # an unknown group is refused before anything is issued
     key_pem, issued = issue_for(issuer, target, actor)
     try:
-        install(target.directory, key_pem, issued)
+        install(target.directory, key_pem, issued, target.group)
     except BaseException:
         from pki.model import RevocationReason
         from pki.revocation import revoke

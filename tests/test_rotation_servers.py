@@ -219,3 +219,25 @@ def test_a_second_rotate_in_the_grace_period_says_why_and_a_fixed_reload_is_retr
     assert marker.exists()
     status = json.loads(ok(home, "rotation", "status", "--json"))
     assert status["states"]["confirmed"] == 1 and status["states"]["failed"] == 0
+
+
+def test_group_makes_the_key_readable_by_a_server_that_drops_privileges(
+    setup: tuple[Path, FixedClock, Path],
+) -> None:
+    import grp
+    import os
+
+    home, clock, folder = setup
+    group = grp.getgrgid(os.getgid()).gr_name
+    placed = json.loads(ok(home, "rotation", "server", "add", "api.example.test", "--dir",
+                           folder, "--group", group, "--json", clock=clock))  # fmt: skip
+    key = folder / "versions" / placed["serial"] / "key.pem"
+    assert key.stat().st_mode & 0o777 == 0o640
+    assert key.stat().st_gid == os.getgid()
+    assert (folder / "versions").stat().st_mode & 0o777 == 0o750
+    code, _out, err = fleetpki(home, "rotation", "server", "add", "other.example.test", "--dir",
+                               folder.parent / "other", "--group", "no-such-group-xyz",
+                               clock=clock)  # fmt: skip
+    assert code == 2
+    assert "no group 'no-such-group-xyz'" in err
+    assert not (folder.parent / "other").exists()
