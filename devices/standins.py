@@ -296,6 +296,11 @@ def _wait_port(
         else:
             try:
                 with socket.create_connection((HOST, port), timeout=0.5):
+                    pass
+                # the answer may come from another process that took the port meanwhile:
+                # ours then exits on its failed bind
+                time.sleep(0.15)
+                if proc.poll() is None:
                     return
             except OSError:
                 pass

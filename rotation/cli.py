@@ -439,7 +439,8 @@ def run_command(
             )
             print_json({"requested": len(before), "servers": len(servers), "states": counts})
             unfinished = counts.get("requested", 0) + counts.get("issued", 0)
-            return 1 if counts.get("failed") or unfinished else 0
+            servers_failed = any(r.state.value == "failed" for r in servers)
+            return 1 if counts.get("failed") or unfinished or servers_failed else 0
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_a: daemon.stop.set())
         err(

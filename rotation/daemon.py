@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -25,10 +23,6 @@ from rotation.planner import PlanItem
 
 log = logging.getLogger("fleetpki.rotation")
 LEASE = "rotation-daemon"
-
-
-def holder_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class Daemon:
@@ -47,7 +41,8 @@ class Daemon:
         self.interval = interval
         self.sweep_interval = sweep_interval
         self.crl_interval = crl_interval
-        self.holder = holder or holder_id()
+        self.holder = holder or store.holder_id()
+        self._lease_lock = threading.Lock()
         self.lease_ttl = dt.timedelta(seconds=max(3 * interval, 3 * sweep_interval, 60))
         self.stop = threading.Event()
 
@@ -65,7 +60,11 @@ class Daemon:
 
     def _renew(self) -> bool:
         engine = self.service.inventory.engine
-        if store.take_lease(engine, LEASE, self.holder, self.service.clock.now(), self.lease_ttl):
+        with self._lease_lock:  # the jobs run on several scheduler threads
+            held = store.take_lease(
+                engine, LEASE, self.holder, self.service.clock.now(), self.lease_ttl
+            )
+        if held:
             return True
         log.error("lost the rotation lease to another daemon; stopping")
         self.stop.set()

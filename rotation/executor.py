@@ -53,6 +53,22 @@ def _nothing() -> None:
     return None
 
 
+MAX_ATTEMPTS = 3  # tries of one device message before it is dropped
+# how long a rotation waits for failing revocation hooks once its old certificate is revoked
+HOOK_RETRIES_FOR = dt.timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A device's message waiting to be worked; ``ack`` tells the broker it was."""
+
+    thing: str
+    kind: str
+    payload: bytes
+    ack: Callable[[], None]
+    attempts: int = 0
+
+
 @dataclass(frozen=True)
 class RotationSettings:
     grace: dt.timedelta = dt.timedelta(hours=1)  # old certificate still valid after confirm
@@ -106,7 +122,7 @@ class RotationService:
         self.on_crl = on_crl
         self.metrics = metrics or Metrics()
         self.actor = actor
-        self.inbox: queue.Queue[tuple[str, str, bytes, Callable[[], None]]] = queue.Queue()
+        self.inbox: queue.Queue[Inbound] = queue.Queue()
         self._lock = threading.RLock()
         store.create(inventory.engine)
 
@@ -137,12 +153,11 @@ class RotationService:
             ceiling = self._days_ceiling(now)
             if ceiling < 1:
                 self.metrics.failed.labels("ca-expiring").inc(len(newest))
-                log.error(
-                    "cannot rotate %d device certificates: the issuing CA expires within a "
-                    "day; renew the CA first",
-                    len(newest),
+                raise OperatorError(
+                    f"cannot rotate {len(newest)} device certificate(s): the issuing CA "
+                    f"expires {self.issuer.issuing_not_after:%Y-%m-%d %H:%M} UTC, within a "
+                    "day; renew the CA first"
                 )
-                return []
             grace = int(self.settings.grace.total_seconds())
             with store.transaction(self.inventory.engine) as conn:
                 busy = store.open_things(conn)
@@ -186,13 +201,14 @@ class RotationService:
         """Called on the MQTT thread: queue only. ``ack`` acknowledges the message to the
         broker; it is called once the message has been acted on (committed), so a message
         in the queue when the process stops is delivered again."""
-        self.inbox.put((thing, kind, payload, ack))
+        self.inbox.put(Inbound(thing, kind, payload, ack))
 
     def process(self, wait: float = 0.2, max_batch: int = 1000) -> int:
         """Take up to ``max_batch`` queued messages (waiting up to ``wait`` s for the
-        first) and act on them. Returns how many were taken. A storage or CA failure
-        leaves the batch unacknowledged (the broker delivers it again after a reconnect)
-        and is raised."""
+        first) and act on them. Returns how many were taken. On a storage or CA failure
+        (raised) the batch goes back into the queue, unacknowledged, to be tried again; a
+        message that failed ``MAX_ATTEMPTS`` times is dropped (acknowledged) and logged, so
+        that one poison message cannot hold up the rest."""
         try:
             first = self.inbox.get(timeout=wait) if wait > 0 else self.inbox.get_nowait()
         except queue.Empty:
@@ -205,9 +221,10 @@ class RotationService:
                 break
         csrs: dict[str, tuple[str, rp.CsrMessage]] = {}
         confirms: dict[str, tuple[str, rp.Confirm]] = {}
-        for thing, kind, payload, _ack in taken:
+        for item in taken:
+            thing, kind = item.thing, item.kind
             try:
-                message = rp.decode(kind, payload)
+                message = rp.decode(kind, item.payload)
             except OperatorError as exc:
                 self._bad(thing, str(exc))
                 continue
@@ -217,13 +234,23 @@ class RotationService:
                 confirms[message.rotation_id] = (thing, message)
             else:
                 self._bad(thing, f"devices do not send rotation {kind} messages")
-        with self._lock:
-            if csrs:
-                self._issue(list(csrs.values()))
-            if confirms:
-                self._confirm(list(confirms.values()))
-        for *_message, ack in taken:
-            ack()
+        try:
+            with self._lock:
+                if csrs:
+                    self._issue(list(csrs.values()))
+                if confirms:
+                    self._confirm(list(confirms.values()))
+        except BaseException:
+            for item in taken:  # handling a message again is harmless (compare-and-set)
+                if item.attempts + 1 < MAX_ATTEMPTS:
+                    self.inbox.put(replace(item, attempts=item.attempts + 1))
+                else:
+                    log.error("dropped a rotation %s from %s after %d failed attempts",
+                              item.kind, item.thing, MAX_ATTEMPTS)  # fmt: skip
+                    item.ack()
+            raise
+        for item in taken:
+            item.ack()
         return len(taken)
 
     def _bad(self, thing: str, why: str) -> None:
@@ -249,8 +276,9 @@ class RotationService:
             if rotation.state is not State.REQUESTED:
                 self._bad(thing, f"CSR for a rotation that is {rotation.state.value}")
                 continue
+            days = min(rotation.days, self._days_ceiling(self.clock.now()))
             requests.append(
-                IssueRequest("device", thing, message.csr_pem, days=rotation.days, actor=self.actor)
+                IssueRequest("device", thing, message.csr_pem, days=max(1, days), actor=self.actor)
             )
             waiting[thing] = rotation
         if not requests:
@@ -279,37 +307,46 @@ class RotationService:
                 rp.CertificateMessage(rotation.id, error=reason, message=str(failure.error)),
             )
         registered: list[tuple[Rotation, IssuedCertificate]] = []
-        for item in issued:
-            rotation = waiting[item.record.thing or item.record.common_name]
-            if self.register is not None:
-                try:
-                    self.register(item)
-                except FleetPkiError as exc:
-                    self._fail(rotation, State.REQUESTED, "registration", str(exc), now)
-                    self.sender.send(
-                        rotation.thing,
-                        rp.CertificateMessage(rotation.id, error="registration", message=str(exc)),
-                    )
-                    self._withdraw(item, rotation)
-                    continue
-            registered.append((rotation, item))
-        sent: list[tuple[Rotation, IssuedCertificate]] = []
-        with store.transaction(self.inventory.engine) as conn:
-            for rotation, item in registered:
-                if store.advance(
-                    conn,
-                    rotation.id,
-                    State.REQUESTED,
-                    State.ISSUED,
-                    new_serial=item.record.serial_hex,
-                    updated_at=now,
-                    deadline=now + self.settings.answer_timeout,
-                ):
-                    sent.append((rotation, item))
+        unused: list[tuple[IssuedCertificate, Rotation]] = []
+        try:
+            for item in issued:
+                rotation = waiting[item.record.thing or item.record.common_name]
+                if self.register is not None:
+                    try:
+                        self.register(item)
+                    except Exception as exc:
+                        why = str(exc) if isinstance(exc, FleetPkiError) else repr(exc)
+                        self._fail(rotation, State.REQUESTED, "registration", why, now)
+                        self.sender.send(
+                            rotation.thing,
+                            rp.CertificateMessage(rotation.id, error="registration", message=why),
+                        )
+                        unused.append((item, rotation))
+                        continue
+                registered.append((rotation, item))
+            sent: list[tuple[Rotation, IssuedCertificate]] = []
+            with store.transaction(self.inventory.engine) as conn:
+                for rotation, item in registered:
+                    if store.advance(
+                        conn,
+                        rotation.id,
+                        State.REQUESTED,
+                        State.ISSUED,
+                        new_serial=item.record.serial_hex,
+                        updated_at=now,
+                        deadline=now + self.settings.answer_timeout,
+                    ):
+                        sent.append((rotation, item))
+        except BaseException:
+            # issued, but no rotation will hand them out: withdrawn, never left ownerless
+            done = {id(item) for item, _rotation in unused}
+            unused += [(i, waiting[i.record.thing or i.record.common_name]) for i in issued
+                       if id(i) not in done]  # fmt: skip
+            self._withdraw(unused)
+            raise
         moved = {rotation.id for rotation, _item in sent}
-        for rotation, item in registered:
-            if rotation.id not in moved:  # the rotation ended meanwhile (a timeout)
-                self._withdraw(item, rotation)
+        unused += [(item, rotation) for rotation, item in registered if rotation.id not in moved]
+        self._withdraw(unused)  # the rotations that ended meanwhile (a timeout) among them
         for rotation, item in sent:
             self.sender.send(
                 rotation.thing,
@@ -317,22 +354,29 @@ class RotationService:
             )
         self.metrics.issued.inc(len(sent))
 
-    def _withdraw(self, item: IssuedCertificate, rotation: Rotation) -> None:
-        """Revoke a certificate issued for a rotation that will not use it (it was never
-        sent): no certificate stays active without an owner."""
+    def _withdraw(self, unused: Sequence[tuple[IssuedCertificate, Rotation]]) -> None:
+        """Revoke certificates issued for rotations that will not use them (never sent or
+        installed), in one CRL: no certificate stays active without an owner."""
         from pki.revocation import revoke_and_publish
 
-        result = revoke_and_publish(
-            self.home,
-            self.inventory,
-            self.issuer.ca,
-            self.clock,
-            [item.record.serial],
-            RevocationReason.CESSATION_OF_OPERATION,
-            self.actor,
-            replaced_by={item.record.serial: int(rotation.old_serial, 16)},  # no session cut
-            raise_failures=False,
-        )
+        if not unused:
+            return
+        try:
+            result = revoke_and_publish(
+                self.home,
+                self.inventory,
+                self.issuer.ca,
+                self.clock,
+                [item.record.serial for item, _rotation in unused],
+                RevocationReason.CESSATION_OF_OPERATION,
+                self.actor,
+                # the device still runs on its old certificate: no session cut
+                replaced_by={i.record.serial: int(r.old_serial, 16) for i, r in unused},
+                raise_failures=False,
+            )
+        except FleetPkiError as exc:  # the CRL could not be signed: the rows say revoked
+            log.error("withdrawing %d unused certificates: %s", len(unused), exc)
+            return
         for serial, error in result.failures.items():
             log.error("withdrawing unused certificate %s: %s", serial_hex(serial), error)
 
@@ -433,6 +477,14 @@ class RotationService:
                     raise_failures=False,
                 )
                 unfinished = {owner[s].id: str(e) for s, e in revoked.failures.items()}
+                for rotation in due:
+                    why = unfinished.get(rotation.id)
+                    if why is not None and self._hooks_given_up(rotation, now):
+                        # revoked in the inventory and the CRL: a hook that keeps failing
+                        # (the certificate deleted in IoT Core...) must not block the thing
+                        log.error("%s: completing despite %s", rotation.thing, why)
+                        self.metrics.failed.labels("hook").inc()
+                        del unfinished[rotation.id]
                 with store.transaction(engine) as conn:
                     for rotation in due:
                         if rotation.id in unfinished:
@@ -474,6 +526,11 @@ class RotationService:
             self._gauge_open()
         return result
 
+    def _hooks_given_up(self, rotation: Rotation, now: dt.datetime) -> bool:
+        old = self.inventory.get(int(rotation.old_serial, 16))
+        since = rotation.revoke_old_at or now
+        return old.status is Status.REVOKED and now - since > HOOK_RETRIES_FOR
+
     def _superseded(self, rotation: Rotation) -> list[int]:
         """The certificates a completed rotation revokes: the one it replaced and, for a
         device, every other active certificate of the thing issued before the new one (a
@@ -483,6 +540,19 @@ class RotationService:
             return serials
         new = int(rotation.new_serial, 16)
         now = self.clock.now()
+        # earlier rotations of the same thing or server that never completed (a failed
+        # reload, a late device) left certificates behind: superseded as well
+        with store.transaction(self.inventory.engine) as conn:
+            earlier = store.select(conn, [State.FAILED], things=[rotation.thing])
+        for row in earlier:
+            for text in (row.old_serial, row.new_serial):
+                if text and int(text, 16) not in (new, *serials):
+                    try:
+                        record = self.inventory.get(int(text, 16))
+                    except FleetPkiError:
+                        continue
+                    if record.status is Status.ACTIVE and record.created_at <= now:
+                        serials.append(record.serial)
         active = self.inventory.find(now=now, status=Status.ACTIVE, thing=rotation.thing)
         issued = {r.serial: r.created_at for r in active}
         if new in issued:
@@ -538,8 +608,10 @@ class RotationService:
             engine = self.inventory.engine
             self._retry_reloads()
             due = {serial_hex(i.serial) for i in items if i.profile == "server"}
+            now = self.clock.now()
             with store.transaction(engine) as conn:
                 busy = {r.thing: r for r in store.select(conn, store.OPEN)}
+                recently_failed = store.failed_since(conn, now - self.settings.retry_after)
             done = []
             for target in servers.targets(engine):
                 if target.name in busy:
@@ -552,7 +624,9 @@ class RotationService:
                             "'fleetpki revoke SERIAL --reason key-compromise'"
                         )
                     continue
-                if target.serial in due or target.name in names:
+                if target.name in names or (
+                    target.serial in due and target.name not in recently_failed
+                ):
                     done.append(self._rotate_server(target))
             return done
 
@@ -583,13 +657,18 @@ class RotationService:
             self._fail(rotation, State.REQUESTED, "server-issue", str(exc), now)
             return replace(rotation, state=State.FAILED, error=str(exc))
         new = issued.record.serial_hex
+        # recorded first: install() either swaps 'current' completely or leaves it as it was
         try:
-            servers.install(target.directory, key_pem, issued, target.group)
             servers.record_serial(engine, target.name, new, now)
+            try:
+                servers.install(target.directory, key_pem, issued, target.group)
+            except BaseException:
+                servers.record_serial(engine, target.name, target.serial, now)
+                raise
         except FleetPkiError as exc:
             # not in use anywhere: withdrawn, the old one stays
             self._fail(rotation, State.REQUESTED, "server-install", str(exc), now)
-            self._withdraw(issued, rotation)
+            self._withdraw([(issued, rotation)])
             return replace(rotation, state=State.FAILED, error=str(exc))
         self.metrics.issued.inc()
         with store.transaction(engine) as conn:
@@ -635,19 +714,17 @@ class RotationService:
         engine = self.inventory.engine
         installed = {t.name: t for t in servers.targets(engine)}
         with store.transaction(engine) as conn:
-            failed = store.select(conn, [State.FAILED])
+            failed = store.select(conn, [State.FAILED], things=list(installed))
             busy = store.open_things(conn)
-        latest: dict[str, Rotation] = {}
-        for rotation in failed:  # newest first
-            latest.setdefault(rotation.thing, rotation)
-        for name, rotation in latest.items():
-            target = installed.get(name)
+        for rotation in failed:
+            target = installed.get(rotation.thing)
             if (
                 target is not None
-                and name not in busy
-                and rotation.new_serial == target.serial
+                and rotation.thing not in busy
+                and rotation.new_serial == target.serial  # the one installed now
                 and (rotation.error or "").startswith("reload:")
             ):
+                busy.add(rotation.thing)
                 self._reloaded(rotation, target)
 
     def open_rotations(self, ids: Sequence[str]) -> list[Rotation]:

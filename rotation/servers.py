@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from pki.delivery import CERT_FILE, CHAIN_FILE, FULLCHAIN_FILE, KEY_FILE, make_key_and_csr
-from pki.errors import AlreadyExists, BackendError, InvalidInput, NotFound
+from pki.errors import AlreadyExists, BackendError, InvalidInput, NotFound, StorageError
 from pki.files import atomic_write, ensure_dir
 from pki.issuance import Issuer
 from pki.model import IssuedCertificate, IssueRequest, KeyType
@@ -141,8 +141,8 @@ def install(directory: Path, key_pem: bytes, issued: IssuedCertificate, group: s
     ensure_dir(versions, folder)
     version = versions / issued.record.serial_hex
     try:
-        ensure_dir(version, folder)
-        atomic_write(version / KEY_FILE, key_pem, private)
+        ensure_dir(version, 0o700)
+        atomic_write(version / KEY_FILE, key_pem, 0o600)  # the group gets it only once set
         if gid is not None:
             for path in (versions, version, version / KEY_FILE):
                 os.chown(path, -1, gid)
@@ -150,8 +150,11 @@ def install(directory: Path, key_pem: bytes, issued: IssuedCertificate, group: s
         atomic_write(version / CERT_FILE, issued.cert_pem, 0o644)
         atomic_write(version / CHAIN_FILE, issued.chain_pem, 0o644)
         atomic_write(version / FULLCHAIN_FILE, issued.fullchain_pem, 0o644)
-    except BaseException:
+    except OSError as exc:
         shutil.rmtree(version, ignore_errors=True)  # no key left behind unused
+        raise StorageError(f"cannot install into {version}: {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(version, ignore_errors=True)
         raise
     link = directory / "current"
     temporary = directory / f".current.{os.getpid()}"
@@ -216,13 +219,13 @@ def reload(target: ServerTarget) -> None:
         )
 
 
+_RELOAD_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "SYSTEMD_PAGER")
+
+
 def _reload_env() -> dict[str, str]:
-    """What the reload command sees: not fleetpki's secrets (the CA passphrase...)."""
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("FLEETPKI_", "AWS_")) and "PASS" not in k.upper()
-    }
+    """What the reload command sees: a few harmless variables, none of fleetpki's secrets
+    (the CA passphrase, AWS credentials, tokens...)."""
+    return {k: os.environ[k] for k in _RELOAD_ENV if k in os.environ}
 
 
 # ------------------------------------------------------------------------------ issuing

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import os
+import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -199,6 +201,7 @@ def select(
     states: Sequence[State] = (),
     *,
     ids: Sequence[str] = (),
+    things: Sequence[str] = (),
     updated_before: dt.datetime | None = None,
     deadline_before: dt.datetime | None = None,
     confirmed_before: dt.datetime | None = None,
@@ -210,6 +213,8 @@ def select(
         query = query.where(c.state.in_([s.value for s in states]))
     if ids:
         query = query.where(c.id.in_(list(ids)))
+    if things:
+        query = query.where(c.thing.in_(list(things)))
     if updated_before is not None:
         query = query.where(c.updated_at < updated_before)
     if deadline_before is not None:
@@ -243,27 +248,47 @@ def take_lease(engine: Engine, name: str, holder: str, now: dt.datetime, ttl: dt
             except sa.exc.IntegrityError:
                 return False  # another daemon inserted it first
             return True
-        if row.holder != holder and row.expires_at > now and not _dead_here(row.holder):
+        if row.holder == holder:  # a renewal: only the holder itself writes this row
+            done = conn.execute(
+                leases.update()
+                .where(leases.c.name == name, leases.c.holder == holder)
+                .values(expires_at=max(row.expires_at, now + ttl))
+            )
+            return bool(done.rowcount)
+        if row.expires_at > now and not _dead_here(row.holder):
             return False
-        done = conn.execute(
+        done = conn.execute(  # a takeover: only if nobody renewed or took it meanwhile
             leases.update()
             .where(
                 leases.c.name == name,
                 leases.c.holder == row.holder,
-                leases.c.expires_at == row.expires_at,  # nobody renewed or took it meanwhile
+                leases.c.expires_at == row.expires_at,
             )
             .values(holder=holder, expires_at=now + ttl)
         )
         return bool(done.rowcount)
 
 
-def _dead_here(holder: str) -> bool:
-    """A holder ``host:pid`` on this host whose process is gone (a crash, kill -9)."""
-    import os
-    import socket
+def holder_id() -> str:
+    """``host:pid-namespace:pid``: on one host, containers sharing the host name but not
+    the PID namespace never mistake each other's pids."""
+    return f"{socket.gethostname()}:{_pid_namespace()}:{os.getpid()}"
 
-    host, _, pid = holder.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "-"
+
+
+def _dead_here(holder: str) -> bool:
+    """A holder in this host and PID namespace whose process is gone (a crash, kill -9)."""
+    parts = holder.rsplit(":", 2)
+    if len(parts) != 3:
+        return False
+    host, namespace, pid = parts
+    if host != socket.gethostname() or namespace != _pid_namespace() or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)

@@ -59,6 +59,17 @@ def _served_serial(directory: Path, ca_root: Path) -> int:
     return x509.load_der_x509_certificate(der).serial_number
 
 
+def set_reload(home: Path, clock: FixedClock, command: list[str]) -> None:
+    """Change the (only) target's reload command, as a later 'add --force' would."""
+    engine = State(home, clock).inventory().engine
+    with store.transaction(engine) as conn:
+        row = conn.execute(store.server_targets.select()).first()
+        assert row is not None
+        spec = json.loads(row.spec)
+        spec["reload_command"] = command
+        conn.execute(store.server_targets.update().values(spec=json.dumps(spec)))
+
+
 @pytest.fixture
 def setup(tmp_path: Path) -> tuple[Path, FixedClock, Path]:
     home = tmp_path / "home"
@@ -167,11 +178,7 @@ def test_a_failing_reload_keeps_the_old_certificate_valid(
     placed = json.loads(ok(home, "rotation", "server", "add", "api.example.test", "--dir",
                            folder, "--json", clock=clock))  # fmt: skip
     # make the reload fail from now on
-    engine = State(home, clock).inventory().engine
-    with store.transaction(engine) as conn:
-        spec = json.loads(conn.execute(store.server_targets.select()).first().spec)  # type: ignore[union-attr]
-        spec["reload_command"] = ["sh", "-c", "echo cannot reload >&2; exit 3"]
-        conn.execute(store.server_targets.update().values(spec=json.dumps(spec)))
+    set_reload(home, clock, ["sh", "-c", "echo cannot reload >&2; exit 3"])
     code, _out, err = fleetpki(home, "rotation", "server", "rotate", "api.example.test",
                                "--grace", "0", clock=clock)  # fmt: skip
     assert code == 1
@@ -195,23 +202,13 @@ def test_a_second_rotate_in_the_grace_period_says_why_and_a_fixed_reload_is_retr
     assert "has a rotation in progress (confirmed" in err
     # a reload that fails, then works: the daemon's next pass reloads and goes on
     clock.advance(dt.timedelta(hours=2))
-    engine = State(home, clock).inventory().engine
-
-    def set_reload(command: list[str]) -> None:
-        with store.transaction(engine) as conn:
-            row = conn.execute(store.server_targets.select()).first()
-            assert row is not None
-            spec = json.loads(row.spec)
-            spec["reload_command"] = command
-            conn.execute(store.server_targets.update().values(spec=json.dumps(spec)))
-
-    set_reload(["false"])
+    set_reload(home, clock, ["false"])
     code, _out, err = fleetpki(home, "rotation", "server", "rotate", "api.example.test",
                                clock=clock)  # fmt: skip
     assert code == 1
     assert "false exited 1" in err
     marker = folder.parent / "reloaded-now"
-    set_reload(["touch", str(marker)])
+    set_reload(home, clock, ["touch", str(marker)])
     state = State(home, clock)
     service = RotationService(home=state.home, inventory=state.inventory(),
                               issuer=state.issuer(), sender=None, clock=clock)  # fmt: skip
@@ -241,3 +238,61 @@ def test_group_makes_the_key_readable_by_a_server_that_drops_privileges(
     assert code == 2
     assert "no group 'no-such-group-xyz'" in err
     assert not (folder.parent / "other").exists()
+
+
+def _service(home: Path, clock: FixedClock, grace: dt.timedelta) -> RotationService:
+    state = State(home, clock)
+    return RotationService(home=state.home, inventory=state.inventory(), issuer=state.issuer(),
+                           sender=None, clock=clock,
+                           settings=RotationSettings(grace=grace))  # fmt: skip
+
+
+def _statuses(home: Path) -> dict[str, str]:
+    return {r["serial"]: r["status"] for r in json.loads(ok(home, "list", "--json"))}
+
+
+def test_an_install_that_fails_changes_nothing_and_withdraws_the_new_certificate(
+    setup: tuple[Path, FixedClock, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pki.errors import StorageError
+    from rotation import servers
+
+    home, clock, folder = setup
+    placed = json.loads(ok(home, "rotation", "server", "add", "api.example.test", "--dir",
+                           folder, "--json", clock=clock))  # fmt: skip
+
+    def full(*_a: object, **_k: object) -> None:
+        raise StorageError("cannot install into versions/x: No space left on device")
+
+    monkeypatch.setattr(servers, "install", full)
+    (rotation,) = _service(home, clock, dt.timedelta(0)).rotate_servers(
+        [], names=["api.example.test"]
+    )
+    assert rotation.state is store.State.FAILED
+    assert (folder / "current").resolve().name == placed["serial"]
+    listed = json.loads(ok(home, "rotation", "server", "list", "--json"))
+    assert listed[0]["serial"] == placed["serial"]
+    statuses = _statuses(home)
+    assert statuses.pop(placed["serial"]) == "active"
+    assert list(statuses.values()) == ["revoked"]  # the one that could not be installed
+
+
+def test_after_two_failed_reloads_the_first_certificate_is_superseded_too(
+    setup: tuple[Path, FixedClock, Path],
+) -> None:
+    home, clock, folder = setup
+    first = json.loads(ok(home, "rotation", "server", "add", "api.example.test", "--dir",
+                          folder, "--json", clock=clock))  # fmt: skip
+    set_reload(home, clock, ["false"])
+    service = _service(home, clock, dt.timedelta(0))
+    (r1,) = service.rotate_servers([], names=["api.example.test"])
+    (r2,) = service.rotate_servers([], names=["api.example.test"])
+    assert r1.state is r2.state is store.State.FAILED
+    set_reload(home, clock, ["true"])
+    service.rotate_servers([])  # the reload is retried, and works
+    assert [r.id for r in service.sweep().completed] == [r2.id]
+    statuses = _statuses(home)
+    assert statuses[r2.new_serial or ""] == "active"
+    assert statuses[first["serial"]] == "revoked"
+    assert statuses[r1.new_serial or ""] == "revoked"
+    assert list(statuses.values()).count("active") == 1

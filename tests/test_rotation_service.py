@@ -273,22 +273,30 @@ def test_the_grace_period_is_the_requesters_whoever_sweeps(world: dict[str, Any]
     assert [r.id for r in impatient.sweep().completed] == [rotation.id]
 
 
-def test_a_failed_revocation_hook_keeps_the_rotation_open_until_it_works(
-    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _due_with_failing_hook(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch, why: str
+) -> store.Rotation:
+    """t-1 rotated and confirmed two hours ago (past its grace); the IoT hook now fails."""
     import pki.hooks
     from pki.errors import BackendError
 
-    service, clock = world["service"], world["clock"]
     (rotation,) = _request(world, "t-1")
     _answer_csr(world, "t-1")
     _confirm(world, "t-1")
-    clock.advance(dt.timedelta(hours=2))
+    world["clock"].advance(dt.timedelta(hours=2))
 
     def broken(_event: Any) -> None:
-        raise BackendError("finish the revocation", "iot", "IoT Core unreachable")
+        raise BackendError("finish the revocation", "iot", why)
 
     monkeypatch.setattr(pki.hooks, "revocation_hooks", lambda: [("iot", broken)])
+    return rotation
+
+
+def test_a_failed_revocation_hook_keeps_the_rotation_open_until_it_works(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = world["service"]
+    rotation = _due_with_failing_hook(world, monkeypatch, "IoT Core unreachable")
     result = service.sweep()
     assert result.completed == [] and "IoT Core unreachable" in result.errors[0]
     row = _rows(world)["t-1"]
@@ -374,3 +382,71 @@ def test_replacements_never_outlive_the_issuing_ca(tmp_path: Path) -> None:
     assert rotation.days == 15  # whole days left, less the 5-minute backdate
     _answer_csr(world, "short-1")
     assert world["sent"].last("short-1", rp.CertificateMessage).ok
+
+
+def test_the_daemons_own_jobs_renewing_at_once_keep_the_lease(world: dict[str, Any]) -> None:
+    import threading
+
+    daemon = Daemon(world["service"], list, interval=60, holder="host-a:1:1")
+    daemon.acquire()
+    results: list[bool] = []
+
+    def renew() -> None:
+        results.extend(daemon._renew() for _ in range(30))
+
+    threads = [threading.Thread(target=renew) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [True] * 90
+    assert not daemon.stop.is_set()
+
+
+def test_a_failed_batch_is_retried_then_dropped_not_left_unacknowledged(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pki.errors import StorageError
+    from rotation.executor import MAX_ATTEMPTS
+
+    service = world["service"]
+    (rotation,) = _request(world, "t-1")
+    _key, csr = make_key_and_csr(KeyType.EC_P256, "t-1")
+    acked: list[int] = []
+    first = rp.encode(rp.CsrMessage(rotation.id, csr))
+    service.handle("t-1", "csr", first, lambda: acked.append(1))
+    real = service.issuer.issue_batch
+
+    def locked(*_a: Any, **_k: Any) -> Any:
+        raise StorageError("inventory write failed: database is locked")
+
+    monkeypatch.setattr(service.issuer, "issue_batch", locked)
+    with pytest.raises(StorageError):
+        service.process(wait=0)
+    assert acked == [] and service.inbox.qsize() == 1  # back in the queue, unacknowledged
+    monkeypatch.setattr(service.issuer, "issue_batch", real)
+    service.process(wait=0)
+    assert acked == [1]
+    assert _rows(world)["t-1"].state is store.State.ISSUED
+    # a message that keeps failing is dropped after MAX_ATTEMPTS, acknowledged
+    monkeypatch.setattr(service.issuer, "issue_batch", locked)
+    (other,) = _request(world, "t-2")
+    _key, csr2 = make_key_and_csr(KeyType.EC_P256, "t-2")
+    second = rp.encode(rp.CsrMessage(other.id, csr2))
+    service.handle("t-2", "csr", second, lambda: acked.append(2))
+    for _ in range(MAX_ATTEMPTS):
+        with pytest.raises(StorageError):
+            service.process(wait=0)
+    assert acked == [1, 2] and service.inbox.qsize() == 0
+
+
+def test_failing_hooks_stop_blocking_the_thing_after_a_day(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service, clock = world["service"], world["clock"]
+    rotation = _due_with_failing_hook(world, monkeypatch, "ResourceNotFoundException")
+    assert service.sweep().completed == []
+    clock.advance(dt.timedelta(days=1))
+    assert [r.id for r in service.sweep().completed] == [rotation.id]
+    # the thing is free again: a new rotation can be opened
+    assert [r.thing for r in _request(world, "t-1")] == ["t-1"]
