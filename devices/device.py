@@ -41,6 +41,11 @@ def refusal_reason(exc: BaseException) -> str:
     return "handshake-failed"
 
 
+# How long a rotating device waits for the broker to acknowledge its telemetry in flight
+# before it reconnects with the new certificate (what is unacknowledged then is lost).
+SWITCH_PATIENCE = 20.0
+
+
 @dataclass(frozen=True)
 class Credentials:
     name: str
@@ -292,7 +297,7 @@ class PahoDevice:
     def switching(self) -> bool:
         return self.rotation.switch_pending or self.rotation.confirm_pending
 
-    def ready_to_switch(self, now: float, patience: float = 5.0) -> bool:
+    def ready_to_switch(self, now: float, patience: float = SWITCH_PATIENCE) -> bool:
         """The new certificate is stored and the telemetry in flight is acknowledged (or
         ``patience`` s have passed: what is still unacknowledged then counts as lost)."""
         if not self.rotation.switch_pending or self.rotation.confirm_pending:
@@ -478,7 +483,7 @@ class SdkDevice:
     def switching(self) -> bool:
         return self.rotation.switch_pending or self.rotation.confirm_pending
 
-    def ready_to_switch(self, now: float, patience: float = 5.0) -> bool:
+    def ready_to_switch(self, now: float, patience: float = SWITCH_PATIENCE) -> bool:
         if not self.rotation.switch_pending or self.rotation.confirm_pending:
             return False
         if self.rotation.switch_started is None:
