@@ -152,11 +152,12 @@ def issue_device_batch(
             lambda _name, _error: advance(),
             workers=workers or default_workers(len(files), remote=not issuer.signs_in_process),
             actor=actor,
+            keep=as_json,  # the records are printed only with --json
         )
     return report(
         [i.record.to_json(state.now()) for i in result.issued],
         skipped + result.failed,
         as_json=as_json,
         done_key="issued",
-        summary=f"issued {len(result.issued)} device certificate(s) into {out_dir}",
+        summary=f"issued {result.issued_count} device certificate(s) into {out_dir}",
     )

@@ -53,8 +53,9 @@ class Failure:
 
 @dataclass
 class BatchReport:
-    issued: list[IssuedCertificate] = field(default_factory=list)
+    issued: list[IssuedCertificate] = field(default_factory=list)  # empty with keep=False
     failed: list[Failure] = field(default_factory=list)
+    issued_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def _worker_init() -> None:
 
 # What a forked batch worker commits and delivers with, and the requests (set with
 # _WORKER_ISSUER, inherited through fork).
-_WORKER_COMMIT: tuple[Deliver, str, Sequence[IssueRequest]] | None = None
+_WORKER_COMMIT: tuple[Deliver, str, Sequence[IssueRequest], bool] | None = None
 _WORKER_STOP: Any = None  # a multiprocessing Event: set when a chunk failed
 
 
@@ -103,7 +104,7 @@ def _worker_chunk(span: tuple[int, int]) -> ChunkResult:
     assert issuer is not None and commit is not None and stop is not None
     if stop.is_set():
         return ChunkResult([])
-    deliver, actor, requests = commit
+    deliver, actor, requests, keep = commit
     try:
         outcomes = [issuer.outcome(r) for r in requests[span[0] : span[1]]]
         for o in outcomes:
@@ -122,6 +123,8 @@ def _worker_chunk(span: tuple[int, int]) -> ChunkResult:
     except FleetPkiError as exc:
         stop.set()
         return ChunkResult([], exc)
+    if not keep:  # names and errors only: nobody reads the certificates back
+        return ChunkResult([Outcome(o.name, error=o.error) for o in outcomes])
     return ChunkResult(outcomes)
 
 
@@ -318,8 +321,12 @@ class Issuer:
         *,
         workers: int = 1,
         actor: str = "cli",
+        keep: bool = True,
     ) -> BatchReport:
         """Issue many; an operator error on one request is recorded and the rest go on.
+
+        ``keep=False`` when nobody reads ``report.issued`` (only ``issued_count``): the
+        forked workers then send back names and errors only, not every certificate.
 
         With ``workers`` > 1 and a remote CA, that many requests are in flight at once
         and this process commits rows ``commit_size`` at a time and delivers them. With
@@ -330,7 +337,9 @@ class Issuer:
         and delivered.
         """
         if workers > 1 and self.signs_in_process:
-            return self._issue_forked(requests, deliver, progress, commit_size, workers, actor)
+            return self._issue_forked(
+                requests, deliver, progress, commit_size, workers, actor, keep
+            )
         report = BatchReport()
         pending: list[IssuedCertificate] = []
         for result in self._outcomes(requests, workers):
@@ -342,13 +351,17 @@ class Issuer:
                 pending.append(result.issued)
             if len(pending) >= commit_size:
                 self._commit(pending, deliver, actor)
-                report.issued.extend(pending)
+                report.issued_count += len(pending)
+                if keep:
+                    report.issued.extend(pending)
                 pending = []
             if progress is not None:
                 progress(result.name, result.error)
         if pending:
             self._commit(pending, deliver, actor)
-            report.issued.extend(pending)
+            report.issued_count += len(pending)
+            if keep:
+                report.issued.extend(pending)
         return report
 
     # -- internals ------------------------------------------------------------------------
@@ -377,6 +390,7 @@ class Issuer:
         commit_size: int,
         workers: int,
         actor: str,
+        keep: bool,
     ) -> BatchReport:
         global _WORKER_ISSUER, _WORKER_COMMIT, _WORKER_STOP
         report = BatchReport()
@@ -387,7 +401,8 @@ class Issuer:
         size = max(1, min(commit_size, FORKED_CHUNK))
         spans = [(start, min(start + size, len(work))) for start in range(0, len(work), size)]
         context = multiprocessing.get_context("fork")
-        _WORKER_ISSUER, _WORKER_COMMIT, _WORKER_STOP = self, (deliver, actor, work), context.Event()
+        _WORKER_ISSUER, _WORKER_STOP = self, context.Event()
+        _WORKER_COMMIT = (deliver, actor, work, keep)
         fatal: FleetPkiError | None = None
         try:
             with context.Pool(workers, initializer=_worker_init) as pool:
@@ -398,8 +413,10 @@ class Issuer:
                     for result in chunk.outcomes:
                         if result.error is not None:
                             report.failed.append(Failure(result.name, result.error))
-                        elif result.issued is not None:
-                            report.issued.append(result.issued)
+                        else:
+                            report.issued_count += 1
+                            if result.issued is not None:
+                                report.issued.append(result.issued)
                         if progress is not None:
                             progress(result.name, result.error)
                 pool.close()

@@ -112,3 +112,16 @@ def test_a_failing_chunk_stops_the_forked_batch_without_orphans(
     assert on_disk == recorded  # no file without a row, no row without its file
     assert not (out / "fork-22").exists() or not any((out / "fork-22").iterdir())
     assert 0 < len(recorded) < 40
+
+
+@pytest.mark.usefixtures("ca_home")
+def test_without_json_the_workers_send_back_counts_only(cli: Cli, tmp_path: Path) -> None:
+    batch = tmp_path / "csrs"
+    batch.mkdir()
+    for i in range(30):
+        (batch / f"lean-{i:02d}.csr").write_bytes(make_csr(f"lean-{i:02d}")[0])
+    result = cli("issue", "device", "--batch", batch, "--out", tmp_path / "out", "--workers", "2")
+    assert result.code == 0, result.err
+    assert "issued 30 device certificate(s)" in result.err
+    assert len(list((tmp_path / "out").glob("*/cert.pem"))) == 30
+    assert len(json.loads(cli.ok("list", "--json").out)) == 30
