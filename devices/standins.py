@@ -459,8 +459,9 @@ def up(home: Home, clock: Clock, state: Any) -> DevState:
             _write(run / "mosquitto.conf", config.encode(), 0o644, owner)
             broker = _spawn([mosquitto, "-c", str(run / "mosquitto.conf")], run / "stdout.log")
             started.append(broker.pid)
-            _wait_port(mqtt_port, broker, "mosquitto", run / "mosquitto.log")
-            _wait_port(admin_port, broker, "mosquitto", run / "mosquitto.log")
+            # its own word that both listeners are open (a probe could reach another
+            # program that took a port meanwhile)
+            _wait_port(mqtt_port, broker, "mosquitto", run / "mosquitto.log", " running")
             return broker, mqtt_port, admin_port
 
         broker, mqtt_port, admin_port = _on_a_free_port(start_broker)
@@ -491,7 +492,9 @@ def up(home: Home, clock: Clock, state: Any) -> DevState:
                     run / "moto.log",
                 )
                 started.append(moto.pid)
-                _wait_port(port, moto, "moto_server", run / "moto.log")
+                _wait_port(
+                    port, moto, "moto_server", run / "moto.log", f"Running on http://{HOST}:{port}"
+                )
                 return moto, port
 
             moto, moto_port = _on_a_free_port(start_moto)

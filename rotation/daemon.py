@@ -78,8 +78,15 @@ class Daemon:
         items = self.plan()
         self.service.metrics.due.set(len(items))
         self.service.metrics.last_plan.set(time.time())
-        requested = self.service.request(items)
-        servers = self.service.rotate_servers(items)
+        requested, servers = [], []
+        try:  # each on its own: a failure of one must not skip the other
+            requested = self.service.request(items)
+        except FleetPkiError as exc:
+            log.error("requesting device rotations: %s", exc)
+        try:
+            servers = self.service.rotate_servers(items)
+        except FleetPkiError as exc:
+            log.error("replacing server certificates: %s", exc)
         if requested or servers:
             log.info(
                 "%d certificates due: %d device rotations requested, %d server certificates "

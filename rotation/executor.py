@@ -24,7 +24,13 @@ from cryptography import x509
 
 from devices import rotation_protocol as rp
 from pki.clock import Clock
-from pki.errors import FleetPkiError, IssuedCertificateMismatch, OperatorError, PolicyViolation
+from pki.errors import (
+    FleetPkiError,
+    IssuedCertificateMismatch,
+    OperatorError,
+    PolicyViolation,
+    StorageError,
+)
 from pki.home import Home
 from pki.inventory import Inventory
 from pki.issuance import Issuer
@@ -66,7 +72,8 @@ class Inbound:
     kind: str
     payload: bytes
     ack: Callable[[], None]
-    attempts: int = 0
+    attempts: int = 0  # failures while worked alone
+    alone: bool = False  # in a batch that failed: worked on its own next time
 
 
 @dataclass(frozen=True)
@@ -214,11 +221,15 @@ class RotationService:
         except queue.Empty:
             return 0
         taken = [first]
-        while len(taken) < max_batch:
+        while not first.alone and len(taken) < max_batch:
             try:
-                taken.append(self.inbox.get_nowait())
+                item = self.inbox.get_nowait()
             except queue.Empty:
                 break
+            if item.alone:
+                self.inbox.put(item)  # worked on its own, later
+                break
+            taken.append(item)
         csrs: dict[str, tuple[str, rp.CsrMessage]] = {}
         confirms: dict[str, tuple[str, rp.Confirm]] = {}
         for item in taken:
@@ -240,10 +251,17 @@ class RotationService:
                     self._issue(list(csrs.values()))
                 if confirms:
                     self._confirm(list(confirms.values()))
-        except BaseException:
-            for item in taken:  # handling a message again is harmless (compare-and-set)
-                if item.attempts + 1 < MAX_ATTEMPTS:
-                    self.inbox.put(replace(item, attempts=item.attempts + 1))
+        except BaseException as exc:
+            # handling a message again is harmless (compare-and-set). Storage down: all
+            # wait, nothing counted. Else a failed batch is split into single messages,
+            # and only a message that fails on its own counts towards being dropped.
+            for item in taken:
+                if isinstance(exc, StorageError):
+                    self.inbox.put(item)
+                elif len(taken) > 1:
+                    self.inbox.put(replace(item, alone=True))
+                elif item.attempts + 1 < MAX_ATTEMPTS:
+                    self.inbox.put(replace(item, attempts=item.attempts + 1, alone=True))
                 else:
                     log.error("dropped a rotation %s from %s after %d failed attempts",
                               item.kind, item.thing, MAX_ATTEMPTS)  # fmt: skip
@@ -316,7 +334,8 @@ class RotationService:
                         self.register(item)
                     except Exception as exc:
                         why = str(exc) if isinstance(exc, FleetPkiError) else repr(exc)
-                        self._fail(rotation, State.REQUESTED, "registration", why, now)
+                        self._fail(rotation, State.REQUESTED, "registration", why, now,
+                                   new_serial=item.record.serial_hex)  # fmt: skip
                         self.sender.send(
                             rotation.thing,
                             rp.CertificateMessage(rotation.id, error="registration", message=why),
@@ -400,7 +419,11 @@ class RotationService:
                     continue
                 if rotation.state in (State.CONFIRMED, State.COMPLETED):
                     continue  # a repeat
-                late = rotation.state is State.FAILED and rotation.new_serial is not None
+                late = (
+                    rotation.state is State.FAILED
+                    and rotation.new_serial is not None
+                    and self._newest(conn, thing) == rotation.id
+                )
                 if message.serial != rotation.new_serial or not (
                     rotation.state is State.ISSUED or late
                 ):
@@ -428,9 +451,23 @@ class RotationService:
             self.metrics.duration.observe((now - rotation.requested_at).total_seconds())
         self.metrics.confirmed.inc(len(done))
 
+    @staticmethod
+    def _newest(conn: sa.Connection, thing: str) -> str | None:
+        rows = store.select(conn, things=[thing], limit=1)
+        return rows[0].id if rows else None
+
     def _fail(
-        self, rotation: Rotation, expected: State, reason: str, message: str, now: dt.datetime
+        self,
+        rotation: Rotation,
+        expected: State,
+        reason: str,
+        message: str,
+        now: dt.datetime,
+        **values: object,
     ) -> None:
+        """``values``: e.g. the ``new_serial`` of a certificate issued but not used, so
+        that a later rotation of the thing finds and supersedes it if its withdrawal
+        failed."""
         with store.transaction(self.inventory.engine) as conn:
             store.advance(
                 conn,
@@ -439,6 +476,7 @@ class RotationService:
                 State.FAILED,
                 error=f"{reason}: {message}",
                 updated_at=now,
+                **values,
             )
         self.metrics.failed.labels(reason).inc()
         log.warning("rotation of %s failed (%s): %s", rotation.thing, reason, message)
@@ -477,6 +515,7 @@ class RotationService:
                     raise_failures=False,
                 )
                 unfinished = {owner[s].id: str(e) for s, e in revoked.failures.items()}
+                gave_up: dict[str, str] = {}
                 for rotation in due:
                     why = unfinished.get(rotation.id)
                     if why is not None and self._hooks_given_up(rotation, now):
@@ -484,6 +523,7 @@ class RotationService:
                         # (the certificate deleted in IoT Core...) must not block the thing
                         log.error("%s: completing despite %s", rotation.thing, why)
                         self.metrics.failed.labels("hook").inc()
+                        gave_up[rotation.id] = why
                         del unfinished[rotation.id]
                 with store.transaction(engine) as conn:
                     for rotation in due:
@@ -496,6 +536,7 @@ class RotationService:
                                 State.CONFIRMED,
                                 State.CONFIRMED,
                                 error=f"revoking the old certificate: {why} (retried)",
+                                retry_since=rotation.retry_since or now,
                                 updated_at=now,
                             )
                         elif store.advance(
@@ -505,7 +546,12 @@ class RotationService:
                             State.COMPLETED,
                             completed_at=now,
                             updated_at=now,
-                            error=None,
+                            error=(
+                                f"completed, but a revocation hook kept failing since "
+                                f"{rotation.retry_since}: {gave_up[rotation.id]}"
+                                if rotation.id in gave_up
+                                else None
+                            ),
                         ):
                             result.completed.append(rotation)
                 for error in result.errors:
@@ -527,9 +573,11 @@ class RotationService:
         return result
 
     def _hooks_given_up(self, rotation: Rotation, now: dt.datetime) -> bool:
-        old = self.inventory.get(int(rotation.old_serial, 16))
-        since = rotation.revoke_old_at or now
-        return old.status is Status.REVOKED and now - since > HOOK_RETRIES_FOR
+        """The hooks have failed for ``HOOK_RETRIES_FOR`` since their first failure, and
+        the old certificate is revoked in the inventory (and so in the CRL)."""
+        if rotation.retry_since is None or now - rotation.retry_since <= HOOK_RETRIES_FOR:
+            return False
+        return self.inventory.get(int(rotation.old_serial, 16)).status is Status.REVOKED
 
     def _superseded(self, rotation: Rotation) -> list[int]:
         """The certificates a completed rotation revokes: the one it replaced and, for a
@@ -540,8 +588,14 @@ class RotationService:
             return serials
         new = int(rotation.new_serial, 16)
         now = self.clock.now()
+        try:
+            replacement = self.inventory.get(new)
+            profile = self.inventory.get(serials[0]).profile
+        except FleetPkiError:
+            return serials
         # earlier rotations of the same thing or server that never completed (a failed
-        # reload, a late device) left certificates behind: superseded as well
+        # reload, a late device, an install that failed) left certificates behind: the
+        # older ones of the same kind are superseded as well
         with store.transaction(self.inventory.engine) as conn:
             earlier = store.select(conn, [State.FAILED], things=[rotation.thing])
         for row in earlier:
@@ -551,7 +605,11 @@ class RotationService:
                         record = self.inventory.get(int(text, 16))
                     except FleetPkiError:
                         continue
-                    if record.status is Status.ACTIVE and record.created_at <= now:
+                    if (
+                        record.status is Status.ACTIVE
+                        and record.profile == profile
+                        and record.created_at <= replacement.created_at
+                    ):
                         serials.append(record.serial)
         active = self.inventory.find(now=now, status=Status.ACTIVE, thing=rotation.thing)
         issued = {r.serial: r.created_at for r in active}
@@ -657,22 +715,21 @@ class RotationService:
             self._fail(rotation, State.REQUESTED, "server-issue", str(exc), now)
             return replace(rotation, state=State.FAILED, error=str(exc))
         new = issued.record.serial_hex
-        # recorded first: install() either swaps 'current' completely or leaves it as it was
+        # recorded first, on the target and the rotation together; install() either swaps
+        # 'current' completely or leaves it as it was
+        with store.transaction(engine) as conn:
+            servers.record_serial(conn, target.name, new, now)
+            store.advance(conn, rotation.id, State.REQUESTED, State.ISSUED, new_serial=new)
         try:
-            servers.record_serial(engine, target.name, new, now)
-            try:
-                servers.install(target.directory, key_pem, issued, target.group)
-            except BaseException:
-                servers.record_serial(engine, target.name, target.serial, now)
-                raise
+            servers.install(target.directory, key_pem, issued, target.group)
         except FleetPkiError as exc:
             # not in use anywhere: withdrawn, the old one stays
-            self._fail(rotation, State.REQUESTED, "server-install", str(exc), now)
+            with store.transaction(engine) as conn:
+                servers.record_serial(conn, target.name, target.serial, now)
+            self._fail(rotation, State.ISSUED, "server-install", str(exc), now)
             self._withdraw([(issued, rotation)])
-            return replace(rotation, state=State.FAILED, error=str(exc))
+            return replace(rotation, new_serial=new, state=State.FAILED, error=str(exc))
         self.metrics.issued.inc()
-        with store.transaction(engine) as conn:
-            store.advance(conn, rotation.id, State.REQUESTED, State.ISSUED, new_serial=new)
         return self._reloaded(replace(rotation, new_serial=new, state=State.ISSUED), target)
 
     def _reloaded(self, rotation: Rotation, target: servers_mod.ServerTarget) -> Rotation:

@@ -20,6 +20,7 @@ import datetime as dt
 import grp
 import ipaddress
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from pki.delivery import CERT_FILE, CHAIN_FILE, FULLCHAIN_FILE, KEY_FILE, make_key_and_csr
 from pki.errors import AlreadyExists, BackendError, InvalidInput, NotFound, StorageError
@@ -40,6 +41,7 @@ from rotation import store
 from rotation.store import server_targets
 
 KEEP_VERSIONS = 3
+log = logging.getLogger("fleetpki.rotation")
 RELOAD_TIMEOUT = 60.0
 
 
@@ -139,6 +141,14 @@ def install(directory: Path, key_pem: bytes, issued: IssuedCertificate, group: s
     private, folder = (0o600, 0o700) if gid is None else (0o640, 0o750)
     versions = directory / "versions"
     ensure_dir(versions, folder)
+    if gid is not None:  # the server's group must be able to reach versions/ at all
+        try:
+            os.chown(directory, -1, gid)
+            directory.chmod(0o750)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot give {directory} to group {group}: {exc.strerror}"
+            ) from None
     version = versions / issued.record.serial_hex
     try:
         ensure_dir(version, 0o700)
@@ -163,19 +173,22 @@ def install(directory: Path, key_pem: bytes, issued: IssuedCertificate, group: s
     try:
         os.symlink(Path("versions") / version.name, temporary)
         os.replace(temporary, link)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        shutil.rmtree(version, ignore_errors=True)
+        raise StorageError(f"cannot switch {link} to the new certificate: {exc.strerror}") from None
+    # swapped: from here on nothing may undo it or fail the installation
+    try:
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        shutil.rmtree(version, ignore_errors=True)
-        raise BackendError(
-            "switch to the new certificate", "files", f"{link}: {exc.strerror}"
-        ) from None
-    _prune(versions, keep=version.name)
+        log.warning("could not flush %s to disk: %s", directory, exc.strerror)
+    with contextlib.suppress(OSError):
+        _prune(versions, keep=version.name)
     return version
 
 
@@ -292,13 +305,13 @@ def add(
     return placed
 
 
-def record_serial(engine: Engine, name: str, serial: str, now: dt.datetime) -> None:
-    with store.transaction(engine) as conn:
-        conn.execute(
-            server_targets.update()
-            .where(server_targets.c.name == name)
-            .values(serial=serial, updated_at=now)
-        )
+def record_serial(conn: Connection, name: str, serial: str, now: dt.datetime) -> None:
+    """Inside the caller's transaction (with the rotation's own row)."""
+    conn.execute(
+        server_targets.update()
+        .where(server_targets.c.name == name)
+        .values(serial=serial, updated_at=now)
+    )
 
 
 def remove(engine: Engine, name: str) -> ServerTarget:

@@ -50,6 +50,8 @@ rotations = sa.Table(
     # how long the old certificate stays valid after the confirmation: the requester's
     # setting, whichever process sweeps
     sa.Column("grace_seconds", sa.Integer, nullable=False, default=3600),
+    # when revoking the old certificate first failed (its hooks are retried for a while)
+    sa.Column("retry_since", UtcDateTime, nullable=True),
     # at most one rotation in progress per thing, across every process on the inventory
     sa.Index(
         "ux_rotations_open_thing",
@@ -96,6 +98,7 @@ class Rotation:
     completed_at: dt.datetime | None = None
     error: str | None = None
     grace_seconds: int = 3600
+    retry_since: dt.datetime | None = None
 
     @property
     def revoke_old_at(self) -> dt.datetime | None:
@@ -148,6 +151,7 @@ def _rotation(row: Any) -> Rotation:
         completed_at=m["completed_at"],
         error=m["error"],
         grace_seconds=int(m["grace_seconds"]),
+        retry_since=m["retry_since"],
     )
 
 

@@ -406,38 +406,57 @@ def test_the_daemons_own_jobs_renewing_at_once_keep_the_lease(world: dict[str, A
 def test_a_failed_batch_is_retried_then_dropped_not_left_unacknowledged(
     world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pki.errors import StorageError
+    from pki.errors import BackendError, StorageError
     from rotation.executor import MAX_ATTEMPTS
 
     service = world["service"]
     (rotation,) = _request(world, "t-1")
     _key, csr = make_key_and_csr(KeyType.EC_P256, "t-1")
-    acked: list[int] = []
+    acked: list[str] = []
     first = rp.encode(rp.CsrMessage(rotation.id, csr))
-    service.handle("t-1", "csr", first, lambda: acked.append(1))
+    service.handle("t-1", "csr", first, lambda: acked.append("t-1"))
     real = service.issuer.issue_batch
 
     def locked(*_a: Any, **_k: Any) -> Any:
         raise StorageError("inventory write failed: database is locked")
 
+    # the inventory is down: the message waits, unacknowledged, however often it fails
     monkeypatch.setattr(service.issuer, "issue_batch", locked)
-    with pytest.raises(StorageError):
-        service.process(wait=0)
-    assert acked == [] and service.inbox.qsize() == 1  # back in the queue, unacknowledged
-    monkeypatch.setattr(service.issuer, "issue_batch", real)
-    service.process(wait=0)
-    assert acked == [1]
-    assert _rows(world)["t-1"].state is store.State.ISSUED
-    # a message that keeps failing is dropped after MAX_ATTEMPTS, acknowledged
-    monkeypatch.setattr(service.issuer, "issue_batch", locked)
-    (other,) = _request(world, "t-2")
-    _key, csr2 = make_key_and_csr(KeyType.EC_P256, "t-2")
-    second = rp.encode(rp.CsrMessage(other.id, csr2))
-    service.handle("t-2", "csr", second, lambda: acked.append(2))
-    for _ in range(MAX_ATTEMPTS):
+    for _ in range(MAX_ATTEMPTS + 1):
         with pytest.raises(StorageError):
             service.process(wait=0)
-    assert acked == [1, 2] and service.inbox.qsize() == 0
+    assert acked == [] and service.inbox.qsize() == 1
+    monkeypatch.setattr(service.issuer, "issue_batch", real)
+    service.process(wait=0)
+    assert acked == ["t-1"]
+    assert _rows(world)["t-1"].state is store.State.ISSUED
+
+    # one poison message in a batch: the batch is split, the good message goes through,
+    # the poison one is dropped (acknowledged) after failing MAX_ATTEMPTS times on its own
+    (other,) = _request(world, "t-2")
+    _key, csr2 = make_key_and_csr(KeyType.EC_P256, "t-2")
+
+    def poison(requests: Any, *a: Any, **k: Any) -> Any:
+        if any(r.name == "t-2" for r in requests):
+            raise BackendError("issue", "CA", "the CA rejected the request")
+        return real(requests, *a, **k)
+
+    monkeypatch.setattr(service.issuer, "issue_batch", poison)
+    second = rp.encode(rp.CsrMessage(other.id, csr2))
+    service.handle("t-2", "csr", second, lambda: acked.append("t-2"))
+    service.handle("t-1", "csr", first, lambda: acked.append("t-1 again"))  # a repeat
+    with pytest.raises(BackendError):
+        service.process(wait=0)  # the batch of two fails
+    assert service.inbox.qsize() == 2
+    outcomes = []
+    for _ in range(MAX_ATTEMPTS + 2):
+        try:
+            outcomes.append(service.process(wait=0))
+        except BackendError:
+            outcomes.append(-1)
+    assert "t-1 again" in acked and "t-2" in acked  # both acknowledged in the end
+    assert service.inbox.qsize() == 0
+    assert outcomes.count(-1) == MAX_ATTEMPTS
 
 
 def test_failing_hooks_stop_blocking_the_thing_after_a_day(
@@ -445,8 +464,38 @@ def test_failing_hooks_stop_blocking_the_thing_after_a_day(
 ) -> None:
     service, clock = world["service"], world["clock"]
     rotation = _due_with_failing_hook(world, monkeypatch, "ResourceNotFoundException")
+    assert service.sweep().completed == []  # the first failure starts the day
+    clock.advance(dt.timedelta(hours=23))
     assert service.sweep().completed == []
-    clock.advance(dt.timedelta(days=1))
+    clock.advance(dt.timedelta(hours=1, seconds=1))
     assert [r.id for r in service.sweep().completed] == [rotation.id]
+    kept = _rows(world)["t-1"].error
+    assert kept is not None and "kept failing" in kept and "ResourceNotFoundException" in kept
     # the thing is free again: a new rotation can be opened
     assert [r.thing for r in _request(world, "t-1")] == ["t-1"]
+
+
+def test_a_late_confirmation_of_an_older_rotation_never_revokes_the_newer_certificate(
+    world: dict[str, Any],
+) -> None:
+    service, clock, state = world["service"], world["clock"], world["state"]
+    (r1,) = _request(world, "t-1")
+    _answer_csr(world, "t-1")
+    n1 = world["sent"].last("t-1", rp.CertificateMessage).serial
+    clock.advance(dt.timedelta(minutes=16))
+    service.sweep()  # r1 timed out after its certificate was sent
+    clock.advance(dt.timedelta(seconds=1))
+    items = active_devices(state.inventory(), clock.now(), things=["t-1"])
+    (r2,) = service.request(items, force=True)
+    _answer_csr(world, "t-1")
+    n2 = world["sent"].last("t-1", rp.CertificateMessage).serial
+    clock.advance(dt.timedelta(minutes=16))
+    service.sweep()  # r2 timed out too
+    # both confirmations arrive together (a redelivery): only the newest rotation counts
+    service.handle("t-1", "confirm", rp.encode(rp.Confirm(r1.id, n1)))
+    service.handle("t-1", "confirm", rp.encode(rp.Confirm(r2.id, n2)))
+    service.process(wait=0)
+    clock.advance(dt.timedelta(hours=2))
+    assert [r.id for r in service.sweep().completed] == [r2.id]
+    active = state.inventory().find(now=clock.now(), thing="t-1", status=Status.ACTIVE)
+    assert [r.serial_hex for r in active] == [n2]
