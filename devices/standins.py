@@ -153,8 +153,10 @@ def mosquitto_config(
         "allow_anonymous false",
         "persistence false",
         "set_tcp_nodelay true",
-        # the rotation service's session holds a whole wave of CSRs while it works them
+        # the rotation service's session holds a whole wave of CSRs while it works them,
+        # and acknowledges them only once they are committed: let many be in flight
         "max_queued_messages 100000",
+        "max_inflight_messages 1000",
         "max_keepalive 120",
         f"log_dest file {run / 'mosquitto.log'}",
         "log_type error",
