@@ -259,6 +259,15 @@ def test_daemon_serves_metrics_holds_the_lease_and_stops_on_sigterm(stand: Stand
         code, _out, err = fleetpki(stand.home, "rotation", "run", "--metrics-port", "0")
         assert code == 2
         assert "another rotation daemon" in err
+        # with the daemon running, 'rotate' only asks; the daemon works the answers
+        with LiveDevice(stand, "rot-quiet") as device:
+            code, out, err = fleetpki(stand.home, "rotation", "rotate", "rot-quiet", "--grace",
+                                      "1h", "--timeout", "60s")  # fmt: skip
+            assert code == 0, err
+            assert "the running daemon" in err and "works their answers" in err
+            assert "confirmed 1" in out
+            assert device.stats.rotated_serial is not None
+        assert "fleetpki_rotation_confirmed_total 1.0" in metrics()
     finally:
         daemon.send_signal(signal.SIGTERM)
         try:
