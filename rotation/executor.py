@@ -433,15 +433,7 @@ class RotationService:
                     # a late confirmation (after the answer timeout) still counts: the
                     # device runs on the certificate it was sent
                     with conn.begin_nested():
-                        moved = store.advance(
-                            conn,
-                            rotation.id,
-                            rotation.state,
-                            State.CONFIRMED,
-                            confirmed_at=now,
-                            updated_at=now,
-                            error=None,
-                        )
+                        moved = store.confirm(conn, rotation.id, rotation.state, now)
                 except sa.exc.IntegrityError:  # a newer rotation of the thing is open
                     self._bad(thing, "late confirmation: a newer rotation is in progress")
                     continue
@@ -745,15 +737,7 @@ class RotationService:
             self._fail(rotation, rotation.state, "reload", message, now)
             return replace(rotation, state=State.FAILED, error=f"reload: {message}")
         with store.transaction(self.inventory.engine) as conn:
-            store.advance(
-                conn,
-                rotation.id,
-                rotation.state,
-                State.CONFIRMED,
-                confirmed_at=now,
-                updated_at=now,
-                error=None,
-            )
+            store.confirm(conn, rotation.id, rotation.state, now)
         self.metrics.confirmed.inc()
         log.info(
             "server %s: certificate %s installed in %s",

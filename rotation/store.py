@@ -188,6 +188,14 @@ def advance(conn: Connection, rotation_id: str, expected: State, to: State, **va
     return bool(done.rowcount)
 
 
+def confirm(conn: Connection, rotation_id: str, expected: State, now: dt.datetime) -> bool:
+    """The new certificate is in use (the device reconnected with it, or the server was
+    reloaded): the grace period of the old one starts now."""
+    return advance(
+        conn, rotation_id, expected, State.CONFIRMED, confirmed_at=now, updated_at=now, error=None
+    )
+
+
 def open_things(conn: Connection) -> set[str]:
     query = sa.select(rotations.c.thing).where(rotations.c.state.in_([s.value for s in OPEN]))
     return {row[0] for row in conn.execute(query)}
