@@ -194,12 +194,15 @@ def wait_for(
 
 def _guarded_process(service: RotationService, wait: float) -> None:
     """One batch of device messages; nothing a device sends, and no failure of ours,
-    stops the loop (the batch stays unacknowledged and comes again)."""
+    stops the loop (the batch goes back into the queue). Failures in a row make the pause
+    grow, up to 30 s, so a database or CA that is down is not hammered."""
     try:
         service.process(wait=wait)
+        service.failures_in_a_row = 0
+        return
     except FleetPkiError as exc:
         log.error("processing device messages: %s", exc)
-        time.sleep(1.0)
     except Exception:
         log.exception("processing device messages failed")
-        time.sleep(1.0)
+    service.failures_in_a_row += 1
+    time.sleep(min(30.0, 0.5 * 2 ** min(service.failures_in_a_row, 6)))

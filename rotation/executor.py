@@ -25,8 +25,10 @@ from cryptography import x509
 from devices import rotation_protocol as rp
 from pki.clock import Clock
 from pki.errors import (
+    BackendError,
     FleetPkiError,
     IssuedCertificateMismatch,
+    NotFound,
     OperatorError,
     PolicyViolation,
     StorageError,
@@ -60,6 +62,7 @@ def _nothing() -> None:
 
 
 MAX_ATTEMPTS = 3  # tries of one device message before it is dropped
+INFRA_ATTEMPTS = 30  # the same when the inventory or the CA failed (about 30 s of backoff)
 # how long a rotation waits for failing revocation hooks once its old certificate is revoked
 HOOK_RETRIES_FOR = dt.timedelta(days=1)
 
@@ -130,6 +133,7 @@ class RotationService:
         self.metrics = metrics or Metrics()
         self.actor = actor
         self.inbox: queue.Queue[Inbound] = queue.Queue()
+        self.failures_in_a_row = 0  # of process(): the daemon's loop backs off on them
         self._lock = threading.RLock()
         store.create(inventory.engine)
 
@@ -255,16 +259,16 @@ class RotationService:
             # handling a message again is harmless (compare-and-set). Storage down: all
             # wait, nothing counted. Else a failed batch is split into single messages,
             # and only a message that fails on its own counts towards being dropped.
+            # the inventory or the CA being down is given much longer than a bad message
+            limit = INFRA_ATTEMPTS if isinstance(exc, StorageError | BackendError) else MAX_ATTEMPTS
             for item in taken:
-                if isinstance(exc, StorageError):
-                    self.inbox.put(item)
-                elif len(taken) > 1:
+                if len(taken) > 1:
                     self.inbox.put(replace(item, alone=True))
-                elif item.attempts + 1 < MAX_ATTEMPTS:
+                elif item.attempts + 1 < limit:
                     self.inbox.put(replace(item, attempts=item.attempts + 1, alone=True))
                 else:
                     log.error("dropped a rotation %s from %s after %d failed attempts",
-                              item.kind, item.thing, MAX_ATTEMPTS)  # fmt: skip
+                              item.kind, item.thing, limit)  # fmt: skip
                     item.ack()
             raise
         for item in taken:
@@ -423,6 +427,7 @@ class RotationService:
                     rotation.state is State.FAILED
                     and rotation.new_serial is not None
                     and self._newest(conn, thing) == rotation.id
+                    and self._active(rotation.new_serial)  # not withdrawn or revoked
                 )
                 if message.serial != rotation.new_serial or not (
                     rotation.state is State.ISSUED or late
@@ -442,6 +447,12 @@ class RotationService:
         for rotation in done:
             self.metrics.duration.observe((now - rotation.requested_at).total_seconds())
         self.metrics.confirmed.inc(len(done))
+
+    def _active(self, serial: str) -> bool:
+        try:
+            return self.inventory.get(int(serial, 16)).status is Status.ACTIVE
+        except NotFound:
+            return False
 
     @staticmethod
     def _newest(conn: sa.Connection, thing: str) -> str | None:
@@ -507,10 +518,15 @@ class RotationService:
                     raise_failures=False,
                 )
                 unfinished = {owner[s].id: str(e) for s, e in revoked.failures.items()}
+                failing: dict[str, list[int]] = {}
+                for serial in revoked.failures:
+                    failing.setdefault(owner[serial].id, []).append(serial)
                 gave_up: dict[str, str] = {}
                 for rotation in due:
                     why = unfinished.get(rotation.id)
-                    if why is not None and self._hooks_given_up(rotation, now):
+                    if why is not None and self._hooks_given_up(
+                        rotation, failing[rotation.id], now
+                    ):
                         # revoked in the inventory and the CRL: a hook that keeps failing
                         # (the certificate deleted in IoT Core...) must not block the thing
                         log.error("%s: completing despite %s", rotation.thing, why)
@@ -551,7 +567,13 @@ class RotationService:
                 self.metrics.completed.inc(len(result.completed))
                 if result.errors:
                     self.metrics.failed.labels("revoke").inc(len(result.errors))
+            targets = self._server_targets()
             for rotation in stale:
+                target = targets.get(rotation.thing)
+                if target is not None:
+                    self._settle_server(rotation, target, now)
+                    result.expired.append(rotation)
+                    continue
                 what = "send its CSR" if rotation.state is State.REQUESTED else "confirm"
                 self._fail(
                     rotation,
@@ -564,12 +586,45 @@ class RotationService:
             self._gauge_open()
         return result
 
-    def _hooks_given_up(self, rotation: Rotation, now: dt.datetime) -> bool:
+    def _server_targets(self) -> dict[str, servers_mod.ServerTarget]:
+        from rotation import servers
+
+        return {t.name: t for t in servers.targets(self.inventory.engine)}
+
+    def _settle_server(
+        self, rotation: Rotation, target: servers_mod.ServerTarget, now: dt.datetime
+    ) -> None:
+        """A server rotation interrupted half way (a crash, a storage error): what is on
+        disk decides. The new certificate in place: a reload is still owed (retried by
+        the next plan). Not in place: the recorded serial follows the disk and the new
+        certificate, never used, is withdrawn."""
+        from rotation import servers
+
+        try:
+            on_disk = target.current.resolve(strict=True).name
+        except OSError:
+            on_disk = ""
+        if rotation.new_serial and on_disk == rotation.new_serial:
+            self._fail(rotation, rotation.state, "reload", "interrupted before the reload", now)
+            return
+        self._fail(rotation, rotation.state, "server-install", "interrupted", now)
+        if on_disk and on_disk != target.serial:
+            with store.transaction(self.inventory.engine) as conn:
+                servers.record_serial(conn, target.name, on_disk, now)
+        if rotation.new_serial and self._active(rotation.new_serial):
+            from pki.revocation import revoke_and_publish
+
+            revoke_and_publish(self.home, self.inventory, self.issuer.ca, self.clock,
+                               [int(rotation.new_serial, 16)],
+                               RevocationReason.CESSATION_OF_OPERATION, self.actor,
+                               raise_failures=False)  # fmt: skip
+
+    def _hooks_given_up(self, rotation: Rotation, serials: list[int], now: dt.datetime) -> bool:
         """The hooks have failed for ``HOOK_RETRIES_FOR`` since their first failure, and
-        the old certificate is revoked in the inventory (and so in the CRL)."""
+        every certificate they failed for is revoked in the inventory (so in the CRL)."""
         if rotation.retry_since is None or now - rotation.retry_since <= HOOK_RETRIES_FOR:
             return False
-        return self.inventory.get(int(rotation.old_serial, 16)).status is Status.REVOKED
+        return all(self.inventory.get(s).status is Status.REVOKED for s in serials)
 
     def _superseded(self, rotation: Rotation) -> list[int]:
         """The certificates a completed rotation revokes: the one it replaced and, for a
@@ -583,7 +638,7 @@ class RotationService:
         try:
             replacement = self.inventory.get(new)
             profile = self.inventory.get(serials[0]).profile
-        except FleetPkiError:
+        except NotFound:
             return serials
         # earlier rotations of the same thing or server that never completed (a failed
         # reload, a late device, an install that failed) left certificates behind: the
@@ -595,7 +650,7 @@ class RotationService:
                 if text and int(text, 16) not in (new, *serials):
                     try:
                         record = self.inventory.get(int(text, 16))
-                    except FleetPkiError:
+                    except NotFound:
                         continue
                     if (
                         record.status is Status.ACTIVE
@@ -709,17 +764,24 @@ class RotationService:
         new = issued.record.serial_hex
         # recorded first, on the target and the rotation together; install() either swaps
         # 'current' completely or leaves it as it was
-        with store.transaction(engine) as conn:
-            servers.record_serial(conn, target.name, new, now)
-            store.advance(conn, rotation.id, State.REQUESTED, State.ISSUED, new_serial=new)
+        try:
+            with store.transaction(engine) as conn:
+                servers.record_serial(conn, target.name, new, now)
+                store.advance(conn, rotation.id, State.REQUESTED, State.ISSUED, new_serial=new)
+        except BaseException:
+            self._withdraw([(issued, rotation)])
+            raise
         try:
             servers.install(target.directory, key_pem, issued, target.group)
-        except FleetPkiError as exc:
-            # not in use anywhere: withdrawn, the old one stays
+        except BaseException as exc:
+            # not in use anywhere: withdrawn, the old one stays (a crash here is put right
+            # by the sweep, which looks at what 'current' points to)
             with store.transaction(engine) as conn:
                 servers.record_serial(conn, target.name, target.serial, now)
             self._fail(rotation, State.ISSUED, "server-install", str(exc), now)
             self._withdraw([(issued, rotation)])
+            if not isinstance(exc, FleetPkiError):
+                raise
             return replace(rotation, new_serial=new, state=State.FAILED, error=str(exc))
         self.metrics.issued.inc()
         return self._reloaded(replace(rotation, new_serial=new, state=State.ISSUED), target)

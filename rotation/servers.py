@@ -143,8 +143,11 @@ def install(directory: Path, key_pem: bytes, issued: IssuedCertificate, group: s
     ensure_dir(versions, folder)
     if gid is not None:  # the server's group must be able to reach versions/ at all
         try:
-            os.chown(directory, -1, gid)
-            directory.chmod(0o750)
+            info = directory.stat()
+            if info.st_gid != gid and not info.st_mode & 0o001:
+                os.chown(directory, -1, gid)
+            if not info.st_mode & 0o010:
+                directory.chmod(info.st_mode & 0o7777 | 0o050)
         except OSError as exc:
             raise StorageError(
                 f"cannot give {directory} to group {group}: {exc.strerror}"

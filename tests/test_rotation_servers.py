@@ -296,3 +296,31 @@ def test_after_two_failed_reloads_the_first_certificate_is_superseded_too(
     assert statuses[first["serial"]] == "revoked"
     assert statuses[r1.new_serial or ""] == "revoked"
     assert list(statuses.values()).count("active") == 1
+
+
+def test_a_rotation_interrupted_after_the_swap_is_finished_from_what_is_on_disk(
+    setup: tuple[Path, FixedClock, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rotation import servers
+
+    home, clock, folder = setup
+    ok(home, "rotation", "server", "add", "api.example.test", "--dir", folder, clock=clock)
+    service = _service(home, clock, dt.timedelta(0))
+    real = servers.reload
+
+    def crash(_target: object) -> None:
+        raise SystemExit("killed between the swap and the reload")
+
+    monkeypatch.setattr(servers, "reload", crash)
+    with pytest.raises(SystemExit):
+        service.rotate_servers([], names=["api.example.test"])
+    monkeypatch.setattr(servers, "reload", real)
+    installed = (folder / "current").resolve().name
+    clock.advance(dt.timedelta(minutes=16))
+    service.sweep()  # the new certificate is in place: a reload is owed, not a withdrawal
+    assert _statuses(home)[installed] == "active"
+    service.rotate_servers([])  # the owed reload runs; the rotation goes on
+    assert len(service.sweep().completed) == 1
+    statuses = _statuses(home)
+    assert statuses[installed] == "active"
+    assert list(statuses.values()).count("active") == 1
