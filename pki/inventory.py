@@ -296,27 +296,31 @@ class Inventory:
 
     # -- writes (inside a caller's transaction) -----------------------------------------
 
-    def add_certificates(self, conn: Connection, rows: Sequence[NewCertificate]) -> None:
-        if rows:
-            _bulk_insert(conn, certificates, [_row(r) for r in rows])
+    def add_certificates(
+        self,
+        conn: Connection,
+        rows: Sequence[NewCertificate],
+        events: Iterable[AuditEvent] = (),
+    ) -> None:
+        """Insert certificate rows and, with ``events``, their audit rows. Every value is
+        converted before the first INSERT: on SQLite that is when the write lock is
+        taken, and forked batch workers wait on each other for it."""
+        inserts = [
+            _insert_params(conn, certificates, [_row(r) for r in rows]),
+            _insert_params(conn, audit_events, _audit_rows(events)),
+        ]
+        for sql, params in inserts:
+            if params:
+                conn.exec_driver_sql(sql, params)
 
     def audit(
         self,
         conn: Connection,
         events: Iterable[AuditEvent],
     ) -> None:
-        values = [
-            {
-                "at": e.at,
-                "actor": e.actor,
-                "action": e.action,
-                "serial": e.serial,
-                "detail": json.dumps(e.detail, sort_keys=True),
-            }
-            for e in events
-        ]
-        if values:
-            _bulk_insert(conn, audit_events, values)
+        sql, params = _insert_params(conn, audit_events, _audit_rows(events))
+        if params:
+            conn.exec_driver_sql(sql, params)
 
     def mark_revoked(
         self, conn: Connection, serial: int, at: dt.datetime, reason: RevocationReason
@@ -559,13 +563,17 @@ def dialect_insert(conn: Connection, table: sa.Table) -> Any:
     raise StorageError(f"unsupported database {conn.dialect.name!r}: use SQLite or PostgreSQL")
 
 
-def _bulk_insert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    """INSERT many rows with one driver-level ``executemany``.
+def _insert_params(
+    conn: Connection, table: sa.Table, rows: list[dict[str, Any]]
+) -> tuple[str, list[tuple[Any, ...]]]:
+    """The SQL and parameters of one driver-level ``executemany`` INSERT of ``rows``.
 
     The hot path of batch issuance: SQLAlchemy's per-row parameter processing costs more
     than the insert itself. Values are converted here the way the column types would
     convert them (see ``UtcDateTime``), so rows read back identically.
     """
+    if not rows:
+        return "", []
     names = list(rows[0])
     placeholder = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     # Our own column names, each checked against the table: never input.
@@ -581,7 +589,20 @@ def _bulk_insert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) 
         )
         for row in rows
     ]
-    conn.exec_driver_sql(sql, params)
+    return sql, params
+
+
+def _audit_rows(events: Iterable[AuditEvent]) -> list[dict[str, Any]]:
+    return [
+        {
+            "at": e.at,
+            "actor": e.actor,
+            "action": e.action,
+            "serial": e.serial,
+            "detail": json.dumps(e.detail, sort_keys=True),
+        }
+        for e in events
+    ]
 
 
 def _row(new: NewCertificate) -> dict[str, Any]:

@@ -125,3 +125,22 @@ def test_without_json_the_workers_send_back_counts_only(cli: Cli, tmp_path: Path
     assert "issued 30 device certificate(s)" in result.err
     assert len(list((tmp_path / "out").glob("*/cert.pem"))) == 30
     assert len(json.loads(cli.ok("list", "--json").out)) == 30
+
+
+@pytest.mark.parametrize(
+    ("total", "size", "workers"), [(0, 500, 2), (1, 500, 2), (10_000, 500, 2), (20_001, 500, 3)]
+)
+def test_forked_spans_cover_the_batch_and_shrink_at_the_end(
+    total: int, size: int, workers: int
+) -> None:
+    spans = pki.issuance.forked_spans(total, size, workers)
+    covered = [i for start, end in spans for i in range(start, end)]
+    assert covered == list(range(total))
+    lengths = [end - start for start, end in spans]
+    assert all(0 < n <= size for n in lengths)
+    assert lengths == sorted(lengths, reverse=True)  # full chunks first, the tail shrinks
+    if total >= 10_000:
+        assert lengths[0] == size
+        # the last chunks are small: a worker waits on the other one for at most that long
+        assert max(lengths[-workers:]) <= pki.issuance.FORKED_TAIL_CHUNK
+        assert len(spans) < total / size + 30  # not a flood of tiny commits

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -187,12 +189,16 @@ def test_failed_commit_removes_delivered_files(
     """If the inventory cannot commit, the files already written are removed."""
     import pki.issuance
 
-    def broken_audit(self: Inventory, conn: object, events: object) -> None:
-        list(events)  # type: ignore[call-overload]
-        raise StorageError("inventory write failed: disk I/O error")
+    real = Inventory.transaction
+
+    @contextlib.contextmanager
+    def failing_commit(self: Inventory) -> Iterator[object]:
+        with real(self) as conn:
+            yield conn  # the rows are inserted and the files written here
+            raise StorageError("inventory write failed: disk I/O error")  # then COMMIT fails
 
     with monkeypatch.context() as patch:
-        patch.setattr(pki.issuance.Inventory, "audit", broken_audit)
+        patch.setattr(pki.issuance.Inventory, "transaction", failing_commit)
         result = cli("issue", "device", "thing-y", "--generate-key", "--out", tmp_path / "y")
     assert result.code == 1
     assert "disk I/O error" in result.err
