@@ -313,7 +313,7 @@ def fleet() -> None:
     default="steady",
     show_default=True,
     help="steady: telemetry only; revocation: devices revoked mid-run and cut; impostors: "
-    "foreign CA, expired, no certificate, another thing's topic; expiry: 1%% with expired "
+    "foreign CA, expired, no certificate, another thing's topic; expiry: 1% with expired "
     "certificates; rotation: a rotation wave over MQTT ('fleetpki rotation rotate "
     "--grace 0'), old certificates refused afterwards; all: everything.",
 )

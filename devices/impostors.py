@@ -65,10 +65,13 @@ def _other_topic(creds: Credentials, stand: Any, victim: str) -> str | None:
 
 
 def run_impostors(state: Any, stand: Any, folder: Path, victim: str | None) -> list[dict[str, Any]]:
-    import trustme
+    import secrets
 
+    from pki.backends.local import LocalCA
     from pki.clock import FixedClock
     from pki.delivery import OutputFolder, make_key_and_csr
+    from pki.inventory import Inventory
+    from pki.issuance import Issuer
     from pki.model import IssueRequest, KeyType
 
     base = folder / "impostors"
@@ -77,11 +80,24 @@ def run_impostors(state: Any, stand: Any, folder: Path, victim: str | None) -> l
     results: list[dict[str, Any]] = []
     target = victim or "nobody"
 
-    # 1. a certificate from a foreign CA, claiming a real device's name
-    foreign = trustme.CA().issue_cert(target, common_name=target)
-    (base / "foreign").mkdir(exist_ok=True)
-    foreign.private_key_pem.write_to_path(str(base / "foreign" / "key.pem"))
-    foreign.cert_chain_pems[0].write_to_path(str(base / "foreign" / "fullchain.pem"))
+    # 1. a certificate from a foreign CA (made here, thrown away with the run folder),
+    # claiming a real device's name
+    foreign_ca = LocalCA.create(
+        base / "foreign-ca",
+        key_type=KeyType.EC_P256,
+        common_name="Impostor",
+        passphrase=secrets.token_bytes(32),
+        now=state.clock.now(),
+    )
+    scratch = Inventory.open("sqlite://")  # in memory: the foreign CA has no inventory
+    try:
+        key_pem, csr_pem = make_key_and_csr(KeyType.EC_P256, target)
+        Issuer(foreign_ca, scratch, state.clock).issue(
+            IssueRequest("device", target, csr_pem, actor="impostor"),
+            OutputFolder(base / "foreign", with_key=True, force=True).deliver(key_pem),
+        )
+    finally:
+        scratch.close()
     # 2. an expired certificate from our CA; 3. a valid one for the topic thief
     actor = state.home.actor()
     for kind, clock in (

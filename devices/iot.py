@@ -114,20 +114,9 @@ class Provisioned:
 
 
 def _client(service: str = "iot") -> Any:
-    import boto3
-    from botocore.exceptions import (
-        BotoCoreError,
-        NoRegionError,
-    )
+    from pki.awsclient import make_client
 
-    try:
-        return boto3.client(service)
-    except NoRegionError:
-        raise OperatorError(
-            "no AWS region configured; set AWS_REGION (or a profile with a region)"
-        ) from None
-    except BotoCoreError as exc:
-        raise BackendError("connect", BACKEND, str(exc)) from None
+    return make_client(service)
 
 
 @contextmanager

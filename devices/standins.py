@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 
+from pki.childenv import child_env
 from pki.clock import Clock
 from pki.errors import BackendError, OperatorError
 from pki.files import atomic_write, ensure_dir
@@ -357,7 +358,14 @@ def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env=_standin_env(),
         )
+
+
+def _standin_env() -> dict[str, str]:
+    """The stand-ins outlive 'dev up': they get none of fleetpki's secrets (the CA
+    passphrase, AWS credentials), only what running them needs."""
+    return child_env(keep=("PYTHONPATH", "VIRTUAL_ENV"))
 
 
 # --------------------------------------------------------------------------- up / down
@@ -553,6 +561,7 @@ def _dynsec_init(path: Path, password: str) -> None:
             timeout=30,
             check=False,
             umask=0o077,
+            env=_standin_env(),
         )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BackendError(

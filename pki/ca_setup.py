@@ -100,6 +100,7 @@ def check_init(
     except ValueError:
         raise InvalidInput(f"unknown key type {key_type!r}") from None
     check_ca_options(common_name, root_days, issuing_days)
+    home.init_passphrase()  # a passphrase too short, or two that differ
     return kind
 
 
@@ -113,13 +114,14 @@ def init_ca(
     issuing_days: int,
 ) -> CaInitResult:
     kind = check_init(home, key_type, common_name, root_days, issuing_days)
+    chosen = home.init_passphrase()
     home.ensure()
-    if home.passphrase_path.exists() and not home.passphrase_path.read_bytes().strip():
-        remove_quietly(home.passphrase_path)
-    if home.passphrase_path.exists():
-        passphrase, generated = home.passphrase(), False
+    if chosen is None:
+        if home.passphrase_path.exists():  # an empty file: replaced by a generated one
+            remove_quietly(home.passphrase_path)
+        passphrase, generated = home.new_passphrase(), True
     else:
-        passphrase, generated = home.new_passphrase()
+        passphrase, generated = chosen, False
     created: list[str] = []  # what this call made, and only that is undone on failure
     try:
         ca = LocalCA.create(

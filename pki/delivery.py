@@ -11,9 +11,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
+from pki import policy
 from pki.backends.local import generate_key
 from pki.csr import MAX_CSR_BYTES
-from pki.errors import AlreadyExists, InvalidInput
+from pki.errors import AlreadyExists, InvalidInput, PolicyViolation
 from pki.files import atomic_write, ensure_dir, remove_quietly
 from pki.model import IssuedCertificate, IssueRequest, KeyType
 
@@ -133,6 +134,11 @@ def single_request(
     if csr_file is not None:
         csr_pem = read_csr(csr_file)
     else:
+        # the name goes into the CSR made here: refuse it as the policy would, not with
+        # whatever the CSR builder says about it
+        violation = policy.name_violation(profile, name)
+        if violation is not None:
+            raise PolicyViolation(violation.reason, violation.message)
         key_pem, csr_pem = make_key_and_csr(key_type, name)
     request = IssueRequest(
         profile=profile,

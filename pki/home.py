@@ -18,6 +18,7 @@ from pki.files import atomic_write, ensure_dir
 from pki.policy import PolicySettings
 
 PASSPHRASE_ENV = "FLEETPKI_CA_PASSPHRASE"  # noqa: S105 (a variable name, not a secret)
+MIN_PASSPHRASE = 12
 DATABASE_ENV = "FLEETPKI_DATABASE_URL"
 HOME_ENV = "FLEETPKI_HOME"
 DEFAULT_HOME = ".fleetpki"
@@ -136,30 +137,53 @@ class Home:
         """The CA key passphrase: ``FLEETPKI_CA_PASSPHRASE``, else the home's generated file."""
         env = os.environ.get(PASSPHRASE_ENV)
         if env:
-            return env.encode()
+            return os.fsencode(env)  # the bytes as given, whatever the locale
+        value = self._stored_passphrase()
+        if value is None:
+            raise OperatorError(
+                f"the CA key passphrase is not available: set {PASSPHRASE_ENV} "
+                f"(no {self.passphrase_path.name} file in the home, or it is empty)"
+            )
+        return value
+
+    def _stored_passphrase(self) -> bytes | None:
+        """The home's passphrase file, or None when there is none (or it is empty)."""
         try:
             value = self.passphrase_path.read_bytes().strip()
         except FileNotFoundError:
-            raise OperatorError(
-                f"the CA key passphrase is not available: set {PASSPHRASE_ENV} "
-                f"(no {self.passphrase_path.name} file in the home)"
-            ) from None
+            return None
         except OSError as exc:
             raise StorageError(f"cannot read {self.passphrase_path}: {exc.strerror}") from None
-        if not value:
-            raise OperatorError(f"{self.passphrase_path} is empty; set {PASSPHRASE_ENV}")
-        return value
+        return value or None
 
-    def new_passphrase(self) -> tuple[bytes, bool]:
-        """For ``ca init``: the env passphrase, or a new random one stored 0600 in the home.
-
-        Returns the passphrase and whether it was generated.
-        """
+    def init_passphrase(self) -> bytes | None:
+        """For ``ca init``, before anything is written: the passphrase the new CA keys get
+        (``FLEETPKI_CA_PASSPHRASE`` or a passphrase file already in the home, at least 12
+        characters, and the same when both are there), or None: make one with
+        ``new_passphrase``."""
         env = os.environ.get(PASSPHRASE_ENV)
+        stored = self._stored_passphrase()
         if env:
-            if len(env) < 12:
-                raise InvalidInput(f"{PASSPHRASE_ENV} is too short: use at least 12 characters")
-            return env.encode(), False
+            value = os.fsencode(env)
+            if len(value) < MIN_PASSPHRASE:
+                raise InvalidInput(
+                    f"{PASSPHRASE_ENV} is too short: use at least {MIN_PASSPHRASE} characters"
+                )
+            if stored is not None and stored != value:
+                raise InvalidInput(
+                    f"{self.passphrase_path} holds another passphrase than {PASSPHRASE_ENV}; "
+                    "remove the file or unset the variable, so the CA keys have only one"
+                )
+            return value
+        if stored is not None and len(stored) < MIN_PASSPHRASE:
+            raise InvalidInput(
+                f"the passphrase in {self.passphrase_path} is too short: "
+                f"use at least {MIN_PASSPHRASE} characters"
+            )
+        return stored
+
+    def new_passphrase(self) -> bytes:
+        """A new random passphrase, stored 0600 in the home (never over an existing file)."""
         value = secrets.token_urlsafe(32).encode()
         atomic_write(self.passphrase_path, value + b"\n", 0o600, overwrite=False)
-        return value, True
+        return value

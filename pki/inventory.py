@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -226,6 +227,20 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def _private_sqlite_file(database: str | None) -> None:
+    """Create a new SQLite inventory file 0600 (its -wal and -shm files get the same mode
+    from SQLite): it names every device of the fleet, which is nobody else's business."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    try:
+        fd = os.open(database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    except OSError:
+        return  # a missing folder and the like: SQLite's own error says it better
+    os.close(fd)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -247,6 +262,7 @@ class Inventory:
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
             raise StorageError(f"cannot use database URL {_redact(url)}: {exc}") from None
         if engine.dialect.name == "sqlite":
+            _private_sqlite_file(engine.url.database)
             sa.event.listen(engine, "connect", _sqlite_pragmas)
         inventory = cls(engine)
         inventory._create_schema()

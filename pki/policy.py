@@ -99,8 +99,13 @@ Check = Callable[[PolicyContext], Violation | None]
 
 
 def check_name(ctx: PolicyContext) -> Violation | None:
-    name = ctx.request.name
-    if ctx.is_device:
+    return name_violation(ctx.profile.name, ctx.request.name)
+
+
+def name_violation(profile: str, name: str) -> Violation | None:
+    """What is wrong with ``name`` as the thing (device profile) or server name, if
+    anything: checked before a key is made for it, and again by the policy."""
+    if profile == DEVICE.name:
         if not _THING_RE.match(name):
             return Violation(
                 "invalid-thing-name",

@@ -17,13 +17,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
 )
 
+from pki import awsclient
 from pki.bundles import Target, TrustBundle
 from pki.clock import Clock
 from pki.errors import FleetPkiError, InvalidInput, NotFound, OperatorError, PublishError
@@ -45,11 +44,7 @@ DENYLIST = "denylist"
 
 def make_client(service: str, region: str | None = None) -> Any:
     """A boto3 client from the standard settings, retrying in adaptive mode."""
-    config = Config(retries={"mode": "adaptive", "max_attempts": 10})
-    try:
-        return boto3.client(service, region_name=region, config=config)
-    except BotoCoreError as exc:
-        raise OperatorError(f"cannot make an AWS {service} client: {exc}") from None
+    return awsclient.make_client(service, region)
 
 
 def _code(exc: Exception) -> str:

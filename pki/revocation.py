@@ -193,10 +193,11 @@ def revoke_and_publish(
     from pki.hooks import RevocationEvent, revocation_hooks, run_revocation_hooks
 
     signs_crl = sign_crl and isinstance(ca, CrlSigner)
-    if signs_crl:
-        warm = getattr(ca, "load_signing_key", None)
-        if callable(warm):
-            warm()
+    # the CA passphrase is checked before anything changes, with --no-crl too: whoever
+    # may not sign for the CA may not revoke for it either
+    warm = getattr(ca, "load_signing_key", None)
+    if callable(warm):
+        warm()
     failures: dict[int, FleetPkiError] = {}
     done: list[RevocationResult] = []
     for serial in serials:

@@ -617,7 +617,14 @@ def server_remove(name: str) -> None:
 
 @server_group.command("rotate")
 @click.argument("name")
-@grace_option
+@click.option(
+    "--grace",
+    default="1h",
+    show_default=True,
+    metavar="DURATION",
+    help="How long the old certificate stays valid after the server was reloaded with the "
+    "new one (0: revoke it at once).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def server_rotate(name: str, grace: str, as_json: bool) -> int:
     """Replace NAME's certificate now (e.g. after a key compromise), reload the server,

@@ -32,6 +32,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from pki.childenv import child_env
 from pki.delivery import CERT_FILE, CHAIN_FILE, FULLCHAIN_FILE, KEY_FILE, make_key_and_csr
 from pki.errors import AlreadyExists, BackendError, InvalidInput, NotFound, StorageError
 from pki.files import atomic_write, ensure_dir
@@ -235,13 +236,10 @@ def reload(target: ServerTarget) -> None:
         )
 
 
-_RELOAD_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "SYSTEMD_PAGER")
-
-
 def _reload_env() -> dict[str, str]:
     """What the reload command sees: a few harmless variables, none of fleetpki's secrets
     (the CA passphrase, AWS credentials, tokens...)."""
-    return {k: os.environ[k] for k in _RELOAD_ENV if k in os.environ}
+    return child_env(keep=("SYSTEMD_PAGER",))
 
 
 # ------------------------------------------------------------------------------ issuing

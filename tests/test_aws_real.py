@@ -62,7 +62,9 @@ def require_real_account() -> Any:
         )
     import boto3
 
-    session = boto3.Session()
+    from pki.awsclient import region_setting
+
+    session = boto3.Session(region_name=region_setting())  # AWS_REGION, as fleetpki reads it
     if session.get_credentials() is None:
         pytest.skip("no AWS credentials (set AWS_PROFILE or AWS_ACCESS_KEY_ID/...)")
     if not session.region_name:

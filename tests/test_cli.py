@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -91,6 +92,36 @@ def test_short_passphrase_is_refused(cli: Cli, home: Path, monkeypatch: pytest.M
         "fleetpki: error: FLEETPKI_CA_PASSPHRASE is too short: use at least 12 characters\n"
     )
     assert not (home / "ca").exists()
+
+
+def test_ca_init_takes_one_passphrase_only(
+    cli: Cli, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home.mkdir(mode=0o700)
+    (home / "ca-passphrase").write_text("a leftover passphrase\n")
+    monkeypatch.setenv("FLEETPKI_CA_PASSPHRASE", "another long passphrase")
+    result = cli("ca", "init")
+    assert (result.code, result.out) == (2, "")
+    assert result.err == (
+        f"fleetpki: error: {home / 'ca-passphrase'} holds another passphrase than "
+        "FLEETPKI_CA_PASSPHRASE; remove the file or unset the variable, so the CA keys have "
+        "only one\n"
+    )
+    assert sorted(p.name for p in home.iterdir()) == ["ca-passphrase"]
+    (home / "ca-passphrase").write_text("short\n")  # a file too short is refused like the variable
+    monkeypatch.delenv("FLEETPKI_CA_PASSPHRASE")
+    result = cli("ca", "init")
+    assert result.code == 2
+    assert "ca-passphrase is too short: use at least 12 characters" in result.err
+    assert sorted(p.name for p in home.iterdir()) == ["ca-passphrase"]
+    # the same passphrase in both places is fine, and so is one the locale cannot decode
+    odd = "p\udcffssphrase-\udce9-long"  # bytes 0xff and 0xe9, not UTF-8
+    (home / "ca-passphrase").write_bytes(os.fsencode(odd) + b"\n")
+    monkeypatch.setenv("FLEETPKI_CA_PASSPHRASE", odd)
+    cli.ok("ca", "init")
+    monkeypatch.delenv("FLEETPKI_CA_PASSPHRASE")
+    cli.ok("crl")  # the file alone opens the CA key
+    assert (home / "inventory.db").stat().st_mode & 0o777 == 0o600
 
 
 def test_commands_without_a_ca(cli: Cli, home: Path) -> None:
@@ -229,9 +260,10 @@ def test_revoke_with_a_wrong_passphrase_changes_nothing(
         cli.ok("issue", "device", "d1", "--generate-key", "--out", tmp_path / "d", "--json").out
     )["serial"]
     monkeypatch.setenv("FLEETPKI_CA_PASSPHRASE", "wrong horse")
-    result = cli("revoke", serial, "--reason", "key-compromise")
-    assert result.code == 2 and "wrong passphrase" in result.err
-    assert json.loads(cli.ok("show", serial, "--json").out)["status"] == "active"
+    for extra in ((), ("--no-crl",)):  # no CRL to sign: the passphrase is checked anyway
+        result = cli("revoke", serial, "--reason", "key-compromise", *extra)
+        assert result.code == 2 and "wrong passphrase" in result.err
+        assert json.loads(cli.ok("show", serial, "--json").out)["status"] == "active"
     # with the right passphrase the revocation and its CRL go through
     monkeypatch.setenv("FLEETPKI_CA_PASSPHRASE", "correct horse battery staple")
     cli.ok("revoke", serial, "--reason", "key-compromise")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,25 @@ def test_endpoint_prints_the_data_endpoint(cli: Cli, ca_home: Path, aws: str) ->
     out = cli.ok("iot", "endpoint").out.strip()
     assert out.endswith(".amazonaws.com")
     assert "-ats.iot." in out
+
+
+@pytest.mark.parametrize("variable", ["AWS_REGION", "AWS_DEFAULT_REGION", None])
+def test_the_region_comes_from_either_variable(
+    cli: Cli, ca_home: Path, aws: str, monkeypatch: pytest.MonkeyPatch, variable: str | None
+) -> None:
+    monkeypatch.delenv("AWS_REGION")
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)  # no profile region either
+    if variable is None:
+        result = cli("iot", "endpoint")
+        assert (result.code, result.out) == (2, "")
+        assert result.err == (
+            "fleetpki: error: no AWS region configured; set AWS_REGION "
+            "(or a profile with a region)\n"
+        )
+        return
+    monkeypatch.setenv(variable, "eu-west-1")
+    assert ".iot.eu-west-1.amazonaws.com" in cli.ok("iot", "endpoint").out
 
 
 def test_provision_with_bad_input_writes_nothing(

@@ -317,3 +317,19 @@ def test_thing_name_longer_than_a_common_name(cli: Cli, tmp_path: Path) -> None:
         "fleetpki: error: policy violation (invalid-thing-name): thing name 'tttttttttttttttttttt'"
         "... is 65 characters; it is the certificate's common name, which holds at most 64"
     )
+
+
+@pytest.mark.usefixtures("ca_home")
+@pytest.mark.parametrize(
+    ("profile", "reason"), [("device", "invalid-thing-name"), ("server", "invalid-name")]
+)
+def test_a_name_too_long_is_refused_by_the_policy_before_a_key_is_made(
+    cli: Cli, tmp_path: Path, profile: str, reason: str
+) -> None:
+    before = cli.ok("list", "--json").out
+    result = cli("issue", profile, "t" * 65, "--generate-key", "--out", tmp_path / "o")
+    assert (result.code, result.out) == (2, "")
+    assert result.err.startswith(f"fleetpki: error: policy violation ({reason}): ")
+    assert result.err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+    assert cli.ok("list", "--json").out == before

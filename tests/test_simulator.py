@@ -76,6 +76,10 @@ def test_simulated_fleet_of_250_with_rotation_revocation_impostors_and_expiry(
     }
     # the stand-ins started for the run are stopped again
     assert not (home / "dev" / "state.json").exists()
+    # every private key the run wrote (devices, impostors, the foreign CA) is 0600
+    keys = [p for p in home.rglob("*") if p.is_file() and "KEY-----" in p.read_text("latin-1")]
+    assert any("impostors" in p.parts for p in keys)
+    assert {oct(p.stat().st_mode & 0o777) for p in keys} == {"0o600"}
 
 
 def test_connect_phase_rate() -> None:

@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -32,6 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from pki import awsclient
 from pki.backends import SigningRequest
 from pki.clock import Clock
 from pki.errors import BackendError, FleetPkiError, InvalidInput, NotFound, OperatorError
@@ -156,11 +155,7 @@ class CallStats:
 
 
 def make_client(region: str | None = None) -> Any:
-    config = Config(retries={"mode": "adaptive", "max_attempts": 10})
-    try:
-        return boto3.client("acm-pca", region_name=region, config=config)
-    except BotoCoreError as exc:
-        raise OperatorError(f"cannot make an AWS Private CA client: {exc}") from None
+    return awsclient.make_client("acm-pca", region)
 
 
 def _code(exc: ClientError) -> str:
