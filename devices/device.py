@@ -194,7 +194,7 @@ class DeviceRotation:
         try:
             cert = x509.load_pem_x509_certificates(message.fullchain_pem)[0]
             key = serialization.load_pem_private_key(self._key_pem, None)
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):
             self.stats.rotation_error = "unreadable-certificate"
             return
         if cert.public_key() != key.public_key():

@@ -63,7 +63,7 @@ def client_serial(event: dict[str, Any]) -> int | None:
     if pem:
         try:
             return x509.load_pem_x509_certificate(str(pem).encode()).serial_number
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):
             return None
     return None
 

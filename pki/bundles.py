@@ -104,7 +104,7 @@ def parse_strict(data: bytes, source: str) -> list[x509.Certificate]:
             raise refuse([Violation("pem-headers", f"{source} has a PEM block with headers")])
         try:
             certs.append(x509.load_pem_x509_certificate(match.group(0)))
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise InvalidInput(f"{source} has a malformed certificate: {exc}") from None
     rest = data[position:]
     if b"PRIVATE KEY" in rest:

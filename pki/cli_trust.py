@@ -65,16 +65,21 @@ def compile_bundle(
 ) -> TrustBundle:
     from pki.bundles import build_bundle, parse_strict, require_target
     from pki.errors import InvalidInput
+    from pki.files import read_limited
 
     certs = inventory_ca_certificates(state)
     for path in includes:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise InvalidInput(f"cannot read --include {path}: {exc.strerror}") from None
-        certs.extend(parse_strict(data, str(path)))
+        data = read_limited(path, MAX_INCLUDE_BYTES, "--include")
+        found = parse_strict(data, str(path))
+        if not found:  # a failed download must not publish a bundle without the new CA
+            raise InvalidInput(f"--include {path} holds no certificate")
+        certs.extend(found)
     bundle = build_bundle(certs, state.now())
     return require_target(bundle, target, max_certificates=max_certificates)
+
+
+# what an --include file may hold: far more than any trust store takes (API Gateway 1 MB)
+MAX_INCLUDE_BYTES = 1024 * 1024
 
 
 @click.group("bundle")

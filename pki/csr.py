@@ -79,7 +79,7 @@ def parse(pem: bytes) -> CsrFacts:
         raise InvalidInput("input holds more than one certificate request; send one per file")
     try:
         csr = x509.load_pem_x509_csr(pem)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion: not a ValueError
         raise InvalidInput(f"malformed CSR: {_first_line(exc)}") from None
     try:
         algorithm = csr.signature_hash_algorithm

@@ -15,7 +15,14 @@ from pki import policy
 from pki.backends.local import generate_key
 from pki.csr import MAX_CSR_BYTES
 from pki.errors import AlreadyExists, InvalidInput, PolicyViolation
-from pki.files import atomic_write, ensure_dir, remove_quietly
+from pki.files import (
+    atomic_write,
+    check_writable_folder,
+    ensure_dir,
+    read_limited,
+    refuse_special,
+    remove_quietly,
+)
 from pki.model import IssuedCertificate, IssueRequest, KeyType
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -27,15 +34,7 @@ KEY_FILE = "key.pem"
 
 
 def read_csr(path: Path) -> bytes:
-    try:
-        size = path.stat().st_size
-        if size > MAX_CSR_BYTES:
-            raise InvalidInput(
-                f"CSR file {path} is {size} bytes, over the {MAX_CSR_BYTES // 1024} KiB limit"
-            )
-        return path.read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"cannot read CSR file {path}: {exc.strerror}") from None
+    return read_limited(path, MAX_CSR_BYTES, "CSR file")
 
 
 def make_key_and_csr(key_type: KeyType, common_name: str) -> tuple[bytes, bytes]:
@@ -69,10 +68,12 @@ class OutputFolder:
         return tuple(self.path / n for n in names)
 
     def check_free(self) -> None:
-        if self.force:
-            return
+        """Refuse, before anything is signed, an --out the files cannot go into: taken
+        (without --force), not a writable folder, or holding something else than files."""
+        check_writable_folder(self.path, "--out")
         for file in self.files:
-            if file.exists():
+            refuse_special(file)
+            if not self.force and file.exists():
                 raise AlreadyExists(
                     f"{file} already exists; use --force to replace it, or another --out"
                 )

@@ -84,6 +84,16 @@ class IssuedCertificateMismatch(BackendError):
     """The backend returned a certificate that does not match what was asked for."""
 
 
+class InternalError(FleetPkiError):
+    """A failure fleetpki did not foresee, carried out of a worker process (where the
+    original exception may not survive pickling) as its type and first line."""
+
+    def __init__(self, where: str, exc: BaseException) -> None:
+        lines = str(exc).strip().splitlines()
+        first = lines[0] if lines else ""
+        super().__init__(f"internal error {where}: {type(exc).__name__}: {first}")
+
+
 class StorageError(FleetPkiError):
     """The inventory or the file system failed (exit 1)."""
 

@@ -3,18 +3,89 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
-from pki.errors import AlreadyExists, StorageError
+from pki.errors import AlreadyExists, InvalidInput, StorageError
+
+# What the operator fixes by naming another path or changing permissions (exit 2); any
+# other failure of the file system (disk full, I/O error) is a storage failure (exit 1).
+_PATH_ERRORS = frozenset(
+    {
+        errno.ENOENT,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENAMETOOLONG,
+        errno.ELOOP,
+        errno.EEXIST,
+    }
+)
+
+
+def os_error(exc: OSError, message: str) -> InvalidInput | StorageError:
+    """``message`` (which names the path) with the reason, as the right kind of error."""
+    text = f"{message}: {exc.strerror or exc}"
+    return InvalidInput(text) if exc.errno in _PATH_ERRORS else StorageError(text)
 
 
 def ensure_dir(path: Path, mode: int = 0o700) -> None:
     try:
         path.mkdir(mode=mode, parents=True, exist_ok=True)
     except OSError as exc:
-        raise StorageError(f"cannot create directory {path}: {exc.strerror}") from None
+        raise os_error(exc, f"cannot create directory {path}") from None
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """Refuse (exit 2), before any work is done, a ``folder`` files cannot be written into:
+    its nearest existing ancestor must be a folder this process may write into."""
+    probe = folder
+    while True:
+        try:
+            info = probe.stat()
+            break
+        except FileNotFoundError:
+            if probe.parent == probe:
+                return
+            probe = probe.parent
+        except OSError as exc:
+            raise os_error(exc, f"cannot use {what} {folder}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise InvalidInput(f"cannot use {what} {folder}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InvalidInput(f"cannot use {what} {folder}: {probe} is not writable")
+
+
+def refuse_special(path: Path) -> None:
+    """Refuse to replace anything but a regular file: a symlink, a device (``/dev/full``),
+    a pipe or a folder at ``path`` would be swapped for a file, not written to."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise os_error(exc, f"cannot check {path}") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a symlink" if stat.S_ISLNK(info.st_mode) else "not a regular file"
+        raise InvalidInput(f"{path} is {kind}; refusing to replace it (give a file path)")
+
+
+def read_limited(path: Path, limit: int, what: str) -> bytes:
+    """At most ``limit`` bytes of an operator's input file, refused when there is more:
+    a size from ``stat`` says nothing for a pipe or a device (``/dev/zero`` has size 0)."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise InvalidInput(f"{what} {path} is over the {limit // 1024} KiB limit")
+    return data
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, overwrite: bool = True) -> None:
@@ -23,13 +94,14 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, overwrite: bool 
     The temporary file is created with ``mode`` already set, so a private key is never
     readable by others, not even for an instant.
     """
-    if not overwrite and path.exists():
+    if not overwrite and (path.exists() or path.is_symlink()):
         raise AlreadyExists(f"{path} already exists; refusing to overwrite it")
+    refuse_special(path)
     directory = path.parent
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     except OSError as exc:
-        raise StorageError(f"cannot write into {directory}: {exc.strerror}") from None
+        raise os_error(exc, f"cannot write into {directory}") from None
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
@@ -46,7 +118,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, overwrite: bool 
         raise AlreadyExists(f"{path} already exists; refusing to overwrite it") from None
     except OSError as exc:
         _discard(tmp_name)
-        raise StorageError(f"cannot write {path}: {exc.strerror}") from None
+        raise os_error(exc, f"cannot write {path}") from None
 
 
 def remove_quietly(path: Path) -> None:

@@ -24,7 +24,12 @@ from pki import csr as csr_mod
 from pki import policy
 from pki.backends import CertificateAuthority, SigningRequest
 from pki.clock import Clock
-from pki.errors import FleetPkiError, IssuedCertificateMismatch, OperatorError
+from pki.errors import (
+    FleetPkiError,
+    InternalError,
+    IssuedCertificateMismatch,
+    OperatorError,
+)
 from pki.inventory import AuditEvent, Inventory, NewCertificate
 from pki.model import CertificateRecord, IssuedCertificate, IssueRequest, Status
 from pki.policy import BACKDATE, CertificatePlan, PolicySettings
@@ -142,6 +147,9 @@ def _worker_chunk(span: tuple[int, int]) -> ChunkResult:
     except FleetPkiError as exc:
         stop.set()
         return ChunkResult([], exc)
+    except Exception as exc:  # a bug: stop the batch like one process would, without hanging
+        stop.set()
+        return ChunkResult([], InternalError("in a batch worker", exc))
     if not keep:  # names and errors only: nobody reads the certificates back
         return ChunkResult([Outcome(o.name, error=o.error) for o in outcomes])
     return ChunkResult(outcomes)

@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection, Engine
 from pki.childenv import child_env
 from pki.delivery import CERT_FILE, CHAIN_FILE, FULLCHAIN_FILE, KEY_FILE, make_key_and_csr
 from pki.errors import AlreadyExists, BackendError, InvalidInput, NotFound, StorageError
-from pki.files import atomic_write, ensure_dir
+from pki.files import atomic_write, check_writable_folder, ensure_dir
 from pki.issuance import Issuer
 from pki.model import IssuedCertificate, IssueRequest, KeyType
 from rotation import store
@@ -278,6 +278,7 @@ def add(
     if target.current.exists() and not force:
         raise AlreadyExists(f"{target.current} exists; --force replaces it")
     group_id(target.group)  # an unknown group is refused before anything is issued
+    check_writable_folder(target.directory, "--dir")  # and so is a folder we cannot use
     key_pem, issued = issue_for(issuer, target, actor)
     try:
         install(target.directory, key_pem, issued, target.group)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import subprocess
 from collections.abc import Sequence
@@ -152,3 +153,15 @@ def mtls_handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> Ha
     return Handshake(
         error is None and "cn" in verdict, str(error) if error else None, verdict.get("cn")
     )  # type: ignore[arg-type]
+
+
+def csr_with_version(pem: bytes, version: int) -> bytes:
+    """The same CSR claiming another version (RFC 2986 knows only v1 = 0): the signature
+    no longer matches, but the parser trips over the version first."""
+    der = x509.load_pem_x509_csr(pem).public_bytes(serialization.Encoding.DER)
+    der = der.replace(b"\x02\x01\x00", b"\x02\x01" + bytes([version]), 1)
+    body = base64.encodebytes(der).replace(b"\n", b"")
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    return b"\n".join(
+        [b"-----BEGIN CERTIFICATE REQUEST-----", *lines, b"-----END CERTIFICATE REQUEST-----", b""]
+    )

@@ -12,7 +12,7 @@ import pki.batch
 import pki.issuance
 from pki.errors import BackendError, PolicyViolation
 from tests.conftest import Cli
-from tests.helpers import load_cert, make_csr
+from tests.helpers import csr_with_version, load_cert, make_csr
 
 
 def test_errors_survive_a_trip_through_pickle() -> None:
@@ -144,3 +144,58 @@ def test_forked_spans_cover_the_batch_and_shrink_at_the_end(
         # the last chunks are small: a worker waits on the other one for at most that long
         assert max(lengths[-workers:]) <= pki.issuance.FORKED_TAIL_CHUNK
         assert len(spans) < total / size + 30  # not a flood of tiny commits
+
+
+@pytest.mark.usefixtures("ca_home")
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_csr_of_an_unknown_version_is_skipped_like_any_malformed_one(
+    cli: Cli, tmp_path: Path, workers: str
+) -> None:
+    batch = tmp_path / "csrs"
+    batch.mkdir()
+    for i in range(6):
+        (batch / f"unit-{i}.csr").write_bytes(make_csr(f"unit-{i}")[0])
+    (batch / "unit-v2.csr").write_bytes(csr_with_version(make_csr("unit-v2")[0], 1))
+    result = cli(
+        "issue", "device", "--batch", batch, "--out", tmp_path / "out", "--workers", workers,
+        "--json",
+    )  # fmt: skip
+    assert result.code == 2, result.err
+    summary = json.loads(result.out)
+    assert len(summary["issued"]) == 6
+    assert [s["thing"] for s in summary["skipped"]] == ["unit-v2"]
+    assert summary["skipped"][0]["error"].startswith("malformed CSR: ")
+    single = cli(
+        "issue", "device", "unit-v2", "--csr", batch / "unit-v2.csr", "--out", tmp_path / "x"
+    )
+    assert (single.code, single.err.count("\n")) == (2, 1)
+    assert single.err.startswith("fleetpki: error: malformed CSR: ")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.usefixtures("ca_home")
+def test_an_unforeseen_failure_in_a_worker_stops_the_batch_with_exit_1(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception that is not one of ours (it may not even survive pickling) must not
+    hang the parent: the batch stops, says what happened, and exits 1."""
+    real = pki.issuance.Issuer.outcome
+
+    class Unpicklable(Exception):
+        def __init__(self, a: str, b: str) -> None:
+            super().__init__(f"{a} {b}")
+
+    def outcome(self: pki.issuance.Issuer, request: pki.issuance.IssueRequest) -> object:
+        if request.name == "unit-13":
+            raise Unpicklable("boom", "here")
+        return real(self, request)
+
+    monkeypatch.setattr(pki.issuance.Issuer, "outcome", outcome)
+    monkeypatch.setattr("pki.issuance.FORKED_CHUNK", 5)
+    batch = tmp_path / "csrs"
+    batch.mkdir()
+    for i in range(30):
+        (batch / f"unit-{i:02d}.csr").write_bytes(make_csr(f"unit-{i:02d}")[0])
+    result = cli("issue", "device", "--batch", batch, "--out", tmp_path / "out", "--workers", "2")
+    assert result.code == 1
+    assert "internal error in a batch worker: Unpicklable: boom here" in result.err

@@ -286,6 +286,14 @@ def test_bundle_build_refusals_write_nothing(cli: Cli, ca_home: Path, tmp_path: 
         f"fleetpki: error: policy violation (private-key): bundle refused: private-key: "
         f"{keyfile} contains a private key\n",
     )
+    empty = tmp_path / "empty.pem"  # a failed download of the new CA, say
+    empty.write_bytes(b"")
+    for source, message in (
+        (empty, f"--include {empty} holds no certificate"),
+        (Path("/dev/zero"), "--include /dev/zero is over the 1024 KiB limit"),
+    ):
+        bad = cli("bundle", "build", "--target", "alb", "--include", source, "--out", out)
+        assert (bad.code, bad.err) == (2, f"fleetpki: error: {message}\n")
     many = tmp_path / "many.pem"
     many.write_bytes(pems([make_ca(f"root {i:02}") for i in range(24)]))
     bad = cli("bundle", "build", "--target", "alb", "--include", many, "--out", out)

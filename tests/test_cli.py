@@ -343,3 +343,36 @@ def test_bad_ca_init_options_write_nothing(
     result = cli("ca", "init", *args)
     assert result.code == 2 and message in result.err
     assert not home.exists()
+
+
+@pytest.mark.usefixtures("ca_home")
+def test_out_never_replaces_a_symlink_a_device_or_a_folder(cli: Cli, tmp_path: Path) -> None:
+    target = tmp_path / "target.pem"
+    target.write_text("keep me")
+    link = tmp_path / "link.pem"
+    link.symlink_to(target)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for out, kind in ((link, "a symlink"), (fifo, "not a regular file")):
+        result = cli("crl", "--out", out)
+        assert (result.code, result.err) == (
+            2,
+            f"fleetpki: error: {out} is {kind}; refusing to replace it (give a file path)\n",
+        )
+    assert link.is_symlink() and fifo.exists() and target.read_text() == "keep me"
+    # a key.pem planted as a symlink is refused before anything is signed, --force or not
+    folder = tmp_path / "dev"
+    folder.mkdir()
+    (folder / "key.pem").symlink_to(target)
+    before = cli.ok("list", "--json").out
+    for extra in ((), ("--force",)):
+        result = cli("issue", "device", "d-1", "--generate-key", "--out", folder, *extra)
+        assert result.code == 2
+        assert "key.pem is a symlink; refusing to replace it" in result.err
+    assert cli.ok("list", "--json").out == before
+    assert target.read_text() == "keep me"
+    # an --out under a file is an operator's mistake, refused before signing (exit 2)
+    result = cli("issue", "device", "d-1", "--generate-key", "--out", target / "sub")
+    assert result.code == 2
+    assert f"cannot use --out {target / 'sub'}: " in result.err
+    assert cli.ok("list", "--json").out == before

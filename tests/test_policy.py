@@ -91,6 +91,14 @@ class TestDeviceRules:
         assert err.startswith("fleetpki: error: CSR file ")
         assert "over the 64 KiB limit" in err
 
+    def test_csr_from_an_endless_device(self, cli: Cli, tmp_path: Path) -> None:
+        result = cli("issue", "device", "s-1", "--csr", "/dev/zero", "--out", tmp_path / "o")
+        assert (result.code, result.err) == (
+            2,
+            "fleetpki: error: CSR file /dev/zero is over the 64 KiB limit\n",
+        )
+        assert not (tmp_path / "o").exists()
+
     def test_weak_rsa_key(self, cli: Cli, tmp_path: Path) -> None:
         pem, _ = make_csr("sensor-1", weak_rsa_key())
         err = _device(cli, tmp_path, pem)

@@ -127,6 +127,26 @@ def test_bad_targets_are_refused_and_nothing_is_written(
     assert json.loads(ok(home, "rotation", "server", "list", "--json")) == []
 
 
+def test_a_dir_that_cannot_be_used_is_refused_before_anything_is_issued(
+    setup: tuple[Path, FixedClock, Path],
+) -> None:
+    home, clock, folder = setup
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    blocker = folder.parent / "a-file"
+    blocker.write_text("not a folder")
+
+    def snapshot() -> tuple[str, str]:
+        return ok(home, "list", "--json", "--status", "revoked"), ok(home, "audit", "--json")
+
+    before = snapshot()
+    code, _out, err = fleetpki(home, "rotation", "server", "add", "api.example.test", "--dir",
+                               blocker / "sub", clock=clock)  # fmt: skip
+    assert code == 2, err
+    assert err.startswith(f"fleetpki: error: cannot use --dir {blocker / 'sub'}: ")
+    # nothing issued (and so nothing revoked either)
+    assert snapshot() == before
+
+
 def test_a_due_server_certificate_is_replaced_reloaded_and_the_old_one_revoked(
     setup: tuple[Path, FixedClock, Path],
 ) -> None:

@@ -327,7 +327,7 @@ class AwsPrivateCA:
         pem = (got.get("Certificate", "") + "\n" + got.get("CertificateChain", "")).encode()
         try:
             certs = x509.load_pem_x509_certificates(pem)
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise BackendError("read the CA certificate", BACKEND, str(exc)) from None
         return tuple(certs)
 
@@ -391,7 +391,7 @@ class AwsPrivateCA:
         )
         try:
             return x509.load_pem_x509_certificate(str(got["Certificate"]).encode())
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, x509.InvalidVersion) as exc:
             raise BackendError("issue", BACKEND, f"unreadable certificate: {exc}") from None
 
     def revoke(self, serial: int, reason: RevocationReason, when: dt.datetime) -> None:
