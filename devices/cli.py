@@ -13,6 +13,7 @@ import click
 
 from devices.simulator import SCENARIOS
 from pki.cli_options import (
+    FiniteFloatRange,
     batch_option,
     csr_option,
     days_option,
@@ -295,14 +296,14 @@ def fleet() -> None:
 @click.option("--devices", type=click.IntRange(1, 10000), default=100, show_default=True)
 @click.option(
     "--duration",
-    type=click.FloatRange(1, 3600),
+    type=FiniteFloatRange(1, 3600),
     default=10.0,
     show_default=True,
     help="Seconds of steady telemetry after the fleet has connected.",
 )
 @click.option(
     "--rate",
-    type=click.FloatRange(0, 100),
+    type=FiniteFloatRange(0, 100),
     default=1.0,
     show_default=True,
     help="QoS 1 telemetry messages per device per second.",
@@ -327,7 +328,7 @@ def fleet() -> None:
 )
 @click.option(
     "--sdk-share",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloatRange(0, 1),
     default=0.1,
     show_default=True,
     help="Share of devices on the AWS IoT Device SDK (the rest use paho-mqtt).",

@@ -132,7 +132,11 @@ def _aws(operation: str) -> Iterator[None]:
             operation, BACKEND, f"{error.get('Code', 'error')}: {error.get('Message', exc)}"
         ) from None
     except BotoCoreError as exc:
-        raise BackendError(operation, BACKEND, str(exc)) from None
+        from pki.awsclient import invalid_parameters
+
+        raise invalid_parameters(exc, operation) or BackendError(
+            operation, BACKEND, str(exc)
+        ) from None
 
 
 def _first_pem(pem: bytes) -> bytes:

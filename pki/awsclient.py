@@ -13,9 +13,9 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, NoRegionError
+from botocore.exceptions import BotoCoreError, NoRegionError, ParamValidationError
 
-from pki.errors import OperatorError
+from pki.errors import InvalidInput, OperatorError
 
 ADAPTIVE = Config(retries={"mode": "adaptive", "max_attempts": 10})
 
@@ -35,3 +35,12 @@ def make_client(service: str, region: str | None = None, config: Config = ADAPTI
         ) from None
     except BotoCoreError as exc:
         raise OperatorError(f"cannot make an AWS {service} client: {exc}") from None
+
+
+def invalid_parameters(exc: BaseException, doing: str) -> InvalidInput | None:
+    """botocore refusing a request before sending it (a bucket name with a space, an empty
+    thing name): the operator's input, on one line, or None for any other error."""
+    if not isinstance(exc, ParamValidationError):
+        return None
+    text = " ".join(str(exc).split()).removeprefix("Parameter validation failed: ")
+    return InvalidInput(f"{doing}: invalid parameter: {text}")

@@ -534,7 +534,9 @@ def _report_issued(
     type=click.Choice(["device", "server", "root-ca", "issuing-ca"]),
     help="Only certificates of this profile.",
 )
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many rows.")
+@click.option(
+    "--limit", type=click.IntRange(min=1, max=1_000_000_000), help="At most this many rows."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_state
 def list_cmd(
@@ -549,7 +551,7 @@ def list_cmd(
     """List certificates in the inventory, soonest expiry first."""
     from pki.model import Status, parse_duration
 
-    window = parse_duration(expiring_within) if expiring_within else None
+    window = parse_duration(expiring_within) if expiring_within is not None else None
     records = state.inventory().find(
         now=state.now(),
         status=Status(status) if status else None,
@@ -728,7 +730,7 @@ def _sign_crl(
     config = state.home.config()
     window = (
         parse_duration(next_update)
-        if next_update
+        if next_update is not None
         else dt.timedelta(days=config.crl_next_update_days)
     )
     if out_file is None and fmt == "der" and sys.stdout.isatty():
@@ -765,14 +767,22 @@ def _sign_crl(
 
 @cli.command("audit")
 @click.option("--serial", help="Only events of this certificate.")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1, max=1_000_000_000),
+    default=50,
+    show_default=True,
+    help="How many of the newest events.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_state
 def audit_cmd(state: State, serial: str | None, limit: int, as_json: bool) -> None:
     """Show the append-only audit log (issue, revoke, CRL, CA events), oldest first."""
     from pki.model import isoformat, parse_serial
 
-    events = state.inventory().audit_log(limit, parse_serial(serial) if serial else None)
+    events = state.inventory().audit_log(
+        limit, parse_serial(serial) if serial is not None else None
+    )
     if as_json:
         print_json([e.to_json() for e in events])
         return

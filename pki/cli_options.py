@@ -64,3 +64,18 @@ def batch_option(action: str) -> Callable[[Any], Any]:
         type=click.Path(file_okay=False, path_type=Path),
         help=f"{action} every THING.csr in this folder into OUT/THING/.",
     )
+
+
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses ``nan`` (which every range comparison lets
+    through) and infinities."""
+
+    name = "float range"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        import math
+
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number

@@ -214,7 +214,9 @@ def bundle_publish(
 
 
 @bundle.command("history")
-@click.option("--limit", type=click.IntRange(min=1), help="Only the last N entries.")
+@click.option(
+    "--limit", type=click.IntRange(min=1, max=1_000_000_000), help="Only the last N entries."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def bundle_history(state: State, limit: int | None, as_json: bool) -> None:
@@ -339,7 +341,7 @@ def crl_publish(
     config = state.home.config()
     window = (
         parse_duration(next_update)
-        if next_update
+        if next_update is not None
         else dt.timedelta(days=config.crl_next_update_days)
     )
     inventory = state.inventory()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import warnings
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -12,6 +13,11 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import NameOID
 
 from pki.errors import InvalidInput, PolicyViolation
+
+# cryptography warns (UserWarning, on stderr) about subject attributes of the wrong
+# length, e.g. C=USA. Only the CN of a CSR is used, and it is checked by the policy: the
+# warning would only reach the operator as noise above the real answer.
+warnings.filterwarnings("ignore", message="Attribute's length must be", category=UserWarning)
 
 MAX_CSR_BYTES = 64 * 1024
 WEAK_HASHES = frozenset({"md5", "sha1", "sha224"})
@@ -103,13 +109,22 @@ def parse(pem: bytes) -> CsrFacts:
             "CSR signature does not verify (the request was altered or not signed by its key)",
         )
     try:
-        return _facts(csr, public_key)
+        common_names = tuple(
+            str(attr.value) for attr in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        )
+    except ValueError as exc:
+        raise InvalidInput(f"malformed CSR subject: {_first_line(exc)}") from None
+    try:
+        return _facts(csr, public_key, common_names)
     except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
         raise InvalidInput(f"malformed CSR extensions: {_first_line(exc)}") from None
 
 
-def _facts(csr: x509.CertificateSigningRequest, public_key: CertificatePublicKeyTypes) -> CsrFacts:
-    cns = tuple(str(attr.value) for attr in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME))
+def _facts(
+    csr: x509.CertificateSigningRequest,
+    public_key: CertificatePublicKeyTypes,
+    cns: tuple[str, ...],
+) -> CsrFacts:
     dns: list[str] = []
     ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
     uris: list[str] = []

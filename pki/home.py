@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import getpass
 import json
+import math
 import os
+import re
 import secrets
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -22,6 +24,10 @@ MIN_PASSPHRASE = 12
 DATABASE_ENV = "FLEETPKI_DATABASE_URL"
 HOME_ENV = "FLEETPKI_HOME"
 DEFAULT_HOME = ".fleetpki"
+
+
+# scheme ":" then something: https://..., urn:..., spiffe://...
+_ABSOLUTE_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,24 @@ class HomeConfig:
         _check_fields(PolicySettings(), policy, "policy.")
         rest = {k: v for k, v in data.items() if k != "policy"}
         _check_fields(cls(), rest, "")
-        return cls(policy=PolicySettings(**policy), **rest)
+        config = cls(policy=PolicySettings(**policy), **rest)
+        config.check_ranges()
+        return config
+
+    def check_ranges(self) -> None:
+        """Values of the right type may still make no sense (raises ValueError)."""
+        if not 1 <= self.crl_next_update_days <= 365:
+            raise ValueError("crl_next_update_days must be 1-365")
+        for name in ("issue_rate", "get_rate", "revoke_rate"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 < value <= 10_000):
+                raise ValueError(f"{name} must be a number of requests per second, 0-10000")
+        prefix = self.policy.thing_uri_prefix
+        if not _ABSOLUTE_URI.match(prefix) or not prefix.isprintable() or " " in prefix:
+            raise ValueError(
+                "policy.thing_uri_prefix must be an absolute URI without spaces "
+                "(e.g. https://fleet.example/things/)"
+            )
 
 
 def _check_fields(defaults: object, values: dict[str, Any], prefix: str) -> None:
@@ -116,13 +139,15 @@ class Home:
 
     def config(self) -> HomeConfig:
         try:
-            raw = self.config_path.read_text()
+            raw = self.config_path.read_bytes()
         except FileNotFoundError:
             raise NotFound(
                 f"no CA in {self.path}; run 'fleetpki ca init' first (or set --home / {HOME_ENV})"
             ) from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.config_path}: {exc.strerror}") from None
         try:
-            return HomeConfig.from_json(json.loads(raw))
+            return HomeConfig.from_json(json.loads(raw.decode("utf-8")))
         except (ValueError, TypeError) as exc:
             raise InvalidInput(
                 f"{self.config_path} is not a valid fleetpki config: {exc}"

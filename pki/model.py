@@ -94,6 +94,7 @@ def serial_hex(serial: int) -> str:
 
 
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+MAX_DURATION_DAYS = 36500  # longer than any certificate, CRL or schedule: a typo
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "": 86400}
 
 
@@ -104,7 +105,12 @@ def parse_duration(text: str) -> dt.timedelta:
         raise InvalidInput(
             f"{text!r} is not a duration; use a number with s, m, h, d or w (e.g. 30d)"
         )
-    return dt.timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    if seconds > MAX_DURATION_DAYS * 86400:
+        raise InvalidInput(
+            f"{text!r} is too long; durations go up to {MAX_DURATION_DAYS} days (100 years)"
+        )
+    return dt.timedelta(seconds=seconds)
 
 
 def isoformat(value: dt.datetime | None) -> str | None:

@@ -55,6 +55,9 @@ def _code(exc: Exception) -> str:
 
 
 def _aws_error(exc: Exception, doing: str) -> FleetPkiError:
+    invalid = awsclient.invalid_parameters(exc, doing)
+    if invalid is not None:
+        return invalid
     if isinstance(exc, ClientError):
         code = _code(exc)
         message = str(exc.response.get("Error", {}).get("Message", "")).strip()

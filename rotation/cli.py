@@ -63,7 +63,9 @@ def rotation() -> None:
     metavar="DURATION",
     help="Also list certificates due within DURATION from now (e.g. 7d).",
 )
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many rows.")
+@click.option(
+    "--limit", type=click.IntRange(min=1, max=1_000_000_000), help="At most this many rows."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def plan_command(horizon: str, limit: int | None, as_json: bool) -> None:
     """Certificates past their renewal time (two thirds of the lifetime, with a jitter

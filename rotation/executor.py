@@ -579,7 +579,10 @@ class RotationService:
                     rotation,
                     rotation.state,
                     "timeout",
-                    f"the device did not {what} within {self.settings.answer_timeout}",
+                    # the deadline recorded with the rotation: the process that asked may
+                    # have had another --answer-timeout than this one
+                    f"the device did not {what} by its deadline "
+                    f"{rotation.deadline.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}Z",
                     now,
                 )
                 result.expired.append(rotation)

@@ -376,3 +376,64 @@ def test_out_never_replaces_a_symlink_a_device_or_a_folder(cli: Cli, tmp_path: P
     assert result.code == 2
     assert f"cannot use --out {target / 'sub'}: " in result.err
     assert cli.ok("list", "--json").out == before
+
+
+@pytest.mark.usefixtures("ca_home")
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["list", "--expiring-within", "3000000d"], "'3000000d' is too long; durations go up to"),
+        (["crl", "--next-update", "99999999999999d"], "is too long; durations go up to"),
+        (["rotation", "plan", "--horizon", "3000000d"], "is too long; durations go up to"),
+        (["list", "--expiring-within", ""], "'' is not a duration"),
+        (["crl", "--next-update", ""], "'' is not a duration"),
+        (["audit", "--serial", ""], "'' is not a hexadecimal certificate serial number"),
+        (["list", "--limit", "99999999999999999999999"], "is not in the range 1<=x<=1000000000"),
+        (["fleet", "simulate", "--devices", "2", "--duration", "nan"], "'nan' is not a finite"),
+        (["fleet", "simulate", "--devices", "2", "--rate", "nan"], "'nan' is not a finite"),
+    ],
+)
+def test_out_of_range_and_empty_values_are_operator_errors(
+    cli: Cli, argv: list[str], message: str
+) -> None:
+    result = cli(*argv)
+    assert (result.code, result.out) == (2, ""), result.err
+    assert result.err.startswith("fleetpki: error: ") and result.err.count("\n") == 1
+    assert message in result.err
+
+
+@pytest.mark.parametrize(
+    ("root", "issuing", "message"),
+    [
+        ("99999999", "365", "--root-days must be 1-10980 (30 years at most)"),
+        ("3650", "0", "--issuing-days must be at least 1"),
+        ("365", "3650", "the issuing CA must expire before the root (issuing days < root)"),
+    ],
+)
+def test_ca_lifetimes_out_of_range(
+    cli: Cli, home: Path, root: str, issuing: str, message: str
+) -> None:
+    result = cli("ca", "init", "--root-days", root, "--issuing-days", issuing)
+    assert (result.code, result.err) == (2, f"fleetpki: error: {message}\n")
+    assert not (home / "ca").exists()
+
+
+@pytest.mark.usefixtures("ca_home")
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"\xff\xfe", "'utf-8' codec can't decode"),
+        (b'{"policy": {"thing_uri_prefix": ""}}', "policy.thing_uri_prefix must be an absolute"),
+        (b'{"policy": {"thing_uri_prefix": "not a uri/"}}', "thing_uri_prefix must be an abs"),
+        (b'{"crl_next_update_days": 1000000000000}', "crl_next_update_days must be 1-365"),
+        (b'{"issue_rate": NaN}', "issue_rate must be a number of requests per second"),
+    ],
+)
+def test_a_config_that_makes_no_sense_is_refused_by_name(
+    cli: Cli, home: Path, content: bytes, problem: str
+) -> None:
+    (home / "config.json").write_bytes(content)
+    result = cli("crl")
+    assert result.code == 2
+    assert result.err.startswith(f"fleetpki: error: {home / 'config.json'} is not a valid ")
+    assert problem in result.err

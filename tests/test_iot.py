@@ -209,6 +209,15 @@ def test_the_region_comes_from_either_variable(
     assert ".iot.eu-west-1.amazonaws.com" in cli.ok("iot", "endpoint").out
 
 
+def test_an_aws_parameter_botocore_refuses_is_an_operator_error(
+    cli: Cli, ca_home: Path, aws: str
+) -> None:
+    result = cli("iot", "deprovision", "")
+    assert result.code == 2
+    assert result.err.startswith("fleetpki: error: describe thing : invalid parameter: ")
+    assert "thingName" in result.err and result.err.count("\n") == 1
+
+
 def test_provision_with_bad_input_writes_nothing(
     cli: Cli, ca_home: Path, aws: str, tmp_path: Path
 ) -> None:

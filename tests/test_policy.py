@@ -6,7 +6,9 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -341,3 +343,36 @@ def test_a_name_too_long_is_refused_by_the_policy_before_a_key_is_made(
     assert result.err.count("\n") == 1
     assert not (tmp_path / "o").exists()
     assert cli.ok("list", "--json").out == before
+
+
+@pytest.mark.usefixtures("ca_home")
+def test_an_odd_subject_attribute_gives_no_warning_on_stderr(cli: Cli, tmp_path: Path) -> None:
+    """Only the CN of a CSR counts; cryptography's warning about C=USA (3 letters) must not
+    reach the operator as noise."""
+    import warnings
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COUNTRY_NAME, "USA", _validate=False),
+                x509.NameAttribute(NameOID.COMMON_NAME, "odd-1"),
+            ]
+        )
+    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+    path = tmp_path / "odd.csr"
+    path.write_bytes(csr.public_bytes(PEM))
+    # a process of its own: pytest would catch the warning before it reached stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "pki", "issue", "device", "odd-1", "--csr", str(path),
+         "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PYTHONWARNINGS": "default"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr
+    assert done.stderr.startswith("issued device certificate for odd-1")

@@ -331,6 +331,14 @@ def test_refusals_write_nothing(
         2,
         "fleetpki: error: S3 bucket 'nope' does not exist\n",
     )
+    # a name botocore itself refuses: the operator's mistake, on one line
+    badname = cli("bundle", "publish", "--target", "apigw", "--bucket", "Bad Bucket!", "--key", "k")
+    assert badname.code == 2
+    assert badname.err.startswith(
+        "fleetpki: error: reading the versioning of bucket Bad Bucket!: invalid parameter: "
+        'Invalid bucket name "Bad Bucket!"'
+    )
+    assert badname.err.count("\n") == 1
     stubs.done()
     assert s3.list_objects_v2(Bucket="plain").get("KeyCount") == 0
     assert json.loads(cli.ok("bundle", "history", "--json").out) == []

@@ -132,7 +132,11 @@ def test_unanswered_rotations_time_out_and_are_retried_later(world: dict[str, An
     assert [r.id for r in result.expired] == [first.id]
     row = _rows(world)["t-2"]
     assert row.state is store.State.FAILED
-    assert row.error is not None and "did not send its CSR" in row.error
+    deadline = first.deadline.astimezone(dt.UTC)
+    assert (
+        row.error
+        == f"timeout: the device did not send its CSR by its deadline {deadline:%Y-%m-%d %H:%M:%S}Z"
+    )
     # within retry_after the thing is left alone, unless forced; later it is asked again
     assert _request(world, "t-2") == []
     clock.advance(dt.timedelta(hours=1, seconds=1))

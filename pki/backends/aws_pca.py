@@ -170,6 +170,9 @@ def _message(exc: ClientError) -> str:
 
 def map_error(operation: str, exc: Exception, ca_arn: str) -> FleetPkiError:
     """A botocore error as one of ours: operator-fixable ones exit 2."""
+    invalid = awsclient.invalid_parameters(exc, operation)
+    if invalid is not None:
+        return invalid
     if not isinstance(exc, ClientError):
         return BackendError(operation, BACKEND, str(exc))
     code = _code(exc)

@@ -81,10 +81,17 @@ def _ca_extensions(
     )
 
 
+MAX_CA_DAYS = 30 * 366  # a root for 30 years is already long; beyond is a typo
+
+
 def check_ca_options(common_name: str, root_days: int, issuing_days: int) -> None:
     if not common_name.strip() or len(common_name) > 50:
         raise InvalidInput("--common-name must be 1-50 characters")
-    if not 0 < issuing_days < root_days:
+    if not 0 < root_days <= MAX_CA_DAYS:
+        raise InvalidInput(f"--root-days must be 1-{MAX_CA_DAYS} (30 years at most)")
+    if issuing_days <= 0:
+        raise InvalidInput("--issuing-days must be at least 1")
+    if issuing_days >= root_days:
         raise InvalidInput("the issuing CA must expire before the root (issuing days < root)")
 
 
