@@ -249,7 +249,8 @@ def check_sans(ctx: PolicyContext) -> Violation | None:
     if not dns and not ips:
         return Violation(
             "san-required",
-            "server certificates need at least one DNS name or IP address (--dns / --ip)",
+            f"server name {ctx.request.name!r} is neither a DNS name nor an IP address, and "
+            "server certificates need at least one (give --dns / --ip)",
         )
     for name in facts.dns_names:
         if name.lower() not in dns:

@@ -296,8 +296,9 @@ class TestServerRules:
         pem, _ = make_csr(None)
         err = _server(cli, tmp_path, pem, "My Server")
         assert err == (
-            "fleetpki: error: policy violation (san-required): server certificates need at "
-            "least one DNS name or IP address (--dns / --ip)"
+            "fleetpki: error: policy violation (san-required): server name 'My Server' is "
+            "neither a DNS name nor an IP address, and server certificates need at least one "
+            "(give --dns / --ip)"
         )
 
     def test_invalid_dns_name(self, cli: Cli, tmp_path: Path) -> None:
