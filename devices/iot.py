@@ -323,6 +323,12 @@ class IotCore:
     def deprovision(self, thing: str) -> list[str]:
         """Deactivate (unless revoked), detach and delete the thing's certificates, then
         delete the thing. Returns the certificate ids removed."""
+        from pki.errors import InvalidInput
+        from pki.policy import name_violation
+
+        violation = name_violation("device", thing)
+        if violation is not None:  # no such thing could have been provisioned
+            raise InvalidInput(violation.message)
         c = self.client
         rows = store.certificates_of(self.engine, thing)
         with _aws(f"describe thing {thing}"):

@@ -365,7 +365,7 @@ def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
 def _standin_env() -> dict[str, str]:
     """The stand-ins outlive 'dev up': they get none of fleetpki's secrets (the CA
     passphrase, AWS credentials), only what running them needs."""
-    return child_env(keep=("PYTHONPATH", "VIRTUAL_ENV"))
+    return child_env(keep=("PYTHONPATH", "VIRTUAL_ENV", "LD_LIBRARY_PATH"))
 
 
 # --------------------------------------------------------------------------- up / down

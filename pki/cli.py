@@ -75,7 +75,7 @@ class State:
         home = self.home
         config = home.config()
         if config.backend == "aws-pca":
-            from pki.backends.aws_pca import AwsPrivateCA, RateLimits, make_client
+            from pki.backends.aws_pca import AwsPrivateCA, RateLimits, make_client, region_of_arn
 
             if not config.ca_arn:
                 from pki.errors import InvalidInput
@@ -83,7 +83,8 @@ class State:
                 raise InvalidInput(f"{home.config_path} has backend aws-pca but no ca_arn")
             return AwsPrivateCA(
                 config.ca_arn,
-                make_client(config.region),
+                # the CA's own region: never whatever region this shell happens to name
+                make_client(config.region or region_of_arn(config.ca_arn)),
                 clock=self.clock,
                 ledger=self.inventory(),
                 limits=RateLimits(config.issue_rate, config.get_rate, config.revoke_rate),
@@ -293,7 +294,7 @@ def _init_aws_pca(
     root_days: int,
     issuing_days: int,
 ) -> Any:
-    from pki.backends.aws_pca import AwsPrivateCA, create_hierarchy, make_client
+    from pki.backends.aws_pca import AwsPrivateCA, create_hierarchy, make_client, region_of_arn
     from pki.ca_setup import init_aws_ca
     from pki.errors import AlreadyExists, InvalidInput
 
@@ -304,7 +305,11 @@ def _init_aws_pca(
             f"a CA already exists in {state.home.path}; refusing to overwrite it "
             "(use another --home for a new CA)"
         )
-    client = make_client(region)
+    if create:
+        from pki.backends.local import check_ca_options
+
+        check_ca_options(common_name, root_days, issuing_days)  # before anything is billed
+    client = make_client(region or (region_of_arn(ca_arn) if ca_arn else None))
     if create:
         placeholder = "arn:aws:acm-pca:::certificate-authority/creating"
         maker = AwsPrivateCA(placeholder, client, clock=state.clock)
@@ -723,7 +728,7 @@ def _sign_crl(
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from pki.errors import InvalidInput
-    from pki.files import atomic_write
+    from pki.files import atomic_write, refuse_special
     from pki.model import isoformat, parse_duration
     from pki.revocation import generate_crl, write_crl_file
 
@@ -735,11 +740,12 @@ def _sign_crl(
     )
     if out_file is None and fmt == "der" and sys.stdout.isatty():
         raise InvalidInput("refusing to write DER to a terminal; use --out FILE")
-    if out_file is not None and not os.access(out_file.parent, os.W_OK):
-        # checked before a CRL number is spent
-        raise InvalidInput(
-            f"cannot write --out {out_file}: {out_file.parent} is not a writable folder"
-        )
+    if out_file is not None:  # checked before a CRL number is spent
+        if not os.access(out_file.parent, os.W_OK):
+            raise InvalidInput(
+                f"cannot write --out {out_file}: {out_file.parent} is not a writable folder"
+            )
+        refuse_special(out_file)
     result = generate_crl(state.inventory(), state.ca(), state.clock, state.home.actor(), window)
     pem = result.crl.public_bytes(Encoding.PEM)
     data = pem if fmt == "pem" else result.crl.public_bytes(Encoding.DER)
@@ -804,7 +810,7 @@ crl_cmd.add_command(_crl_publish)
 def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int:
     """Run the CLI; return the exit code instead of exiting."""
     from pki.clock import SystemClock
-    from pki.errors import FleetPkiError
+    from pki.errors import FleetPkiError, InternalError
 
     state = State(home_path=Path(".fleetpki"), clock=clock or SystemClock())
     args = list(sys.argv[1:] if argv is None else argv)
@@ -813,7 +819,9 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
         return result if isinstance(result, int) else 0
     except FleetPkiError as exc:
         first = (str(exc).splitlines() or [""])[0]  # one line, whatever a cause carried
-        err(f"fleetpki: error: {first}")
+        # an InternalError carried out of a worker reads "internal error ...": the same
+        # "fleetpki: internal error" prefix as one raised here
+        err(f"fleetpki: {first}" if isinstance(exc, InternalError) else f"fleetpki: error: {first}")
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code

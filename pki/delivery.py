@@ -73,7 +73,7 @@ class OutputFolder:
         check_writable_folder(self.path, "--out")
         for file in self.files:
             refuse_special(file)
-            if not self.force and file.exists():
+            if not self.force and (file.exists() or file.is_symlink()):
                 raise AlreadyExists(
                     f"{file} already exists; use --force to replace it, or another --out"
                 )

@@ -62,17 +62,19 @@ def check_writable_folder(folder: Path, what: str) -> None:
 
 
 def refuse_special(path: Path) -> None:
-    """Refuse to replace anything but a regular file: a symlink, a device (``/dev/full``),
-    a pipe or a folder at ``path`` would be swapped for a file, not written to."""
+    """Refuse to replace a device (``/dev/full``), a pipe, a socket or a folder at ``path``:
+    it would be swapped for a file, not written to. A regular file is replaced; so is a
+    symlink (the link itself: the rename never writes through it)."""
     try:
         info = path.lstat()
     except FileNotFoundError:
         return
     except OSError as exc:
         raise os_error(exc, f"cannot check {path}") from None
-    if not stat.S_ISREG(info.st_mode):
-        kind = "a symlink" if stat.S_ISLNK(info.st_mode) else "not a regular file"
-        raise InvalidInput(f"{path} is {kind}; refusing to replace it (give a file path)")
+    if not (stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode)):
+        raise InvalidInput(
+            f"{path} is not a regular file; refusing to replace it (give a file path)"
+        )
 
 
 def read_limited(path: Path, limit: int, what: str) -> bytes:
@@ -82,7 +84,7 @@ def read_limited(path: Path, limit: int, what: str) -> bytes:
         with path.open("rb") as handle:
             data = handle.read(limit + 1)
     except OSError as exc:
-        raise InvalidInput(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+        raise os_error(exc, f"cannot read {what} {path}") from None
     if len(data) > limit:
         raise InvalidInput(f"{what} {path} is over the {limit // 1024} KiB limit")
     return data

@@ -93,7 +93,7 @@ def serial_hex(serial: int) -> str:
     return text if len(text) % 2 == 0 else "0" + text
 
 
-_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_DURATION_RE = re.compile(r"^\s*(\d{1,15})\s*([smhdw]?)\s*$")
 MAX_DURATION_DAYS = 36500  # longer than any certificate, CRL or schedule: a typo
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "": 86400}
 

@@ -306,6 +306,10 @@ def first_violation(ctx: PolicyContext, checks: Sequence[Check] = CHECKS) -> Vio
     return None
 
 
+# scheme ":" then printable characters without spaces: https://..., urn:..., spiffe://...
+_ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[!-~]+")
+
+
 def evaluate(
     facts: CsrFacts,
     profile: CertificateProfile,
@@ -315,6 +319,12 @@ def evaluate(
     ca_not_after: dt.datetime,
 ) -> CertificatePlan:
     ctx = PolicyContext(facts, profile, request, settings, now, ca_not_after)
+    if ctx.is_device and not _ABSOLUTE_URI.fullmatch(settings.thing_uri_prefix):
+        raise InvalidInput(
+            f"config.json policy.thing_uri_prefix {settings.thing_uri_prefix!r} is not an "
+            "absolute URI without spaces (e.g. https://fleet.example/things/); fix it before "
+            "issuing device certificates"
+        )
     violation = first_violation(ctx)
     if violation is not None:
         raise PolicyViolation(violation.reason, violation.message)

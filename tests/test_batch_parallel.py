@@ -198,4 +198,6 @@ def test_an_unforeseen_failure_in_a_worker_stops_the_batch_with_exit_1(
         (batch / f"unit-{i:02d}.csr").write_bytes(make_csr(f"unit-{i:02d}")[0])
     result = cli("issue", "device", "--batch", batch, "--out", tmp_path / "out", "--workers", "2")
     assert result.code == 1
-    assert "internal error in a batch worker: Unpicklable: boom here" in result.err
+    assert result.err.splitlines()[-1] == (
+        "fleetpki: internal error in a batch worker: Unpicklable: boom here"
+    )

@@ -346,33 +346,41 @@ def test_bad_ca_init_options_write_nothing(
 
 
 @pytest.mark.usefixtures("ca_home")
-def test_out_never_replaces_a_symlink_a_device_or_a_folder(cli: Cli, tmp_path: Path) -> None:
+def test_out_never_replaces_a_device_a_pipe_or_a_folder(cli: Cli, tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    audit = cli.ok("audit", "--json").out
+    for out in (fifo,):  # (a folder: click itself refuses it)
+        result = cli("crl", "--out", out)
+        assert (result.code, result.err) == (
+            2,
+            f"fleetpki: error: {out} is not a regular file; refusing to replace it "
+            "(give a file path)\n",
+        )
+    assert cli.ok("audit", "--json").out == audit  # refused before a CRL number was spent
+    assert fifo.exists()
+    # a symlink is replaced itself, never written through: its target stays as it was
     target = tmp_path / "target.pem"
     target.write_text("keep me")
     link = tmp_path / "link.pem"
     link.symlink_to(target)
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    for out, kind in ((link, "a symlink"), (fifo, "not a regular file")):
-        result = cli("crl", "--out", out)
-        assert (result.code, result.err) == (
-            2,
-            f"fleetpki: error: {out} is {kind}; refusing to replace it (give a file path)\n",
-        )
-    assert link.is_symlink() and fifo.exists() and target.read_text() == "keep me"
-    # a key.pem planted as a symlink is refused before anything is signed, --force or not
+    cli.ok("crl", "--out", link)
+    assert not link.is_symlink() and b"BEGIN X509 CRL" in link.read_bytes()
+    assert target.read_text() == "keep me"
+    # a key.pem that is a symlink, even a dangling one, is taken without --force only
     folder = tmp_path / "dev"
     folder.mkdir()
-    (folder / "key.pem").symlink_to(target)
+    (folder / "key.pem").symlink_to(tmp_path / "nowhere")
     before = cli.ok("list", "--json").out
-    for extra in ((), ("--force",)):
-        result = cli("issue", "device", "d-1", "--generate-key", "--out", folder, *extra)
-        assert result.code == 2
-        assert "key.pem is a symlink; refusing to replace it" in result.err
+    result = cli("issue", "device", "d-1", "--generate-key", "--out", folder)
+    assert result.code == 2 and "key.pem already exists; use --force" in result.err
     assert cli.ok("list", "--json").out == before
-    assert target.read_text() == "keep me"
+    cli.ok("issue", "device", "d-1", "--generate-key", "--out", folder, "--force")
+    assert not (folder / "key.pem").is_symlink()
+    assert not (tmp_path / "nowhere").exists()
     # an --out under a file is an operator's mistake, refused before signing (exit 2)
-    result = cli("issue", "device", "d-1", "--generate-key", "--out", target / "sub")
+    before = cli.ok("list", "--json").out
+    result = cli("issue", "device", "d-2", "--generate-key", "--out", target / "sub")
     assert result.code == 2
     assert f"cannot use --out {target / 'sub'}: " in result.err
     assert cli.ok("list", "--json").out == before
@@ -423,10 +431,9 @@ def test_ca_lifetimes_out_of_range(
     ("content", "problem"),
     [
         (b"\xff\xfe", "'utf-8' codec can't decode"),
-        (b'{"policy": {"thing_uri_prefix": ""}}', "policy.thing_uri_prefix must be an absolute"),
-        (b'{"policy": {"thing_uri_prefix": "not a uri/"}}', "thing_uri_prefix must be an abs"),
         (b'{"crl_next_update_days": 1000000000000}', "crl_next_update_days must be 1-365"),
-        (b'{"issue_rate": NaN}', "issue_rate must be a number of requests per second"),
+        (b'{"issue_rate": NaN}', "issue_rate must be a positive number of requests per second"),
+        (b'{"get_rate": -1}', "get_rate must be a positive number of requests per second"),
     ],
 )
 def test_a_config_that_makes_no_sense_is_refused_by_name(
@@ -437,3 +444,67 @@ def test_a_config_that_makes_no_sense_is_refused_by_name(
     assert result.code == 2
     assert result.err.startswith(f"fleetpki: error: {home / 'config.json'} is not a valid ")
     assert problem in result.err
+
+
+@pytest.mark.parametrize("prefix", ["", "not a uri/", "https://x.example/\n"])
+def test_a_bad_thing_uri_prefix_stops_device_issuance_but_not_revocation(
+    cli: Cli, home: Path, tmp_path: Path, prefix: str
+) -> None:
+    cli.ok("ca", "init")
+    serial = json.loads(
+        cli.ok("issue", "device", "d-1", "--generate-key", "--out", tmp_path / "a", "--json").out
+    )["serial"]
+    config = json.loads((home / "config.json").read_text())
+    config["policy"] = {"thing_uri_prefix": prefix}
+    (home / "config.json").write_text(json.dumps(config))
+    result = cli("issue", "device", "d-2", "--generate-key", "--out", tmp_path / "b")
+    assert result.code == 2
+    assert result.err.startswith(
+        f"fleetpki: error: config.json policy.thing_uri_prefix {prefix!r} is not an absolute URI"
+    )
+    assert not (tmp_path / "b").exists()
+    cli.ok("revoke", serial, "--reason", "key-compromise")  # revocation never waits on it
+    cli.ok("issue", "server", "api.example.test", "--generate-key", "--out", tmp_path / "s")
+
+
+def test_durations_are_bounded_in_digits_too() -> None:
+    from pki.errors import InvalidInput
+    from pki.model import parse_duration
+
+    assert parse_duration("36500d").days == 36500
+    for text in ("36501d", "9" * 5000):  # 5,000 digits: past Python's int() limit
+        with pytest.raises(InvalidInput):
+            parse_duration(text)
+
+
+def test_aws_pca_create_checks_the_lifetimes_before_anything_is_created(cli: Cli) -> None:
+    result = cli("ca", "init", "--backend", "aws-pca", "--create", "--root-days", "99999999")
+    assert (result.code, result.err) == (
+        2,
+        "fleetpki: error: --root-days must be 1-10980 (30 years at most)\n",
+    )
+
+
+def test_the_region_of_a_private_ca_comes_from_its_arn() -> None:
+    from pki.backends.aws_pca import region_of_arn
+
+    arn = "arn:aws:acm-pca:eu-west-1:123456789012:certificate-authority/abc"
+    assert region_of_arn(arn) == "eu-west-1"
+    assert region_of_arn("arn:aws:acm-pca:::certificate-authority/creating") is None
+    assert region_of_arn("not-an-arn") is None
+
+
+@pytest.mark.usefixtures("ca_home")
+def test_revoke_replaces_a_home_crl_that_is_a_symlink(cli: Cli, home: Path, tmp_path: Path) -> None:
+    serial = json.loads(
+        cli.ok("issue", "device", "d-1", "--generate-key", "--out", tmp_path / "d", "--json").out
+    )["serial"]
+    published = tmp_path / "www" / "issuing.crl.pem"
+    published.parent.mkdir()
+    published.write_text("old")
+    crl = home / "crl" / "issuing.crl.pem"
+    crl.parent.mkdir(exist_ok=True)
+    crl.unlink(missing_ok=True)
+    crl.symlink_to(published)
+    cli.ok("revoke", serial)
+    assert b"BEGIN X509 CRL" in crl.read_bytes()

@@ -209,13 +209,31 @@ def test_the_region_comes_from_either_variable(
     assert ".iot.eu-west-1.amazonaws.com" in cli.ok("iot", "endpoint").out
 
 
-def test_an_aws_parameter_botocore_refuses_is_an_operator_error(
+def test_a_thing_name_that_cannot_exist_is_refused_before_aws_is_asked(
     cli: Cli, ca_home: Path, aws: str
 ) -> None:
     result = cli("iot", "deprovision", "")
-    assert result.code == 2
-    assert result.err.startswith("fleetpki: error: describe thing : invalid parameter: ")
-    assert "thingName" in result.err and result.err.count("\n") == 1
+    assert (result.code, result.err) == (
+        2,
+        "fleetpki: error: thing name '' must be 1-128 characters of A-Z a-z 0-9 : _ -\n",
+    )
+
+
+def test_an_aws_parameter_botocore_refuses_is_an_operator_error() -> None:
+    from botocore.exceptions import ParamValidationError
+
+    from pki.awsclient import invalid_parameters
+
+    exc = ParamValidationError(
+        report="Invalid length for parameter thingName, value: 0,\nvalid min length: 1"
+    )
+    error = invalid_parameters(exc, "describe thing x")
+    assert error is not None and error.exit_code == 2
+    assert str(error) == (
+        "describe thing x: invalid parameter: Invalid length for parameter thingName, "
+        "value: 0, valid min length: 1"
+    )
+    assert invalid_parameters(ValueError("other"), "x") is None
 
 
 def test_provision_with_bad_input_writes_nothing(

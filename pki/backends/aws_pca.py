@@ -154,6 +154,12 @@ class CallStats:
             self.throttled += throttled
 
 
+def region_of_arn(arn: str) -> str | None:
+    """``eu-west-1`` of ``arn:aws:acm-pca:eu-west-1:123456789012:certificate-authority/...``."""
+    parts = arn.split(":")
+    return parts[3] or None if len(parts) > 4 and parts[0] == "arn" else None
+
+
 def make_client(region: str | None = None) -> Any:
     return awsclient.make_client("acm-pca", region)
 
