@@ -175,17 +175,8 @@ def test_dev_up_without_a_ca_is_an_operator_error(tmp_path: Path) -> None:
 def test_dev_down_stops_every_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # no moto this time
     home = make_home(tmp_path, ())
-    passphrase = (home / "ca-passphrase").read_text().strip()
-    monkeypatch.setenv("FLEETPKI_CA_PASSPHRASE", passphrase)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "canary-aws-secret")
     s = dev_up(home, tmp_path)
     assert s.ports["pids"]["moto"] is None
-    # the stand-ins outlive 'dev up': none of its secrets in their environment
-    for pid in (s.ports["pids"]["mosquitto"], s.ports["pids"]["https"]):
-        environ = Path(f"/proc/{pid}/environ").read_bytes()
-        assert b"PATH=" in environ
-        assert passphrase.encode() not in environ
-        assert b"canary-aws-secret" not in environ
     assert s.ports["aws_endpoint_url"] == "http://127.0.0.1:9"
     pids = [p for p in s.ports["pids"].values() if p]
     assert fleetpki(home, "dev", "status")[0] == 0
@@ -196,6 +187,24 @@ def test_dev_down_stops_every_process(tmp_path: Path, monkeypatch: pytest.Monkey
     assert not Path(s.ports["run_dir"]).exists()
     assert fleetpki(home, "dev", "down")[2].strip() == "no stand-ins were running"
     assert fleetpki(home, "dev", "status")[0] == 2
+
+
+def test_the_stand_ins_get_none_of_the_secrets_of_dev_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """They outlive 'dev up': any process of the same user could read their environment."""
+    home = make_home(tmp_path, ())
+    passphrase = (home / "ca-passphrase").read_text().strip()
+    monkeypatch.setenv("FLEETPKI_CA_PASSPHRASE", passphrase)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "canary-aws-secret")
+    with running_stand(home, tmp_path) as s:  # stopped again whatever the asserts say
+        pids = [int(p) for p in s.ports["pids"].values()]
+        assert len(pids) == 3  # mosquitto, the HTTPS stand-in and moto_server
+        for pid in pids:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            assert b"PATH=" in environ
+            assert passphrase.encode() not in environ
+            assert b"canary-aws-secret" not in environ
 
 
 def test_dynsec_init_takes_the_admin_password_on_stdin_not_argv(
