@@ -176,17 +176,20 @@ def test_dev_down_stops_every_process(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # no moto this time
     home = make_home(tmp_path, ())
     s = dev_up(home, tmp_path)
-    assert s.ports["pids"]["moto"] is None
-    assert s.ports["aws_endpoint_url"] == "http://127.0.0.1:9"
-    pids = [p for p in s.ports["pids"].values() if p]
-    assert fleetpki(home, "dev", "status")[0] == 0
-    _, _, err = fleetpki(home, "dev", "down")
-    assert "stopped https stand-in" in err
-    assert not any(_pid_running(p) for p in pids)
-    assert not (home / "dev" / "ports.json").exists()
-    assert not Path(s.ports["run_dir"]).exists()
-    assert fleetpki(home, "dev", "down")[2].strip() == "no stand-ins were running"
-    assert fleetpki(home, "dev", "status")[0] == 2
+    try:
+        assert s.ports["pids"]["moto"] is None
+        assert s.ports["aws_endpoint_url"] == "http://127.0.0.1:9"
+        pids = [p for p in s.ports["pids"].values() if p]
+        assert fleetpki(home, "dev", "status")[0] == 0
+        _, _, err = fleetpki(home, "dev", "down")
+        assert "stopped https stand-in" in err
+        assert not any(_pid_running(p) for p in pids)
+        assert not (home / "dev" / "ports.json").exists()
+        assert not Path(s.ports["run_dir"]).exists()
+        assert fleetpki(home, "dev", "down")[2].strip() == "no stand-ins were running"
+        assert fleetpki(home, "dev", "status")[0] == 2
+    finally:
+        fleetpki(home, "dev", "down")  # idempotent: nothing left running if an assert failed
 
 
 def test_the_stand_ins_get_none_of_the_secrets_of_dev_up(
