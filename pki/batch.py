@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from pki.delivery import OutputFolder, read_csr
+from pki.delivery import FolderPerThing, OutputFolder, read_csr
 from pki.errors import InvalidInput, OperatorError
 from pki.issuance import Failure
-from pki.model import IssuedCertificate, IssueRequest
+from pki.model import IssueRequest
 
 if TYPE_CHECKING:
     from pki.cli import State
@@ -71,14 +71,9 @@ def read_requests(
             advance()
 
 
-def deliver_into(out_dir: Path, force: bool) -> Callable[[IssuedCertificate], Callable[[], None]]:
-    """Deliver each certificate into ``out_dir/THING/``."""
-
-    def deliver(issued: IssuedCertificate) -> Callable[[], None]:
-        thing = issued.record.thing or issued.record.common_name
-        return OutputFolder(out_dir / thing, force=force).deliver(None)(issued)
-
-    return deliver
+def deliver_into(out_dir: Path, force: bool) -> FolderPerThing:
+    """Deliver each certificate into ``out_dir/THING/`` (a chunk's files at once)."""
+    return FolderPerThing(out_dir, force)
 
 
 @contextmanager

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from pki.backends.local import generate_key
 from pki.csr import MAX_CSR_BYTES
 from pki.errors import AlreadyExists, InvalidInput, PolicyViolation
 from pki.files import (
-    atomic_write,
+    atomic_write_many,
     check_writable_folder,
     ensure_dir,
     read_limited,
@@ -78,33 +78,58 @@ class OutputFolder:
                     f"{file} already exists; use --force to replace it, or another --out"
                 )
 
+    def contents(
+        self, issued: IssuedCertificate, key_pem: bytes | None
+    ) -> list[tuple[Path, bytes, int]]:
+        """The files of one delivery: (path, bytes, mode)."""
+        out = [(self.path / KEY_FILE, key_pem, 0o600)] if key_pem is not None else []
+        out += [
+            (self.path / CERT_FILE, issued.cert_pem, 0o644),
+            (self.path / CHAIN_FILE, issued.chain_pem, 0o644),
+            (self.path / FULLCHAIN_FILE, issued.fullchain_pem, 0o644),
+        ]
+        return out
+
+    def make_folder(self, key_pem: bytes | None) -> None:
+        ensure_dir(self.path, 0o700 if key_pem is not None else 0o755)
+
     def deliver(self, key_pem: bytes | None) -> Callable[[IssuedCertificate], Callable[[], None]]:
         def write(issued: IssuedCertificate) -> Callable[[], None]:
-            written: list[Path] = []
-
-            def undo() -> None:
-                for file in written:
-                    remove_quietly(file)
-
-            try:
-                ensure_dir(self.path, 0o700 if key_pem is not None else 0o755)
-                overwrite = self.force
-                if key_pem is not None:
-                    atomic_write(self.path / KEY_FILE, key_pem, 0o600, overwrite=overwrite)
-                    written.append(self.path / KEY_FILE)
-                for name, data in (
-                    (CERT_FILE, issued.cert_pem),
-                    (CHAIN_FILE, issued.chain_pem),
-                    (FULLCHAIN_FILE, issued.fullchain_pem),
-                ):
-                    atomic_write(self.path / name, data, 0o644, overwrite=overwrite)
-                    written.append(self.path / name)
-            except BaseException:
-                undo()
-                raise
-            return undo
+            self.make_folder(key_pem)
+            written = atomic_write_many(self.contents(issued, key_pem), overwrite=self.force)
+            return lambda: remove_all(written)
 
         return write
+
+
+class FolderPerThing:
+    """Delivery of a batch into ``OUT/THING/``: ``many`` writes a whole chunk's files at
+    once, all or none (written, then all fsynced, then renamed)."""
+
+    def __init__(self, out_dir: Path, force: bool) -> None:
+        self.out_dir = out_dir
+        self.force = force
+
+    def folder(self, issued: IssuedCertificate) -> OutputFolder:
+        thing = issued.record.thing or issued.record.common_name
+        return OutputFolder(self.out_dir / thing, force=self.force)
+
+    def __call__(self, issued: IssuedCertificate) -> Callable[[], None]:
+        return self.folder(issued).deliver(None)(issued)
+
+    def many(self, issued: Sequence[IssuedCertificate]) -> list[Callable[[], None]]:
+        files: list[tuple[Path, bytes, int]] = []
+        for item in issued:
+            folder = self.folder(item)
+            folder.make_folder(None)
+            files += folder.contents(item, None)
+        written = atomic_write_many(files, overwrite=self.force)
+        return [lambda: remove_all(written)]
+
+
+def remove_all(paths: Sequence[Path]) -> None:
+    for path in paths:
+        remove_quietly(path)
 
 
 def single_request(

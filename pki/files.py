@@ -7,6 +7,7 @@ import errno
 import os
 import stat
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from pki.errors import AlreadyExists, InvalidInput, StorageError
@@ -96,6 +97,36 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, overwrite: bool 
     The temporary file is created with ``mode`` already set, so a private key is never
     readable by others, not even for an instant.
     """
+    atomic_write_many([(path, data, mode)], overwrite=overwrite)
+
+
+def atomic_write_many(
+    files: Sequence[tuple[Path, bytes, int]], *, overwrite: bool = True
+) -> list[Path]:
+    """``atomic_write`` for many files at once, all or none: each is written under a
+    temporary name, then all of them are fsynced (the file system can flush them together
+    rather than one journal commit per write), then renamed into place. Returns the paths
+    written; on a failure none of them is left behind."""
+    staged: list[tuple[Path, str]] = []
+    placed: list[Path] = []
+    try:
+        for path, data, mode in files:
+            staged.append((path, _stage(path, data, mode, overwrite)))
+        for path, tmp_name in staged:
+            _fsync(path, tmp_name)
+        for path, tmp_name in staged:
+            _place(path, tmp_name, overwrite)
+            placed.append(path)
+    except BaseException:
+        for _, tmp_name in staged:
+            _discard(tmp_name)
+        for path in placed:
+            remove_quietly(path)
+        raise
+    return placed
+
+
+def _stage(path: Path, data: bytes, mode: int, overwrite: bool) -> str:
     if not overwrite and (path.exists() or path.is_symlink()):
         raise AlreadyExists(f"{path} already exists; refusing to overwrite it")
     refuse_special(path)
@@ -108,18 +139,33 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, overwrite: bool 
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+    except OSError as exc:
+        _discard(tmp_name)
+        raise os_error(exc, f"cannot write {path}") from None
+    return tmp_name
+
+
+def _fsync(path: Path, tmp_name: str) -> None:
+    try:
+        fd = os.open(tmp_name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise os_error(exc, f"cannot write {path}") from None
+
+
+def _place(path: Path, tmp_name: str, overwrite: bool) -> None:
+    try:
         if overwrite:
             os.replace(tmp_name, path)
         else:
             os.link(tmp_name, path)  # fails if path appeared meanwhile
             os.unlink(tmp_name)
     except FileExistsError:
-        _discard(tmp_name)
         raise AlreadyExists(f"{path} already exists; refusing to overwrite it") from None
     except OSError as exc:
-        _discard(tmp_name)
         raise os_error(exc, f"cannot write {path}") from None
 
 

@@ -456,16 +456,21 @@ class Issuer:
 
     def _commit(self, issued: Sequence[IssuedCertificate], deliver: Deliver, actor: str) -> None:
         now = self.clock.now()
+        rows = [NewCertificate(i.record, i.cert_pem.decode()) for i in issued]
+        events = [self._audit_event(i, actor, now) for i in issued]
         undo: list[Callable[[], None]] = []
         try:
             with self.inventory.transaction() as conn:
-                self.inventory.add_certificates(
-                    conn,
-                    [NewCertificate(i.record, i.cert_pem.decode()) for i in issued],
-                    [self._audit_event(i, actor, now) for i in issued],
-                )
-                for item in issued:
-                    undo.append(deliver(item))
+                # files first, then the rows: SQLite's write lock is taken by the first
+                # INSERT, so a forked worker writing (and fsyncing) its files does not keep
+                # the other one from committing; if anything fails, the files are removed
+                many = getattr(deliver, "many", None)  # a whole chunk at once, if it can
+                if callable(many):
+                    undo.extend(many(issued))
+                else:
+                    for item in issued:
+                        undo.append(deliver(item))
+                self.inventory.add_certificates(conn, rows, events)
         except BaseException:
             for step in reversed(undo):
                 step()

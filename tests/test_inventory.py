@@ -162,17 +162,17 @@ def test_failed_delivery_leaves_no_row_and_no_file(
 ) -> None:
     """A failure after signing (here: the chain file cannot be written) rolls back the row
     and removes the files already written."""
-    import pki.delivery
+    import pki.files
     from pki.errors import StorageError as Err
 
-    real = pki.delivery.atomic_write
+    real = pki.files._place
 
-    def failing(path: Path, data: bytes, mode: int = 0o644, *, overwrite: bool = True) -> None:
-        if path.name == "chain.pem":
+    def failing(path: Path, tmp_name: str, overwrite: bool) -> None:
+        if path.name == "chain.pem":  # key.pem and cert.pem are in place by now
             raise Err(f"cannot write {path}: No space left on device")
-        real(path, data, mode, overwrite=overwrite)
+        real(path, tmp_name, overwrite)
 
-    monkeypatch.setattr(pki.delivery, "atomic_write", failing)
+    monkeypatch.setattr(pki.files, "_place", failing)
     before = _list(cli)
     result = cli("issue", "device", "thing-z", "--generate-key", "--out", tmp_path / "z")
     assert result.code == 1
@@ -215,3 +215,23 @@ def test_unreachable_database_is_a_clear_internal_error(
     assert result.code == 1
     assert result.err.startswith("fleetpki: error: cannot open the inventory at postgresql")
     assert result.err.count("\n") == 1
+
+
+def test_atomic_write_many_is_all_or_none(tmp_path: Path) -> None:
+    from pki.errors import AlreadyExists, InvalidInput
+    from pki.files import atomic_write_many
+
+    (tmp_path / "taken").mkdir()  # a folder where a file should go: refused
+    files = [(tmp_path / "a.pem", b"a", 0o644), (tmp_path / "taken", b"b", 0o644)]
+    with pytest.raises(InvalidInput, match="is not a regular file"):
+        atomic_write_many(files)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # no a.pem, no temporaries
+    (tmp_path / "c.pem").write_bytes(b"old")
+    files = [(tmp_path / "a.pem", b"a", 0o600), (tmp_path / "c.pem", b"c", 0o644)]
+    with pytest.raises(AlreadyExists):
+        atomic_write_many(files, overwrite=False)  # c.pem exists: a.pem is not left either
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pem", "taken"]
+    assert atomic_write_many(files) == [tmp_path / "a.pem", tmp_path / "c.pem"]
+    assert (tmp_path / "c.pem").read_bytes() == b"c"
+    assert (tmp_path / "a.pem").stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pem", "c.pem", "taken"]
