@@ -145,13 +145,18 @@ def _stage(path: Path, data: bytes, mode: int, overwrite: bool) -> str:
     return tmp_name
 
 
+def fsync_path(path: str | Path) -> None:
+    """Flush a file or a folder (its entries) to disk; raises OSError."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync(path: Path, tmp_name: str) -> None:
     try:
-        fd = os.open(tmp_name, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(tmp_name)
     except OSError as exc:
         raise os_error(exc, f"cannot write {path}") from None
 

@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection, Engine
 from pki.childenv import child_env
 from pki.delivery import CERT_FILE, CHAIN_FILE, FULLCHAIN_FILE, KEY_FILE, make_key_and_csr
 from pki.errors import AlreadyExists, BackendError, InvalidInput, NotFound, StorageError
-from pki.files import atomic_write, check_writable_folder, ensure_dir
+from pki.files import atomic_write, check_writable_folder, ensure_dir, fsync_path
 from pki.issuance import Issuer
 from pki.model import IssuedCertificate, IssueRequest, KeyType
 from rotation import store
@@ -184,11 +184,7 @@ def install(directory: Path, key_pem: bytes, issued: IssuedCertificate, group: s
         raise StorageError(f"cannot switch {link} to the new certificate: {exc.strerror}") from None
     # swapped: from here on nothing may undo it or fail the installation
     try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_path(directory)
     except OSError as exc:
         log.warning("could not flush %s to disk: %s", directory, exc.strerror)
     with contextlib.suppress(OSError):
