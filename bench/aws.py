@@ -124,6 +124,7 @@ def moto_server(quota: float) -> Iterator[str]:
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "--serve", str(port), str(quota)],
+        env={k: v for k, v in os.environ.items() if not k.startswith("FAKETIME")},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

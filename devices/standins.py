@@ -22,6 +22,7 @@ import contextlib
 import datetime as dt
 import ipaddress
 import json
+import logging
 import os
 import pwd
 import secrets
@@ -39,11 +40,13 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 
-from pki.childenv import child_env
+from pki.childenv import FAKETIME, child_env, without_faketime
 from pki.clock import Clock
 from pki.errors import BackendError, OperatorError
 from pki.files import atomic_write, ensure_dir
 from pki.home import Home
+
+log = logging.getLogger("fleetpki.standins")
 
 HOST = "127.0.0.1"
 TOPIC_PREFIX = "things"
@@ -350,7 +353,9 @@ def _terminate(pid: int, timeout: float = 10.0) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+def _spawn(
+    argv: list[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
             argv,
@@ -358,14 +363,14 @@ def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            env=_standin_env(),
+            env=_standin_env() if env is None else env,
         )
 
 
 def _standin_env() -> dict[str, str]:
     """The stand-ins outlive 'dev up': they get none of fleetpki's secrets (the CA
     passphrase, AWS credentials), only what running them needs."""
-    return child_env(keep=("PYTHONPATH", "VIRTUAL_ENV", "LD_LIBRARY_PATH"))
+    return child_env(keep=("PYTHONPATH", "VIRTUAL_ENV", "LD_LIBRARY_PATH", *FAKETIME))
 
 
 # --------------------------------------------------------------------------- up / down
@@ -376,25 +381,24 @@ def _ca_bundle(home: Home) -> bytes:
 
 
 def write_home_crl(home: Home, state: Any) -> Path:
-    """Re-sign HOME/crl/issuing.crl.pem (what ``fleetpki revoke`` does after a revocation)."""
+    """Re-sign the issuing CA's CRL (what ``fleetpki revoke`` does after a revocation);
+    returns the combined file the stand-ins read."""
     from pki.revocation import refresh_home_crl
 
     refresh_home_crl(home, state.inventory(), state.ca(), state.clock, home.actor())
-    return home.crl_path
+    return home.combined_crl_path
 
 
 def ensure_crl(home: Home, clock: Clock, state: Any) -> Path:
-    """The home CRL, signed now when it is missing or past its nextUpdate."""
-    path = home.crl_path
-    if path.exists():
-        crl = x509.load_pem_x509_crl(path.read_bytes())
-        next_update = crl.next_update_utc
-        if next_update is not None and next_update > clock.now() + dt.timedelta(hours=1):
-            return path
-    from pki.revocation import refresh_home_crl
+    """The combined CRL file (every CA's CRL: the broker and the HTTPS endpoint check the
+    leaf against its issuer's), each CRL re-signed first when it is missing or due."""
+    from pki.revocation import refresh_crls
 
-    refresh_home_crl(home, state.inventory(), state.ca(), clock, home.actor())
-    return path
+    done = refresh_crls(home, state.inventory(), state.ca(), clock, home.actor())
+    for warning in done.warnings:  # the root CRL due with its key offline, say
+        log.warning("%s", warning)
+    home.crl_files.rebuild_combined()
+    return home.combined_crl_path
 
 
 def ensure_server_certificate(home: Home, clock: Clock, state: Any) -> Path:
@@ -500,6 +504,7 @@ def up(home: Home, clock: Clock, state: Any) -> DevState:
                 moto = _spawn(
                     [str(Path(sys.executable).parent / "moto_server"), "-H", HOST, "-p", str(port)],
                     run / "moto.log",
+                    without_faketime(_standin_env()),  # AWS keeps the real time
                 )
                 started.append(moto.pid)
                 _wait_port(
@@ -599,11 +604,10 @@ def down(home: Home) -> list[str]:
 
 
 def reload_crl(home: Home, state: DevState) -> None:
-    """Copy the home CRL into the run folder and make Mosquitto re-read it (SIGHUP).
-
-    The HTTPS stand-in notices the new file by itself before its next handshake.
+    """Copy the home's combined CRL file into the run folder and make Mosquitto re-read it
+    (SIGHUP). The HTTPS stand-in notices the new file by itself before its next handshake.
     """
-    data = home.crl_path.read_bytes()
+    data = home.combined_crl_path.read_bytes()
     try:
         if state.crl_file.read_bytes() == data:
             return  # already in place (a batch revocation calls this per certificate)

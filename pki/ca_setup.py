@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -12,11 +13,13 @@ from pki.backends.local import LocalCA, check_ca_options
 from pki.clock import Clock
 from pki.errors import AlreadyExists, InvalidInput, OperatorError
 from pki.files import remove_quietly
+from pki.hierarchy import check_free_for_init, new_hierarchy_id
 from pki.home import Home, HomeConfig
 from pki.inventory import AuditEvent, Inventory, NewCertificate
 from pki.issuance import PEM, fingerprint
 from pki.model import CertificateRecord, KeyType, Status
 from pki.profiles import ISSUING_CA_PROFILE, ROOT_CA_PROFILE
+from pki.revocation import sign_and_publish
 
 if TYPE_CHECKING:
     from pki.backends.aws_pca import AwsPrivateCA
@@ -54,14 +57,18 @@ def record_chain(
     chain: tuple[x509.Certificate, ...],
     backend: str,
     detail: dict[str, str],
-) -> tuple[CertificateRecord, ...]:
+    hierarchy_id: str,
+) -> tuple[tuple[CertificateRecord, ...], str]:
     """Record a CA chain (issuing CA first, root last) in the inventory with a ``ca-init``
-    audit event; certificates already there (another home adopting the same CA) are
-    left as they are. Returns the records, root first."""
+    audit event, and claim the inventory for the hierarchy; certificates already there
+    (another home adopting the same CA) are left as they are. Returns the records, root
+    first, and the hierarchy id the inventory has (an AWS CA adopted again joins the
+    hierarchy that recorded it)."""
     pairs = [(ca_record(chain[-1], ROOT_CA_PROFILE, backend, clock), chain[-1])]
     pairs += [(ca_record(c, ISSUING_CA_PROFILE, backend, clock), c) for c in chain[:-1]]
     records = tuple(record for record, _ in pairs)
     with inventory.transaction() as conn:
+        hierarchy_id = inventory.claim_hierarchy(conn, hierarchy_id)
         known = {r.serial for r in inventory.find(now=clock.now(), include_ca=True)}
         inventory.add_certificates(
             conn,
@@ -79,11 +86,11 @@ def record_chain(
                     actor,
                     "ca-init",
                     records[-1].serial_hex,
-                    {**detail, "root_serial": records[0].serial_hex},
+                    {**detail, "root_serial": records[0].serial_hex, "hierarchy": hierarchy_id},
                 )
             ],
         )
-    return records
+    return records, hierarchy_id
 
 
 def check_init(
@@ -112,9 +119,26 @@ def init_ca(
     common_name: str,
     root_days: int,
     issuing_days: int,
+    *,
+    urls: tuple[dict[str, str], dict[str, str]] = ({}, {}),
 ) -> CaInitResult:
+    """Create a local CA: root and issuing keys and certificates, recorded, the config
+    written, and the first CRL of each CA published — all or nothing. ``urls`` are the
+    ``crl_url`` and ``ca_issuers_url`` settings (the issuing CA's certificate names the
+    root's; every leaf names the issuing CA's)."""
     kind = check_init(home, key_type, common_name, root_days, issuing_days)
+    check_free_for_init(inventory, home.database_url, None)
     chosen = home.init_passphrase()
+    root_passphrase = home.init_root_passphrase()
+    crl_url, ca_issuers_url = urls
+    config = HomeConfig(
+        backend="local",
+        key_type=key_type,
+        common_name=common_name,
+        crl_url=dict(crl_url),
+        ca_issuers_url=dict(ca_issuers_url),
+    )
+    config.check_ranges()
     home.ensure()
     if chosen is None:
         if home.passphrase_path.exists():  # an empty file: replaced by a generated one
@@ -132,20 +156,28 @@ def init_ca(
             now=clock.now(),
             root_days=root_days,
             issuing_days=issuing_days,
+            root_passphrase=root_passphrase,
+            root_urls=config.urls("root"),
+            urls=config.urls("issuing"),
         )
         created.append("ca")
-        records = record_chain(
+        records, hierarchy_id = record_chain(
             inventory,
             clock,
             home.actor(),
             ca.chain(),
             ca.name,
             {"key_type": key_type, "common_name": common_name},
+            new_hierarchy_id(),
         )
-        home.write_config(HomeConfig(backend=ca.name, key_type=key_type, common_name=common_name))
+        home.write_config(dataclasses.replace(config, hierarchy_id=hierarchy_id))
+        # relying parties that check every level of the chain need both CRLs from the start
+        for which in ("root", "issuing"):
+            sign_and_publish(home, inventory, ca, clock, home.actor(), which=which)
     except BaseException:
         if "ca" in created:
             shutil.rmtree(home.ca_dir, ignore_errors=True)
+            shutil.rmtree(home.crl_files.folder, ignore_errors=True)
             remove_quietly(home.config_path)
         if generated:
             remove_quietly(home.passphrase_path)
@@ -175,6 +207,7 @@ def init_aws_ca(
         raise OperatorError(f"AWS Private CA {ca.arn} is {status}, not ACTIVE")
     chain = ca.chain()
     check_chain(ca.arn, chain, clock.now())
+    check_free_for_init(inventory, home.database_url, chain[0])
     home.ensure()
     key = chain[0].public_key()
     key_type = (
@@ -185,8 +218,14 @@ def init_aws_ca(
         else type(key).__name__
     )
     try:
-        records = record_chain(
-            inventory, clock, home.actor(), chain, ca.name, {"backend": ca.name, "ca_arn": ca.arn}
+        records, hierarchy_id = record_chain(
+            inventory,
+            clock,
+            home.actor(),
+            chain,
+            ca.name,
+            {"backend": ca.name, "ca_arn": ca.arn},
+            new_hierarchy_id(),
         )
         home.write_config(
             HomeConfig(
@@ -195,6 +234,7 @@ def init_aws_ca(
                 common_name=records[-1].common_name,
                 ca_arn=ca.arn,
                 region=region,
+                hierarchy_id=hierarchy_id,
             )
         )
     except BaseException:

@@ -12,9 +12,25 @@ import os
 from collections.abc import Iterable, Mapping
 
 BASE = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+# libfaketime (``scripts/test --shift``) reaches the stand-ins, so the broker and the
+# HTTPS endpoint see the same (shifted) time as the CA that signed their certificates
+FAKETIME = ("LD_PRELOAD", "FAKETIME", "FAKETIME_DONT_FAKE_MONOTONIC", "FAKETIME_DONT_RESET")
 
 
 def child_env(keep: Iterable[str] = (), environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """``BASE`` plus the named ``keep`` variables, where set."""
     source = os.environ if environ is None else environ
     return {name: source[name] for name in (*BASE, *keep) if name in source}
+
+
+def without_faketime(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``environ`` (default: this process's) without libfaketime: for the programs that must
+    keep the real time (moto_server)."""
+    source = os.environ if environ is None else environ
+    env = {k: v for k, v in source.items() if not k.startswith("FAKETIME")}
+    preload = [p for p in env.get("LD_PRELOAD", "").split(":") if p and "faketime" not in p]
+    if preload:
+        env["LD_PRELOAD"] = ":".join(preload)
+    else:
+        env.pop("LD_PRELOAD", None)
+    return env

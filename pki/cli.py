@@ -32,6 +32,8 @@ from pki.cli_options import (
 if TYPE_CHECKING:
     import datetime as dt
 
+    from cryptography import x509
+
     from pki.backends import CertificateAuthority
     from pki.clock import Clock
     from pki.home import Home
@@ -49,6 +51,7 @@ class State:
     home_path: Path
     clock: Clock
     _inventory: Inventory | None = field(default=None, repr=False)
+    root_key: Path | None = None  # crl --root --root-key FILE: a root key kept offline
 
     @property
     def home(self) -> Home:
@@ -66,8 +69,27 @@ class State:
                 home.ensure()
             else:
                 home.config()  # raises NotFound with the 'run ca init' hint
-            self._inventory = Inventory.open(home.database_url)
+            inventory = Inventory.open(home.database_url)
+            if not create:
+                from pki.hierarchy import bind
+
+                try:
+                    bind(home, inventory, self._home_issuing_certificate())
+                except BaseException:
+                    inventory.close()
+                    raise
+            self._inventory = inventory
         return self._inventory
+
+    def _home_issuing_certificate(self) -> x509.Certificate | None:
+        """The local CA's issuing certificate, read from the home (None for AWS)."""
+        from cryptography import x509
+
+        path = self.home.ca_dir / "issuing.pem"
+        try:
+            return x509.load_pem_x509_certificate(path.read_bytes())
+        except (OSError, ValueError):
+            return None
 
     def ca(self) -> CertificateAuthority:
         from pki.backends.local import LocalCA
@@ -93,7 +115,13 @@ class State:
             from pki.errors import InvalidInput
 
             raise InvalidInput(f"unknown CA backend {config.backend!r} in {home.config_path}")
-        return LocalCA(home.ca_dir, home.passphrase)
+        return LocalCA(
+            home.ca_dir,
+            home.passphrase,
+            root_passphrase=home.root_passphrase,
+            urls=config.urls("issuing"),
+            root_key=self.root_key,
+        )
 
     def issuer(self) -> Issuer:
         from pki.issuance import Issuer
@@ -218,6 +246,13 @@ def ca() -> None:
     show_default=True,
     help="Issuing CA lifetime (must be shorter than the root's).",
 )
+@click.option(
+    "--publish-url",
+    metavar="URL",
+    help="local: an http:// base URL where relying parties fetch the CRLs and CA "
+    "certificates (URL/crl/<ca>.crl, URL/ca/<ca>.cer); every certificate names them "
+    "(CRL distribution point, caIssuers). 'fleetpki dev up' serves them on loopback.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the CA certificates as JSON.")
 @pass_state
 def ca_init(
@@ -230,17 +265,28 @@ def ca_init(
     common_name: str,
     root_days: int,
     issuing_days: int,
+    publish_url: str | None,
     as_json: bool,
 ) -> None:
-    """Create a root CA and an issuing intermediate (path length 0).
+    """Create a root CA and an issuing intermediate (path length 0), and the first CRL of
+    each (HOME/crl/).
 
     The keys are encrypted with FLEETPKI_CA_PASSPHRASE; when it is unset a random
-    passphrase is generated into HOME/ca-passphrase (mode 0600). Refuses to overwrite
-    an existing CA.
+    passphrase is generated into HOME/ca-passphrase (mode 0600). The root key gets
+    FLEETPKI_ROOT_PASSPHRASE when that is set (then the root key may be moved offline:
+    only 'fleetpki crl --root' needs it). Refuses to overwrite an existing CA, and an
+    inventory (FLEETPKI_DATABASE_URL) that holds another CA hierarchy.
     """
     from pki.ca_setup import CaInitResult, init_ca
 
     result: CaInitResult
+    if backend == "aws-pca" and publish_url:
+        from pki.errors import InvalidInput
+
+        raise InvalidInput(
+            "--publish-url is for the local CA: AWS Private CA names its own CRL "
+            "distribution point (its CrlConfiguration)"
+        )
     if backend == "aws-pca":
         result = _init_aws_pca(
             state, ca_arn, create, region, key_type, common_name, root_days, issuing_days
@@ -252,8 +298,15 @@ def ca_init(
 
         raise InvalidInput("--ca-arn, --create and --region need --backend aws-pca")
     from pki.ca_setup import check_init
+    from pki.distribution import urls_under
 
     check_init(state.home, key_type, common_name, root_days, issuing_days)  # before any write
+    try:
+        urls = urls_under(publish_url) if publish_url else ({}, {})
+    except ValueError as exc:
+        from pki.errors import InvalidInput
+
+        raise InvalidInput(str(exc)) from None
     result = init_ca(
         state.home,
         state.inventory(create=True),
@@ -262,6 +315,7 @@ def ca_init(
         common_name,
         root_days,
         issuing_days,
+        urls=urls,
     )
     home = state.home
     if result.generated_passphrase:
@@ -321,12 +375,44 @@ def _init_aws_pca(
 
 
 @ca.command("chain")
+@click.option(
+    "--root",
+    "which",
+    flag_value="root",
+    help="Only the root CA (what a trust store imports: keytool -importcert, a bundle).",
+)
+@click.option(
+    "--issuing",
+    "which",
+    flag_value="issuing",
+    help="Only the issuing CA (what follows a leaf certificate in a full chain).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["pem", "der"]),
+    default="pem",
+    show_default=True,
+    help="der: one certificate only (with --root or --issuing).",
+)
 @pass_state
-def ca_chain(state: State) -> None:
-    """Print the CA chain as PEM: issuing CA first, then the root."""
+def ca_chain(state: State, which: str | None, fmt: str) -> None:
+    """Print the CA chain as PEM: issuing CA first, then the root (or one of them)."""
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    for cert in state.ca().chain():
+    from pki.errors import InvalidInput
+
+    chain = state.ca().chain()
+    certs = chain[-1:] if which == "root" else chain[:1] if which == "issuing" else chain
+    if fmt == "der":
+        if which is None:
+            raise InvalidInput("--format der holds one certificate: add --root or --issuing")
+        if sys.stdout.isatty():
+            raise InvalidInput("refusing to write DER to a terminal; redirect it to a file")
+        sys.stdout.buffer.write(certs[0].public_bytes(Encoding.DER))
+        sys.stdout.flush()
+        return
+    for cert in certs:
         click.echo(cert.public_bytes(Encoding.PEM).decode(), nl=False)
 
 
@@ -686,43 +772,83 @@ def revoke_cmd(state: State, serial: str, reason: str, no_crl: bool, as_json: bo
 
 @cli.group("crl", invoke_without_command=True)
 @click.option(
+    "--root",
+    "root",
+    is_flag=True,
+    help="Sign the root CA's CRL (the subordinate CAs it revoked) instead of the issuing "
+    "CA's. Needs the root key: in the home, or --root-key FILE when it is kept offline.",
+)
+@click.option(
+    "--root-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --root: the root CA's encrypted key file, when it is not in the home "
+    "(its passphrase: FLEETPKI_ROOT_PASSPHRASE, else FLEETPKI_CA_PASSPHRASE).",
+)
+@click.option(
     "--out",
     "out_file",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the CRL here (default: stdout). HOME/crl/issuing.crl.pem is always updated too.",
+    help="Also write the CRL here (default: stdout). HOME/crl/ is always updated.",
 )
 @click.option(
-    "--format", "fmt", type=click.Choice(["pem", "der"]), default="pem", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["pem", "der"]),
+    default="pem",
+    show_default=True,
+    help="Encoding of what goes to --out or stdout (HTTP distribution points serve DER).",
 )
 @click.option(
     "--next-update",
     default=None,
     metavar="DURATION",
-    help="Time until nextUpdate (default from config.json: 7d).",
+    help="Time until nextUpdate (default from config.json: crl_next_update_days, 7; "
+    "root_crl_next_update_days, 180, with --root).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print what was signed as JSON.")
 @click.pass_context
 def crl_cmd(
     ctx: click.Context,
+    root: bool,
+    root_key: Path | None,
     out_file: Path | None,
     fmt: str,
     next_update: str | None,
     as_json: bool,
 ) -> None:
-    """Sign a full CRL of the issuing CA with the next CRL number.
+    """Sign a full CRL of the issuing CA (or, with --root, of the root CA) with the next
+    CRL number, and publish it in HOME/crl/:
 
-    'fleetpki crl publish' loads it into ALB trust stores and writes the API Gateway
-    denylist.
+    \b
+      issuing.crl.pem, root.crl.pem   one CA's CRL each (Node: crl: [both files])
+      combined.crl.pem                every CA's CRL (nginx ssl_crl, openssl -CRLfile,
+                                      Java, GnuTLS, Mosquitto crlfile)
+      issuing.crl, root.crl           DER, for an HTTP CRL distribution point
+
+    thisUpdate is backdated like notBefore (crl_backdate_seconds, 5 minutes). The root's
+    CRL is re-signed here too when it is due and the root key is at hand; otherwise a
+    warning says when it runs out. 'fleetpki crl publish' loads a CRL into ALB trust
+    stores and writes the API Gateway denylist.
     """
     if ctx.invoked_subcommand is not None:
         return
-    _sign_crl(ctx.obj, out_file, fmt, next_update, as_json)
+    state: State = ctx.obj
+    if root_key is not None and not root:
+        from pki.errors import InvalidInput
+
+        raise InvalidInput("--root-key goes with --root")
+    state.root_key = root_key
+    _sign_crl(state, "root" if root else "issuing", out_file, fmt, next_update, as_json)
 
 
 def _sign_crl(
-    state: State, out_file: Path | None, fmt: str, next_update: str | None, as_json: bool
+    state: State,
+    which: str,
+    out_file: Path | None,
+    fmt: str,
+    next_update: str | None,
+    as_json: bool,
 ) -> None:
-    import datetime as dt
     import os
 
     from cryptography.hazmat.primitives.serialization import Encoding
@@ -730,14 +856,9 @@ def _sign_crl(
     from pki.errors import InvalidInput
     from pki.files import atomic_write, refuse_special
     from pki.model import isoformat, parse_duration
-    from pki.revocation import generate_crl, write_crl_file
+    from pki.revocation import refresh_crls, sign_and_publish
 
-    config = state.home.config()
-    window = (
-        parse_duration(next_update)
-        if next_update is not None
-        else dt.timedelta(days=config.crl_next_update_days)
-    )
+    window = parse_duration(next_update) if next_update is not None else None
     if out_file is None and fmt == "der" and sys.stdout.isatty():
         raise InvalidInput("refusing to write DER to a terminal; use --out FILE")
     if out_file is not None:  # checked before a CRL number is spent
@@ -746,29 +867,52 @@ def _sign_crl(
                 f"cannot write --out {out_file}: {out_file.parent} is not a writable folder"
             )
         refuse_special(out_file)
-    result = generate_crl(state.inventory(), state.ca(), state.clock, state.home.actor(), window)
-    pem = result.crl.public_bytes(Encoding.PEM)
-    data = pem if fmt == "pem" else result.crl.public_bytes(Encoding.DER)
-    write_crl_file(state.home.crl_path, result.crl)
+    ca, inventory, home = state.ca(), state.inventory(), state.home
+    result = sign_and_publish(
+        home, inventory, ca, state.clock, home.actor(), which=which, next_update=window
+    )
+    warnings: tuple[str, ...] = ()
+    if which == "issuing":  # the root's CRL too, when it is due and its key at hand
+        warnings = refresh_crls(home, inventory, ca, state.clock, home.actor()).warnings
+    data = result.crl.public_bytes(Encoding.PEM if fmt == "pem" else Encoding.DER)
     if out_file is not None:
         atomic_write(out_file, data, 0o644)
     elif not as_json:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
+    files = home.crl_files
     summary = {
+        "ca": which,
         "number": result.number,
         "entries": result.entries,
         "this_update": isoformat(result.crl.last_update_utc),
         "next_update": isoformat(result.crl.next_update_utc),
-        "path": str(out_file or state.home.crl_path),
+        "path": str(out_file or files.pem(which)),
+        "files": {
+            "pem": str(files.pem(which)),
+            "der": str(files.der(which)),
+            "combined": str(files.combined),
+        },
+        "published": result.written,
+        "warnings": list(warnings),
     }
     if as_json:
         print_json(summary)
-    else:
+        return
+    if result.resynced_from is not None:
         err(
-            f"CRL #{result.number}: {result.entries} revoked, next update "
-            f"{summary['next_update']}" + (f", written to {out_file}" if out_file else "")
+            f"the published {which} CRL had number #{result.resynced_from}, ahead of the "
+            "inventory (restored from a backup?): the new CRL's number goes past it"
         )
+    where = f", written to {out_file}" if out_file else ""
+    err(
+        f"{which} CRL #{result.number}: {result.entries} revoked, next update "
+        f"{summary['next_update']}{where}; all CRLs in {files.combined}"
+    )
+    if not result.written:
+        err(f"warning: a newer {which} CRL was published meanwhile; {files.pem(which)} keeps it")
+    for warning in warnings:
+        err(f"warning: {warning}")
 
 
 @cli.command("audit")

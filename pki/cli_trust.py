@@ -319,8 +319,6 @@ def crl_publish(
     revocation, so write the compact list of revoked serials its Lambda authorizer
     (pki/authorizer.py) denies.
     """
-    import datetime as dt
-
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from pki.errors import InvalidInput
@@ -338,22 +336,20 @@ def crl_publish(
 
     crl_where = publish.S3Location.parse(crl_uri) if crl_uri else None
     deny_where = publish.S3Location.parse(denylist) if denylist else None
-    config = state.home.config()
-    window = (
-        parse_duration(next_update)
-        if next_update is not None
-        else dt.timedelta(days=config.crl_next_update_days)
-    )
+    window = parse_duration(next_update) if next_update is not None else None
     inventory = state.inventory()
     actor = state.home.actor()
     summary: dict[str, Any] = {}
     s3 = publish.make_client("s3")
     if trust_store and crl_where:
-        from pki.revocation import generate_crl
+        from pki.revocation import sign_and_publish
 
         elbv2 = publish.make_client("elbv2")
         publish.AlbTrustStore(elbv2, trust_store).check()  # before a CRL number is used
-        result = generate_crl(inventory, state.ca(), state.clock, actor, window)
+        # the home's CRL files follow: the CRL loaded into ALB is the one published here
+        result = sign_and_publish(
+            state.home, inventory, state.ca(), state.clock, actor, next_update=window
+        )
         der = result.crl.public_bytes(Encoding.DER)
         alb = publish.publish_alb_crl(
             elbv2,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -79,3 +80,69 @@ def crl_number(crl: x509.CertificateRevocationList) -> int:
 def check_serials(serials: Iterable[int], revoked: frozenset[int]) -> list[int]:
     """The serials of ``serials`` that are revoked, in the order given."""
     return [s for s in serials if s in revoked]
+
+
+# A CRL is re-signed once two thirds of its validity have passed (the same rule as a leaf's
+# renewal): a week-long CRL about two days before its nextUpdate, the root's 180-day CRL
+# two months before.
+REFRESH_FRACTION = 2 / 3
+
+
+@dataclass(frozen=True)
+class CrlHealth:
+    """How one CA's published CRL stands at ``now``: ``fresh``, ``due`` (past its refresh
+    time: re-sign it), ``stale`` (past nextUpdate: relying parties that check it refuse
+    every client) or ``missing``."""
+
+    ca: str
+    state: str
+    number: int | None = None
+    this_update: dt.datetime | None = None
+    next_update: dt.datetime | None = None
+    refresh_at: dt.datetime | None = None
+
+    @property
+    def needs_signing(self) -> bool:
+        return self.state != "fresh"
+
+    def message(self, now: dt.datetime) -> str | None:
+        """A warning for the operator, or None when the CRL is fresh."""
+        if self.state == "missing":
+            return f"the {self.ca} CA has no published CRL"
+        if self.state == "fresh" or self.next_update is None:
+            return None
+        left = self.next_update - now
+        if self.state == "stale":
+            return (
+                f"the {self.ca} CA's CRL #{self.number} expired at "
+                f"{self.next_update:%Y-%m-%d %H:%M}Z: relying parties that check it refuse "
+                "every client"
+            )
+        return (
+            f"the {self.ca} CA's CRL #{self.number} reaches its nextUpdate in "
+            f"{_human(left)} ({self.next_update:%Y-%m-%d %H:%M}Z)"
+        )
+
+
+def crl_health(
+    ca: str, crl: x509.CertificateRevocationList | None, now: dt.datetime
+) -> CrlHealth:
+    if crl is None or crl.next_update_utc is None:
+        return CrlHealth(ca, "missing")
+    this_update, next_update = crl.last_update_utc, crl.next_update_utc
+    refresh_at = this_update + (next_update - this_update) * REFRESH_FRACTION
+    try:
+        number: int | None = crl_number(crl)
+    except x509.ExtensionNotFound:
+        number = None
+    state = "stale" if now >= next_update else "due" if now >= refresh_at else "fresh"
+    return CrlHealth(ca, state, number, this_update, next_update, refresh_at)
+
+
+def _human(delta: dt.timedelta) -> str:
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds >= 2 * 86400:
+        return f"{seconds // 86400} days"
+    if seconds >= 2 * 3600:
+        return f"{seconds // 3600} hours"
+    return f"{max(1, seconds // 60)} minutes"

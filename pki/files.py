@@ -78,17 +78,37 @@ def refuse_special(path: Path) -> None:
         )
 
 
-def read_limited(path: Path, limit: int, what: str) -> bytes:
-    """At most ``limit`` bytes of an operator's input file, refused when there is more:
-    a size from ``stat`` says nothing for a pipe or a device (``/dev/zero`` has size 0)."""
+def read_regular(path: Path, limit: int, what: str) -> bytes:
+    """At most ``limit`` bytes of the regular file ``path``, refused (``InvalidInput``) when
+    there is more or when it is not a regular file: a FIFO would block forever, a device
+    such as ``/dev/zero`` never ends (its size from ``stat`` says nothing). Opened without
+    blocking, then checked on the open descriptor (no race with a swap). ``OSError`` from
+    opening is left to the caller (``FileNotFoundError`` often means something)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        with path.open("rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidInput(f"{what} {path} is not a regular file")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as handle:
             data = handle.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise InvalidInput(f"{what} {path} is over the {_size(limit)} limit")
+    return data
+
+
+def _size(limit: int) -> str:
+    return f"{limit // (1024 * 1024)} MiB" if limit >= 1024 * 1024 else f"{limit // 1024} KiB"
+
+
+def read_limited(path: Path, limit: int, what: str) -> bytes:
+    """An operator's input file, read as ``read_regular`` does, every failure one line."""
+    try:
+        return read_regular(path, limit, what)
     except OSError as exc:
         raise os_error(exc, f"cannot read {what} {path}") from None
-    if len(data) > limit:
-        raise InvalidInput(f"{what} {path} is over the {limit // 1024} KiB limit")
-    return data
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, overwrite: bool = True) -> None:

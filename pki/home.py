@@ -5,6 +5,7 @@ This is the I/O edge that turns ``--home`` and the environment into backends.
 
 from __future__ import annotations
 
+import datetime as dt
 import getpass
 import json
 import math
@@ -14,15 +15,19 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from pki.crl_files import CrlFiles
+from pki.distribution import CaUrls, ca_urls, check_url_map
 from pki.errors import InvalidInput, NotFound, OperatorError, StorageError
-from pki.files import atomic_write, ensure_dir, os_error
+from pki.files import atomic_write, ensure_dir, os_error, read_regular
 from pki.policy import PolicySettings
 
 PASSPHRASE_ENV = "FLEETPKI_CA_PASSPHRASE"  # noqa: S105 (a variable name, not a secret)
+ROOT_PASSPHRASE_ENV = "FLEETPKI_ROOT_PASSPHRASE"  # noqa: S105
 MIN_PASSPHRASE = 12
 DATABASE_ENV = "FLEETPKI_DATABASE_URL"
 HOME_ENV = "FLEETPKI_HOME"
 DEFAULT_HOME = ".fleetpki"
+MAX_CONFIG_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,17 @@ class HomeConfig:
     key_type: str = "ec-p256"
     common_name: str = "fleetpki"
     crl_next_update_days: int = 7
+    # the root's CRL (revoked subordinate CAs) lives long: the root key may stay offline
+    root_crl_next_update_days: int = 180
+    # thisUpdate is set this far in the past, like notBefore: a relying party whose clock
+    # is a little behind must not refuse every client for "CRL is not yet valid"
+    crl_backdate_seconds: int = 300
+    # where relying parties fetch each CA's CRL and certificate: {"issuing": URL, "root":
+    # URL}; new certificates carry them (CRL distribution point, caIssuers)
+    crl_url: dict[str, str] = field(default_factory=dict)
+    ca_issuers_url: dict[str, str] = field(default_factory=dict)
+    # the CA hierarchy this home belongs to; its inventory carries the same id
+    hierarchy_id: str | None = None
     policy: PolicySettings = field(default_factory=PolicySettings)
     # aws-pca backend (absent from local-CA configs; older config files load unchanged)
     ca_arn: str | None = None
@@ -41,6 +57,14 @@ class HomeConfig:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def urls(self, ca: str) -> CaUrls:
+        """Where CA ``ca`` (``issuing``, ``root``) serves its CRL and certificate."""
+        return ca_urls(self.crl_url, self.ca_issuers_url, ca)
+
+    @property
+    def crl_backdate(self) -> dt.timedelta:
+        return dt.timedelta(seconds=self.crl_backdate_seconds)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> HomeConfig:
@@ -62,6 +86,12 @@ class HomeConfig:
         """Values of the right type may still make no sense (raises ValueError)."""
         if not 1 <= self.crl_next_update_days <= 365:
             raise ValueError("crl_next_update_days must be 1-365")
+        if not 1 <= self.root_crl_next_update_days <= 730:
+            raise ValueError("root_crl_next_update_days must be 1-730")
+        if not 0 <= self.crl_backdate_seconds <= 86400:
+            raise ValueError("crl_backdate_seconds must be 0-86400 (one day)")
+        check_url_map(self.crl_url, "crl_url")
+        check_url_map(self.ca_issuers_url, "ca_issuers_url")
         for name in ("issue_rate", "get_rate", "revoke_rate"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -107,8 +137,19 @@ class Home:
         return self.path / "ca-passphrase"
 
     @property
+    def crl_files(self) -> CrlFiles:
+        """The CRLs this home publishes: one per CA, a combined file, DER copies."""
+        return CrlFiles(self.path / "crl")
+
+    @property
     def crl_path(self) -> Path:
-        return self.path / "crl" / "issuing.crl.pem"
+        """The issuing CA's CRL (PEM)."""
+        return self.crl_files.pem("issuing")
+
+    @property
+    def combined_crl_path(self) -> Path:
+        """Every CA's current CRL in one PEM file (nginx, openssl, Java, Mosquitto)."""
+        return self.crl_files.combined
 
     @property
     def database_url(self) -> str:
@@ -130,7 +171,7 @@ class Home:
 
     def config(self) -> HomeConfig:
         try:
-            raw = self.config_path.read_bytes()
+            raw = read_regular(self.config_path, MAX_CONFIG_BYTES, "config file")
         except FileNotFoundError:
             raise NotFound(
                 f"no CA in {self.path}; run 'fleetpki ca init' first (or set --home / {HOME_ENV})"
@@ -139,6 +180,10 @@ class Home:
             raise os_error(exc, f"cannot read {self.config_path}") from None
         try:
             return HomeConfig.from_json(json.loads(raw.decode("utf-8")))
+        except RecursionError:
+            raise InvalidInput(
+                f"{self.config_path} is not a valid fleetpki config: nested too deeply"
+            ) from None
         except (ValueError, TypeError) as exc:
             raise InvalidInput(
                 f"{self.config_path} is not a valid fleetpki config: {exc}"
@@ -159,6 +204,27 @@ class Home:
             raise OperatorError(
                 f"the CA key passphrase is not available: set {PASSPHRASE_ENV} "
                 f"(no {self.passphrase_path.name} file in the home, or it is empty)"
+            )
+        return value
+
+    def root_passphrase(self) -> bytes:
+        """The root key's passphrase: ``FLEETPKI_ROOT_PASSPHRASE`` when the root has one of
+        its own (set at ``ca init``), else the CA passphrase."""
+        env = os.environ.get(ROOT_PASSPHRASE_ENV)
+        if env:
+            return env.encode("utf-8", "surrogateescape")
+        return self.passphrase()
+
+    def init_root_passphrase(self) -> bytes | None:
+        """For ``ca init``: the root's own passphrase, when one is set (at least 12
+        characters), else None (the root key shares the CA passphrase)."""
+        env = os.environ.get(ROOT_PASSPHRASE_ENV)
+        if not env:
+            return None
+        value = env.encode("utf-8", "surrogateescape")
+        if len(value) < MIN_PASSPHRASE:
+            raise InvalidInput(
+                f"{ROOT_PASSPHRASE_ENV} is too short: use at least {MIN_PASSPHRASE} characters"
             )
         return value
 

@@ -25,6 +25,7 @@ from pki.errors import NotFound, StorageError
 from pki.model import CertificateRecord, RevocationReason, Status, serial_hex
 
 SCHEMA_VERSION = 1
+HIERARCHY_KEY = "hierarchy_id"
 
 
 class UtcDateTime(sa.types.TypeDecorator[dt.datetime]):
@@ -260,7 +261,7 @@ class Inventory:
         try:
             engine = sa.create_engine(url, future=True)
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
-            raise StorageError(f"cannot use database URL {_redact(url)}: {exc}") from None
+            raise StorageError(f"cannot use database URL {redact_url(url)}: {exc}") from None
         if engine.dialect.name == "sqlite":
             _private_sqlite_file(engine.url.database)
             sa.event.listen(engine, "connect", _sqlite_pragmas)
@@ -289,7 +290,7 @@ class Inventory:
                     )
         except sa.exc.SQLAlchemyError as exc:
             raise StorageError(
-                f"cannot open the inventory at {_redact(str(self.engine.url))}: {_why(exc)}"
+                f"cannot open the inventory at {redact_url(str(self.engine.url))}: {_why(exc)}"
             ) from None
 
     @contextmanager
@@ -383,6 +384,41 @@ class Inventory:
                 created_at=now,
             )
         )
+
+    # -- the CA hierarchy this inventory belongs to ------------------------------------
+
+    def hierarchy(self) -> str | None:
+        """The id of the CA hierarchy whose records this inventory holds (None: unclaimed)."""
+        with self._reading() as conn:
+            value = conn.execute(
+                sa.select(meta.c.value).where(meta.c.key == HIERARCHY_KEY)
+            ).scalar()
+        return None if value is None else str(value)
+
+    def claim_hierarchy(self, conn: Connection, hierarchy_id: str) -> str:
+        """Record ``hierarchy_id`` as this inventory's, unless it already has one; returns
+        the id it has now (the caller compares)."""
+        insert = dialect_insert(conn, meta).values(key=HIERARCHY_KEY, value=hierarchy_id)
+        conn.execute(insert.on_conflict_do_nothing(index_elements=[meta.c.key]))
+        return str(
+            conn.execute(sa.select(meta.c.value).where(meta.c.key == HIERARCHY_KEY)).scalar()
+        )
+
+    def has_certificates(self) -> bool:
+        with self._reading() as conn:
+            return conn.execute(sa.select(certificates.c.id).limit(1)).first() is not None
+
+    def has_ca_fingerprint(self, fingerprint: str) -> bool:
+        """Whether this CA certificate (SHA-256 of DER, hex) is recorded here."""
+        c = certificates.c
+        with self._reading() as conn:
+            found = conn.execute(
+                sa.select(c.id).where(
+                    c.fingerprint_sha256 == fingerprint,
+                    c.profile.in_(("root-ca", "issuing-ca")),
+                )
+            ).first()
+        return found is not None
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -687,7 +723,8 @@ def _why(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
+    """A database URL fit for a message: the password hidden."""
     try:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
     except sa.exc.ArgumentError:

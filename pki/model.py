@@ -93,24 +93,33 @@ def serial_hex(serial: int) -> str:
     return text if len(text) % 2 == 0 else "0" + text
 
 
-_DURATION_RE = re.compile(r"^\s*(\d{1,15})\s*([smhdw]?)\s*$")
+_DURATION_RE = re.compile(r"^\s*(\d{1,15})\s*([smhdwy])\s*$")
 MAX_DURATION_DAYS = 36500  # longer than any certificate, CRL or schedule: a typo
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "": 86400}
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+DURATION_GRAMMAR = "a whole number with a unit: s, m, h, d, w or y (365 days), e.g. 30d or 12h"
 
 
 def parse_duration(text: str) -> dt.timedelta:
-    """``30d``, ``12h``, ``2w``, ``90m``, ``45s``; a bare number means days."""
+    """``45s``, ``90m``, ``12h``, ``30d``, ``2w``, ``1y`` (365 days); ``0`` alone is zero.
+
+    A bare number is refused: ``30`` could mean seconds, minutes or days."""
+    if text.strip() == "0":
+        return dt.timedelta(0)
     match = _DURATION_RE.match(text.lower())
     if not match:
-        raise InvalidInput(
-            f"{text!r} is not a duration; use a number with s, m, h, d or w (e.g. 30d)"
-        )
+        raise InvalidInput(f"{_quoted(text)} is not a duration: use {DURATION_GRAMMAR}")
     seconds = int(match.group(1)) * _UNITS[match.group(2)]
     if seconds > MAX_DURATION_DAYS * 86400:
         raise InvalidInput(
-            f"{text!r} is too long; durations go up to {MAX_DURATION_DAYS} days (100 years)"
+            f"{_quoted(text)} is too long; durations go up to {MAX_DURATION_DAYS} days (100 years)"
         )
     return dt.timedelta(seconds=seconds)
+
+
+def _quoted(text: str) -> str:
+    """Untrusted text for a one-line message: quoted, control characters escaped, capped."""
+    shown = text if len(text) <= 60 else text[:60] + "…"
+    return repr(shown)
 
 
 def isoformat(value: dt.datetime | None) -> str | None:

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
-from pki.backends import CertificateAuthority, CrlSigner
+from pki.backends import CertificateAuthority, CrlSigner, RootCrlSigner
 from pki.clock import Clock
-from pki.crl import DEFAULT_NEXT_UPDATE, crl_number
+from pki.crl import DEFAULT_NEXT_UPDATE, crl_health
 from pki.errors import BackendError, FleetPkiError, InvalidInput, OperatorError
-from pki.files import atomic_write, ensure_dir
 from pki.home import Home
 from pki.inventory import AuditEvent, Inventory
 from pki.model import CertificateRecord, RevocationReason, Status, isoformat
+from pki.policy import BACKDATE
 from pki.profiles import CA_PROFILES
 
 
@@ -33,6 +31,11 @@ class CrlResult:
     crl: x509.CertificateRevocationList
     number: int
     entries: int
+    ca: str = "issuing"  # which CA signed it: issuing | root
+    # the CRL number already published (a file ahead of the inventory, e.g. an inventory
+    # restored from a backup): this CRL's number was moved past it
+    resynced_from: int | None = None
+    written: bool = True  # False when a CRL with a higher number was published meanwhile
 
 
 def revoke(
@@ -74,79 +77,166 @@ def revoke(
     return RevocationResult(inventory.get(serial), changed)
 
 
+MAX_NEXT_UPDATE = {"issuing": dt.timedelta(days=365), "root": dt.timedelta(days=730)}
+
+
 def generate_crl(
     inventory: Inventory,
     ca: CertificateAuthority,
     clock: Clock,
     actor: str,
     next_update: dt.timedelta = DEFAULT_NEXT_UPDATE,
+    *,
+    which: str = "issuing",
+    backdate: dt.timedelta = BACKDATE,
+    published_number: int | None = None,
 ) -> CrlResult:
-    """Sign a full CRL of the issuing CA's revoked, unexpired certificates.
+    """Sign a full CRL of CA ``which`` (``issuing``: its revoked, unexpired leaves;
+    ``root``: the subordinate CAs it revoked).
 
-    The CRL number is one more than any number used before for this issuer, taken and
-    recorded in the same transaction.
+    The CRL number is one more than any number used before for this CA, and more than
+    ``published_number`` (what relying parties already have), taken and recorded in the
+    same transaction. ``thisUpdate`` is ``backdate`` in the past, like ``notBefore``:
+    a relying party whose clock is a little behind still accepts it.
     """
-    if not isinstance(ca, CrlSigner):
+    if which == "root":
+        if not isinstance(ca, RootCrlSigner):
+            raise OperatorError(
+                f"the {ca.name} backend keeps its root key itself; fleetpki cannot sign "
+                "the root's CRL"
+            )
+    elif not isinstance(ca, CrlSigner):
         raise OperatorError(
             f"the {ca.name} backend publishes its own CRLs; fleetpki cannot sign one for it"
         )
-    if next_update < dt.timedelta(hours=1) or next_update > dt.timedelta(days=365):
-        raise InvalidInput("--next-update must be between 1h and 365d")
+    longest = MAX_NEXT_UPDATE[which]
+    if next_update < dt.timedelta(hours=1) or next_update > longest:
+        raise InvalidInput(f"--next-update must be between 1h and {longest.days}d")
     now = clock.now()
-    issuer = ca.chain()[0].subject.rfc4514_string()
+    chain = ca.chain()
+    issuer = (chain[-1] if which == "root" else chain[0]).subject.rfc4514_string()
+    this_update = now - backdate
     with inventory.transaction() as conn:
         # The number is taken (and the CRL table locked) first, then the entries are read in
         # the same transaction: a higher-numbered CRL never misses an earlier revocation.
         number = inventory.next_crl_number(conn, issuer)
+        resynced = None
+        if published_number is not None and published_number >= number:
+            resynced, number = published_number, published_number + 1
         entries = inventory.revoked_entries(issuer, now, conn)
         try:
-            crl = ca.sign_crl(entries, number, now, now + next_update)
+            if which == "root":
+                assert isinstance(ca, RootCrlSigner)
+                crl = ca.sign_root_crl(entries, number, this_update, now + next_update)
+            else:
+                assert isinstance(ca, CrlSigner)
+                crl = ca.sign_crl(entries, number, this_update, now + next_update)
         except (ValueError, TypeError) as exc:
             raise BackendError("sign the CRL", ca.name, str(exc)) from None
-        inventory.record_crl(conn, issuer, number, now, now + next_update, len(entries), now)
-        inventory.audit(
-            conn,
-            [
-                AuditEvent(
-                    now,
-                    actor,
-                    "crl",
-                    None,
-                    {
-                        "number": number,
-                        "entries": len(entries),
-                        "next_update": isoformat(now + next_update),
-                    },
-                )
-            ],
+        inventory.record_crl(
+            conn, issuer, number, this_update, now + next_update, len(entries), now
         )
-    return CrlResult(crl=crl, number=number, entries=len(entries))
+        detail: dict[str, object] = {
+            "ca": which,
+            "number": number,
+            "entries": len(entries),
+            "next_update": isoformat(now + next_update),
+        }
+        if resynced is not None:
+            detail["resynced_from_published"] = resynced
+        inventory.audit(conn, [AuditEvent(now, actor, "crl", None, detail)])
+    return CrlResult(crl=crl, number=number, entries=len(entries), ca=which, resynced_from=resynced)
 
 
-def write_crl_file(path: Path, crl: x509.CertificateRevocationList) -> bool:
-    """Atomically replace ``path`` with ``crl`` unless it already holds a CRL with the same
-    or a higher number (a concurrent signer finished later). Returns whether it wrote."""
-    ensure_dir(path.parent)
-    number = crl_number(crl)
-    with open(path.parent / f".{path.name}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            current = crl_number(x509.load_pem_x509_crl(path.read_bytes()))
-        except (OSError, ValueError, x509.ExtensionNotFound):
-            current = None
-        if current is not None and current >= number:
-            return False
-        atomic_write(path, crl.public_bytes(serialization.Encoding.PEM), 0o644)
-    return True
+def sign_and_publish(
+    home: Home,
+    inventory: Inventory,
+    ca: CertificateAuthority,
+    clock: Clock,
+    actor: str,
+    *,
+    which: str = "issuing",
+    next_update: dt.timedelta | None = None,
+) -> CrlResult:
+    """Sign CA ``which``'s CRL with the home's settings and publish it in ``HOME/crl``
+    (its own file, DER copy, combined file). The number always goes past the published
+    one: the inventory is never behind what relying parties have."""
+    config = home.config()
+    if next_update is None:
+        days = config.root_crl_next_update_days if which == "root" else config.crl_next_update_days
+        next_update = dt.timedelta(days=days)
+    files = home.crl_files
+    result = generate_crl(
+        inventory,
+        ca,
+        clock,
+        actor,
+        next_update,
+        which=which,
+        backdate=config.crl_backdate,
+        published_number=files.number(which),
+    )
+    if not files.write(which, result.crl):
+        return replace(result, written=False)
+    return result
+
+
+@dataclass(frozen=True)
+class CrlRefresh:
+    """What keeping a home's CRLs fresh did: the CRLs signed, and what needs the
+    operator (a root CRL due while the root key is offline, say)."""
+
+    signed: tuple[CrlResult, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    def of(self, which: str) -> CrlResult | None:
+        return next((r for r in self.signed if r.ca == which), None)
+
+
+def refresh_crls(
+    home: Home,
+    inventory: Inventory,
+    ca: CertificateAuthority,
+    clock: Clock,
+    actor: str,
+    *,
+    issuing: bool = False,
+) -> CrlRefresh:
+    """Re-sign the issuing CA's CRL (with ``issuing``, or when it is due: two thirds of
+    its validity passed) and the root's when it is due and the root key is at hand.
+
+    The root key may be kept offline: then a due root CRL is a warning naming
+    ``fleetpki crl --root``, never a failure of the revocation that asked.
+    """
+    files = home.crl_files
+    signed: list[CrlResult] = []
+    warnings: list[str] = []
+    now = clock.now()
+    if isinstance(ca, CrlSigner) and (
+        issuing or crl_health("issuing", files.load("issuing"), now).needs_signing
+    ):
+        signed.append(sign_and_publish(home, inventory, ca, clock, actor))
+    if isinstance(ca, RootCrlSigner):
+        root = crl_health("root", files.load("root"), now)
+        if root.needs_signing:
+            try:
+                if not ca.root_key_available():
+                    raise OperatorError("the root key is offline")
+                signed.append(sign_and_publish(home, inventory, ca, clock, actor, which="root"))
+            except OperatorError as exc:
+                warnings.append(
+                    f"{root.message(now)}; re-sign it with 'fleetpki crl --root' ({exc})"
+                )
+    return CrlRefresh(tuple(signed), tuple(warnings))
 
 
 def refresh_home_crl(
     home: Home, inventory: Inventory, ca: CertificateAuthority, clock: Clock, actor: str
 ) -> CrlResult:
-    """Sign a new CRL with the home's nextUpdate setting and write ``HOME/crl/...``."""
-    days = home.config().crl_next_update_days
-    result = generate_crl(inventory, ca, clock, actor, dt.timedelta(days=days))
-    write_crl_file(home.crl_path, result.crl)
+    """Sign a new issuing CRL now (and the root's, if due) and publish them in the home."""
+    done = refresh_crls(home, inventory, ca, clock, actor, issuing=True)
+    result = done.of("issuing")
+    assert result is not None
     return result
 
 
@@ -167,6 +257,7 @@ class CompletedRevocation:
     # serial -> what failed for it (the revocation itself, or a hook); only with
     # raise_failures=False, else the first failure is raised once all were attempted
     failures: dict[int, FleetPkiError] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # e.g. the root CRL is due and its key is offline
 
 
 def revoke_and_publish(
@@ -207,11 +298,13 @@ def revoke_and_publish(
             failures[serial] = exc
     results = tuple(done)
     crl = None
+    warnings: tuple[str, ...] = ()
     crl_path = home.crl_path if signs_crl else None
     if signs_crl and any(
         r.changed or not crl_lists(home.crl_path, r.record.serial) for r in results
     ):
-        crl = refresh_home_crl(home, inventory, ca, clock, actor)
+        refreshed = refresh_crls(home, inventory, ca, clock, actor, issuing=True)
+        crl, warnings = refreshed.of("issuing"), refreshed.warnings
     hooks = revocation_hooks() if results else []  # looked up once, not per certificate
     for result in results:
         record = result.record
@@ -229,4 +322,4 @@ def revoke_and_publish(
             failures[record.serial] = exc
     if failures and raise_failures:
         raise next(iter(failures.values()))
-    return CompletedRevocation(results, crl, crl_path, failures)
+    return CompletedRevocation(results, crl, crl_path, failures, warnings)

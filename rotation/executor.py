@@ -20,7 +20,6 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 import sqlalchemy as sa
-from cryptography import x509
 
 from devices import rotation_protocol as rp
 from pki.clock import Clock
@@ -85,7 +84,6 @@ class RotationSettings:
     answer_timeout: dt.timedelta = dt.timedelta(minutes=15)  # for the CSR, then the confirm
     retry_after: dt.timedelta = dt.timedelta(hours=1)  # after a failed rotation of a thing
     max_open: int = 10_000  # rotations in flight at once; the rest wait for the next plan
-    crl_refresh_before: dt.timedelta = dt.timedelta(days=3)  # re-sign when nextUpdate is closer
 
     def __post_init__(self) -> None:
         if self.grace < dt.timedelta(0) or self.answer_timeout <= dt.timedelta(0):
@@ -679,27 +677,26 @@ class RotationService:
             self.metrics.open.labels(state.value).set(counts[state.value])
 
     def refresh_crl(self) -> bool:
-        """Re-sign the home CRL when its nextUpdate is within ``crl_refresh_before`` (a stale
-        CRL makes the broker refuse every device). Returns whether it was re-signed."""
-        from pki.backends import CrlSigner
-        from pki.revocation import refresh_home_crl
+        """Re-sign each CA's CRL once two thirds of its validity have passed (a stale CRL
+        makes the broker refuse every device); the root's only when its key is at hand,
+        else a warning in the log. Returns whether anything was re-signed."""
+        from pki.crl import crl_health
+        from pki.revocation import refresh_crls
 
-        if not isinstance(self.issuer.ca, CrlSigner):
-            return False  # the CA (AWS Private CA) publishes its own CRLs
         with self._lock:
-            now = self.clock.now()
-            next_update = _next_update(self.home)
-            if next_update is not None and next_update - now > self.settings.crl_refresh_before:
-                self.metrics.crl_next_update.set(next_update.timestamp())
-                return False
-            result = refresh_home_crl(
+            done = refresh_crls(
                 self.home, self.inventory, self.issuer.ca, self.clock, self.actor
             )
-            if result.crl.next_update_utc is not None:
-                self.metrics.crl_next_update.set(result.crl.next_update_utc.timestamp())
-            if self.on_crl is not None:
+            for warning in done.warnings:
+                log.warning("%s", warning)
+            now = self.clock.now()
+            for ca, crl in self.home.crl_files.current().items():
+                health = crl_health(ca, crl, now)
+                if health.next_update is not None:
+                    self.metrics.crl_next_update.labels(ca).set(health.next_update.timestamp())
+            if done.signed and self.on_crl is not None:
                 self.on_crl()
-            return True
+            return bool(done.signed)
 
     # -- server certificates on disk ------------------------------------------------------
 
@@ -836,11 +833,3 @@ class RotationService:
     def open_rotations(self, ids: Sequence[str]) -> list[Rotation]:
         with store.transaction(self.inventory.engine) as conn:
             return store.select(conn, ids=ids)
-
-
-def _next_update(home: Home) -> dt.datetime | None:
-    try:
-        crl = x509.load_pem_x509_crl(home.crl_path.read_bytes())
-    except (OSError, ValueError):
-        return None
-    return crl.next_update_utc

@@ -51,7 +51,8 @@ class Metrics:
         )
         self.crl_next_update = Gauge(
             "fleetpki_crl_next_update_timestamp_seconds",
-            "nextUpdate of the home CRL (POSIX seconds)",
+            "nextUpdate of each CA's published CRL (POSIX seconds), by CA (issuing, root)",
+            ["ca"],
             registry=r,
         )
         self.duration = Histogram(

@@ -14,6 +14,14 @@ ensure_debs() {
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
     command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+    if [ "${FLEETPKI_DEBS:-test}" = "test" ]; then
+        # the relying parties operators run, for the interoperability tests
+        command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+        command -v certtool >/dev/null 2>&1 || missing+=(gnutls-bin)
+        command -v node >/dev/null 2>&1 || missing+=(nodejs)
+        command -v keytool >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
+        command -v faketime >/dev/null 2>&1 || missing+=(faketime)
+    fi
     if [ "${#missing[@]}" -gt 0 ]; then
         if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
             log "missing Debian packages: ${missing[*]} (install them with apt-get as root)"
@@ -47,4 +55,26 @@ ensure_venv() {
             || { log "installation failed"; return 1; }
         echo "$want" > "$stamp"
     fi
+}
+
+# "1y" -> "+365d" (libfaketime's relative offset); y = 365 days, w, d, h, m, s as in fleetpki
+faketime_offset() {
+    local text="$1" number unit
+    number="${text%[ywdhms]}"
+    unit="${text#"$number"}"
+    case "$unit" in
+        y) echo "+$((number * 365))d" ;;
+        w) echo "+$((number * 7))d" ;;
+        d|h|m|s) echo "+${number}${unit}" ;;
+        *) log "--shift takes a number with y, w, d, h, m or s (e.g. 1y)"; return 2 ;;
+    esac
+}
+
+faketime_library() {
+    local lib
+    for lib in /usr/lib/*/faketime/libfaketime.so.1 /usr/lib/faketime/libfaketime.so.1; do
+        [ -e "$lib" ] && { echo "$lib"; return 0; }
+    done
+    log "libfaketime is missing (Debian package faketime)"
+    return 1
 }

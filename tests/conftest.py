@@ -3,11 +3,12 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
+from pki.childenv import without_faketime
 from pki.clock import Clock, SystemClock
 from tests.helpers import Result, run_cli
 
@@ -22,14 +23,34 @@ def aws_selected(markexpr: str) -> bool:
     return re.search(r"(?<![\w-])aws(?![\w-])", markexpr) is not None
 
 
+def full_tier_selected(markexpr: str, environ: Mapping[str, str]) -> bool:
+    """Whether the ``slow`` tests run: the full tier (``FLEETPKI_TEST_FULL=1``), or ``-m``
+    asking for them by name (``-m slow``; not ``-m 'not slow'``)."""
+    if environ.get("FLEETPKI_TEST_FULL") == "1":
+        return True
+    return bool(re.search(r"(?<![\w-])slow(?![\w-])", markexpr)) and not re.search(
+        r"\bnot\s+slow\b", markexpr
+    )
+
+
+FULL_TIER = (
+    "full tier: a long end-to-end, fault or generated-input run; 'scripts/test --full' "
+    "(or FLEETPKI_TEST_FULL=1) runs it"
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``aws`` tests never run by default: skipped unless ``-m`` mentions ``aws``."""
-    if aws_selected(str(config.getoption("markexpr", "") or "")):
-        return
-    skip = pytest.mark.skip(reason=AWS_OPT_IN)
+    """``aws`` tests never run by default: skipped unless ``-m`` mentions ``aws``. ``slow``
+    tests run in the full tier only (``scripts/test --full``, which ``.ci/run`` uses)."""
+    markexpr = str(config.getoption("markexpr", "") or "")
+    skip_aws = pytest.mark.skip(reason=AWS_OPT_IN)
+    skip_slow = pytest.mark.skip(reason=FULL_TIER)
+    full = full_tier_selected(markexpr, os.environ)
     for item in items:
-        if item.get_closest_marker("aws") is not None:
-            item.add_marker(skip)
+        if item.get_closest_marker("aws") is not None and not aws_selected(markexpr):
+            item.add_marker(skip_aws)
+        elif item.get_closest_marker("slow") is not None and not full:
+            item.add_marker(skip_slow)
 
 
 PG_URL = os.environ.get("FLEETPKI_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -86,8 +107,13 @@ def _pg_available() -> bool:
 
 @pytest.fixture(scope="session")
 def pg_server() -> str:
+    """The PostgreSQL server; its tests are skipped when it is unreachable, except where
+    it is required (``FLEETPKI_REQUIRE_PG=1``, set by ``.ci/run``): there they fail."""
     if not _pg_available():
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
+        message = f"PostgreSQL not reachable at {PG_URL}"
+        if os.environ.get("FLEETPKI_REQUIRE_PG") == "1":
+            pytest.fail(f"{message} (FLEETPKI_REQUIRE_PG=1: the PostgreSQL half must run)")
+        pytest.skip(message)
     return PG_URL
 
 
@@ -140,6 +166,7 @@ def moto_endpoint() -> Iterator[str]:
     exe = Path(sys.executable).parent / "moto_server"
     proc = subprocess.Popen(
         [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+        env=without_faketime(),  # AWS keeps the real time under scripts/test --shift
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -18,7 +18,10 @@ from pki.cli import main
 from pki.clock import Clock
 
 PEM = serialization.Encoding.PEM
-NOW = dt.datetime(2026, 11, 21, 12, 0, 0, tzinfo=dt.UTC)
+# The tests' "now": the real clock (shifted, under scripts/test --shift, like everything
+# else in the run), to the minute. Every fixed clock in a test is relative to it: no test
+# date is absolute, so the suite holds on any calendar day.
+NOW = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
 
 
 @dataclass(frozen=True)

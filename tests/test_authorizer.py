@@ -9,9 +9,10 @@ from typing import Any
 import boto3
 
 from pki.authorizer import Denylist, make_handler
+from pki.model import isoformat
 from pki.publish import denylist_json, s3_object_loader
 from tests.conftest import Cli
-from tests.helpers import load_cert
+from tests.helpers import NOW, load_cert
 
 ARN = "arn:aws:execute-api:us-east-1:123456789012:abc/prod/GET/telemetry"
 
@@ -71,7 +72,7 @@ def test_authorizer_against_a_published_denylist(
 def test_authorizer_fails_closed_and_caches() -> None:
     loads: list[int] = []
     now = [0.0]
-    body = denylist_json([0x0A], "2026-01-01T00:00:00Z", "test")
+    body = denylist_json([0x0A], isoformat(NOW), "test")
 
     def loader() -> bytes:
         loads.append(1)

@@ -27,7 +27,7 @@ def test_errors_survive_a_trip_through_pickle() -> None:
     assert str(backend) == "aws-pca backend failed to issue: throttled"
 
 
-@pytest.mark.usefixtures("ca_home")
+@pytest.mark.usefixtures("db_url", "ca_home")
 def test_parallel_batch_matches_serial(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str | None
 ) -> None:

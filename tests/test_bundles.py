@@ -290,7 +290,7 @@ def test_bundle_build_refusals_write_nothing(cli: Cli, ca_home: Path, tmp_path: 
     empty.write_bytes(b"")
     for source, message in (
         (empty, f"--include {empty} holds no certificate"),
-        (Path("/dev/zero"), "--include /dev/zero is over the 1024 KiB limit"),
+        (Path("/dev/zero"), "--include /dev/zero is not a regular file"),
     ):
         bad = cli("bundle", "build", "--target", "alb", "--include", source, "--out", out)
         assert (bad.code, bad.err) == (2, f"fleetpki: error: {message}\n")

@@ -58,8 +58,10 @@ def test_crl_contents_numbers_and_signature(
     issuing = load_cert(home / "ca" / "issuing.pem")
     assert crl.is_signature_valid(issuing.public_key())  # type: ignore[arg-type]
     assert crl.issuer == issuing.subject
-    assert crl_number(crl) == summary["number"] == 1
-    assert crl.next_update_utc - crl.last_update_utc == dt.timedelta(days=7)
+    assert crl_number(crl) == summary["number"] == 2  # ca init published #1
+    # thisUpdate is backdated 5 minutes, like notBefore; nextUpdate is 7 days from now
+    assert crl.last_update_utc == clock.now() - dt.timedelta(minutes=5)
+    assert crl.next_update_utc == clock.now() + dt.timedelta(days=7)
     reasons = {
         format(e.serial_number, "x"): e.extensions.get_extension_for_class(
             x509.CRLReason
@@ -108,21 +110,21 @@ def test_crl_contents_numbers_and_signature(
             clock=clock,
         ).out
     )
-    assert second["number"] == 2
+    assert second["number"] == 3
     der = _crl(tmp_path / "b.der")
-    assert crl_number(der) == 2
-    assert der.next_update_utc - der.last_update_utc == dt.timedelta(days=2)
-    assert crl_number(_crl(home / "crl" / "issuing.crl.pem")) == 2
+    assert crl_number(der) == 3
+    assert der.next_update_utc - der.last_update_utc == dt.timedelta(days=2, minutes=5)
+    assert crl_number(_crl(home / "crl" / "issuing.crl.pem")) == 3
 
 
 def test_revoke_re_signs_the_home_crl(cli: Cli, home: Path, issued: list[str]) -> None:
     result = cli.ok("revoke", issued[0])
-    assert "CRL #1 with 1 entry written to" in result.err
+    assert "CRL #2 with 1 entry written to" in result.err
     crl = _crl(home / "crl" / "issuing.crl.pem")
     assert [format(e.serial_number, "x") for e in crl] == [issued[0].lstrip("0")]
     # an idempotent second revoke does not burn a CRL number
     cli.ok("revoke", issued[0])
-    assert crl_number(_crl(home / "crl" / "issuing.crl.pem")) == 1
+    assert crl_number(_crl(home / "crl" / "issuing.crl.pem")) == 2
 
 
 def test_expired_revoked_certificates_leave_the_crl(
@@ -153,7 +155,8 @@ def test_bad_crl_options(cli: Cli, issued: list[str], tmp_path: Path) -> None:
     bad = cli("crl", "--next-update", "soon", "--out", tmp_path / "z")
     assert bad.code == 2
     assert bad.err == (
-        "fleetpki: error: 'soon' is not a duration; use a number with s, m, h, d or w (e.g. 30d)\n"
+        "fleetpki: error: 'soon' is not a duration: use a whole number with a unit: "
+        "s, m, h, d, w or y (365 days), e.g. 30d or 12h\n"
     )
     short = cli("crl", "--next-update", "10m", "--out", tmp_path / "z")
     assert (short.code, short.err) == (

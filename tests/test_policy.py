@@ -97,7 +97,7 @@ class TestDeviceRules:
         result = cli("issue", "device", "s-1", "--csr", "/dev/zero", "--out", tmp_path / "o")
         assert (result.code, result.err) == (
             2,
-            "fleetpki: error: CSR file /dev/zero is over the 64 KiB limit\n",
+            "fleetpki: error: CSR file /dev/zero is not a regular file\n",
         )
         assert not (tmp_path / "o").exists()
 

@@ -402,7 +402,7 @@ def test_crl_publish_to_alb_replaces_the_previous_list(
     stubs.done()
     assert f"loaded into {ARN} as revocation list 12, replacing 11" in second.err
     # the plain CRL command still works as before
-    assert "CRL #3" in cli.ok("crl", "--out", tmp_path / "x.crl").err
+    assert "CRL #4" in cli.ok("crl", "--out", tmp_path / "x.crl").err
 
 
 def test_crl_publish_limits_and_bad_input(

@@ -15,7 +15,7 @@ from rotation.schedule import RenewalPolicy, renewal_time
 from tests.conftest import Cli
 from tests.helpers import NOW
 
-START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+START = NOW - dt.timedelta(days=300)
 
 
 def test_renewal_time_is_two_thirds_with_bounded_stable_jitter() -> None:

@@ -59,3 +59,20 @@ class CrlSigner(Protocol):
         this_update: dt.datetime,
         next_update: dt.datetime,
     ) -> x509.CertificateRevocationList: ...
+
+
+@runtime_checkable
+class RootCrlSigner(Protocol):
+    """Optional: backends holding the root CA's key (possibly offline), which can sign the
+    root's CRL: the subordinate CAs it revoked. Relying parties that check revocation at
+    every level of the chain (nginx, Node, Java, ``openssl -crl_check_all``) need it."""
+
+    def sign_root_crl(
+        self,
+        entries: Sequence[RevokedEntry],
+        number: int,
+        this_update: dt.datetime,
+        next_update: dt.datetime,
+    ) -> x509.CertificateRevocationList: ...
+
+    def root_key_available(self) -> bool: ...

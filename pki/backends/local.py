@@ -14,8 +14,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from pki.backends import RevokedEntry, SigningRequest
-from pki.errors import AlreadyExists, InvalidInput, NotFound, StorageError, WrongPassphrase
-from pki.files import atomic_write, ensure_dir
+from pki.distribution import CaUrls
+from pki.errors import (
+    AlreadyExists,
+    InvalidInput,
+    NotFound,
+    OperatorError,
+    StorageError,
+    WrongPassphrase,
+)
+from pki.files import atomic_write, ensure_dir, read_regular
 from pki.model import KeyType, RevocationReason
 from pki.policy import BACKDATE
 from pki.profiles import key_usage_for
@@ -26,6 +34,8 @@ ISSUING_CERT = "issuing.pem"
 ISSUING_KEY = "issuing.key.pem"
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+MAX_CA_FILE = 256 * 1024
+NO_URLS = CaUrls()  # a CA certificate or an encrypted CA key is a few KiB
 
 
 def generate_key(key_type: KeyType) -> PrivateKey:
@@ -57,7 +67,10 @@ def _ca_extensions(
     public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
     path_length: int,
     issuer_ski: x509.SubjectKeyIdentifier,
+    issuer_urls: CaUrls = NO_URLS,
 ) -> x509.CertificateBuilder:
+    for extension in issuer_urls.extensions():
+        builder = builder.add_extension(extension.value, extension.critical)
     return (
         builder.add_extension(x509.BasicConstraints(ca=True, path_length=path_length), True)
         .add_extension(
@@ -101,9 +114,24 @@ class LocalCA:
     name = "local"
     signs_in_process = True
 
-    def __init__(self, ca_dir: Path, passphrase: Callable[[], bytes]) -> None:
+    def __init__(
+        self,
+        ca_dir: Path,
+        passphrase: Callable[[], bytes],
+        *,
+        root_passphrase: Callable[[], bytes] | None = None,
+        urls: CaUrls = NO_URLS,
+        root_key: Path | None = None,
+    ) -> None:
+        """``urls``: where the issuing CA's CRL and certificate are served (every new
+        certificate names them). The root key (``root_key``, default in the home) is
+        needed only to sign the root's CRL; it may be kept offline, with a passphrase of
+        its own (``root_passphrase``, default the CA passphrase)."""
         self._dir = ca_dir
         self._passphrase = passphrase
+        self._root_passphrase = root_passphrase or passphrase
+        self._urls = urls
+        self._root_key_path = root_key or ca_dir / ROOT_KEY
         if not (ca_dir / ISSUING_CERT).exists():
             raise NotFound(f"no CA in {ca_dir.parent}; run 'fleetpki ca init' first")
 
@@ -120,11 +148,16 @@ class LocalCA:
         now: dt.datetime,
         root_days: int = 3650,
         issuing_days: int = 1825,
+        root_passphrase: bytes | None = None,
+        root_urls: CaUrls = NO_URLS,
+        urls: CaUrls = NO_URLS,
     ) -> LocalCA:
         """Make a root and an issuing CA (path length 0) and write them into ``ca_dir``.
 
-        Everything is written into a staging directory first and renamed into place,
-        so a failure leaves no partial CA behind.
+        The root key is encrypted with ``root_passphrase`` (default: ``passphrase``); the
+        issuing CA's certificate names where the root's CRL and certificate are served
+        (``root_urls``). Everything is written into a staging directory first and renamed
+        into place, so a failure leaves no partial CA behind.
         """
         check_ca_options(common_name, root_days, issuing_days)
         if ca_dir.exists() and any(ca_dir.iterdir()):
@@ -169,9 +202,12 @@ class LocalCA:
                 issuing_key.public_key(),
                 0,
                 root_ski,
+                root_urls,
             ).sign(root_key, signature_hash(root_key))
             pem = serialization.Encoding.PEM
-            atomic_write(staging / ROOT_KEY, encrypt_key(root_key, passphrase), 0o600)
+            atomic_write(
+                staging / ROOT_KEY, encrypt_key(root_key, root_passphrase or passphrase), 0o600
+            )
             atomic_write(staging / ISSUING_KEY, encrypt_key(issuing_key, passphrase), 0o600)
             atomic_write(staging / ROOT_CERT, root.public_bytes(pem), 0o644)
             atomic_write(staging / ISSUING_CERT, issuing.public_bytes(pem), 0o644)
@@ -184,7 +220,12 @@ class LocalCA:
             if staging.exists():
                 staging.rmdir()
             raise
-        return cls(ca_dir, lambda: passphrase)
+        return cls(
+            ca_dir,
+            lambda: passphrase,
+            root_passphrase=lambda: root_passphrase or passphrase,
+            urls=urls,
+        )
 
     # -- CertificateAuthority ---------------------------------------------------------------
 
@@ -205,6 +246,10 @@ class LocalCA:
     @cached_property
     def _issuing_subject(self) -> x509.Name:
         return self.issuing_certificate.subject
+
+    @cached_property
+    def _url_extensions(self) -> list[x509.Extension[x509.ExtensionType]]:
+        return self._urls.extensions()
 
     @cached_property
     def _aki(self) -> x509.AuthorityKeyIdentifier:
@@ -245,6 +290,7 @@ class LocalCA:
                 x509.Extension(
                     x509.SubjectAlternativeName.oid, False, x509.SubjectAlternativeName(names)
                 ),
+                *self._url_extensions,
             ],
         )
         key = self._issuing_key
@@ -279,7 +325,48 @@ class LocalCA:
             signature_hash(key),
         )
 
+    # -- RootCrlSigner ----------------------------------------------------------------------
+
+    def sign_root_crl(
+        self,
+        entries: Sequence[RevokedEntry],
+        number: int,
+        this_update: dt.datetime,
+        next_update: dt.datetime,
+    ) -> x509.CertificateRevocationList:
+        """The root's CRL (the subordinate CAs it revoked), signed with the root key."""
+        from pki.crl import build_crl
+
+        key = self._root_key
+        return build_crl(
+            self.root_certificate,
+            key,
+            entries,
+            number,
+            this_update,
+            next_update,
+            signature_hash(key),
+        )
+
+    def root_key_available(self) -> bool:
+        """Whether the root key is at hand (it may be kept offline)."""
+        return self._root_key_path.is_file()
+
     # -- internals ------------------------------------------------------------------------
+
+    @cached_property
+    def _root_key(self) -> PrivateKey:
+        if not self._root_key_path.exists():
+            raise OperatorError(
+                f"the root CA key is not at {self._root_key_path} (kept offline?); "
+                "give its file with --root-key FILE"
+            )
+        key = self._load_key_file(self._root_key_path, self._root_passphrase, "root")
+        if key.public_key() != self.root_certificate.public_key():
+            raise InvalidInput(
+                f"{self._root_key_path} is not the key of the root CA {self._dir / ROOT_CERT}"
+            )
+        return key
 
     @cached_property
     def _issuing_key(self) -> PrivateKey:
@@ -295,25 +382,39 @@ class LocalCA:
     def _load_cert(self, filename: str) -> x509.Certificate:
         path = self._dir / filename
         try:
-            return x509.load_pem_x509_certificate(path.read_bytes())
+            return x509.load_pem_x509_certificate(read_regular(path, MAX_CA_FILE, "CA file"))
         except FileNotFoundError:
             raise NotFound(f"CA certificate {path} is missing; the CA home is incomplete") from None
-        except ValueError as exc:
+        except OSError as exc:
+            raise StorageError(f"cannot read CA certificate {path}: {exc.strerror}") from None
+        except (ValueError, InvalidInput) as exc:
             raise StorageError(f"CA certificate {path} is corrupt: {exc}") from None
 
     def _load_key(self, filename: str) -> PrivateKey:
-        path = self._dir / filename
+        return self._load_key_file(self._dir / filename, self._passphrase, "issuing")
+
+    @staticmethod
+    def _load_key_file(path: Path, passphrase: Callable[[], bytes], which: str) -> PrivateKey:
         try:
-            data = path.read_bytes()
+            data = read_regular(path, MAX_CA_FILE, "CA key")
         except FileNotFoundError:
             raise NotFound(f"CA key {path} is missing; the CA home is incomplete") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read CA key {path}: {exc.strerror}") from None
+        except InvalidInput as exc:
+            raise StorageError(f"CA key {path} is unusable: {exc}") from None
+        if b"-----BEGIN ENCRYPTED PRIVATE KEY-----" not in data:
+            raise StorageError(f"CA key {path} is corrupt (no encrypted PEM private key)")
         try:
-            key = serialization.load_pem_private_key(data, password=self._passphrase())
-        except (ValueError, TypeError):
-            raise WrongPassphrase(
-                f"cannot decrypt the CA key {path.name}: wrong passphrase "
-                "(check FLEETPKI_CA_PASSPHRASE)"
-            ) from None
+            key = serialization.load_pem_private_key(data, password=passphrase())
+        except (ValueError, TypeError) as exc:
+            if "password" in str(exc).lower() or "decrypt" in str(exc).lower():
+                variable = f"FLEETPKI_{'ROOT' if which == 'root' else 'CA'}_PASSPHRASE"
+                raise WrongPassphrase(
+                    f"cannot decrypt the CA key {path.name}: wrong passphrase "
+                    f"(check {variable})"
+                ) from None
+            raise StorageError(f"CA key {path} is corrupt: {str(exc).splitlines()[0]}") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
             raise StorageError(f"CA key {path} has an unsupported type")
         return key
