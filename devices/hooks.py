@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pki.errors import BackendError, FleetPkiError
 from pki.home import Home
-from pki.hooks import RevocationEvent
+from pki.hooks import IssuanceEvent, RevocationEvent
 
 
 def on_revoked(event: RevocationEvent) -> None:
@@ -49,3 +49,18 @@ def _cut_local(event: RevocationEvent) -> None:
     # period short, and revoke with key-compromise when a key may be stolen: that cuts.)
     if event.record.profile == "device" and event.replaced_by is None:
         standins.cut_sessions(state, name)
+
+
+def on_issued(event: IssuanceEvent) -> None:
+    """Called after device certificates are committed: when the local stand-ins run, the
+    broker authorizes their things for their own topics (as the IoT policy would)."""
+    from devices import standins
+
+    things = [r.thing for r in event.records if r.profile == "device" and r.thing]
+    if not things:
+        return
+    home = Home(event.home)
+    state = standins.load_state(home)
+    if state is None or not standins.alive(state):
+        return
+    standins.register_things(state, things)

@@ -33,13 +33,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from cryptography import x509
 
+from devices import broker_acl
 from pki.childenv import FAKETIME, child_env, without_faketime
 from pki.clock import Clock
 from pki.errors import BackendError, OperatorError
@@ -59,6 +60,7 @@ DYNSEC_PLUGIN_PATHS = (
     "/usr/lib/mosquitto_dynamic_security.so",
 )
 SERVER_NAME = "localhost"
+DYNSEC_CHUNK = 200  # dynsec commands per control message
 START_TIMEOUT = 20.0
 
 
@@ -128,26 +130,6 @@ class DevState:
         return cls(**data)
 
 
-def acl_text(prefix: str = TOPIC_PREFIX) -> str:
-    """The broker's ACL: a device reads and writes only under its own thing's topics.
-
-    ``%u`` is the username, which is the certificate CN (= the thing name). The admin
-    user may only use the dynamic-security control topics; the rotation service reads
-    the devices' CSRs and confirmations and writes rotation requests and certificates
-    (the policy reserves the ``fleetpki-`` prefix, so no device certificate carries
-    these usernames).
-    """
-    return (
-        f"pattern readwrite {prefix}/%u/#\n"
-        f"\nuser {ADMIN_USER}\ntopic readwrite $CONTROL/dynamic-security/#\n"
-        f"\nuser {ROTATION_USER}\n"
-        f"topic read {prefix}/+/rotation/csr\n"
-        f"topic read {prefix}/+/rotation/confirm\n"
-        f"topic write {prefix}/+/rotation/request\n"
-        f"topic write {prefix}/+/rotation/certificate\n"
-    )
-
-
 def mosquitto_config(
     run: Path, mqtt_port: int, admin_port: int, plugin: str, run_as: str | None
 ) -> str:
@@ -169,7 +151,7 @@ def mosquitto_config(
         "log_type information",
         "connection_messages true",
         "log_timestamp_format %Y-%m-%dT%H:%M:%S",
-        f"acl_file {run / 'acl'}",
+        # no acl_file: it never checks SUBSCRIBE; dynsec authorizes everyone (broker_acl)
         f"plugin {plugin}",
         f"plugin_opt_config_file {run / 'dynsec.json'}",
     ]
@@ -458,9 +440,9 @@ def up(home: Home, clock: Clock, state: Any) -> DevState:
         _write(run / "crl.pem", crl.read_bytes(), 0o644, owner)
         _write(run / "server.pem", (server / "fullchain.pem").read_bytes(), 0o644, owner)
         _write(run / "server.key", (server / "key.pem").read_bytes(), 0o600, owner)
-        _write(run / "acl", acl_text().encode(), 0o644, owner)
         password = secrets.token_urlsafe(24)
         _dynsec_init(run / "dynsec.json", password)
+        broker_acl.seed(run / "dynsec.json", TOPIC_PREFIX, active_things(state, clock))
         _give(run / "dynsec.json", owner)
         (run / "mosquitto.log").touch()
         _give(run / "mosquitto.log", owner)
@@ -480,7 +462,9 @@ def up(home: Home, clock: Clock, state: Any) -> DevState:
 
         broker, mqtt_port, admin_port = _on_a_free_port(start_broker)
         rotation_password = secrets.token_urlsafe(24)
-        _add_service_user(run, admin_port, password, ROTATION_USER, rotation_password)
+        _add_service_user(
+            run, admin_port, password, ROTATION_USER, rotation_password, broker_acl.ROTATION_ROLE
+        )
 
         def start_https() -> tuple[subprocess.Popen[bytes], int]:
             port = free_port()
@@ -540,12 +524,19 @@ def up(home: Home, clock: Clock, state: Any) -> DevState:
 
 
 def _add_service_user(
-    run: Path, admin_port: int, admin_password: str, username: str, password: str
+    run: Path, admin_port: int, admin_password: str, username: str, password: str, role: str
 ) -> None:
-    """A password user on the loopback admin listener (over MQTT, never on a command line)."""
+    """A password user with ``role`` (over MQTT on the loopback admin listener, never on a
+    command line)."""
     probe = DevState(str(run), 0, admin_port, 0, 0, 0, None, None, admin_password)
     responses = _dynsec(
-        probe, {"command": "createClient", "username": username, "password": password}
+        probe,
+        {
+            "command": "createClient",
+            "username": username,
+            "password": password,
+            "roles": [{"rolename": role}],
+        },
     )
     if not responses or responses[0].get("error"):
         detail = responses[0]["error"] if responses else "no answer to createClient"
@@ -644,7 +635,7 @@ def _dynsec(state: DevState, *commands: dict[str, Any]) -> list[dict[str, Any]]:
             raise TimeoutError("no SUBACK")
         body = json.dumps({"commands": list(commands)})
         client.publish("$CONTROL/dynamic-security/v1", body, qos=1).wait_for_publish(10)
-        payload = answers.get(timeout=10)
+        payload = answers.get(timeout=60)
     except (OSError, ValueError, RuntimeError, queue.Empty) as exc:
         raise BackendError(what, "mosquitto", type(exc).__name__) from None
     finally:
@@ -656,18 +647,36 @@ def _dynsec(state: DevState, *commands: dict[str, Any]) -> list[dict[str, Any]]:
 def cut_sessions(state: DevState, username: str) -> None:
     """Disconnect every live MQTT session of ``username`` (the thing name).
 
-    The dynamic-security plugin kicks all clients of a username it deletes; the client
-    is created just for that and exists only for the blink between the two commands.
+    The dynamic-security plugin kicks all clients of a username it deletes; the thing is
+    registered again at once (a certificate issued to it later may connect).
     """
     responses = _dynsec(
         state,
-        {"command": "createClient", "username": username, "password": secrets.token_urlsafe(16)},
-        {"command": "deleteClient", "username": username},
+        *broker_acl.unregister_commands(username),
+        *broker_acl.register_commands(state.topic_prefix, [username]),
     )
     deleted = [r for r in responses if r.get("command") == "deleteClient"]
     if not deleted or deleted[0].get("error"):
         detail = deleted[0]["error"] if deleted else "no answer to deleteClient"
         raise BackendError("cut the sessions of " + username, "mosquitto", str(detail))
+
+
+def register_things(state: DevState, things: Iterable[str]) -> None:
+    """Authorize ``things`` on the broker for their own topics (newly issued devices)."""
+    commands = broker_acl.register_commands(state.topic_prefix, things)
+    errors: list[str] = []
+    for start in range(0, len(commands), DYNSEC_CHUNK):  # the plugin saves per command
+        errors += broker_acl.failed(_dynsec(state, *commands[start : start + DYNSEC_CHUNK]))
+    if errors:
+        raise BackendError("authorize devices on the broker", "mosquitto", errors[0])
+
+
+def active_things(state: Any, clock: Clock) -> list[str]:
+    """The things with an active device certificate in the inventory."""
+    from pki.model import Status
+
+    records = state.inventory().find(now=clock.now(), status=Status.ACTIVE, profile="device")
+    return sorted({r.thing for r in records if r.thing})
 
 
 def read_access_log(state: DevState) -> Iterator[dict[str, Any]]:

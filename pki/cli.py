@@ -23,9 +23,11 @@ from pki.cli_options import (
     csr_option,
     days_option,
     err,
+    format_option,
     generate_key_option,
     key_type_option,
     out_option,
+    p12_option,
     print_json,
 )
 
@@ -124,9 +126,16 @@ class State:
         )
 
     def issuer(self) -> Issuer:
+        from pki.hooks import issuance_notifier
         from pki.issuance import Issuer
 
-        return Issuer(self.ca(), self.inventory(), self.clock, self.home.config().policy)
+        return Issuer(
+            self.ca(),
+            self.inventory(),
+            self.clock,
+            self.home.config().policy,
+            on_issued=issuance_notifier(self.home.path),
+        )
 
     def now(self) -> dt.datetime:
         return self.clock.now()
@@ -448,6 +457,8 @@ def issue() -> None:
 @key_type_option
 @batch_option("Issue")
 @out_option
+@format_option
+@p12_option
 @days_option
 @click.option(
     "--workers",
@@ -465,6 +476,8 @@ def issue_device(
     key_type: str,
     batch_dir: Path | None,
     out_dir: Path,
+    fmt: str,
+    p12_passphrase_file: Path | None,
     days: int | None,
     workers: int | None,
     force: bool,
@@ -480,6 +493,8 @@ def issue_device(
     if batch_dir is not None:
         if thing_name or csr_file or generate_key:
             raise InvalidInput("--batch takes no THING_NAME, --csr or --generate-key")
+        if fmt != "pem" or p12_passphrase_file is not None:
+            raise InvalidInput("--batch writes PEM files; --format applies to one certificate")
         from pki.batch import issue_device_batch
 
         return issue_device_batch(state, batch_dir, out_dir, days, force, as_json, workers)
@@ -500,6 +515,8 @@ def issue_device(
         as_json,
         (),
         (),
+        fmt=fmt,
+        p12_passphrase_file=p12_passphrase_file,
     )
 
 
@@ -511,6 +528,8 @@ def issue_device(
 @generate_key_option
 @key_type_option
 @out_option
+@format_option
+@p12_option
 @days_option
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("--json", "as_json", is_flag=True, help="Print the issued record as JSON.")
@@ -524,6 +543,8 @@ def issue_server(
     generate_key: bool,
     key_type: str,
     out_dir: Path,
+    fmt: str,
+    p12_passphrase_file: Path | None,
     days: int | None,
     force: bool,
     as_json: bool,
@@ -552,6 +573,8 @@ def issue_server(
         as_json,
         dns,
         tuple(ips),
+        fmt=fmt,
+        p12_passphrase_file=p12_passphrase_file,
     )
 
 
@@ -568,6 +591,9 @@ def _issue_one(
     as_json: bool,
     dns: tuple[str, ...],
     ips: tuple[Any, ...],
+    *,
+    fmt: str = "pem",
+    p12_passphrase_file: Path | None = None,
 ) -> int:
     from pki.delivery import single_request
     from pki.model import KeyType
@@ -584,6 +610,8 @@ def _issue_one(
         actor=state.home.actor(),
         dns=dns,
         ips=ips,
+        fmt=fmt,
+        p12_passphrase_file=p12_passphrase_file,
     )
     issued = state.issuer().issue(request, deliver)
     _report_issued(state, [issued], as_json, out_dir)

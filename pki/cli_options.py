@@ -27,8 +27,8 @@ def csr_option(made_on: str) -> Callable[[Any], Any]:
     return click.option(
         "--csr",
         "csr_file",
-        type=click.Path(dir_okay=False, path_type=Path),
-        help=f"PEM CSR made on the {made_on}.",
+        type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+        help=f"CSR made on the {made_on}, PEM or DER ('-': standard input).",
     )
 
 
@@ -52,6 +52,23 @@ out_option = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
     help="Output folder for cert.pem, chain.pem and fullchain.pem.",
+)
+
+format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["pem", "der", "pkcs12"]),
+    default="pem",
+    show_default=True,
+    help="pem: cert.pem, chain.pem, fullchain.pem (+ key.pem). der: cert.der, issuing-ca.der, "
+    "root-ca.der (+ key.der). pkcs12: bundle.p12 with the key and chain (Java), only with "
+    "--generate-key; its passphrase from FLEETPKI_P12_PASSPHRASE or --p12-passphrase-file.",
+)
+
+p12_option = click.option(
+    "--p12-passphrase-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --format pkcs12: read the bundle's passphrase from this file (first line).",
 )
 
 days_option = click.option("--days", type=int, help="Validity in days (default 90, at most 397).")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -67,26 +70,15 @@ def key_facts(key: object) -> KeyFacts:
     return KeyFacts(f"unsupported:{type(key).__name__.removeprefix('_')}")
 
 
-def parse(pem: bytes) -> CsrFacts:
-    """Load a PEM CSR, check its signature, and extract the facts policy needs.
+def parse(data: bytes) -> CsrFacts:
+    """Load a CSR (PEM or DER), check its signature, and extract the facts policy needs.
 
-    Raises ``InvalidInput`` for anything that is not one well-formed CSR and
-    ``PolicyViolation('bad-signature')`` when the proof of possession fails.
+    The input must be exactly one CSR and nothing else: no private key (PEM, DER or bare
+    base64 after it), no second request, no trailing data. Raises ``InvalidInput`` for
+    anything else and ``PolicyViolation('bad-signature')`` when the proof of possession
+    fails.
     """
-    if len(pem) > MAX_CSR_BYTES:
-        raise InvalidInput(f"CSR is {len(pem)} bytes, over the {MAX_CSR_BYTES // 1024} KiB limit")
-    if _PRIVATE_KEY_MARKER in pem:
-        raise InvalidInput(
-            "input contains a PRIVATE KEY block; send only the CSR, never the device key"
-        )
-    if not any(marker in pem for marker in _CSR_MARKERS):
-        raise InvalidInput("input is not a PEM certificate request (no BEGIN CERTIFICATE REQUEST)")
-    if sum(pem.count(marker) for marker in _CSR_MARKERS) > 1:
-        raise InvalidInput("input holds more than one certificate request; send one per file")
-    try:
-        csr = x509.load_pem_x509_csr(pem)
-    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion: not a ValueError
-        raise InvalidInput(f"malformed CSR: {_first_line(exc)}") from None
+    csr = load_csr(data)
     try:
         algorithm = csr.signature_hash_algorithm
     except Exception:  # an algorithm cryptography does not know
@@ -118,6 +110,65 @@ def parse(pem: bytes) -> CsrFacts:
         return _facts(csr, public_key, common_names)
     except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
         raise InvalidInput(f"malformed CSR extensions: {_first_line(exc)}") from None
+
+
+def load_csr(data: bytes) -> x509.CertificateSigningRequest:
+    """Exactly one CSR: one PEM block with only white space around it, or DER alone."""
+    if len(data) > MAX_CSR_BYTES:
+        raise InvalidInput(
+            f"CSR is {len(data)} bytes, over the {MAX_CSR_BYTES // 1024} KiB limit"
+        )
+    if _PRIVATE_KEY_MARKER in data:
+        raise InvalidInput(
+            "input contains a PRIVATE KEY block; send only the CSR, never the device key"
+        )
+    if data.lstrip()[:1] == b"-" or b"-----BEGIN" in data:
+        der = _pem_body(data)
+    elif data[:1] == b"\x30":  # a DER SEQUENCE
+        der = data
+    else:
+        raise InvalidInput(
+            "input is not a PEM certificate request (no BEGIN CERTIFICATE REQUEST) "
+            "nor a DER one"
+        )
+    try:
+        return x509.load_der_x509_csr(der)
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion: not a ValueError
+        if "ExtraData" in str(exc):
+            raise InvalidInput(
+                "input holds more than one certificate request: data follows the request "
+                "(send the CSR alone, never the device key)"
+            ) from None
+        raise InvalidInput(f"malformed CSR: {_first_line(exc)}") from None
+
+
+_PEM_BLOCK = re.compile(
+    rb"-----BEGIN (NEW )?CERTIFICATE REQUEST-----(?P<body>[A-Za-z0-9+/=\s]*?)"
+    rb"-----END (NEW )?CERTIFICATE REQUEST-----"
+)
+
+
+def _pem_body(data: bytes) -> bytes:
+    """The DER inside the one PEM CSR block of ``data``; nothing but white space may
+    surround it (a key in bare base64 after it, a second block: refused)."""
+    count = sum(data.count(marker) for marker in _CSR_MARKERS)
+    if count == 0:
+        raise InvalidInput("input is not a PEM certificate request (no BEGIN CERTIFICATE REQUEST)")
+    if count > 1:
+        raise InvalidInput("input holds more than one certificate request; send one per file")
+    match = _PEM_BLOCK.search(data)
+    if match is None:
+        raise InvalidInput("malformed CSR: the PEM block is not well formed")
+    outside = data[: match.start()] + data[match.end() :]
+    if outside.strip():
+        raise InvalidInput(
+            "input holds more than the certificate request: only white space may surround "
+            "the PEM block (send the CSR alone, never the device key)"
+        )
+    try:
+        return base64.b64decode(b"".join(match.group("body").split()), validate=True)
+    except binascii.Error:
+        raise InvalidInput("malformed CSR: the PEM block is not valid base64") from None
 
 
 def _facts(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from pki import policy
@@ -20,6 +21,7 @@ from pki.files import (
     check_writable_folder,
     ensure_dir,
     read_limited,
+    read_stdin,
     refuse_special,
     remove_quietly,
 )
@@ -31,9 +33,20 @@ CERT_FILE = "cert.pem"
 CHAIN_FILE = "chain.pem"
 FULLCHAIN_FILE = "fullchain.pem"
 KEY_FILE = "key.pem"
+# --format der: one DER object per file
+DER_FILES = ("cert.der", "issuing-ca.der", "root-ca.der")
+DER_KEY_FILE = "key.der"
+# --format pkcs12: the key, the certificate and the CA chain in one encrypted file
+P12_FILE = "bundle.p12"
+P12_PASSPHRASE_ENV = "FLEETPKI_P12_PASSPHRASE"  # noqa: S105 (a variable name)
+MIN_P12_PASSPHRASE = 8
+FORMATS = ("pem", "der", "pkcs12")
 
 
 def read_csr(path: Path) -> bytes:
+    """A CSR file (PEM or DER), or standard input for ``-``, up to the CSR size limit."""
+    if str(path) == "-":
+        return read_stdin(MAX_CSR_BYTES, "CSR on standard input")
     return read_limited(path, MAX_CSR_BYTES, "CSR file")
 
 
@@ -55,16 +68,30 @@ def make_key_and_csr(key_type: KeyType, common_name: str) -> tuple[bytes, bytes]
 
 @dataclass(frozen=True)
 class OutputFolder:
-    """``cert.pem``, ``chain.pem`` (issuing CA + root), ``fullchain.pem`` (cert + issuing CA)
-    and, with a generated key, ``key.pem`` (0600)."""
+    """What one issuance writes into its folder, by format:
+
+    - ``pem``: ``cert.pem``, ``chain.pem`` (issuing CA + root), ``fullchain.pem`` (cert +
+      issuing CA) and, with a generated key, ``key.pem`` (0600);
+    - ``der``: ``cert.der``, ``issuing-ca.der``, ``root-ca.der`` and ``key.der`` (PKCS#8,
+      0600) — one object per file, as devices that cannot parse PEM want;
+    - ``pkcs12``: ``bundle.p12`` (0600): the key, the certificate and the CA chain,
+      encrypted with a passphrase (AES-256, PBKDF2; what Java's keystores read).
+    """
 
     path: Path
     with_key: bool = False
     force: bool = False
+    fmt: str = "pem"
+    p12_passphrase: bytes | None = field(default=None, repr=False)
 
     @property
     def files(self) -> tuple[Path, ...]:
-        names = (CERT_FILE, CHAIN_FILE, FULLCHAIN_FILE) + ((KEY_FILE,) if self.with_key else ())
+        if self.fmt == "pkcs12":
+            names: tuple[str, ...] = (P12_FILE,)
+        elif self.fmt == "der":
+            names = DER_FILES + ((DER_KEY_FILE,) if self.with_key else ())
+        else:
+            names = (CERT_FILE, CHAIN_FILE, FULLCHAIN_FILE) + ((KEY_FILE,) if self.with_key else ())
         return tuple(self.path / n for n in names)
 
     def check_free(self) -> None:
@@ -82,6 +109,19 @@ class OutputFolder:
         self, issued: IssuedCertificate, key_pem: bytes | None
     ) -> list[tuple[Path, bytes, int]]:
         """The files of one delivery: (path, bytes, mode)."""
+        if self.fmt == "pkcs12":
+            assert key_pem is not None and self.p12_passphrase is not None
+            return [(self.path / P12_FILE, _pkcs12(issued, key_pem, self.p12_passphrase), 0o600)]
+        if self.fmt == "der":
+            chain = x509.load_pem_x509_certificates(issued.chain_pem)
+            certs = (issued.certificate, chain[0], chain[-1])
+            out = [
+                (self.path / name, cert.public_bytes(serialization.Encoding.DER), 0o644)
+                for name, cert in zip(DER_FILES, certs, strict=True)
+            ]
+            if key_pem is not None:
+                out.insert(0, (self.path / DER_KEY_FILE, _der_key(key_pem), 0o600))
+            return out
         out = [(self.path / KEY_FILE, key_pem, 0o600)] if key_pem is not None else []
         out += [
             (self.path / CERT_FILE, issued.cert_pem, 0o644),
@@ -100,6 +140,62 @@ class OutputFolder:
             return lambda: remove_all(written)
 
         return write
+
+
+def _der_key(key_pem: bytes) -> bytes:
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    return key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _pkcs12(issued: IssuedCertificate, key_pem: bytes, passphrase: bytes) -> bytes:
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey)  # generate_key's
+    encryption = (
+        serialization.PrivateFormat.PKCS12.encryption_builder()
+        .kdf_rounds(100_000)
+        .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
+        .hmac_hash(hashes.SHA256())
+        .build(passphrase)
+    )
+    name = (issued.record.thing or issued.record.common_name).encode()
+    return pkcs12.serialize_key_and_certificates(
+        name,
+        key,
+        issued.certificate,
+        x509.load_pem_x509_certificates(issued.chain_pem),
+        encryption,
+    )
+
+
+def p12_passphrase(passphrase_file: Path | None) -> bytes:
+    """The PKCS#12 passphrase: ``--p12-passphrase-file`` (its first line), else
+    ``FLEETPKI_P12_PASSPHRASE``; never a command-line argument (``ps`` shows those)."""
+    import os
+
+    if passphrase_file is not None:
+        lines = read_limited(passphrase_file, 4096, "passphrase file").splitlines()
+        value = lines[0] if lines else b""
+        source = str(passphrase_file)
+    else:
+        value = os.environ.get(P12_PASSPHRASE_ENV, "").encode("utf-8", "surrogateescape")
+        source = P12_PASSPHRASE_ENV
+        if not value:
+            raise InvalidInput(
+                f"--format pkcs12 needs a passphrase: set {P12_PASSPHRASE_ENV} or give "
+                "--p12-passphrase-file FILE"
+            )
+    if len(value) < MIN_P12_PASSPHRASE:
+        raise InvalidInput(
+            f"the PKCS#12 passphrase from {source} is too short: use at least "
+            f"{MIN_P12_PASSPHRASE} characters"
+        )
+    return value
 
 
 class FolderPerThing:
@@ -145,16 +241,34 @@ def single_request(
     actor: str,
     dns: tuple[str, ...] = (),
     ips: tuple[IPAddress, ...] = (),
+    fmt: str = "pem",
+    p12_passphrase_file: Path | None = None,
 ) -> tuple[IssueRequest, Callable[[IssuedCertificate], Callable[[], None]]]:
     """The request and the delivery of ``--csr FILE | --generate-key --out DIR``.
 
-    Refuses (before anything is signed) when both or neither are given and when the output
-    files exist without ``force``. With ``--generate-key`` the key is made here and written
-    with the certificate, never before it is recorded.
+    Refuses (before anything is signed) when both or neither are given, when the format
+    cannot be written (PKCS#12 holds the key: only with ``--generate-key``, and with a
+    passphrase) and when the output files exist without ``force``. With
+    ``--generate-key`` the key is made here and written with the certificate, never
+    before it is recorded.
     """
     if (csr_file is None) == (not generate_key):
         raise InvalidInput("give exactly one of --csr FILE or --generate-key")
-    output = OutputFolder(out_dir, with_key=generate_key, force=force)
+    if fmt not in FORMATS:
+        raise InvalidInput(f"unknown --format {fmt!r}; use {', '.join(FORMATS)}")
+    passphrase = None
+    if fmt == "pkcs12":
+        if not generate_key:
+            raise InvalidInput(
+                "--format pkcs12 bundles the private key: it goes with --generate-key (with "
+                "--csr the key stays on the device; use --format pem or der)"
+            )
+        passphrase = p12_passphrase(p12_passphrase_file)
+    elif p12_passphrase_file is not None:
+        raise InvalidInput("--p12-passphrase-file goes with --format pkcs12")
+    output = OutputFolder(
+        out_dir, with_key=generate_key, force=force, fmt=fmt, p12_passphrase=passphrase
+    )
     output.check_free()
     key_pem: bytes | None = None
     if csr_file is not None:

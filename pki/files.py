@@ -111,6 +111,18 @@ def read_limited(path: Path, limit: int, what: str) -> bytes:
         raise os_error(exc, f"cannot read {what} {path}") from None
 
 
+def read_stdin(limit: int, what: str) -> bytes:
+    """Standard input, up to ``limit`` bytes (refused beyond)."""
+    import sys
+
+    if sys.stdin is None or sys.stdin.isatty():
+        raise InvalidInput(f"{what}: standard input is a terminal; pipe the file in")
+    data = sys.stdin.buffer.read(limit + 1)
+    if len(data) > limit:
+        raise InvalidInput(f"{what} is over the {_size(limit)} limit")
+    return data
+
+
 def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, overwrite: bool = True) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part.
 

@@ -58,3 +58,43 @@ def run_revocation_hooks(
             "hook",
             f"{event.record.serial_hex} is revoked in the inventory, but " + "; ".join(failures),
         )
+
+
+ISSUANCE_HOOKS = "fleetpki.issuance_hooks"
+
+
+@dataclass(frozen=True)
+class IssuanceEvent:
+    """Passed to every issuance hook once certificates are committed (and delivered)."""
+
+    records: tuple[CertificateRecord, ...]
+    home: Path
+
+
+IssuanceHook = Callable[[IssuanceEvent], None]
+
+
+def issuance_hooks() -> list[tuple[str, IssuanceHook]]:
+    from importlib.metadata import entry_points
+
+    return [(ep.name, ep.load()) for ep in entry_points(group=ISSUANCE_HOOKS)]
+
+
+def issuance_notifier(home: Path) -> Callable[[tuple[CertificateRecord, ...]], list[str]]:
+    """A callback for the issuer: runs the issuance hooks (looked up once) and returns
+    what failed, as warnings — a certificate already committed and delivered stays
+    issued whatever a hook does."""
+    found: list[list[tuple[str, IssuanceHook]]] = []
+
+    def notify(records: tuple[CertificateRecord, ...]) -> list[str]:
+        if not found:
+            found.append(issuance_hooks())
+        warnings: list[str] = []
+        for name, hook in found[0]:
+            try:
+                hook(IssuanceEvent(records, home))
+            except Exception as exc:  # reported, never raised
+                warnings.append(f"issuance hook {name}: {type(exc).__name__}: {exc}")
+        return warnings
+
+    return notify

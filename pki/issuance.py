@@ -8,6 +8,7 @@ undone (files removed), so there is never a handed-out certificate without a row
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import multiprocessing
 import multiprocessing.pool
 import signal
@@ -36,6 +37,7 @@ from pki.policy import BACKDATE, CertificatePlan, PolicySettings
 from pki.profiles import get_profile
 
 PEM = serialization.Encoding.PEM
+log = logging.getLogger("fleetpki.issuance")
 
 # Delivery writes the certificate somewhere (files, a response) and returns how to undo it.
 Deliver = Callable[[IssuedCertificate], Callable[[], None]]
@@ -262,8 +264,12 @@ class Issuer:
         settings: PolicySettings | None = None,
         *,
         verify_signature: bool | None = None,
+        on_issued: Callable[[tuple[CertificateRecord, ...]], list[str]] | None = None,
     ) -> None:
+        """``on_issued`` is told about certificates once they are committed and delivered
+        (the issuance hooks); what it reports failed is logged, never raised."""
         self.ca = ca
+        self.on_issued = on_issued
         self.inventory = inventory
         self.clock = clock
         self.settings = settings or PolicySettings()
@@ -475,6 +481,9 @@ class Issuer:
             for step in reversed(undo):
                 step()
             raise
+        if self.on_issued is not None:
+            for warning in self.on_issued(tuple(i.record for i in issued)):
+                log.warning("%s", warning)
 
     def _audit_event(self, issued: IssuedCertificate, actor: str, now: dt.datetime) -> AuditEvent:
         record = issued.record

@@ -53,7 +53,8 @@ class TestDeviceRules:
     def test_unparsable_pem(self, cli: Cli, tmp_path: Path) -> None:
         err = _device(cli, tmp_path, b"hello, not a csr\n")
         assert err == (
-            "fleetpki: error: input is not a PEM certificate request (no BEGIN CERTIFICATE REQUEST)"
+            "fleetpki: error: input is not a PEM certificate request (no BEGIN CERTIFICATE "
+            "REQUEST) nor a DER one"
         )
 
     def test_truncated_pem(self, cli: Cli, tmp_path: Path) -> None:

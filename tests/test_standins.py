@@ -55,7 +55,12 @@ def test_ports_file_and_processes(stand: Stand) -> None:
     assert "require_certificate true" in conf
     assert "use_identity_as_username true" in conf
     assert "crlfile" in conf
-    assert (Path(ports["run_dir"]) / "acl").read_text().startswith("pattern readwrite things/%u/#")
+    # no acl_file (it never checks SUBSCRIBE): dynsec authorizes every thing for its topics
+    assert "acl_file" not in conf
+    dynsec = json.loads((Path(ports["run_dir"]) / "dynsec.json").read_text())
+    roles = {r["rolename"]: r for r in dynsec["roles"]}
+    assert {a["topic"] for a in roles["thing:dev-1"]["acls"]} == {"things/dev-1/#"}
+    assert dynsec["defaultACLAccess"]["subscribe"] is False
 
 
 def test_mosquitto_pub_publishes_to_its_own_topic(stand: Stand) -> None:
@@ -91,6 +96,63 @@ def test_mosquitto_pub_publishes_to_its_own_topic(stand: Stand) -> None:
 def test_mosquitto_pub_is_refused_on_another_things_topic(stand: Stand) -> None:
     result = mosquitto_pub(stand, stand.device("dev-2"), "things/dev-1/cmd", "evil")
     assert "Publish 1 failed: Not authorized." in result.stderr
+
+
+def _subscribe(stand: Stand, device: Path, topic: str, protocol: int) -> list[int]:
+    """SUBSCRIBE ``topic`` as ``device`` with paho; the SUBACK's reason codes."""
+    import ssl
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    granted: list[int] = []
+    done = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
+    client.tls_set(
+        ca_certs=str(stand.ca_file),
+        certfile=str(device / "fullchain.pem"),
+        keyfile=str(device / "key.pem"),
+        cert_reqs=ssl.CERT_REQUIRED,
+    )
+
+    def subscribed(_c: Any, _u: Any, _mid: Any, codes: Any, _p: Any) -> None:
+        granted.extend(int(c.value) for c in codes)
+        done.set()
+
+    client.on_connect = lambda c, *_a: c.subscribe(topic, qos=1)
+    client.on_subscribe = subscribed
+    client.connect("127.0.0.1", stand.mqtt_port)
+    client.loop_start()
+    try:
+        assert done.wait(20), "no SUBACK"
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return granted
+
+
+@pytest.mark.parametrize(
+    ("protocol", "refused"), [(4, 0x80), (5, 0x87)], ids=["mqtt311", "mqtt5"]
+)  # fmt: skip
+def test_a_subscription_to_another_things_topic_is_refused_visibly(
+    stand: Stand, protocol: int, refused: int
+) -> None:
+    """As IoT Core under the least-privilege policy: SUBACK failure (0x80) on MQTT 3.1.1,
+    Not authorized (0x87) on MQTT 5; its own topics are granted."""
+    device = stand.device("dev-2")
+    assert _subscribe(stand, device, "things/dev-1/#", protocol) == [refused]
+    assert _subscribe(stand, device, "#", protocol) == [refused]
+    assert _subscribe(stand, device, "things/+/cmd", protocol) == [refused]
+    assert _subscribe(stand, device, "things/dev-2/#", protocol) == [1]
+
+
+def test_a_device_issued_while_the_stand_ins_run_may_use_its_own_topics(stand: Stand) -> None:
+    ok(stand.home, "issue", "device", "late-1", "--generate-key", "--out", stand.root / "late-1")
+    own = mosquitto_pub(stand, stand.device("late-1"), "things/late-1/telemetry", "t=1")
+    assert own.returncode == 0, own.stderr
+    other = mosquitto_pub(stand, stand.device("late-1"), "things/dev-1/telemetry", "t=1")
+    assert "Publish 1 failed: Not authorized." in other.stderr
 
 
 def test_curl_with_a_device_certificate_gets_its_identity(stand: Stand) -> None:
