@@ -251,6 +251,8 @@ def dev_up(as_json: bool) -> None:
     click.echo(f"https  {started.https_url}")
     click.echo(f"aws    {started.aws_endpoint_url}" + ("" if started.moto_pid else " (from env)"))
     click.echo(f"ca     {started.ca_file}")
+    if started.pki_port:
+        click.echo(f"crl    http://127.0.0.1:{started.pki_port}/  (CRLs and CA certificates)")
     click.echo(f"log    {started.access_log}")
     err(
         f"stand-ins running; ports in {standins.ports_path(state.home)}; "
@@ -293,7 +295,13 @@ def fleet() -> None:
 
 
 @fleet.command("simulate")
-@click.option("--devices", type=click.IntRange(1, 10000), default=100, show_default=True)
+@click.option(
+    "--devices",
+    type=click.IntRange(1, 10000),
+    default=100,
+    show_default=True,
+    help="Simulated devices, each with its own key, CSR and certificate.",
+)
 @click.option(
     "--duration",
     type=FiniteFloatRange(1, 3600),
@@ -354,25 +362,67 @@ def fleet_simulate(
     not running): keys and CSRs made per device, certificates through the batch path,
     mTLS MQTT with QoS 1 telemetry and mTLS HTTPS calls. Exit 1 when a check fails
     (a valid device not connected, a lost message, a revoked device not cut, an
-    impostor let in)."""
+    impostor let in).
+
+    The simulated devices never land in your inventory: the run uses a home of its own
+    (a new CA and SQLite inventory in a temporary folder, removed afterwards), unless
+    'fleetpki --home DIR fleet simulate' names one on the command line.
+    """
+    import contextlib
+    import shutil
+
+    from devices.simulator import SimConfig
+
+    state = _state()
+    root = click.get_current_context().find_root()
+    explicit = root.get_parameter_source("home") is click.core.ParameterSource.COMMANDLINE
+    with contextlib.ExitStack() as cleanup:
+        if explicit:
+            state.home.config()  # the named home must hold a CA
+        else:
+            state = _simulator_home(state)
+            cleanup.callback(shutil.rmtree, state.home_path, True)
+            err(
+                f"simulating in a home of its own: {state.home_path} (a new CA and "
+                "inventory, removed afterwards; 'fleetpki --home DIR fleet simulate' uses DIR)"
+            )
+        config = SimConfig(
+            devices=devices,
+            duration=duration,
+            rate=rate,
+            scenario=scenario,
+            sdk_share=sdk_share,
+            revoke=revoke_count,
+            workers=workers,
+        )
+        return _simulate(state, config, as_json)
+
+
+def _simulator_home(state: State) -> State:
+    """A fresh home with a CA and an SQLite inventory of its own (never the operator's
+    FLEETPKI_DATABASE_URL), for one simulator run."""
+    import dataclasses
+    import tempfile
+
+    from pki.ca_setup import init_ca
+
+    folder = Path(tempfile.mkdtemp(prefix="fleetpki-sim-"))
+    sim = dataclasses.replace(state, home_path=folder / "home", _inventory=None)
+    sim.database = sim.home.sqlite_url
+    init_ca(
+        sim.home, sim.inventory(create=True), sim.clock, "ec-p256", "fleetpki-sim", 3650, 1825
+    )
+    return sim
+
+
+def _simulate(state: State, config: Any, as_json: bool) -> int:
     from rich.console import Console
     from rich.live import Live
 
     from devices import standins
-    from devices.simulator import SimConfig, simulate
+    from devices.simulator import simulate
 
-    state = _state()
     home = state.home
-    home.config()
-    config = SimConfig(
-        devices=devices,
-        duration=duration,
-        rate=rate,
-        scenario=scenario,
-        sdk_share=sdk_share,
-        revoke=revoke_count,
-        workers=workers,
-    )
     running = standins.load_state(home)
     started_here = running is None or not standins.alive(running)
     stand = standins.up(home, state.clock, state) if started_here else running
@@ -384,7 +434,7 @@ def fleet_simulate(
 
             def show(event: str, data: dict[str, Any]) -> None:
                 if event == "revoked":
-                    console.log(f"revoked {', '.join(data['things'])}")
+                    console.print(f"revoked {', '.join(data['things'])}")
                 elif live_enabled:
                     live.update(
                         f"connected {data['connected']}/{data['devices']}  "
@@ -410,7 +460,8 @@ def _print_summary(data: dict[str, Any]) -> None:
         f"devices {data['devices']} ({', '.join(f'{k} {v}' for k, v in data['clients'].items())})"
         f", connected {data['connected']}, workers {data['workers']}"
     )
-    click.echo(f"refused at connect: {data['refused'] or 'none'}")
+    refused = ", ".join(f"{why} {n}" for why, n in sorted(data["refused"].items()))
+    click.echo(f"refused at connect: {refused or 'none'}")
     click.echo(f"messages: sent {m['sent']}, acknowledged {m['acked']}, lost {m['lost']}")
     click.echo(f"connect latency: p50 {lat['p50']} ms, p99 {lat['p99']} ms")
     for cut in data["revoked"]:

@@ -235,6 +235,53 @@ def _close_gently(tls: ssl.SSLSocket) -> None:
         tls.close()
 
 
+CONTENT_TYPES = {".crl": "application/pkix-crl", ".cer": "application/pkix-cert"}
+
+
+class PkiFiles(BaseHTTPRequestHandler):
+    """Plain HTTP (RFC 5280: relying parties fetch CRLs and CA certificates without TLS):
+    ``GET PATH`` answers the DER file mapped to that path, read at each request."""
+
+    protocol_version = "HTTP/1.1"
+    server: PkiHttpServer
+
+    def do_GET(self) -> None:
+        path = self.server.files.get(self.path.split("?", 1)[0])
+        try:
+            body = path.read_bytes() if path is not None else None
+        except OSError:
+            body = None
+        if path is None or body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPES.get(path.suffix, "application/octet-stream"))
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class PkiHttpServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = False  # a port another program holds is an error, not shared
+
+    def __init__(self, port: int, files: dict[str, Path]) -> None:
+        self.files = files
+        super().__init__(("127.0.0.1", port), PkiFiles)
+
+
+def _serve_map(pairs: list[str]) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for pair in pairs:
+        url_path, _, file = pair.partition("=")
+        out[url_path] = Path(file)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="devices.https_standin")
     parser.add_argument("--port", type=int, required=True)
@@ -244,11 +291,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crl", type=Path)
     parser.add_argument("--access-log", type=Path, required=True)
     parser.add_argument("--run-dir", help="marker for process identification")
+    parser.add_argument("--pki-port", type=int, help="plain-HTTP port for CRLs and CA certs")
+    parser.add_argument("--serve", action="append", default=[], help="URL_PATH=FILE")
     args = parser.parse_args(argv)
     contexts = Contexts(Files(args.cert, args.key, args.ca, args.crl))
+    pki_http = None
+    if args.pki_port:
+        try:
+            pki_http = PkiHttpServer(args.pki_port, _serve_map(args.serve))
+        except OSError as exc:
+            print(f"cannot listen on 127.0.0.1:{args.pki_port}: {exc.strerror}", flush=True)
+            return 1
+        threading.Thread(target=pki_http.serve_forever, args=(0.2,), daemon=True).start()
     server = MtlsServer(args.port, contexts, AccessLog(args.access_log))
+
+    def stop(*_: Any) -> None:
+        threading.Thread(target=server.shutdown).start()
+        if pki_http is not None:
+            threading.Thread(target=pki_http.shutdown).start()
+
     signal.signal(signal.SIGHUP, lambda *_: contexts.reload())
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    signal.signal(signal.SIGTERM, stop)
+    if pki_http is not None:
+        print(f"serving CRLs and CA certificates on http://127.0.0.1:{args.pki_port}/", flush=True)
     print(
         f"listening on {args.port} (https://127.0.0.1:{args.port}/) pid {os.getpid()}", flush=True
     )

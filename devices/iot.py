@@ -124,6 +124,8 @@ def _aws(operation: str) -> Iterator[None]:
     """Turn every AWS failure into a BackendError naming what was being done."""
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from pki.awsclient import not_aws
+
     try:
         yield
     except ClientError as exc:
@@ -137,6 +139,11 @@ def _aws(operation: str) -> Iterator[None]:
         raise invalid_parameters(exc, operation) or BackendError(
             operation, BACKEND, str(exc)
         ) from None
+    except Exception as exc:  # an answer that is not AWS's (ResponseParserError)
+        unparsable = not_aws(exc, f"iot: {operation}")
+        if unparsable is None:
+            raise
+        raise BackendError(operation, BACKEND, unparsable) from None
 
 
 def _first_pem(pem: bytes) -> bytes:

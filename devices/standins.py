@@ -82,6 +82,7 @@ class DevState:
     admin_password: str = field(repr=False)
     topic_prefix: str = TOPIC_PREFIX
     rotation_password: str = field(default="", repr=False)
+    pki_port: int | None = None  # plain HTTP: the CRLs and CA certificates config.json names
 
     @property
     def run(self) -> Path:
@@ -118,6 +119,11 @@ class DevState:
             "access_log": str(self.access_log),
             "mosquitto_log": str(self.mosquitto_log),
             "run_dir": self.run_dir,
+            "pki_http": (
+                {"url": f"http://{HOST}:{self.pki_port}/", "port": self.pki_port}
+                if self.pki_port
+                else None
+            ),
             "pids": {
                 "mosquitto": self.mosquitto_pid,
                 "https": self.https_pid,
@@ -410,6 +416,60 @@ def ensure_server_certificate(home: Home, clock: Clock, state: Any) -> Path:
     return folder
 
 
+@dataclass(frozen=True)
+class Publication:
+    """Where the configured CRL distribution points and caIssuers URLs are served: one
+    loopback port, URL path -> file name in RUN/pki/."""
+
+    port: int
+    paths: dict[str, str]
+
+
+def publication(home: Home) -> Publication | None:
+    """What ``crl_url`` / ``ca_issuers_url`` name, to serve on plain HTTP (None when the
+    config names nothing). Refuses URLs on two ports and a port that is taken."""
+    import urllib.parse
+
+    config = home.config()
+    named = [(url, f"{ca}.crl") for ca, url in config.crl_url.items()]
+    named += [(url, f"{ca}.cer") for ca, url in config.ca_issuers_url.items()]
+    if not named:
+        return None
+    parts = [(urllib.parse.urlsplit(url), name) for url, name in named]
+    ports = {p.port or 80 for p, _ in parts}
+    if len(ports) > 1:
+        raise OperatorError(
+            "crl_url and ca_issuers_url name several ports; dev up serves them on one "
+            f"(found {', '.join(map(str, sorted(ports)))})"
+        )
+    port = ports.pop()
+    with socket.socket() as probe:
+        try:
+            probe.bind((HOST, port))
+        except OSError as exc:
+            raise OperatorError(
+                f"cannot serve the CRL distribution points: {HOST}:{port} (named by crl_url / "
+                f"ca_issuers_url in {home.config_path}) is not free: {exc.strerror}"
+            ) from None
+    return Publication(port, {p.path: name for p, name in parts})
+
+
+def _write_published(home: Home, run: Path) -> None:
+    """RUN/pki/<ca>.crl and <ca>.cer in DER: what the distribution points serve."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    folder = run / "pki"
+    ensure_dir(folder, 0o755)
+    files = home.crl_files
+    for ca in ("issuing", "root"):
+        if files.der(ca).exists():
+            atomic_write(folder / f"{ca}.crl", files.der(ca).read_bytes(), 0o644)
+        pem = home.ca_dir / f"{ca}.pem"
+        if pem.exists():  # the local CA's (AWS Private CA publishes its own)
+            cert = x509.load_pem_x509_certificate(pem.read_bytes())
+            atomic_write(folder / f"{ca}.cer", cert.public_bytes(Encoding.DER), 0o644)
+
+
 def up(home: Home, clock: Clock, state: Any) -> DevState:
     """Start Mosquitto, the HTTPS endpoint and (without AWS_ENDPOINT_URL) moto_server.
 
@@ -425,7 +485,7 @@ def up(home: Home, clock: Clock, state: Any) -> DevState:
     mosquitto = _need("mosquitto", "mosquitto")
     _need("mosquitto_ctrl", "mosquitto-clients")
     plugin = _dynsec_plugin()
-    home.config()  # a CA must exist
+    published = publication(home)  # before anything starts: its port must be free
     server = ensure_server_certificate(home, clock, state)
     crl = ensure_crl(home, clock, state)
 
@@ -440,6 +500,8 @@ def up(home: Home, clock: Clock, state: Any) -> DevState:
         _write(run / "crl.pem", crl.read_bytes(), 0o644, owner)
         _write(run / "server.pem", (server / "fullchain.pem").read_bytes(), 0o644, owner)
         _write(run / "server.key", (server / "key.pem").read_bytes(), 0o600, owner)
+        if published is not None:
+            _write_published(home, run)
         password = secrets.token_urlsafe(24)
         _dynsec_init(run / "dynsec.json", password)
         broker_acl.seed(run / "dynsec.json", TOPIC_PREFIX, active_things(state, clock))
@@ -466,13 +528,19 @@ def up(home: Home, clock: Clock, state: Any) -> DevState:
             run, admin_port, password, ROTATION_USER, rotation_password, broker_acl.ROTATION_ROLE
         )
 
+        serve: list[str] = []
+        if published is not None:
+            serve = ["--pki-port", str(published.port)]
+            for url_path, name in published.paths.items():
+                serve += ["--serve", f"{url_path}={run / 'pki' / name}"]
+
         def start_https() -> tuple[subprocess.Popen[bytes], int]:
             port = free_port()
             https = _spawn(
                 [sys.executable, "-m", "devices.https_standin", "--port", str(port),
                  "--cert", str(run / "server.pem"), "--key", str(run / "server.key"),
                  "--ca", str(run / "ca.pem"), "--crl", str(run / "crl.pem"),
-                 "--access-log", str(run / "access.log"), "--run-dir", str(run)],
+                 "--access-log", str(run / "access.log"), "--run-dir", str(run), *serve],
                 run / "https.log",
             )  # fmt: skip
             started.append(https.pid)
@@ -509,6 +577,7 @@ def up(home: Home, clock: Clock, state: Any) -> DevState:
             aws_endpoint_url=endpoint,
             admin_password=password,
             rotation_password=rotation_password,
+            pki_port=published.port if published is not None else None,
         )
         atomic_write(state_path(home), json.dumps(asdict(result), indent=2).encode(), 0o600)
         atomic_write(ports_path(home), json.dumps(result.public(), indent=2).encode(), 0o644)
@@ -599,6 +668,8 @@ def reload_crl(home: Home, state: DevState) -> None:
     (SIGHUP). The HTTPS stand-in notices the new file by itself before its next handshake.
     """
     data = home.combined_crl_path.read_bytes()
+    if state.pki_port:
+        _write_published(home, state.run)
     try:
         if state.crl_file.read_bytes() == data:
             return  # already in place (a batch revocation calls this per certificate)

@@ -13,11 +13,17 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, NoRegionError, ParamValidationError
+from botocore.exceptions import BotoCoreError, ClientError, NoRegionError, ParamValidationError
+from botocore.parsers import ResponseParserError
 
 from pki.errors import InvalidInput, OperatorError
 
 ADAPTIVE = Config(retries={"mode": "adaptive", "max_attempts": 10})
+# What a call to AWS can raise: AWS's answer (ClientError), the way there (BotoCoreError),
+# or an answer that is not AWS's at all (ResponseParserError: an endpoint that does not
+# implement the API, such as moto for ALB trust stores; not a BotoCoreError)
+AWS_FAILURES = (ClientError, BotoCoreError, ResponseParserError)
+TRANSPORT_FAILURES = (BotoCoreError, ResponseParserError)
 
 
 def region_setting(region: str | None = None) -> str | None:
@@ -44,3 +50,15 @@ def invalid_parameters(exc: BaseException, doing: str) -> InvalidInput | None:
         return None
     text = " ".join(str(exc).split()).removeprefix("Parameter validation failed: ")
     return InvalidInput(f"{doing}: invalid parameter: {text}")
+
+
+def not_aws(exc: BaseException, doing: str) -> str | None:
+    """One line for an answer that is not an AWS response, or None."""
+    if not isinstance(exc, ResponseParserError):
+        return None
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    where = f" at {endpoint}" if endpoint else ""
+    return (
+        f"{doing} failed: the endpoint{where} did not answer as AWS does (it does not "
+        "implement this API?)"
+    )

@@ -19,6 +19,7 @@ from pki.delivery import FolderPerThing, OutputFolder, read_csr
 from pki.errors import InvalidInput, OperatorError
 from pki.issuance import Failure
 from pki.model import IssueRequest
+from pki.text import escape_controls
 
 if TYPE_CHECKING:
     from pki.cli import State
@@ -118,8 +119,11 @@ def report(
                 sort_keys=True,
             )
         )
-    for failure in failures:
-        click.echo(f"skipped {failure.name}: {failure.error}", err=True)
+    for failure in failures:  # names and CSR contents came from outside: escaped
+        click.echo(
+            f"skipped {escape_controls(failure.name)}: {escape_controls(str(failure.error))}",
+            err=True,
+        )
     click.echo(f"{summary}, skipped {len(failures)}", err=True)
     return 2 if failures else 0
 

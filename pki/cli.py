@@ -54,12 +54,13 @@ class State:
     clock: Clock
     _inventory: Inventory | None = field(default=None, repr=False)
     root_key: Path | None = None  # crl --root --root-key FILE: a root key kept offline
+    database: str | None = None  # an inventory URL that overrides FLEETPKI_DATABASE_URL
 
     @property
     def home(self) -> Home:
         from pki.home import Home
 
-        return Home(self.home_path)
+        return Home(self.home_path, self.database)
 
     def inventory(self, *, create: bool = False) -> Inventory:
         """The inventory; outside ``ca init`` the home must already hold a CA."""
@@ -204,8 +205,19 @@ def _broken_plugin(name: str, target: str, exc: Exception) -> click.Command:
 def cli(ctx: click.Context, home: Path) -> None:
     """fleetpki: certificates and mTLS for device fleets.
 
-    Issue, list and revoke device (client) and server certificates from a local CA,
-    and publish CRLs. Exit codes: 0 success, 2 operator error, 1 internal failure.
+    Issue, list and revoke device (client) and server certificates from a local CA or
+    AWS Private CA, publish CRLs and trust bundles, provision IoT Core, and rotate
+    certificates before they expire. Exit codes: 0 success, 2 operator error, 1 internal
+    or backend failure, 130 interrupted.
+
+    \b
+    Environment:
+      FLEETPKI_HOME             the home (like --home)
+      FLEETPKI_DATABASE_URL     the inventory (default: SQLite in the home), e.g.
+                                postgresql://user@host:5432/fleet
+      FLEETPKI_CA_PASSPHRASE    passphrase of the CA keys (default: HOME/ca-passphrase)
+      FLEETPKI_ROOT_PASSPHRASE  the root key's own passphrase, when it has one
+      AWS_REGION, AWS_PROFILE, AWS_ENDPOINT_URL   the AWS settings
     """
     state: State = ctx.obj
     state.home_path = home
@@ -336,8 +348,10 @@ def ca_init(
 
 
 def _report_ca(state: State, result: Any, as_json: bool, what: str) -> None:
-    if as_json:
-        print_json([r.to_json(state.now()) for r in result.records])
+    if as_json:  # the same shape as 'ca show --json'
+        from pki.ca_status import ca_status
+
+        print_json(ca_status(state.home, state.inventory(), state.now()).to_json())
         return
     err(f"{what} in {state.home.path}")
     for record in result.records:
@@ -373,14 +387,27 @@ def _init_aws_pca(
 
         check_ca_options(common_name, root_days, issuing_days)  # before anything is billed
     client = make_client(region or (region_of_arn(ca_arn) if ca_arn else None))
-    if create:
-        placeholder = "arn:aws:acm-pca:::certificate-authority/creating"
-        maker = AwsPrivateCA(placeholder, client, clock=state.clock)
-        ca_arn = create_hierarchy(maker, common_name, key_type, root_days, issuing_days)
-        err(f"created AWS Private CA hierarchy; issuing CA {ca_arn}")
-    assert ca_arn is not None
-    ca = AwsPrivateCA(ca_arn, client, clock=state.clock)
-    return init_aws_ca(state.home, state.inventory(create=True), state.clock, ca, region)
+    created: list[str] = []
+    try:
+        if create:
+            placeholder = "arn:aws:acm-pca:::certificate-authority/creating"
+            maker = AwsPrivateCA(placeholder, client, clock=state.clock)
+            ca_arn = create_hierarchy(
+                maker, common_name, key_type, root_days, issuing_days, created
+            )
+            err(f"created AWS Private CA hierarchy: root {created[0]}, issuing CA {ca_arn}")
+        assert ca_arn is not None
+        ca = AwsPrivateCA(ca_arn, client, clock=state.clock)
+        return init_aws_ca(state.home, state.inventory(create=True), state.clock, ca, region)
+    except BaseException:
+        if created:  # every CA this run made is taken down again: each is billed monthly
+            from pki.backends.aws_pca import discard_cas
+
+            for arn in created:
+                err(f"created AWS Private CA {arn}")
+            for line in discard_cas(client, created):
+                err(line)
+        raise
 
 
 @ca.command("chain")
@@ -429,17 +456,29 @@ def ca_chain(state: State, which: str | None, fmt: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_state
 def ca_show(state: State, as_json: bool) -> None:
-    """Show the CA certificates and configuration."""
-    records = state.inventory().find(now=state.now(), include_ca=True, profile="issuing-ca")
-    records += state.inventory().find(now=state.now(), include_ca=True, profile="root-ca")
-    config = state.home.config()
+    """Show the CA certificates, the configuration and each CA's published CRL (number,
+    nextUpdate; a warning when one is due for re-signing or has expired)."""
+    from pki.ca_status import ca_status
+
+    status = ca_status(state.home, state.inventory(), state.now())
     if as_json:
-        print_json(
-            {"config": config.to_json(), "certificates": [r.to_json(state.now()) for r in records]}
-        )
+        print_json(status.to_json())
         return
+    config = state.home.config()
     click.echo(f"backend {config.backend}, key type {config.key_type}, home {state.home.path}")
-    _print_table(records, state.now())
+    _print_table(list(status.certificates), state.now())
+    for health in status.crls:
+        if health.number is None:
+            click.echo(f"{health.ca} CRL: none published")
+            continue
+        click.echo(
+            f"{health.ca} CRL #{health.number}: next update {health.next_update:%Y-%m-%d %H:%M}Z"
+            f", re-signed from {health.refresh_at:%Y-%m-%d %H:%M}Z ({health.state})"
+        )
+    if status.crls:
+        click.echo(f"all CRLs: {state.home.combined_crl_path}")
+    for warning in status.warnings:
+        err(f"fleetpki: warning: {warning}")
 
 
 # ------------------------------------------------------------------------------- issue
@@ -707,13 +746,18 @@ def _print_table(records: Sequence[CertificateRecord], now: dt.datetime) -> None
 
 @cli.command("show")
 @click.argument("serial")
-@click.option("--pem", is_flag=True, help="Print the certificate PEM instead of the record.")
+@click.option(
+    "--pem", is_flag=True, help="Print the certificate PEM instead of the record (not with --json)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_state
 def show_cmd(state: State, serial: str, pem: bool, as_json: bool) -> None:
     """Show one certificate by serial (hex; colons and 0x are accepted)."""
+    from pki.errors import InvalidInput
     from pki.model import parse_serial
 
+    if pem and as_json:
+        raise InvalidInput("--pem prints the certificate, --json the record: give one of them")
     number = parse_serial(serial)
     inventory = state.inventory()
     if pem:
@@ -725,6 +769,8 @@ def show_cmd(state: State, serial: str, pem: bool, as_json: bool) -> None:
         print_json(data)
         return
     for key, value in data.items():
+        if isinstance(value, list):
+            value = ", ".join(map(str, value)) or None
         click.echo(f"{key:>20}: {value if value is not None else '-'}")
 
 
@@ -981,38 +1027,48 @@ crl_cmd.add_command(_crl_publish)
 
 def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int:
     """Run the CLI; return the exit code instead of exiting."""
+    from pki import logs
     from pki.clock import SystemClock
     from pki.errors import FleetPkiError, InternalError
+    from pki.text import escape_controls, one_line
 
+    logs.for_commands()
     state = State(home_path=Path(".fleetpki"), clock=clock or SystemClock())
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         result = cli.main(args=args, prog_name="fleetpki", standalone_mode=False, obj=state)
         return result if isinstance(result, int) else 0
     except FleetPkiError as exc:
-        first = (str(exc).splitlines() or [""])[0]  # one line, whatever a cause carried
+        # one line, whatever a cause carried; text that came from outside is escaped
+        text = escape_controls(str(exc).strip())
         # an InternalError carried out of a worker reads "internal error ...": the same
         # "fleetpki: internal error" prefix as one raised here
-        err(f"fleetpki: {first}" if isinstance(exc, InternalError) else f"fleetpki: error: {first}")
+        err(f"fleetpki: {text}" if isinstance(exc, InternalError) else f"fleetpki: error: {text}")
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except click.exceptions.NoArgsIsHelpError as exc:
+        ctx = exc.ctx
+        path = ctx.command_path if ctx else "fleetpki"
+        group = ctx.command if ctx else None
+        names = group.list_commands(ctx) if isinstance(group, click.Group) and ctx else []
+        err(f"fleetpki: error: {path} needs a command: {', '.join(names)} (see '{path} --help')")
+        return 2
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-        err(f"fleetpki: error: {exc.format_message()}{hint}")
+        err(f"fleetpki: error: {one_line(exc.format_message())}{hint}")
         return 2
     except click.ClickException as exc:
-        err(f"fleetpki: error: {exc.format_message()}")
+        err(f"fleetpki: error: {one_line(exc.format_message())}")
         return exc.exit_code
-    except click.Abort:
-        err("fleetpki: aborted")
-        return 1
-    except KeyboardInterrupt:
+    except (click.Abort, KeyboardInterrupt):
+        # click turns Ctrl-C into Abort (it also means end of input at a prompt, which no
+        # fleetpki command shows): either way the operator stopped the command
         err("fleetpki: interrupted")
         return 130
     except Exception as exc:  # a bug or an unexpected library failure: one line, exit 1
-        first = (str(exc).splitlines() or [""])[0]
-        err(f"fleetpki: internal error: {type(exc).__name__}: {first}")
+        first = (str(exc).strip().splitlines() or [""])[0]
+        err(f"fleetpki: internal error: {type(exc).__name__}: {escape_controls(first)}")
         return 1
     finally:
         state.close()

@@ -123,6 +123,9 @@ def _check_fields(defaults: object, values: dict[str, Any], prefix: str) -> None
 @dataclass(frozen=True)
 class Home:
     path: Path
+    # the inventory's URL when this home must not follow FLEETPKI_DATABASE_URL (the fleet
+    # simulator's own home: its devices never land in the operator's inventory)
+    database: str | None = None
 
     @property
     def ca_dir(self) -> Path:
@@ -153,7 +156,14 @@ class Home:
 
     @property
     def database_url(self) -> str:
-        return os.environ.get(DATABASE_ENV) or f"sqlite:///{self.path / 'inventory.db'}"
+        if self.database is not None:
+            return self.database
+        return os.environ.get(DATABASE_ENV) or self.sqlite_url
+
+    @property
+    def sqlite_url(self) -> str:
+        """The default inventory: SQLite in the home."""
+        return f"sqlite:///{self.path / 'inventory.db'}"
 
     @staticmethod
     def actor() -> str:

@@ -173,10 +173,10 @@ class AuditEvent:
     detail: dict[str, Any]
 
     def to_json(self) -> dict[str, Any]:
-        from pki.model import isoformat
+        from pki.model import iso_event
 
         return {
-            "at": isoformat(self.at),
+            "at": iso_event(self.at),
             "actor": self.actor,
             "action": self.action,
             "serial": self.serial,
@@ -203,7 +203,7 @@ class BundleVersion:
     id: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        from pki.model import isoformat
+        from pki.model import iso_event
 
         return {
             "id": self.id,
@@ -215,7 +215,7 @@ class BundleVersion:
             "certificates": self.certificates,
             "action": self.action,
             "uploaded": self.uploaded,
-            "applied_at": isoformat(self.applied_at),
+            "applied_at": iso_event(self.applied_at),
             "actor": self.actor,
             "revocation_id": self.revocation_id,
         }

@@ -32,7 +32,7 @@ from pki.errors import (
     OperatorError,
 )
 from pki.inventory import AuditEvent, Inventory, NewCertificate
-from pki.model import CertificateRecord, IssuedCertificate, IssueRequest, Status
+from pki.model import CertificateRecord, IssuedCertificate, IssueRequest, Status, isoformat
 from pki.policy import BACKDATE, CertificatePlan, PolicySettings
 from pki.profiles import get_profile
 
@@ -497,7 +497,7 @@ class Issuer:
                 "thing": record.thing,
                 "common_name": record.common_name,
                 "backend": record.backend,
-                "not_after": record.not_after.isoformat(),
+                "not_after": isoformat(record.not_after),
             },
         )
 

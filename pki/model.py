@@ -123,9 +123,19 @@ def _quoted(text: str) -> str:
 
 
 def isoformat(value: dt.datetime | None) -> str | None:
+    """A certificate or CRL time as JSON shows it: RFC 3339, UTC, ``Z``, whole seconds (as
+    the certificate itself says)."""
     if value is None:
         return None
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def iso_event(value: dt.datetime | None) -> str | None:
+    """An event time (issued, revoked, requested, applied...): RFC 3339, UTC, ``Z``, with
+    microseconds, so events keep their order."""
+    if value is None:
+        return None
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(frozen=True)
@@ -182,8 +192,8 @@ class CertificateRecord:
             "issuer": self.issuer,
             "backend": self.backend,
             "sans": list(self.sans),
-            "created_at": isoformat(self.created_at),
-            "revoked_at": isoformat(self.revoked_at),
+            "created_at": iso_event(self.created_at),
+            "revoked_at": iso_event(self.revoked_at),
             "revocation_reason": (self.revocation_reason.value if self.revocation_reason else None),
         }
 

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import (
-    BotoCoreError,
     ClientError,
 )
 
 from pki import awsclient
+from pki.awsclient import AWS_FAILURES
 from pki.bundles import Target, TrustBundle
 from pki.clock import Clock
 from pki.errors import FleetPkiError, InvalidInput, NotFound, OperatorError, PublishError
@@ -58,6 +58,9 @@ def _aws_error(exc: Exception, doing: str) -> FleetPkiError:
     invalid = awsclient.invalid_parameters(exc, doing)
     if invalid is not None:
         return invalid
+    unparsable = awsclient.not_aws(exc, doing)
+    if unparsable is not None:
+        return PublishError(unparsable)
     if isinstance(exc, ClientError):
         code = _code(exc)
         message = str(exc.response.get("Error", {}).get("Message", "")).strip()
@@ -104,10 +107,12 @@ class Upload:
 def require_versioning(s3: Any, bucket: str) -> None:
     try:
         status = s3.get_bucket_versioning(Bucket=bucket).get("Status")
-    except (ClientError, BotoCoreError) as exc:
+    except AWS_FAILURES as exc:
         if _code(exc) in {"NoSuchBucket", "404"}:
             raise NotFound(f"S3 bucket {bucket!r} does not exist") from None
-        raise _aws_error(exc, f"reading the versioning of bucket {bucket}") from None
+        raise _aws_error(
+            exc, f"reading the versioning of bucket {bucket} (s3 GetBucketVersioning)"
+        ) from None
     if status != "Enabled":
         raise OperatorError(
             f"S3 bucket {bucket!r} does not have versioning enabled; endpoints pin object "
@@ -120,7 +125,7 @@ def current_object(s3: Any, where: S3Location) -> tuple[str, str | None] | None:
     """(VersionId, stored SHA-256) of the current object, or None when there is none."""
     try:
         head = s3.head_object(Bucket=where.bucket, Key=where.key)
-    except (ClientError, BotoCoreError) as exc:
+    except AWS_FAILURES as exc:
         if _code(exc) in {"404", "NoSuchKey", "NotFound"}:
             return None
         raise _aws_error(exc, f"reading {where.uri}") from None
@@ -153,8 +158,8 @@ def upload_if_changed(
             Metadata={SHA_METADATA: digest},
             ChecksumAlgorithm="SHA256",
         )
-    except (ClientError, BotoCoreError) as exc:
-        raise _aws_error(exc, f"uploading {where.uri}") from None
+    except AWS_FAILURES as exc:
+        raise _aws_error(exc, f"uploading {where.uri} (s3 PutObject)") from None
     version = response.get("VersionId")
     if not version or version == "null":
         raise PublishError(f"S3 returned no VersionId for {where.uri}; is versioning suspended?")
@@ -165,7 +170,7 @@ def read_version(s3: Any, where: S3Location, version_id: str) -> bytes:
     try:
         body = s3.get_object(Bucket=where.bucket, Key=where.key, VersionId=version_id)["Body"]
         return bytes(body.read())
-    except (ClientError, BotoCoreError) as exc:
+    except AWS_FAILURES as exc:
         if _code(exc) in {"NoSuchVersion", "NoSuchKey", "404"}:
             raise NotFound(f"{where.uri} has no version {version_id}") from None
         raise _aws_error(exc, f"reading {where.uri} version {version_id}") from None
@@ -217,10 +222,12 @@ class _ApiDomain(Endpoint):
     def _mtls(self) -> dict[str, Any]:
         try:
             found = self._get()
-        except (ClientError, BotoCoreError) as exc:
+        except AWS_FAILURES as exc:
             if _code(exc) == "NotFoundException":
                 raise NotFound(f"API Gateway custom domain {self.name!r} does not exist") from None
-            raise _aws_error(exc, f"reading custom domain {self.name}") from None
+            raise _aws_error(
+                exc, f"reading custom domain {self.name} (apigateway GetDomainName)"
+            ) from None
         mtls = found.get(self.MTLS)
         if not mtls or not mtls.get(self.URI):
             raise OperatorError(
@@ -237,8 +244,10 @@ class _ApiDomain(Endpoint):
     def _write(self, uri: str | None, version: str | None) -> None:
         try:
             self._update(uri, version)
-        except (ClientError, BotoCoreError) as exc:
-            raise _aws_error(exc, f"updating the truststore of {self.name}") from None
+        except AWS_FAILURES as exc:
+            raise _aws_error(
+                exc, f"updating the truststore of {self.name} (apigateway UpdateDomainName)"
+            ) from None
 
     def apply(self, where: S3Location, version_id: str) -> None:
         if self._previous is None:
@@ -312,10 +321,12 @@ class AlbTrustStore(Endpoint):
     def check(self) -> str | None:
         try:
             stores = self.client.describe_trust_stores(TrustStoreArns=[self.name])["TrustStores"]
-        except (ClientError, BotoCoreError) as exc:
+        except AWS_FAILURES as exc:
             if _code(exc) == "TrustStoreNotFound":
                 raise NotFound(f"ALB trust store {self.name} does not exist") from None
-            raise _aws_error(exc, f"reading trust store {self.name}") from None
+            raise _aws_error(
+                exc, f"reading trust store {self.name} (elbv2 DescribeTrustStores)"
+            ) from None
         if not stores:
             raise NotFound(f"ALB trust store {self.name} does not exist")
         return None
@@ -328,8 +339,10 @@ class AlbTrustStore(Endpoint):
                 CaCertificatesBundleS3Key=where.key,
                 CaCertificatesBundleS3ObjectVersion=version_id,
             )
-        except (ClientError, BotoCoreError) as exc:
-            raise _aws_error(exc, f"modifying trust store {self.name}") from None
+        except AWS_FAILURES as exc:
+            raise _aws_error(
+                exc, f"modifying trust store {self.name} (elbv2 ModifyTrustStore)"
+            ) from None
 
 
 def endpoint_for(
@@ -501,8 +514,11 @@ def publish_alb_crl(
         existing = elbv2.describe_trust_store_revocations(TrustStoreArn=trust_store_arn).get(
             "TrustStoreRevocations", []
         )
-    except (ClientError, BotoCoreError) as exc:
-        raise _aws_error(exc, f"listing the revocations of {trust_store_arn}") from None
+    except AWS_FAILURES as exc:
+        raise _aws_error(
+            exc,
+            f"listing the revocations of {trust_store_arn} (elbv2 DescribeTrustStoreRevocations)",
+        ) from None
     ours = {int(r["RevocationId"]) for r in existing} & set(previous_ids)
     others = [r for r in existing if int(r["RevocationId"]) not in ours]
     other_entries = sum(int(r.get("NumberOfRevokedEntries", 0)) for r in others)
@@ -534,8 +550,10 @@ def publish_alb_crl(
                 }
             ],
         )["TrustStoreRevocations"]
-    except (ClientError, BotoCoreError) as exc:
-        raise _aws_error(exc, f"adding the CRL to trust store {trust_store_arn}") from None
+    except AWS_FAILURES as exc:
+        raise _aws_error(
+            exc, f"adding the CRL to trust store {trust_store_arn} (elbv2 AddTrustStoreRevocations)"
+        ) from None
     if not added:
         raise PublishError(f"trust store {trust_store_arn} returned no revocation ID")
     if not remove_first and ours:
@@ -546,8 +564,10 @@ def publish_alb_crl(
 def _remove_revocations(elbv2: Any, arn: str, ids: Sequence[int]) -> None:
     try:
         elbv2.remove_trust_store_revocations(TrustStoreArn=arn, RevocationIds=list(ids))
-    except (ClientError, BotoCoreError) as exc:
-        raise _aws_error(exc, f"removing old revocation lists from {arn}") from None
+    except AWS_FAILURES as exc:
+        raise _aws_error(
+            exc, f"removing old revocation lists from {arn} (elbv2 RemoveTrustStoreRevocations)"
+        ) from None
 
 
 def publish_denylist(s3: Any, where: S3Location, body: bytes) -> Upload:
@@ -565,7 +585,7 @@ def s3_object_loader(uri: str, s3: Any | None = None) -> Callable[[], bytes]:
         client = s3 or make_client("s3")
         try:
             return bytes(client.get_object(Bucket=where.bucket, Key=where.key)["Body"].read())
-        except (ClientError, BotoCoreError) as exc:
+        except AWS_FAILURES as exc:
             raise _aws_error(exc, f"reading {where.uri}") from None
 
     return load

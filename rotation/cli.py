@@ -70,19 +70,24 @@ def rotation() -> None:
 def plan_command(horizon: str, limit: int | None, as_json: bool) -> None:
     """Certificates past their renewal time (two thirds of the lifetime, with a jitter
     derived from the serial), soonest expiry first."""
-    from pki.model import serial_hex
+    from pki.model import isoformat, serial_hex
+    from pki.text import escape_controls
     from rotation.planner import plan_inventory
 
     state = _state()
-    items = plan_inventory(state.inventory(), state.clock.now(), horizon=_duration(horizon))
+    inventory = state.inventory()
+    items = plan_inventory(inventory, state.clock.now(), horizon=_duration(horizon))
     shown = items[:limit] if limit else items
+    # a server certificate has no thing: its name is its common name (few are due at once)
+    names = {i.serial: i.thing or inventory.get(i.serial).common_name for i in shown}
     rows = [
         {
             "serial": serial_hex(i.serial),
+            "name": names[i.serial],
             "thing": i.thing,
             "profile": i.profile,
-            "renew_at": i.renew_at.isoformat(),
-            "not_after": i.not_after.isoformat(),
+            "renew_at": isoformat(i.renew_at),
+            "not_after": isoformat(i.not_after),
         }
         for i in shown
     ]
@@ -92,11 +97,21 @@ def plan_command(horizon: str, limit: int | None, as_json: bool) -> None:
     if not rows:
         click.echo("nothing is due")
         return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("serial", "name", "profile", "renew at", "not after"):
+        table.add_column(column, no_wrap=True)
     for i in shown:
-        click.echo(
-            f"{serial_hex(i.serial)}  {i.profile:<6}  {i.thing or '-':<32}  "
-            f"renew {i.renew_at:%Y-%m-%d %H:%M}  expires {i.not_after:%Y-%m-%d %H:%M}"
+        table.add_row(
+            serial_hex(i.serial),
+            escape_controls(names[i.serial]),
+            i.profile,
+            f"{i.renew_at:%Y-%m-%d %H:%M}",
+            f"{i.not_after:%Y-%m-%d %H:%M}",
         )
+    Console(width=200).print(table)
     click.echo(f"{len(items)} due" + (f" ({len(rows)} shown)" if len(rows) < len(items) else ""))
 
 
@@ -259,6 +274,8 @@ def rotate_command(
 
     if not things and match is None:
         raise InvalidInput("name the things to rotate, or give --match GLOB")
+    if things and match is not None:
+        raise InvalidInput("give THINGS or --match GLOB, not both")
     state = _state()
     settings = _settings(grace, answer_timeout)
     wait_seconds = _duration(timeout).total_seconds()
@@ -301,7 +318,9 @@ def rotate_command(
         if not wait:
             unsent = channel.close()
             if as_json:
-                print_json({"requested": [r.to_json() for r in requested], "unsent": unsent})
+                print_json(
+                    {"requested": [r.to_json("device") for r in requested], "unsent": unsent}
+                )
             return 1 if unsent else 0
         counts = wait_for(
             service,
@@ -374,14 +393,25 @@ def _progress_printer(total: int) -> Any:
     show_default=True,
     help="Prometheus metrics on http://HOST:PORT/metrics (0: off).",
 )
-@click.option("--metrics-host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics listener binds (loopback by default).",
+)
 @click.option(
     "--once",
     is_flag=True,
     help="One pass: re-sign the CRL if due, revoke superseded certificates, request what "
     "is due, wait for the devices (--timeout), then exit.",
 )
-@click.option("--timeout", default="10m", show_default=True, metavar="DURATION")
+@click.option(
+    "--timeout",
+    default="10m",
+    show_default=True,
+    metavar="DURATION",
+    help="With --once: how long to wait for the devices asked in this pass.",
+)
 def run_command(
     interval: str,
     horizon: str,
@@ -396,13 +426,12 @@ def run_command(
     are past their renewal time to rotate, works their CSRs and confirmations, revokes
     the replaced certificates after --grace, and re-signs the CRL well before its
     nextUpdate. Stops cleanly on SIGTERM or Ctrl-C."""
+    from pki import logs
     from pki.errors import InvalidInput
-    from rotation.daemon import Daemon, wait_for
+    from rotation.daemon import Daemon
     from rotation.planner import plan_inventory
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.for_daemon()
     state = _state()
     settings = _settings(grace, answer_timeout)
     every = _duration(interval).total_seconds()
@@ -428,23 +457,15 @@ def run_command(
                 ) from None
         channel.start()
         if once:
-            daemon.refresh_crl()
-            daemon.sweep()
-            items = plan()
-            before = service.request(items)
-            servers = service.rotate_servers(items)
-            counts = wait_for(
-                service,
-                [r.id for r in before],
-                timeout=_duration(timeout).total_seconds(),
-                until_completed=settings.grace == dt.timedelta(0),
-            )
-            print_json({"requested": len(before), "servers": len(servers), "states": counts})
-            unfinished = counts.get("requested", 0) + counts.get("issued", 0)
-            servers_failed = any(r.state.value == "failed" for r in servers)
-            return 1 if counts.get("failed") or unfinished or servers_failed else 0
+            return _run_once(service, daemon, plan, settings, _duration(timeout).total_seconds())
+        interrupted: list[int] = []
+
+        def stop(signum: int, _frame: Any) -> None:
+            interrupted.append(signum)
+            daemon.stop.set()
+
         for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_a: daemon.stop.set())
+            signal.signal(signum, stop)
         err(
             f"rotation daemon running (plan every {interval}, grace {grace}"
             + (
@@ -454,12 +475,57 @@ def run_command(
             )
         )
         daemon.run()
+        if signal.SIGINT in interrupted:  # Ctrl-C: stopped cleanly, as interrupted
+            err("fleetpki: interrupted")
+            return 130
         return 0
     finally:
         channel.close()
         from rotation import store
 
         store.release_lease(state.inventory().engine, "rotation-daemon", daemon.holder)
+
+
+def _run_once(
+    service: RotationService, daemon: Any, plan: Any, settings: RotationSettings, timeout: float
+) -> int:
+    """One pass for cron: re-sign the CRLs if due, revoke what is past its grace period,
+    ask what is due, replace due server certificates, then wait (at most ``timeout``) only
+    for the rotations this pass started. Exit 1 only when one of those failed or did not
+    finish; asking nothing is a success, said so."""
+    from rotation.daemon import wait_for
+
+    daemon.refresh_crl()
+    daemon.sweep()
+    items = plan()
+    requested = service.request(items)
+    servers = service.rotate_servers(items)
+    counts = wait_for(
+        service,
+        [r.id for r in requested],
+        timeout=timeout,
+        until_completed=settings.grace == dt.timedelta(0),
+    )
+    failed_servers = [r for r in servers if r.state.value == "failed"]
+    print_json(
+        {
+            "requested": len(requested),
+            "servers": len(servers),
+            "states": counts,
+            "failed_servers": [{"name": r.thing, "error": r.error} for r in failed_servers],
+        }
+    )
+    unfinished = counts.get("requested", 0) + counts.get("issued", 0)
+    if not requested and not servers:
+        err("nothing is due: no rotation requested")
+    elif counts.get("failed") or unfinished or failed_servers:
+        err(
+            f"{counts.get('failed', 0)} of {len(requested)} device rotations failed, "
+            f"{unfinished} unfinished, {len(failed_servers)} server rotations failed "
+            "(see 'fleetpki rotation status')"
+        )
+        return 1
+    return 0
 
 
 # ------------------------------------------------------------------------------ status
@@ -481,7 +547,7 @@ def status_command(as_json: bool) -> None:
     data = {
         "states": counts,
         "daemon": store.lease_holder(engine, LEASE, state.clock.now()),
-        "recent_failures": [r.to_json() for r in failed],
+        "recent_failures": [r.to_json(_profile(state, r)) for r in failed],
     }
     if as_json:
         print_json(data)
@@ -490,6 +556,16 @@ def status_command(as_json: bool) -> None:
     click.echo(f"daemon: {data['daemon'] or 'not running'}")
     for r in failed:
         click.echo(f"failed {r.thing} ({r.requested_at:%Y-%m-%d %H:%M}): {r.error}")
+
+
+def _profile(state: State, rotation: Rotation) -> str | None:
+    """``device`` or ``server``: the profile of the certificate the rotation replaces."""
+    from pki.errors import NotFound
+
+    try:
+        return state.inventory().get(int(rotation.old_serial, 16)).profile
+    except (NotFound, ValueError):
+        return None
 
 
 # ------------------------------------------------------------------------------ servers
@@ -514,8 +590,20 @@ def server_group() -> None:
 )
 @click.option("--dns", multiple=True, help="DNS name (repeatable; default: NAME itself).")
 @click.option("--ip", "ips", multiple=True, help="IP address (repeatable).")
-@click.option("--days", type=click.IntRange(1, 397), default=90, show_default=True)
-@click.option("--key-type", type=click.Choice(KEY_TYPES), default="ec-p256", show_default=True)
+@click.option(
+    "--days",
+    type=click.IntRange(1, 397),
+    default=90,
+    show_default=True,
+    help="Validity of each certificate (every replacement gets the same).",
+)
+@click.option(
+    "--key-type",
+    type=click.Choice(KEY_TYPES),
+    default="ec-p256",
+    show_default=True,
+    help="Key made on this host for each certificate.",
+)
 @click.option(
     "--reload-command",
     metavar="CMD",
@@ -526,6 +614,12 @@ def server_group() -> None:
     default="",
     help="A group that may read the key (0640; for a server that drops privileges, e.g. "
     "mosquitto).",
+)
+@click.option(
+    "--no-reload",
+    is_flag=True,
+    help="Do not run the reload command now (the server is not running yet); the daemon "
+    "runs it after each replacement.",
 )
 @click.option("--force", is_flag=True, help="Replace an existing target of that name.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -538,11 +632,16 @@ def server_add(
     key_type: str,
     reload_command: str | None,
     group: str,
+    no_reload: bool,
     force: bool,
     as_json: bool,
 ) -> None:
     """Issue a server certificate into --dir now and keep it current from then on (the
-    daemon replaces it past its renewal time, with the same names and lifetime)."""
+    daemon replaces it past its renewal time, with the same names and lifetime).
+
+    The reload command runs once now; when that fails (the server is not running yet)
+    the target stays added and this prints a warning, exit 0: 'add && start nginx'
+    works. --no-reload skips it."""
     import ipaddress
     import shlex
 
@@ -573,16 +672,19 @@ def server_add(
         reload_command=command,
         group=group,
     )
-    placed = servers.add(
+    placed, warning = servers.add(
         state.inventory().engine,
         state.issuer(),
         target,
         state.clock.now(),
         state.home.actor(),
         force=force,
+        reload_now=not no_reload,
     )
+    if warning:
+        err(f"fleetpki: warning: {name}: {warning}")
     if as_json:
-        print_json(placed.to_json())
+        print_json(placed.to_json() | {"warning": warning})
     else:
         click.echo(f"{name}: certificate {placed.serial} in {placed.current}")
 
@@ -648,13 +750,16 @@ def server_rotate(name: str, grace: str, as_json: bool) -> int:
         clock=state.clock,
         settings=settings,
     )
-    service.sweep()  # finish what is due first (a rotation whose grace period is over)
-    (done,) = service.rotate_servers([], names=[name])
-    if settings.grace == dt.timedelta(0) and done.state.value == "confirmed":
-        service.sweep()
+    from pki import logs
+
+    with logs.quiet("fleetpki.rotation"):  # this command reports its one outcome itself
+        service.sweep()  # finish what is due first (a rotation whose grace period is over)
+        (done,) = service.rotate_servers([], names=[name])
+        if settings.grace == dt.timedelta(0) and done.state.value == "confirmed":
+            service.sweep()
     rows = service.open_rotations([done.id])
     if as_json:
-        print_json(rows[0].to_json())
+        print_json(rows[0].to_json("server"))
     else:
         click.echo(f"{name}: {rows[0].state.value}, certificate {rows[0].new_serial}")
     if rows[0].state.value == "failed":

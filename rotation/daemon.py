@@ -167,6 +167,8 @@ def wait_for(
     certificates revoked), failed, or ``timeout`` s pass: work the devices' messages and
     sweep (``work``), or only watch while a running daemon does. Returns how many are in
     each state."""
+    if not ids:  # nothing was asked: nothing to wait for
+        return {s.value: 0 for s in store.State}
     done_states = {store.State.FAILED, store.State.COMPLETED}
     if not until_completed:
         done_states.add(store.State.CONFIRMED)

@@ -831,5 +831,8 @@ class RotationService:
                 self._reloaded(rotation, target)
 
     def open_rotations(self, ids: Sequence[str]) -> list[Rotation]:
+        """The rotations ``ids`` (none for no ids: never every rotation)."""
+        if not ids:
+            return []
         with store.transaction(self.inventory.engine) as conn:
             return store.select(conn, ids=ids)

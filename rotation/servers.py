@@ -34,7 +34,14 @@ from sqlalchemy.engine import Connection, Engine
 
 from pki.childenv import child_env
 from pki.delivery import CERT_FILE, CHAIN_FILE, FULLCHAIN_FILE, KEY_FILE, make_key_and_csr
-from pki.errors import AlreadyExists, BackendError, InvalidInput, NotFound, StorageError
+from pki.errors import (
+    AlreadyExists,
+    BackendError,
+    FleetPkiError,
+    InvalidInput,
+    NotFound,
+    StorageError,
+)
 from pki.files import atomic_write, check_writable_folder, ensure_dir, fsync_path
 from pki.issuance import Issuer
 from pki.model import IssuedCertificate, IssueRequest, KeyType
@@ -264,8 +271,11 @@ def add(
     actor: str,
     *,
     force: bool,
-) -> ServerTarget:
-    """Issue the first certificate into the folder and record the target."""
+    reload_now: bool = True,
+) -> tuple[ServerTarget, str | None]:
+    """Issue the first certificate into the folder and record the target; then, with
+    ``reload_now``, run the reload command. A failing first reload is a warning, returned
+    (the server may not run yet: the target stays added, its certificate in place)."""
     store.create(engine)
     check_reload_command(target.reload_command)
     exists = any(t.name == target.name for t in targets(engine))
@@ -299,8 +309,13 @@ def add(
                 updated_at=now,
             )
         )
-    reload(placed)
-    return placed
+    if not reload_now or not placed.reload_command:
+        return placed, None
+    try:
+        reload(placed)
+    except FleetPkiError as exc:
+        return placed, f"the first reload failed ({exc}); the certificate is in place"
+    return placed, None
 
 
 def record_serial(conn: Connection, name: str, serial: str, now: dt.datetime) -> None:

@@ -106,10 +106,18 @@ class Rotation:
             return None
         return self.confirmed_at + dt.timedelta(seconds=self.grace_seconds)
 
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {}
+    def to_json(self, profile: str | None = None) -> dict[str, Any]:
+        """The rotation as JSON: event times in RFC 3339 UTC with ``Z``; ``name`` is the
+        thing or server, ``thing`` only a device's (as in certificate records) once
+        ``profile`` says which (``device`` or ``server``)."""
+        from pki.model import iso_event
+
+        data: dict[str, Any] = {"id": self.id, "profile": profile, "name": self.thing}
         for key, value in self.__dict__.items():
-            data[key] = value.isoformat() if isinstance(value, dt.datetime) else value
+            if key in ("id", "thing"):
+                continue
+            data[key] = iso_event(value) if isinstance(value, dt.datetime) else value
+        data["thing"] = self.thing if profile == "device" else None
         data["state"] = self.state.value
         return data
 

@@ -168,3 +168,20 @@ def csr_with_version(pem: bytes, version: int) -> bytes:
     return b"\n".join(
         [b"-----BEGIN CERTIFICATE REQUEST-----", *lines, b"-----END CERTIFICATE REQUEST-----", b""]
     )
+
+
+def pkilint(path: Path) -> list[str]:
+    """ERROR and FATAL findings of pkilint's RFC 5280 certificate linter."""
+    import json
+    import sys
+
+    lint = Path(sys.executable).parent / "lint_pkix_cert"
+    result = subprocess.run(
+        [str(lint), "lint", "-s", "ERROR", "-f", "JSON", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout.startswith("{"), result.stderr
+    findings = json.loads(result.stdout)["results"]
+    return [f"{r['validator']}: {f['code']}" for r in findings for f in r["finding_descriptions"]]

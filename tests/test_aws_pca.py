@@ -44,7 +44,7 @@ def test_create_issue_revoke_end_to_end(
     pca_aws: str,  # noqa: F811
 ) -> None:
     init = cli.ok("ca", "init", "--backend", "aws-pca", "--create", "--json")
-    records = json.loads(init.out)
+    records = json.loads(init.out)["certificates"]
     assert [r["profile"] for r in records] == ["root-ca", "issuing-ca"]
     config = json.loads((home / "config.json").read_text())
     assert config["backend"] == "aws-pca" and config["ca_arn"].startswith("arn:aws:acm-pca:")

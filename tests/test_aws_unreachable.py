@@ -24,6 +24,7 @@ def test_publish_to_an_unreachable_endpoint(
     assert result.code == 1
     assert result.err.startswith(
         "fleetpki: error: reading trust store arn:aws:elasticloadbalancing:us-east-1:"
-        "123456789012:truststore/ts/0123456789abcdef failed: Could not connect to the endpoint URL"
+        "123456789012:truststore/ts/0123456789abcdef (elbv2 DescribeTrustStores) failed: "
+        "Could not connect to the endpoint URL"
     ), result.err
     assert "internal error" not in result.err and result.err.count("\n") == 1

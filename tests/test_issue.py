@@ -15,21 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tests.conftest import Cli
-from tests.helpers import load_cert, make_csr, openssl_csr
-
-LINT = Path(sys.executable).parent / "lint_pkix_cert"
-
-
-def pkilint(path: Path) -> list[str]:
-    """ERROR and FATAL findings of pkilint's RFC 5280 certificate linter."""
-    result = subprocess.run(
-        [str(LINT), "lint", "-s", "ERROR", "-f", "JSON", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    assert result.stdout.startswith("{"), result.stderr
-    findings = json.loads(result.stdout)["results"]
-    return [f"{r['validator']}: {f['code']}" for r in findings for f in r["finding_descriptions"]]
+from tests.helpers import load_cert, make_csr, openssl_csr, pkilint
 
 
 def openssl_verify(home: Path, cert: Path, purpose: str) -> subprocess.CompletedProcess[str]:

@@ -335,7 +335,8 @@ def test_refusals_write_nothing(
     badname = cli("bundle", "publish", "--target", "apigw", "--bucket", "Bad Bucket!", "--key", "k")
     assert badname.code == 2
     assert badname.err.startswith(
-        "fleetpki: error: reading the versioning of bucket Bad Bucket!: invalid parameter: "
+        "fleetpki: error: reading the versioning of bucket Bad Bucket! (s3 GetBucketVersioning): "
+        "invalid parameter: "
         'Invalid bucket name "Bad Bucket!"'
     )
     assert badname.err.count("\n") == 1

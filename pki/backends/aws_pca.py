@@ -22,7 +22,6 @@ from functools import cached_property
 from typing import Any, Protocol
 
 from botocore.exceptions import (
-    BotoCoreError,
     ClientError,
     WaiterError,
 )
@@ -179,6 +178,9 @@ def map_error(operation: str, exc: Exception, ca_arn: str) -> FleetPkiError:
     invalid = awsclient.invalid_parameters(exc, operation)
     if invalid is not None:
         return invalid
+    unparsable = awsclient.not_aws(exc, f"acm-pca: {operation}")
+    if unparsable is not None:
+        return BackendError(operation, BACKEND, unparsable)
     if not isinstance(exc, ClientError):
         return BackendError(operation, BACKEND, str(exc))
     code = _code(exc)
@@ -319,7 +321,7 @@ class AwsPrivateCA:
                     self.ticker.sleep(min(0.05 * 2**attempt, 5.0))
                     continue
                 raise map_error(operation, exc, self.arn) from None
-            except BotoCoreError as exc:
+            except awsclient.TRANSPORT_FAILURES as exc:
                 raise map_error(operation, exc, self.arn) from None
         raise BackendError(operation, BACKEND, "unreachable")  # pragma: no cover
 
@@ -389,7 +391,7 @@ class AwsPrivateCA:
             raise BackendError(
                 "issue", BACKEND, f"certificate {certificate_arn} not ready: {reason}"
             ) from None
-        except BotoCoreError as exc:  # the endpoint or the credentials, not the request
+        except awsclient.TRANSPORT_FAILURES as exc:  # the endpoint or the credentials
             raise map_error("issue", exc, self.arn) from None
         got = self.call(
             "GetCertificate",
@@ -473,8 +475,13 @@ def create_hierarchy(
     key_type: str,
     root_days: int,
     issuing_days: int,
+    created: list[str] | None = None,
 ) -> str:
-    """Create a root and a subordinate (path length 0) Private CA; return the subordinate."""
+    """Create a root and a subordinate (path length 0) Private CA; return the subordinate.
+
+    Every CA made is appended to ``created`` as soon as it exists, so that a caller can
+    take them down again (``discard_cas``) when anything after that fails."""
+    made = created if created is not None else []
     client = ca.client
     try:
         key_algorithm, signing = _KEY_ALGORITHMS[key_type]
@@ -497,6 +504,8 @@ def create_hierarchy(
             IdempotencyToken=hashlib.sha256(f"{kind}{cn}".encode()).hexdigest()[:32],
         )
         arn = str(response["CertificateAuthorityArn"])
+        if arn not in made:
+            made.append(arn)
         try:
             client.get_waiter("certificate_authority_csr_created").wait(
                 CertificateAuthorityArn=arn,
@@ -504,7 +513,7 @@ def create_hierarchy(
             )
         except WaiterError as exc:
             raise BackendError("create a CA", BACKEND, f"{arn} has no CSR: {exc}") from None
-        except BotoCoreError as exc:
+        except awsclient.TRANSPORT_FAILURES as exc:
             raise map_error("create a CA", exc, arn) from None
         return arn
 
@@ -549,3 +558,30 @@ def create_hierarchy(
         CertificateChain=root_pem.encode(),
     )
     return sub
+
+
+# A deleted Private CA can be restored for this many days (7-30), then it is gone.
+RESTORE_DAYS = 7
+
+
+def discard_cas(client: Any, arns: list[str]) -> list[str]:
+    """Take down Private CAs this run created (each is billed monthly): disable an ACTIVE
+    one, then delete it (restorable for ``RESTORE_DAYS`` days). Returns a line per CA
+    saying what happened; failures are said, never raised."""
+    lines = []
+    for arn in reversed(arns):  # the subordinate before its root
+        try:
+            status = client.describe_certificate_authority(CertificateAuthorityArn=arn)[
+                "CertificateAuthority"
+            ]["Status"]
+            if status == "ACTIVE":
+                client.update_certificate_authority(CertificateAuthorityArn=arn, Status="DISABLED")
+            if status != "DELETED":
+                client.delete_certificate_authority(
+                    CertificateAuthorityArn=arn, PermanentDeletionTimeInDays=RESTORE_DAYS
+                )
+            lines.append(f"deleted {arn} (restorable for {RESTORE_DAYS} days)")
+        except awsclient.AWS_FAILURES as exc:
+            lines.append(f"could not delete {arn}: {map_error('delete a CA', exc, arn)}; "
+                         "delete it by hand (it is billed)")  # fmt: skip
+    return lines
