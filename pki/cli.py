@@ -830,7 +830,12 @@ def revoke_cmd(state: State, serial: str, reason: str, no_crl: bool, as_json: bo
         )
     if done.crl is not None:
         plural = "entry" if done.crl.entries == 1 else "entries"
-        err(f"CRL #{done.crl.number} with {done.crl.entries} {plural} written to {done.crl_path}")
+        err(
+            f"CRL #{done.crl.number} with {done.crl.entries} {plural} written to {done.crl_path}"
+            f" (every CA's CRLs: {state.home.combined_crl_path})"
+        )
+    for warning in done.warnings:
+        err(f"fleetpki: warning: {warning}")
     if as_json:
         print_json(record.to_json(state.now()) | {"changed": result.changed})
         return
@@ -984,9 +989,12 @@ def _sign_crl(
         f"{summary['next_update']}{where}; all CRLs in {files.combined}"
     )
     if not result.written:
-        err(f"warning: a newer {which} CRL was published meanwhile; {files.pem(which)} keeps it")
+        err(
+            f"fleetpki: warning: a newer {which} CRL was published meanwhile; "
+            f"{files.pem(which)} keeps it"
+        )
     for warning in warnings:
-        err(f"warning: {warning}")
+        err(f"fleetpki: warning: {warning}")
 
 
 @cli.command("audit")
@@ -1036,7 +1044,10 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
     state = State(home_path=Path(".fleetpki"), clock=clock or SystemClock())
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        result = cli.main(args=args, prog_name="fleetpki", standalone_mode=False, obj=state)
+        # click's own main() would print an empty line on Ctrl-C before its Abort: the
+        # context is made and invoked here, so an interrupt reaches the handler below as is
+        with cli.make_context("fleetpki", args, obj=state) as ctx:
+            result = cli.invoke(ctx)
         return result if isinstance(result, int) else 0
     except FleetPkiError as exc:
         # one line, whatever a cause carried; text that came from outside is escaped

@@ -174,3 +174,84 @@ def test_serial_index_matches_linear_lookup(cli: Cli, issued: list[str], home: P
     candidates = [int(s, 16) for s in issued] + [12345]
     expected = [s for s in candidates if crl.get_revoked_certificate_by_serial_number(s)]
     assert check_serials(candidates, index) == expected == [int(s, 16) for s in issued[:2]]
+
+
+def test_root_crl_with_an_offline_root_key_and_its_own_passphrase(
+    cli: Cli, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The root signs its own CRL; its key may leave the home (a passphrase of its own),
+    then only 'crl --root --root-key FILE' needs it, and every command warns ahead of the
+    root CRL's nextUpdate instead of failing."""
+    monkeypatch.setenv("FLEETPKI_CA_PASSPHRASE", "issuing passphrase 1")
+    monkeypatch.setenv("FLEETPKI_ROOT_PASSPHRASE", "root passphrase 22")
+    clock = FixedClock(NOW)
+    cli.ok("ca", "init", clock=clock)
+    root = _crl(home / "crl" / "root.crl.pem")
+    root_cert = load_cert(home / "ca" / "root.pem")
+    assert root.issuer == root_cert.subject and crl_number(root) == 1
+    assert root.is_signature_valid(root_cert.public_key())  # type: ignore[arg-type]
+    assert root.next_update_utc == NOW + dt.timedelta(days=180)
+    combined = (home / "crl" / "combined.crl.pem").read_bytes()
+    assert (
+        combined
+        == (home / "crl" / "issuing.crl.pem").read_bytes()
+        + (home / "crl" / "root.crl.pem").read_bytes()
+    )
+    offline = tmp_path / "usb" / "root.key.pem"
+    offline.parent.mkdir()
+    (home / "ca" / "root.key.pem").rename(offline)
+    monkeypatch.delenv("FLEETPKI_ROOT_PASSPHRASE")
+    # day to day, nothing needs the root key
+    serial = json.loads(
+        cli.ok(
+            "issue",
+            "device",
+            "d-1",
+            "--generate-key",
+            "--out",
+            tmp_path / "d",
+            "--json",
+            clock=clock,
+        ).out
+    )["serial"]
+    assert "warning" not in cli.ok("revoke", serial, clock=clock).err
+    # 130 days on, the root CRL is due (two thirds of 180 days): a warning, not a failure
+    later = FixedClock(NOW + dt.timedelta(days=130))
+    result = cli.ok("crl", "--out", tmp_path / "i.crl", clock=later)
+    assert "fleetpki: warning: the root CA's CRL #1 reaches its nextUpdate in 50 days" in result.err
+    assert "re-sign it with 'fleetpki crl --root'" in result.err
+    shown = json.loads(cli.ok("ca", "show", "--json", clock=later).out)
+    assert [c["state"] for c in shown["crls"]] == ["fresh", "due"] and shown["warnings"]
+    refused = cli("crl", "--root", clock=later)
+    assert refused.code == 2 and "give its file with --root-key FILE" in refused.err
+    wrong = cli("crl", "--root", "--root-key", offline, clock=later)
+    assert wrong.code == 2 and "wrong passphrase (check FLEETPKI_ROOT_PASSPHRASE)" in wrong.err
+    monkeypatch.setenv("FLEETPKI_ROOT_PASSPHRASE", "root passphrase 22")
+    signed = json.loads(cli.ok("crl", "--root", "--root-key", offline, "--json", clock=later).out)
+    assert (signed["ca"], signed["number"]) == ("root", 2)
+    assert crl_number(_crl(home / "crl" / "root.crl.pem")) == 2
+    assert json.loads(cli.ok("ca", "show", "--json", clock=later).out)["warnings"] == []
+
+
+def test_a_published_crl_ahead_of_the_inventory_moves_the_number_past_it(
+    cli: Cli, home: Path, tmp_path: Path, issued: list[str]
+) -> None:
+    """An inventory restored from a backup is behind the CRL relying parties have: the
+    next CRL's number goes past the published one, never a second, different #N."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from pki.backends.local import LocalCA
+    from pki.crl import build_crl
+    from pki.home import Home
+
+    ca = LocalCA(home / "ca", Home(home).passphrase)
+    ahead = build_crl(
+        ca.issuing_certificate, ca._issuing_key, [], 41, NOW, NOW + dt.timedelta(days=7),
+        __import__("cryptography.hazmat.primitives.hashes", fromlist=["SHA256"]).SHA256(),
+    )  # fmt: skip
+    (home / "crl" / "issuing.crl.pem").write_bytes(ahead.public_bytes(Encoding.PEM))
+    result = cli.ok("crl", "--out", tmp_path / "next.crl")
+    assert "the published issuing CRL had number #41, ahead of the inventory" in result.err
+    assert crl_number(_crl(home / "crl" / "issuing.crl.pem")) == 42
+    audit = json.loads(cli.ok("audit", "--json").out)
+    assert audit[-1]["detail"]["resynced_from_published"] == 41

@@ -287,3 +287,131 @@ def test_a_device_name_cannot_take_a_service_identity(tmp_path: Path) -> None:
     assert code == 2
     assert "reserved-thing-name" in err
     assert not (tmp_path / "x").exists()
+
+
+# -- defects found trying fleetpki as a new user (the interop issue, §6) -----------------
+
+
+def _failed_rotation(stand: Stand, thing: str) -> None:
+    """An unrelated failed rotation in the inventory (a device that never answered)."""
+    import secrets
+
+    from pki.cli import State
+    from pki.clock import SystemClock
+    from rotation import store
+    from rotation.store import Rotation
+    from rotation.store import State as RotationState
+
+    now = dt.datetime.now(dt.UTC)
+    engine = State(stand.home, SystemClock()).inventory().engine
+    store.create(engine)
+    with store.transaction(engine) as conn:
+        store.insert(
+            conn,
+            [
+                Rotation(
+                    id=secrets.token_hex(16), thing=thing, old_serial="0a", new_serial=None,
+                    state=RotationState.FAILED, days=90, requested_at=now, updated_at=now,
+                    deadline=now, error="did not answer",
+                )
+            ],
+        )  # fmt: skip
+
+
+def test_run_once_with_nothing_due_succeeds_at_once_and_counts_only_its_own(
+    tmp_path: Path,
+) -> None:
+    """Under cron, 'rotation run --once' on a fleet with nothing due used to wait its whole
+    --timeout and exit 1, counting an unrelated failed rotation as its own."""
+    home = make_home(tmp_path, ["quiet-1"])
+    with running_stand(home, tmp_path) as stand:
+        _failed_rotation(stand, "someone-else")
+        # the subprocess deadline (120 s) is far below --timeout: a wait would fail it
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "fleetpki"), "--home", str(home), "rotation",
+             "run", "--once", "--timeout", "1h"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["requested"] == 0 and result["servers"] == 0
+    assert set(result["states"].values()) == {0}
+    assert "nothing is due: no rotation requested" in done.stderr
+
+
+def test_rotation_plan_names_servers_in_a_table_with_a_header(tmp_path: Path) -> None:
+    home = make_home(tmp_path, [])
+    clock = FixedClock(dt.datetime.now(dt.UTC) - dt.timedelta(days=6))
+    ok(home, "issue", "server", "api.example", "--generate-key", "--days", "7",
+       "--out", tmp_path / "api", clock=clock)  # fmt: skip
+    text = ok(home, "rotation", "plan")
+    header, row = text.splitlines()[:2]
+    assert header.split() == ["serial", "name", "profile", "renew", "at", "not", "after"]
+    assert "api.example" in row and "server" in row
+    (item,) = json.loads(ok(home, "rotation", "plan", "--json"))
+    assert (item["name"], item["thing"], item["profile"]) == ("api.example", None, "server")
+    assert item["renew_at"].endswith("Z") and item["not_after"].endswith("Z")
+
+
+def test_rotate_refuses_things_and_match_together(stand: Stand) -> None:
+    code, _out, err = fleetpki(stand.home, "rotation", "rotate", "rot-1", "--match", "rot-*")
+    assert (code, err) == (2, "fleetpki: error: give THINGS or --match GLOB, not both\n")
+
+
+def test_server_add_before_the_server_runs(tmp_path: Path) -> None:
+    """'rotation server add ... && start nginx': a first reload that fails (the server is
+    not running yet) is a warning, the target stays added; --no-reload skips it."""
+    home = make_home(tmp_path, [])
+    code, out, err = fleetpki(home, "rotation", "server", "add", "api.example", "--dir",
+                              tmp_path / "api", "--reload-command", "false", "--json")  # fmt: skip
+    assert code == 0, err
+    assert err.startswith("fleetpki: warning: api.example: the first reload failed")
+    assert err.count("\n") == 1
+    assert json.loads(out)["warning"].startswith("the first reload failed")
+    assert (tmp_path / "api" / "current" / "fullchain.pem").exists()
+    targets = json.loads(ok(home, "rotation", "server", "list", "--json"))
+    assert [t["name"] for t in targets] == ["api.example"]
+    marker = tmp_path / "reloaded"
+    code, _out, err = fleetpki(home, "rotation", "server", "add", "web.example", "--dir",
+                               tmp_path / "web", "--reload-command", f"touch {marker}",
+                               "--no-reload")  # fmt: skip
+    assert (code, err) == (0, "")
+    assert not marker.exists()
+
+
+def test_server_rotate_prints_its_failure_once(tmp_path: Path) -> None:
+    home = make_home(tmp_path, [])
+    ok(home, "rotation", "server", "add", "api.example", "--dir", tmp_path / "api",
+       "--reload-command", "false")  # fmt: skip
+    _failed_rotation_of_a_device(home)
+    code, out, err = fleetpki(home, "rotation", "server", "rotate", "api.example")
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("fleetpki: error: server backend failed")
+    assert "reload" in err and "unrelated-device" not in err + out
+
+
+def _failed_rotation_of_a_device(home: Path) -> None:
+    _failed_rotation(Stand(home, home.parent, {}), "unrelated-device")
+
+
+def test_ctrl_c_on_the_daemon_stops_it_as_interrupted(stand: Stand) -> None:
+    exe = Path(sys.executable).parent / "fleetpki"
+    daemon = subprocess.Popen(
+        [str(exe), "--home", str(stand.home), "rotation", "run", "--interval", "1h",
+         "--metrics-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert wait_for(
+            lambda: json.loads(ok(stand.home, "rotation", "status", "--json"))["daemon"], 30
+        )
+        daemon.send_signal(signal.SIGINT)
+        _out, err = daemon.communicate(timeout=30)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    assert daemon.returncode == 130
+    assert err.strip().endswith("fleetpki: interrupted")
+    # the daemon's log: timestamped lines of its own, none of APScheduler's job chatter
+    assert "apscheduler" not in err.lower() and 'Running job "' not in err
+    assert "Traceback" not in err
