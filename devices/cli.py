@@ -370,6 +370,7 @@ def fleet_simulate(
     """
     import contextlib
     import shutil
+    import tempfile
 
     from devices.simulator import SimConfig
 
@@ -380,8 +381,9 @@ def fleet_simulate(
         if explicit:
             state.home.config()  # the named home must hold a CA
         else:
-            state = _simulator_home(state)
-            cleanup.callback(shutil.rmtree, state.home_path, True)
+            folder = Path(tempfile.mkdtemp(prefix="fleetpki-sim-"))
+            cleanup.callback(shutil.rmtree, folder, True)  # registered before anything fails
+            state = _simulator_home(state, folder)
             err(
                 f"simulating in a home of its own: {state.home_path} (a new CA and "
                 "inventory, removed afterwards; 'fleetpki --home DIR fleet simulate' uses DIR)"
@@ -398,20 +400,16 @@ def fleet_simulate(
         return _simulate(state, config, as_json)
 
 
-def _simulator_home(state: State) -> State:
-    """A fresh home with a CA and an SQLite inventory of its own (never the operator's
-    FLEETPKI_DATABASE_URL), for one simulator run."""
+def _simulator_home(state: State, folder: Path) -> State:
+    """A fresh home in ``folder`` with a CA and an SQLite inventory of its own (never the
+    operator's FLEETPKI_DATABASE_URL), for one simulator run."""
     import dataclasses
-    import tempfile
 
     from pki.ca_setup import init_ca
 
-    folder = Path(tempfile.mkdtemp(prefix="fleetpki-sim-"))
     sim = dataclasses.replace(state, home_path=folder / "home", _inventory=None)
     sim.database = sim.home.sqlite_url
-    init_ca(
-        sim.home, sim.inventory(create=True), sim.clock, "ec-p256", "fleetpki-sim", 3650, 1825
-    )
+    init_ca(sim.home, sim.inventory(create=True), sim.clock, "ec-p256", "fleetpki-sim", 3650, 1825)
     return sim
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pki.errors import BackendError, FleetPkiError
 from pki.home import Home
-from pki.hooks import IssuanceEvent, RevocationEvent
+from pki.hooks import CrlEvent, IssuanceEvent, RevocationEvent
 
 
 def on_revoked(event: RevocationEvent) -> None:
@@ -64,3 +64,16 @@ def on_issued(event: IssuanceEvent) -> None:
     if state is None or not standins.alive(state):
         return
     standins.register_things(state, things)
+
+
+def on_crl(event: CrlEvent) -> None:
+    """Called whenever a CA's CRL is published in the home (``revoke``, ``crl``, the
+    daemon): the running stand-ins read the new CRLs at once (the broker on SIGHUP, the
+    HTTPS endpoint and the distribution points from their files)."""
+    from devices import standins
+
+    home = Home(event.home)
+    state = standins.load_state(home)
+    if state is None or not standins.alive(state):
+        return
+    standins.reload_crl(home, state)

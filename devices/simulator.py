@@ -426,7 +426,10 @@ def simulate(
         if not impostors_done and len(connected) == workers:
             impostors = run_impostors(state, stand, folder, valid[0] if valid else None)
             impostors_done = True
-        if victims and not revoked_at and time.time() >= revoke_at:
+        wave_busy = wave is not None and (wave.running or not wave.started)
+        # with a wave, only once it has finished (the impostors above can take longer than
+        # the time revoke_at leaves: the victims' new certificates must be in use first)
+        if victims and not revoked_at and not wave_busy and time.time() >= revoke_at:
             started = time.time()
             cut_seen_by = started + 3.0
             revoked_at.update(dict.fromkeys(victims, started))

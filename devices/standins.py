@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 from cryptography import x509
 
 from devices import broker_acl
-from pki.childenv import FAKETIME, child_env, without_faketime
+from pki.childenv import child_env, faketime_only, without_faketime
 from pki.clock import Clock
 from pki.errors import BackendError, OperatorError
 from pki.files import atomic_write, ensure_dir
@@ -358,7 +358,7 @@ def _spawn(
 def _standin_env() -> dict[str, str]:
     """The stand-ins outlive 'dev up': they get none of fleetpki's secrets (the CA
     passphrase, AWS credentials), only what running them needs."""
-    return child_env(keep=("PYTHONPATH", "VIRTUAL_ENV", "LD_LIBRARY_PATH", *FAKETIME))
+    return child_env(keep=("PYTHONPATH", "VIRTUAL_ENV", "LD_LIBRARY_PATH")) | faketime_only()
 
 
 # --------------------------------------------------------------------------- up / down
@@ -710,8 +710,8 @@ def _dynsec(state: DevState, *commands: dict[str, Any]) -> list[dict[str, Any]]:
     except (OSError, ValueError, RuntimeError, queue.Empty) as exc:
         raise BackendError(what, "mosquitto", type(exc).__name__) from None
     finally:
+        client.disconnect()  # first: the network thread then ends at once, not after 1 s
         client.loop_stop()
-        client.disconnect()
     return list(json.loads(payload).get("responses", []))
 
 
@@ -719,27 +719,41 @@ def cut_sessions(state: DevState, username: str) -> None:
     """Disconnect every live MQTT session of ``username`` (the thing name).
 
     The dynamic-security plugin kicks all clients of a username it deletes; the thing is
-    registered again at once (a certificate issued to it later may connect).
+    registered again at once (a certificate issued to it later may connect). A thing the
+    broker never registered is created first, so that the delete kicks it all the same.
     """
-    responses = _dynsec(
-        state,
-        *broker_acl.unregister_commands(username),
-        *broker_acl.register_commands(state.topic_prefix, [username]),
-    )
-    deleted = [r for r in responses if r.get("command") == "deleteClient"]
+    again = broker_acl.register_commands(state.topic_prefix, [username])
+    deleted = _dynsec(state, {"command": "deleteClient", "username": username}, again[-1])
+    if deleted and "not found" in str(deleted[0].get("error", "")).lower():
+        deleted = _dynsec(
+            state, *again, {"command": "deleteClient", "username": username}, again[-1]
+        )[2:]
     if not deleted or deleted[0].get("error"):
         detail = deleted[0]["error"] if deleted else "no answer to deleteClient"
         raise BackendError("cut the sessions of " + username, "mosquitto", str(detail))
 
 
 def register_things(state: DevState, things: Iterable[str]) -> None:
-    """Authorize ``things`` on the broker for their own topics (newly issued devices)."""
-    commands = broker_acl.register_commands(state.topic_prefix, things)
+    """Authorize ``things`` on the broker for their own topics (newly issued devices); the
+    ones it knows already (a rotated device) cost nothing."""
+    known = registered_things(state)
+    commands = broker_acl.register_commands(
+        state.topic_prefix, [t for t in things if t not in known]
+    )
     errors: list[str] = []
     for start in range(0, len(commands), DYNSEC_CHUNK):  # the plugin saves per command
         errors += broker_acl.failed(_dynsec(state, *commands[start : start + DYNSEC_CHUNK]))
     if errors:
         raise BackendError("authorize devices on the broker", "mosquitto", errors[0])
+
+
+def registered_things(state: DevState) -> set[str]:
+    """The usernames the broker's dynamic-security file knows (it saves on every change)."""
+    try:
+        data = json.loads((state.run / "dynsec.json").read_text())
+    except (OSError, ValueError):
+        return set()
+    return {str(c.get("username")) for c in data.get("clients", []) if isinstance(c, dict)}
 
 
 def active_things(state: Any, clock: Clock) -> list[str]:

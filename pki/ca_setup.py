@@ -108,6 +108,7 @@ def check_init(
         raise InvalidInput(f"unknown key type {key_type!r}") from None
     check_ca_options(common_name, root_days, issuing_days)
     home.init_passphrase()  # a passphrase too short, or two that differ
+    home.init_root_passphrase()  # the root's own, when set, likewise
     return kind
 
 
@@ -147,6 +148,7 @@ def init_ca(
     else:
         passphrase, generated = chosen, False
     created: list[str] = []  # what this call made, and only that is undone on failure
+    mark = inventory.audit_mark()
     try:
         ca = LocalCA.create(
             home.ca_dir,
@@ -176,6 +178,9 @@ def init_ca(
             sign_and_publish(home, inventory, ca, clock, home.actor(), which=which)
     except BaseException:
         if "ca" in created:
+            # the inventory was empty (check_free_for_init): what this call recorded goes
+            # too, so that running 'ca init' again works
+            inventory.forget_init(ca.chain(), mark)
             shutil.rmtree(home.ca_dir, ignore_errors=True)
             shutil.rmtree(home.crl_files.folder, ignore_errors=True)
             remove_quietly(home.config_path)

@@ -12,9 +12,6 @@ import os
 from collections.abc import Iterable, Mapping
 
 BASE = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
-# libfaketime (``scripts/test --shift``) reaches the stand-ins, so the broker and the
-# HTTPS endpoint see the same (shifted) time as the CA that signed their certificates
-FAKETIME = ("LD_PRELOAD", "FAKETIME", "FAKETIME_DONT_FAKE_MONOTONIC", "FAKETIME_DONT_RESET")
 
 
 def child_env(keep: Iterable[str] = (), environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -33,4 +30,18 @@ def without_faketime(environ: Mapping[str, str] | None = None) -> dict[str, str]
         env["LD_PRELOAD"] = ":".join(preload)
     else:
         env.pop("LD_PRELOAD", None)
+    return env
+
+
+def faketime_only(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """libfaketime's settings, when it is in use (``scripts/test --shift``): the stand-ins
+    then see the same shifted time as the CA that signed their certificates. Only the
+    libfaketime entries of ``LD_PRELOAD`` pass; nothing at all without ``FAKETIME``."""
+    source = os.environ if environ is None else environ
+    if "FAKETIME" not in source:
+        return {}
+    env = {k: v for k, v in source.items() if k.startswith("FAKETIME")}
+    preload = [p for p in source.get("LD_PRELOAD", "").split(":") if "faketime" in p]
+    if preload:
+        env["LD_PRELOAD"] = ":".join(preload)
     return env

@@ -77,18 +77,18 @@ class State:
                 from pki.hierarchy import bind
 
                 try:
-                    bind(home, inventory, self._home_issuing_certificate())
+                    bind(home, inventory, self._home_root_certificate())
                 except BaseException:
                     inventory.close()
                     raise
             self._inventory = inventory
         return self._inventory
 
-    def _home_issuing_certificate(self) -> x509.Certificate | None:
-        """The local CA's issuing certificate, read from the home (None for AWS)."""
+    def _home_root_certificate(self) -> x509.Certificate | None:
+        """The local CA's root certificate, read from the home (None for AWS)."""
         from cryptography import x509
 
-        path = self.home.ca_dir / "issuing.pem"
+        path = self.home.ca_dir / "root.pem"
         try:
             return x509.load_pem_x509_certificate(path.read_bytes())
         except (OSError, ValueError):
@@ -387,6 +387,10 @@ def _init_aws_pca(
 
         check_ca_options(common_name, root_days, issuing_days)  # before anything is billed
     client = make_client(region or (region_of_arn(ca_arn) if ca_arn else None))
+    if create:  # before anything is billed: an inventory of another hierarchy is refused
+        from pki.hierarchy import check_free_for_init
+
+        check_free_for_init(state.inventory(create=True), state.home.database_url, None)
     created: list[str] = []
     try:
         if create:
@@ -413,14 +417,12 @@ def _init_aws_pca(
 @ca.command("chain")
 @click.option(
     "--root",
-    "which",
-    flag_value="root",
+    is_flag=True,
     help="Only the root CA (what a trust store imports: keytool -importcert, a bundle).",
 )
 @click.option(
     "--issuing",
-    "which",
-    flag_value="issuing",
+    is_flag=True,
     help="Only the issuing CA (what follows a leaf certificate in a full chain).",
 )
 @click.option(
@@ -432,11 +434,15 @@ def _init_aws_pca(
     help="der: one certificate only (with --root or --issuing).",
 )
 @pass_state
-def ca_chain(state: State, which: str | None, fmt: str) -> None:
+def ca_chain(state: State, root: bool, issuing: bool, fmt: str) -> None:
     """Print the CA chain as PEM: issuing CA first, then the root (or one of them)."""
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from pki.errors import InvalidInput
+
+    if root and issuing:
+        raise InvalidInput("give --root or --issuing, not both (without either: the chain)")
+    which = "root" if root else "issuing" if issuing else None
 
     chain = state.ca().chain()
     certs = chain[-1:] if which == "root" else chain[:1] if which == "issuing" else chain
@@ -1072,6 +1078,13 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
     except click.ClickException as exc:
         err(f"fleetpki: error: {one_line(exc.format_message())}")
         return exc.exit_code
+    except BrokenPipeError:
+        # the reader went away (fleetpki ca chain | head): nothing more to say, to anyone
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except (click.Abort, KeyboardInterrupt):
         # click turns Ctrl-C into Abort (it also means end of input at a prompt, which no
         # fleetpki command shows): either way the operator stopped the command

@@ -124,9 +124,7 @@ class CrlHealth:
         )
 
 
-def crl_health(
-    ca: str, crl: x509.CertificateRevocationList | None, now: dt.datetime
-) -> CrlHealth:
+def crl_health(ca: str, crl: x509.CertificateRevocationList | None, now: dt.datetime) -> CrlHealth:
     if crl is None or crl.next_update_utc is None:
         return CrlHealth(ca, "missing")
     this_update, next_update = crl.last_update_utc, crl.next_update_utc

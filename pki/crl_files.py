@@ -86,9 +86,7 @@ class CrlFiles:
             self._write_combined()
 
     def _write_combined(self) -> None:
-        parts = [
-            crl.public_bytes(serialization.Encoding.PEM) for crl in self.current().values()
-        ]
+        parts = [crl.public_bytes(serialization.Encoding.PEM) for crl in self.current().values()]
         if parts:
             atomic_write(self.combined, b"".join(parts), 0o644)
 

@@ -115,9 +115,7 @@ def parse(data: bytes) -> CsrFacts:
 def load_csr(data: bytes) -> x509.CertificateSigningRequest:
     """Exactly one CSR: one PEM block with only white space around it, or DER alone."""
     if len(data) > MAX_CSR_BYTES:
-        raise InvalidInput(
-            f"CSR is {len(data)} bytes, over the {MAX_CSR_BYTES // 1024} KiB limit"
-        )
+        raise InvalidInput(f"CSR is {len(data)} bytes, over the {MAX_CSR_BYTES // 1024} KiB limit")
     if _PRIVATE_KEY_MARKER in data:
         raise InvalidInput(
             "input contains a PRIVATE KEY block; send only the CSR, never the device key"
@@ -128,20 +126,20 @@ def load_csr(data: bytes) -> x509.CertificateSigningRequest:
         der = data
     else:
         raise InvalidInput(
-            "input is not a PEM certificate request (no BEGIN CERTIFICATE REQUEST) "
-            "nor a DER one"
+            "input is not a PEM certificate request (no BEGIN CERTIFICATE REQUEST) nor a DER one"
         )
     try:
         return x509.load_der_x509_csr(der)
     except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion: not a ValueError
         if "ExtraData" in str(exc):
             raise InvalidInput(
-                "input holds more than one certificate request: data follows the request "
-                "(send the CSR alone, never the device key)"
+                "data follows the certificate request: send the CSR alone (never the device key)"
             ) from None
         raise InvalidInput(f"malformed CSR: {_first_line(exc)}") from None
 
 
+# what 'openssl req -text' writes before the PEM block (a readable dump of the request)
+_OPENSSL_TEXT = b"Certificate Request:"
 _PEM_BLOCK = re.compile(
     rb"-----BEGIN (NEW )?CERTIFICATE REQUEST-----(?P<body>[A-Za-z0-9+/=\s]*?)"
     rb"-----END (NEW )?CERTIFICATE REQUEST-----"
@@ -159,11 +157,15 @@ def _pem_body(data: bytes) -> bytes:
     match = _PEM_BLOCK.search(data)
     if match is None:
         raise InvalidInput("malformed CSR: the PEM block is not well formed")
-    outside = data[: match.start()] + data[match.end() :]
-    if outside.strip():
+    before, after = data[: match.start()].strip(), data[match.end() :].strip()
+    if after:
         raise InvalidInput(
-            "input holds more than the certificate request: only white space may surround "
-            "the PEM block (send the CSR alone, never the device key)"
+            "data follows the certificate request: send the CSR alone (never the device key)"
+        )
+    if before and not before.startswith(_OPENSSL_TEXT):
+        raise InvalidInput(
+            "data comes before the certificate request: send the CSR alone (only the "
+            "readable dump 'openssl req -text' writes may come first)"
         )
     try:
         return base64.b64decode(b"".join(match.group("body").split()), validate=True)

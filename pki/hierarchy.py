@@ -42,40 +42,54 @@ def check_free_for_init(inventory: Inventory, url: str, issuing: x509.Certificat
         )
 
 
-def bind(home: Home, inventory: Inventory, issuing: x509.Certificate | None) -> HomeConfig:
+def bind(home: Home, inventory: Inventory, root: x509.Certificate | None) -> HomeConfig:
     """Check that ``inventory`` is this home's, before any command uses it; returns the
-    home's configuration. A home made before hierarchy ids (no id in ``config.json``)
-    claims its inventory once, when that inventory records this home's issuing CA."""
+    home's configuration. ``root``: the home's root certificate (None for AWS).
+
+    An inventory without an id (made before hierarchy ids, or restored from a backup taken
+    before them) is claimed when every CA it ever recorded (its ``ca-init`` events) is this
+    home's: the same root, or for AWS the same Private CA. Two old homes that shared one
+    inventory are both refused: it holds two hierarchies and cannot be split here."""
     config = home.config()
     found = inventory.hierarchy()
+    if config.hierarchy_id is not None and found == config.hierarchy_id:
+        return config
     url = redact_url(home.database_url)
-    if config.hierarchy_id is not None:
-        if found == config.hierarchy_id:
-            return config
-        if found is None:
-            raise OperatorError(
-                f"the inventory at {url} does not belong to the CA in {home.path} (it holds no "
-                "CA hierarchy); point FLEETPKI_DATABASE_URL at this home's inventory, or "
-                "restore it from a backup"
-            )
+    if found is not None and config.hierarchy_id is not None:
         raise OperatorError(
             f"the inventory at {url} belongs to another CA hierarchy than the one in "
             f"{home.path}; point FLEETPKI_DATABASE_URL at this home's own inventory"
         )
-    # a home from before hierarchy ids: it may claim an inventory that recorded its CA
-    if issuing is None or not inventory.has_ca_fingerprint(_fingerprint(issuing)):
-        if found is None and not inventory.has_certificates():
-            raise OperatorError(
-                f"the inventory at {url} is empty: it is not the inventory of the CA in "
-                f"{home.path}; point FLEETPKI_DATABASE_URL at this home's inventory"
-            )
-        if issuing is not None or found is not None:
-            raise OperatorError(
-                f"the inventory at {url} belongs to another CA hierarchy than the one in "
-                f"{home.path}; point FLEETPKI_DATABASE_URL at this home's own inventory"
-            )
+    inits = inventory.ca_inits()
+    if not inits:
+        raise OperatorError(
+            f"the inventory at {url} holds no CA: it is not the inventory of the CA in "
+            f"{home.path}; point FLEETPKI_DATABASE_URL at this home's inventory, or "
+            "restore it from a backup"
+        )
+    if not _all_ours(config, inits, root):
+        raise OperatorError(
+            f"the inventory at {url} holds another CA hierarchy than the one in "
+            f"{home.path} (it recorded {len(inits)} CA set-ups); point "
+            "FLEETPKI_DATABASE_URL at this home's own inventory"
+        )
     with inventory.transaction() as conn:
-        claimed = inventory.claim_hierarchy(conn, found or new_hierarchy_id())
-    updated = dataclasses.replace(config, hierarchy_id=claimed)
-    home.write_config(updated)
-    return updated
+        claimed = inventory.claim_hierarchy(
+            conn, found or config.hierarchy_id or new_hierarchy_id()
+        )
+    if claimed != config.hierarchy_id:
+        config = dataclasses.replace(config, hierarchy_id=claimed)
+        home.write_config(config)
+    return config
+
+
+def _all_ours(
+    config: HomeConfig, inits: list[dict[str, object]], root: x509.Certificate | None
+) -> bool:
+    if config.backend == "aws-pca":
+        return all(init.get("ca_arn") == config.ca_arn for init in inits)
+    if root is None:
+        return False
+    own = format(root.serial_number, "x")
+    own = own if len(own) % 2 == 0 else "0" + own
+    return all(init.get("root_serial") == own for init in inits)

@@ -98,3 +98,32 @@ def issuance_notifier(home: Path) -> Callable[[tuple[CertificateRecord, ...]], l
         return warnings
 
     return notify
+
+
+CRL_HOOKS = "fleetpki.crl_hooks"
+
+
+@dataclass(frozen=True)
+class CrlEvent:
+    """Passed to every CRL hook once a CA's CRL is published in the home."""
+
+    home: Path
+    ca: str  # issuing | root
+    number: int
+
+
+CrlHook = Callable[[CrlEvent], None]
+
+
+def run_crl_hooks(event: CrlEvent) -> list[str]:
+    """Tell the CRL hooks (the running stand-ins reload it); what failed comes back as
+    warnings: the CRL is published whatever a hook does."""
+    from importlib.metadata import entry_points
+
+    warnings: list[str] = []
+    for ep in entry_points(group=CRL_HOOKS):
+        try:
+            ep.load()(event)
+        except Exception as exc:  # reported, never raised
+            warnings.append(f"CRL hook {ep.name}: {type(exc).__name__}: {exc}")
+    return warnings

@@ -404,6 +404,35 @@ class Inventory:
             conn.execute(sa.select(meta.c.value).where(meta.c.key == HIERARCHY_KEY)).scalar()
         )
 
+    def audit_mark(self) -> int:
+        """The id of the newest audit event (0 for none): what a failed ``ca init`` undoes
+        is what came after it."""
+        with self._reading() as conn:
+            return int(conn.execute(sa.select(sa.func.max(audit_events.c.id))).scalar() or 0)
+
+    def forget_init(self, chain: Sequence[Any], after_audit: int) -> None:
+        """Undo a ``ca init`` that failed half way on an inventory that was empty before it:
+        the CA rows of ``chain`` (certificates), their CRL numbers, the audit events after
+        ``after_audit`` and the hierarchy claim. Best effort: a failure here leaves the
+        original error to be reported."""
+        serials = [serial_hex(c.serial_number) for c in chain]
+        issuers = [c.subject.rfc4514_string() for c in chain]
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(certificates.delete().where(certificates.c.serial.in_(serials)))
+                conn.execute(crls.delete().where(crls.c.issuer.in_(issuers)))
+                conn.execute(audit_events.delete().where(audit_events.c.id > after_audit))
+                if conn.execute(sa.select(sa.func.count()).select_from(certificates)).scalar() == 0:
+                    conn.execute(meta.delete().where(meta.c.key == HIERARCHY_KEY))
+        except sa.exc.SQLAlchemyError:
+            pass
+
+    def ca_inits(self) -> list[dict[str, Any]]:
+        """The details of every ``ca-init`` event (root serial, backend, CA ARN...)."""
+        query = sa.select(audit_events.c.detail).where(audit_events.c.action == "ca-init")
+        with self._reading() as conn:
+            return [dict(json.loads(row)) for row in conn.execute(query).scalars()]
+
     def has_certificates(self) -> bool:
         with self._reading() as conn:
             return conn.execute(sa.select(certificates.c.id).limit(1)).first() is not None

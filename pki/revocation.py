@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,6 +19,8 @@ from pki.inventory import AuditEvent, Inventory
 from pki.model import CertificateRecord, RevocationReason, Status, isoformat
 from pki.policy import BACKDATE
 from pki.profiles import CA_PROFILES
+
+log = logging.getLogger("fleetpki.crl")
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,10 @@ def sign_and_publish(
     )
     if not files.write(which, result.crl):
         return replace(result, written=False)
+    from pki.hooks import CrlEvent, run_crl_hooks
+
+    for warning in run_crl_hooks(CrlEvent(home.path, which, result.number)):
+        log.warning("%s", warning)
     return result
 
 
@@ -223,7 +230,7 @@ def refresh_crls(
                 if not ca.root_key_available():
                     raise OperatorError("the root key is offline")
                 signed.append(sign_and_publish(home, inventory, ca, clock, actor, which="root"))
-            except OperatorError as exc:
+            except FleetPkiError as exc:  # the key offline or unusable: never fatal here
                 warnings.append(
                     f"{root.message(now)}; re-sign it with 'fleetpki crl --root' ({exc})"
                 )

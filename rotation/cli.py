@@ -407,10 +407,9 @@ def _progress_printer(total: int) -> Any:
 )
 @click.option(
     "--timeout",
-    default="10m",
-    show_default=True,
+    default=None,
     metavar="DURATION",
-    help="With --once: how long to wait for the devices asked in this pass.",
+    help="With --once: how long to wait for the devices asked in this pass (default 10m).",
 )
 def run_command(
     interval: str,
@@ -420,7 +419,7 @@ def run_command(
     metrics_port: int,
     metrics_host: str,
     once: bool,
-    timeout: str,
+    timeout: str | None,
 ) -> int:
     """The rotation daemon: plans every --interval, asks the devices whose certificates
     are past their renewal time to rotate, works their CSRs and confirmations, revokes
@@ -437,6 +436,9 @@ def run_command(
     every = _duration(interval).total_seconds()
     if every < 1:
         raise InvalidInput("--interval must be at least 1s")
+    if timeout is not None and not once:
+        raise InvalidInput("--timeout goes with --once (the daemon runs until stopped)")
+    wait_seconds = _duration(timeout or "10m").total_seconds()
     ahead = _duration(horizon)
     service, channel = _service(settings)
 
@@ -457,7 +459,7 @@ def run_command(
                 ) from None
         channel.start()
         if once:
-            return _run_once(service, daemon, plan, settings, _duration(timeout).total_seconds())
+            return _run_once(service, daemon, plan, settings, wait_seconds)
         interrupted: list[int] = []
 
         def stop(signum: int, _frame: Any) -> None:

@@ -684,9 +684,7 @@ class RotationService:
         from pki.revocation import refresh_crls
 
         with self._lock:
-            done = refresh_crls(
-                self.home, self.inventory, self.issuer.ca, self.clock, self.actor
-            )
+            done = refresh_crls(self.home, self.inventory, self.issuer.ca, self.clock, self.actor)
             for warning in done.warnings:
                 log.warning("%s", warning)
             now = self.clock.now()

@@ -255,3 +255,19 @@ def test_a_published_crl_ahead_of_the_inventory_moves_the_number_past_it(
     assert crl_number(_crl(home / "crl" / "issuing.crl.pem")) == 42
     audit = json.loads(cli.ok("audit", "--json").out)
     assert audit[-1]["detail"]["resynced_from_published"] == 41
+
+
+def test_an_unusable_root_key_is_a_warning_not_a_failed_revocation(
+    cli: Cli, home: Path, tmp_path: Path
+) -> None:
+    cli.ok("ca", "init", clock=FixedClock(NOW))
+    (home / "ca" / "root.key.pem").write_text("not a key\n")
+    later = FixedClock(NOW + dt.timedelta(days=130))  # the root's CRL is due
+    serial = json.loads(
+        cli.ok("issue", "device", "d-1", "--generate-key", "--out", tmp_path / "d", "--json",
+               clock=later).out
+    )["serial"]  # fmt: skip
+    result = cli.ok("revoke", serial, clock=later)
+    assert "fleetpki: warning: the root CA's CRL #1 reaches its nextUpdate" in result.err
+    assert "corrupt" in result.err
+    assert json.loads(cli.ok("show", serial, "--json", clock=later).out)["status"] == "revoked"

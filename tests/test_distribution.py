@@ -59,6 +59,9 @@ def test_certificates_name_their_crl_and_issuer_and_dev_up_serves_them(tmp_path:
         # a relying party that downloads the CRLs the chain names
         assert _verify_downloading(home, tmp_path / "d-1", tmp_path).returncode == 0
         serial = format(leaf.serial_number, "x")
+        ok(home, "crl", "--out", tmp_path / "c.pem")  # handed to the running stand-ins too
+        with urllib.request.urlopen(f"{base}/crl/issuing.crl", timeout=10) as answer:
+            assert answer.read() == (home / "crl" / "issuing.crl").read_bytes()
         ok(home, "revoke", serial)  # the stand-ins serve the new CRL at once
         refused = _verify_downloading(home, tmp_path / "d-1", tmp_path)
         assert refused.returncode != 0 and "certificate revoked" in refused.stdout + refused.stderr

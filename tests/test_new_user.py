@@ -116,7 +116,7 @@ def test_the_simulator_uses_a_home_of_its_own(cli: Cli, home: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     match = re.search(r"simulating in a home of its own: (\S+) ", result.stderr)
-    assert match and not Path(match.group(1)).exists()  # removed afterwards
+    assert match and not Path(match.group(1)).parent.exists()  # removed afterwards, all of it
     assert json.loads(result.stdout)["devices"] == 3
     assert cli.ok("audit", "--json", "--limit", "1000").out == before
     assert json.loads(cli.ok("list", "--json").out) == []
@@ -316,3 +316,131 @@ def test_show_refuses_json_and_pem_together(cli: Cli, ca_home: Path, tmp_path: P
 def test_readme_timings_mention_the_first_install() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert "first run" in readme and "install" in readme
+
+
+# -- the review's findings on the above ---------------------------------------------------------
+
+
+def test_a_failed_ca_init_can_be_run_again(cli: Cli, home: Path) -> None:
+    home.mkdir()
+    (home / "crl").write_text("in the way")  # the CRL folder cannot be made
+    failed = cli("ca", "init")
+    assert failed.code == 2 and "crl" in failed.err
+    assert not (home / "config.json").exists() and not (home / "ca").exists()
+    (home / "crl").unlink()
+    cli.ok("ca", "init")  # the inventory was left as it was: empty
+    assert len(json.loads(cli.ok("ca", "show", "--json").out)["certificates"]) == 2
+
+
+def test_old_homes_that_shared_an_inventory_are_refused(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two homes from before hierarchy ids on one database: neither may claim it."""
+    from pki.inventory import HIERARCHY_KEY, AuditEvent, Inventory, meta
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    cli.ok("--home", a, "ca", "init")
+    cli.ok("--home", b, "ca", "init")
+    shared = Inventory.open(f"sqlite:///{a / 'inventory.db'}")
+    other = Inventory.open(f"sqlite:///{b / 'inventory.db'}")
+    (b_init,) = [e for e in other.audit_log(100) if e.action == "ca-init"]
+    with shared.transaction() as conn:  # what the old code let B write into A's inventory
+        shared.audit(
+            conn, [AuditEvent(b_init.at, "cli:b", "ca-init", b_init.serial, b_init.detail)]
+        )
+        conn.execute(meta.delete().where(meta.c.key == HIERARCHY_KEY))
+    shared.close()
+    other.close()
+    monkeypatch.setenv("FLEETPKI_DATABASE_URL", f"sqlite:///{a / 'inventory.db'}")
+    for home in (a, b):
+        config = json.loads((home / "config.json").read_text())
+        del config["hierarchy_id"]
+        (home / "config.json").write_text(json.dumps(config))
+        result = cli("--home", home, "list")
+        assert result.code == 2 and "holds another CA hierarchy" in result.err
+        assert "hierarchy_id" not in json.loads((home / "config.json").read_text())
+
+
+def test_an_inventory_restored_from_before_hierarchy_ids_is_claimed_again(
+    cli: Cli, home: Path
+) -> None:
+    from pki.inventory import HIERARCHY_KEY, Inventory, meta
+
+    cli.ok("ca", "init")
+    wanted = json.loads((home / "config.json").read_text())["hierarchy_id"]
+    inventory = Inventory.open(f"sqlite:///{home / 'inventory.db'}")
+    with inventory.transaction() as conn:
+        conn.execute(meta.delete().where(meta.c.key == HIERARCHY_KEY))
+    cli.ok("list")
+    assert inventory.hierarchy() == wanted
+    inventory.close()
+
+
+def test_a_csr_with_openssls_readable_dump_first_is_accepted(
+    cli: Cli, ca_home: Path, tmp_path: Path
+) -> None:
+    csr = tmp_path / "d.csr"
+    subprocess.run(
+        ["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(tmp_path / "k.pem"), "-subj", "/CN=dump-1", "-text",
+         "-out", str(csr)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert csr.read_text().startswith("Certificate Request:")
+    cli.ok("issue", "device", "dump-1", "--csr", csr, "--out", tmp_path / "o")
+    trailing = tmp_path / "t.csr"
+    trailing.write_bytes(csr.read_bytes() + b"MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n")
+    refused = cli("issue", "device", "dump-1", "--csr", trailing, "--out", tmp_path / "o2")
+    assert refused.code == 2 and "data follows the certificate request" in refused.err
+
+
+def test_create_refuses_an_inventory_of_another_hierarchy_before_creating_a_ca(
+    cli: Cli, tmp_path: Path, aws: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = f"sqlite:///{tmp_path / 'shared.db'}"
+    monkeypatch.setenv("FLEETPKI_DATABASE_URL", shared)
+    cli.ok("--home", tmp_path / "local", "ca", "init")
+    result = cli("--home", tmp_path / "pca", "ca", "init", "--backend", "aws-pca", "--create")
+    assert result.code == 2 and "already holds another CA hierarchy" in result.err
+    assert boto3.client("acm-pca").list_certificate_authorities()["CertificateAuthorities"] == []
+
+
+def test_a_closed_pipe_is_not_an_internal_error(tmp_path: Path) -> None:
+    env = dict(os.environ, FLEETPKI_HOME=str(tmp_path / "home"))
+    subprocess.run([FLEETPKI, "ca", "init"], env=env, check=True, capture_output=True, timeout=60)
+    done = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {FLEETPKI} ca chain | true"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "internal error" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_ca_chain_refuses_root_and_issuing_together(cli: Cli, ca_home: Path) -> None:
+    result = cli("ca", "chain", "--root", "--issuing")
+    assert (result.code, result.out) == (2, "")
+    assert "give --root or --issuing, not both" in result.err
+
+
+def test_run_refuses_timeout_without_once(cli: Cli, ca_home: Path) -> None:
+    result = cli("rotation", "run", "--timeout", "1m", "--metrics-port", "0")
+    assert (result.code, result.err) == (
+        2,
+        "fleetpki: error: --timeout goes with --once (the daemon runs until stopped)\n",
+    )
+
+
+def test_stand_ins_get_libfaketime_and_nothing_else_of_ld_preload() -> None:
+    from pki.childenv import faketime_only
+
+    assert faketime_only({"LD_PRELOAD": "/lib/evil.so"}) == {}
+    shifted = {
+        "FAKETIME": "+365d",
+        "FAKETIME_DONT_RESET": "1",
+        "LD_PRELOAD": "/lib/evil.so:/usr/lib/x/faketime/libfaketime.so.1",
+        "FLEETPKI_CA_PASSPHRASE": "secret",
+    }
+    assert faketime_only(shifted) == {
+        "FAKETIME": "+365d",
+        "FAKETIME_DONT_RESET": "1",
+        "LD_PRELOAD": "/usr/lib/x/faketime/libfaketime.so.1",
+    }

@@ -361,7 +361,12 @@ class LocalCA:
                 f"the root CA key is not at {self._root_key_path} (kept offline?); "
                 "give its file with --root-key FILE"
             )
-        key = self._load_key_file(self._root_key_path, self._root_passphrase, "root")
+        try:
+            key = self._load_key_file(self._root_key_path, self._root_passphrase, "root")
+        except (StorageError, NotFound) as exc:
+            if self._root_key_path == self._dir / ROOT_KEY:
+                raise
+            raise InvalidInput(f"--root-key: {exc}") from None  # the operator's file
         if key.public_key() != self.root_certificate.public_key():
             raise InvalidInput(
                 f"{self._root_key_path} is not the key of the root CA {self._dir / ROOT_CERT}"
@@ -402,7 +407,7 @@ class LocalCA:
         except OSError as exc:
             raise StorageError(f"cannot read CA key {path}: {exc.strerror}") from None
         except InvalidInput as exc:
-            raise StorageError(f"CA key {path} is unusable: {exc}") from None
+            raise StorageError(str(exc)) from None
         if b"-----BEGIN ENCRYPTED PRIVATE KEY-----" not in data:
             raise StorageError(f"CA key {path} is corrupt (no encrypted PEM private key)")
         try:
@@ -411,8 +416,7 @@ class LocalCA:
             if "password" in str(exc).lower() or "decrypt" in str(exc).lower():
                 variable = f"FLEETPKI_{'ROOT' if which == 'root' else 'CA'}_PASSPHRASE"
                 raise WrongPassphrase(
-                    f"cannot decrypt the CA key {path.name}: wrong passphrase "
-                    f"(check {variable})"
+                    f"cannot decrypt the CA key {path.name}: wrong passphrase (check {variable})"
                 ) from None
             raise StorageError(f"CA key {path} is corrupt: {str(exc).splitlines()[0]}") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
