@@ -684,34 +684,43 @@ def reload_crl(home: Home, state: DevState) -> None:
 
 def _dynsec(state: DevState, *commands: dict[str, Any]) -> list[dict[str, Any]]:
     """Send dynamic-security commands over MQTT on the admin listener, as the admin user:
-    the password never appears on a command line or in an error. Returns the responses."""
-    import queue
-    import threading
+    the password never appears on a command line or in an error. Returns the responses.
 
+    The client's network loop runs here, without a thread (paho's loop_stop races with a
+    network thread that ends by itself), each step with a deadline."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    answers: queue.Queue[bytes] = queue.Queue()
-    subscribed = threading.Event()
+    answers: list[bytes] = []
+    subscribed: list[bool] = []
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fleetpki-{os.getpid()}")
     client.username_pw_set(ADMIN_USER, state.admin_password)
-    client.on_message = lambda _c, _u, message: answers.put(bytes(message.payload))
-    client.on_subscribe = lambda *_args: subscribed.set()
+    client.on_message = lambda _c, _u, message: answers.append(bytes(message.payload))
+    client.on_subscribe = lambda *_args: subscribed.append(True)
     what = f"run dynsec {commands[0]['command']}"
+
+    def until(done: Callable[[], bool], seconds: float, missing: str) -> None:
+        deadline = time.monotonic() + seconds
+        while not done():
+            if time.monotonic() > deadline:
+                raise TimeoutError(missing)
+            if client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+                raise ConnectionError(missing)
+
     try:
         client.connect(HOST, state.admin_port, keepalive=30)
-        client.loop_start()
         client.subscribe("$CONTROL/dynamic-security/v1/response", qos=1)
-        if not subscribed.wait(10):
-            raise TimeoutError("no SUBACK")
+        until(lambda: bool(subscribed), 10, "no SUBACK")
         body = json.dumps({"commands": list(commands)})
-        client.publish("$CONTROL/dynamic-security/v1", body, qos=1).wait_for_publish(10)
-        payload = answers.get(timeout=60)
-    except (OSError, ValueError, RuntimeError, queue.Empty) as exc:
+        client.publish("$CONTROL/dynamic-security/v1", body, qos=1)
+        until(lambda: bool(answers), 60, "no answer")
+        payload = answers[0]
+    except (OSError, ValueError, RuntimeError) as exc:
         raise BackendError(what, "mosquitto", type(exc).__name__) from None
     finally:
-        client.disconnect()  # first: the network thread then ends at once, not after 1 s
-        client.loop_stop()
+        client.disconnect()
+        with contextlib.suppress(Exception):
+            client.loop(timeout=0.05)  # the DISCONNECT goes out
     return list(json.loads(payload).get("responses", []))
 
 

@@ -70,9 +70,11 @@ faketime_offset() {
     esac
 }
 
+# the thread-safe variant: the tests' processes run threads (paho, moto, the daemon)
 faketime_library() {
     local lib
-    for lib in /usr/lib/*/faketime/libfaketime.so.1 /usr/lib/faketime/libfaketime.so.1; do
+    for lib in /usr/lib/*/faketime/libfaketimeMT.so.1 /usr/lib/faketime/libfaketimeMT.so.1 \
+               /usr/lib/*/faketime/libfaketime.so.1 /usr/lib/faketime/libfaketime.so.1; do
         [ -e "$lib" ] && { echo "$lib"; return 0; }
     done
     log "libfaketime is missing (Debian package faketime)"

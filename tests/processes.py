@@ -111,6 +111,7 @@ def _offset_seconds(value: str) -> int:
 
 
 def _libfaketime() -> str:
-    for candidate in sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1")):
-        return str(candidate)
+    for pattern in ("*/faketime/libfaketimeMT.so.1", "*/faketime/libfaketime.so.1"):
+        for candidate in sorted(Path("/usr/lib").glob(pattern)):
+            return str(candidate)
     raise FileNotFoundError("libfaketime is not installed (Debian package faketime)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -123,12 +124,11 @@ def _subscribe(stand: Stand, device: Path, topic: str, protocol: int) -> list[in
     client.on_connect = lambda c, *_a: c.subscribe(topic, qos=1)
     client.on_subscribe = subscribed
     client.connect("127.0.0.1", stand.mqtt_port)
-    client.loop_start()
-    try:
-        assert done.wait(20), "no SUBACK"
-    finally:
-        client.loop_stop()
-        client.disconnect()
+    deadline = time.monotonic() + 20  # the loop runs here: no thread to race with
+    while not done.is_set() and time.monotonic() < deadline:
+        client.loop(timeout=0.05)
+    client.disconnect()
+    assert done.is_set(), "no SUBACK"
     return granted
 
 
