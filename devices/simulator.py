@@ -466,7 +466,7 @@ def simulate(
     if wave is not None:
         rotated = [s for s in stats if s.get("rotated_serial") and s["name"] not in victims]
         rotation = wave.summary(stats, _old_certificates_refused(folder, stand, rotated[:5]))
-    access = [e for i, e in enumerate(standins.read_access_log(stand)) if i >= access_before]
+    access = _settled_access_log(stand, access_before)
     wall = time.monotonic() - t_start
     return Summary(
         _summarise(
@@ -510,6 +510,22 @@ def _old_certificates_refused(
             {"thing": s["name"], "mqtt": try_mqtt(old, stand), "https": try_https(old, stand)}
         )
     return tried
+
+
+def _settled_access_log(stand: Any, skip: int, quiet: float = 0.3) -> list[dict[str, Any]]:
+    """The access log's entries after the first ``skip``, once it has stopped growing: a
+    client sees a refused handshake a moment before the endpoint writes its line."""
+    from devices import standins
+
+    deadline = time.monotonic() + 5.0
+    entries = list(standins.read_access_log(stand))
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        again = list(standins.read_access_log(stand))
+        if len(again) == len(entries):
+            break
+        entries = again
+    return entries[skip:]
 
 
 class RotationWave:
