@@ -190,9 +190,9 @@ def bench_aws(sizes: dict[str, int], work: Path) -> list[Figure]:
     from pki.clock import SystemClock
     from pki.errors import FleetPkiError
     from pki.home import Home
-    from pki.inventory import Inventory
     from pki.issuance import Issuer
     from pki.model import IssueRequest
+    from pki.storage import Inventory
 
     count = sizes.get("aws", 250)
     quota = QUOTA
@@ -215,7 +215,7 @@ def bench_aws(sizes: dict[str, int], work: Path) -> list[Figure]:
         maker = AwsPrivateCA("arn:aws:acm-pca:::certificate-authority/creating", client,
                              clock=clock)  # fmt: skip
         arn = create_hierarchy(maker, "bench", "ec-p256", 3650, 1825)
-        inventory = Inventory.open(f"sqlite:///{work / 'aws-inventory.db'}")
+        inventory = Inventory.create(f"sqlite:///{work / 'aws-inventory.db'}")
         try:
             ca = AwsPrivateCA(arn, client, clock=clock, ledger=inventory,
                               limits=RateLimits(issue=quota))  # fmt: skip

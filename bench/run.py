@@ -35,9 +35,9 @@ from pki.backends import RevokedEntry  # noqa: E402
 from pki.backends.local import LocalCA  # noqa: E402
 from pki.clock import SystemClock  # noqa: E402
 from pki.crl import build_crl, check_serials, revoked_serials  # noqa: E402
-from pki.inventory import Inventory, NewCertificate  # noqa: E402
 from pki.issuance import Issuer  # noqa: E402
 from pki.model import CertificateRecord, IssueRequest, KeyType, RevocationReason, Status  # noqa: E402
+from pki.storage import Inventory, NewCertificate  # noqa: E402
 
 PEM = serialization.Encoding.PEM
 PG_URL = os.environ.get("FLEETPKI_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -168,7 +168,7 @@ class FleetpkiRunner:
     """fleetpki's batch path on one inventory, timed chunk by chunk."""
 
     def __init__(self, ca: LocalCA, db_url: str, workers: int) -> None:
-        self.inventory = Inventory.open(db_url)
+        self.inventory = Inventory.create(db_url)
         self.issuer = Issuer(ca, self.inventory, SystemClock())
         self.workers = workers
 
@@ -227,7 +227,7 @@ def _sign_loop(n: int) -> float:
 
 
 def fleetpki_rate(csrs: list[tuple[str, bytes]], ca: LocalCA, db_url: str, workers: int) -> float:
-    inventory = Inventory.open(db_url)
+    inventory = Inventory.create(db_url)
     try:
         issuer = Issuer(ca, inventory, SystemClock())
         requests = [IssueRequest("device", name, pem, actor="bench") for name, pem in csrs]
@@ -634,7 +634,7 @@ def bench_inventory(sizes: dict[str, int], work: Path) -> list[Figure]:
 
     rows = sizes["rows"]
     path = work / "scale.db"
-    inventory = Inventory.open(f"sqlite:///{path}")
+    inventory = Inventory.create(f"sqlite:///{path}")
     now = dt.datetime.now(dt.UTC)
     try:
         log(f"inventory: inserting {rows} rows in 1,000-row transactions")

@@ -70,9 +70,9 @@ def run_impostors(state: Any, stand: Any, folder: Path, victim: str | None) -> l
     from pki.backends.local import LocalCA
     from pki.clock import FixedClock
     from pki.delivery import OutputFolder, make_key_and_csr
-    from pki.inventory import Inventory
     from pki.issuance import Issuer
     from pki.model import IssueRequest, KeyType
+    from pki.storage import Inventory
 
     base = folder / "impostors"
     base.mkdir(exist_ok=True)
@@ -89,7 +89,7 @@ def run_impostors(state: Any, stand: Any, folder: Path, victim: str | None) -> l
         passphrase=secrets.token_bytes(32),
         now=state.clock.now(),
     )
-    scratch = Inventory.open("sqlite://")  # in memory: the foreign CA has no inventory
+    scratch = Inventory.create("sqlite://")  # in memory: the foreign CA has no inventory
     try:
         key_pem, csr_pem = make_key_and_csr(KeyType.EC_P256, target)
         Issuer(foreign_ca, scratch, state.clock).issue(

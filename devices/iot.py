@@ -163,7 +163,6 @@ class IotCore:
     def __init__(self, engine: Any, clock: Clock, client: Any = None) -> None:
         self.engine = engine
         self.clock = clock
-        store.create(engine)
         self._client = client
 
     @property
@@ -428,8 +427,7 @@ def on_certificate_revoked(database_url: str, serial: int) -> bool:
 def _hook_engine(database_url: str) -> Any:
     """One engine per database for the revocation hook: a wave of superseded certificates
     calls it once per certificate."""
-    from pki.inventory import Inventory
+    from pki.storage import Inventory
 
     engine = Inventory.open(database_url).engine
-    store.create(engine)
     return engine

@@ -1,9 +1,12 @@
 """The device side's own tables on the inventory's database (SQLite or PostgreSQL):
 which certificates fleetpki registered with IoT Core, with what id and status, and the
-CA registration. ``pki.inventory`` knows nothing of them."""
+CA registration. They are on the inventory's shared ``MetaData``; their schema is made and
+changed by this package's migrations (``devices/migrations``). ``pki`` knows nothing of
+them."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,8 +16,7 @@ from sqlalchemy.engine import Engine
 
 from pki.clock import Clock
 from pki.errors import StorageError
-
-metadata = sa.MetaData()
+from pki.storage import UtcDateTime, metadata, why
 
 iot_certificates = sa.Table(
     "iot_certificates",
@@ -24,7 +26,7 @@ iot_certificates = sa.Table(
     sa.Column("certificate_id", sa.String(128), nullable=False),
     sa.Column("certificate_arn", sa.String(2048), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("registered_at", sa.String(32), nullable=False),
+    sa.Column("registered_at", UtcDateTime, nullable=False),
 )
 
 iot_ca = sa.Table(
@@ -32,7 +34,7 @@ iot_ca = sa.Table(
     metadata,
     sa.Column("certificate_id", sa.String(128), primary_key=True),
     sa.Column("certificate_arn", sa.String(2048), nullable=False),
-    sa.Column("registered_at", sa.String(32), nullable=False),
+    sa.Column("registered_at", UtcDateTime, nullable=False),
 )
 
 
@@ -46,20 +48,11 @@ class IotCertificate:
 
 
 def _fail(exc: sa.exc.SQLAlchemyError) -> StorageError:
-    orig = getattr(exc, "orig", None)
-    first = (str(orig) if orig is not None else str(exc)).splitlines()[0]
-    return StorageError(f"device tables: {first}")
+    return StorageError(f"device tables: {why(exc)}")
 
 
-def create(engine: Engine) -> None:
-    try:
-        metadata.create_all(engine, checkfirst=True)
-    except sa.exc.SQLAlchemyError as exc:
-        raise _fail(exc) from None
-
-
-def _now(clock: Clock) -> str:
-    return clock.now().strftime("%Y-%m-%dT%H:%M:%SZ")
+def _now(clock: Clock) -> dt.datetime:
+    return clock.now()
 
 
 def record_ca(engine: Engine, certificate_id: str, arn: str, clock: Clock) -> None:

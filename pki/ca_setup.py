@@ -15,11 +15,11 @@ from pki.errors import AlreadyExists, InvalidInput, OperatorError
 from pki.files import remove_quietly
 from pki.hierarchy import check_free_for_init, new_hierarchy_id
 from pki.home import Home, HomeConfig
-from pki.inventory import AuditEvent, Inventory, NewCertificate
 from pki.issuance import PEM, fingerprint
 from pki.model import CertificateRecord, KeyType, Status
 from pki.profiles import ISSUING_CA_PROFILE, ROOT_CA_PROFILE
 from pki.revocation import sign_and_publish
+from pki.storage import AuditEvent, Inventory, NewCertificate
 
 if TYPE_CHECKING:
     from pki.backends.aws_pca import AwsPrivateCA

@@ -9,9 +9,9 @@ from typing import Any
 
 from pki.crl import CrlHealth, crl_health
 from pki.home import Home
-from pki.inventory import Inventory
 from pki.model import CertificateRecord, isoformat
 from pki.profiles import ISSUING_CA_PROFILE, ROOT_CA_PROFILE
+from pki.storage import Inventory
 
 
 @dataclass(frozen=True)

@@ -39,9 +39,9 @@ if TYPE_CHECKING:
     from pki.backends import CertificateAuthority
     from pki.clock import Clock
     from pki.home import Home
-    from pki.inventory import Inventory
     from pki.issuance import Issuer
     from pki.model import CertificateRecord, IssuedCertificate
+    from pki.storage import Inventory
 
 ENTRY_POINT_GROUP = "fleetpki.commands"
 
@@ -65,14 +65,17 @@ class State:
     def inventory(self, *, create: bool = False) -> Inventory:
         """The inventory; outside ``ca init`` the home must already hold a CA."""
         if self._inventory is None:
-            from pki.inventory import Inventory
+            from pki.storage import Inventory
 
             home = self.home
             if create:
                 home.ensure()
             else:
                 home.config()  # raises NotFound with the 'run ca init' hint
-            inventory = Inventory.open(home.database_url)
+            if create:
+                inventory = Inventory.create(home.database_url)
+            else:
+                inventory = Inventory.open(home.database_url)
             if not create:
                 from pki.hierarchy import bind
 
@@ -1027,6 +1030,69 @@ def audit_cmd(state: State, serial: str | None, limit: int, as_json: bool) -> No
     for e in events:
         detail = " ".join(f"{k}={v}" for k, v in sorted(e.detail.items()) if v is not None)
         click.echo(f"{isoformat(e.at)} {e.actor} {e.action} {e.serial or '-'} {detail}")
+
+
+# ----------------------------------------------------------------------------------- db
+
+
+@cli.group("db")
+def db() -> None:
+    """The inventory's schema: which migrations it is at, and upgrading it."""
+
+
+@db.command("current")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def db_current(state: State, as_json: bool) -> int:
+    """The schema revisions the inventory (FLEETPKI_DATABASE_URL, or the home's SQLite
+    file) is at, against the ones this fleetpki needs. Exit 1 when it needs 'fleetpki db
+    upgrade' (or a newer fleetpki)."""
+    from pki.storage import migrate, open_engine, redact_url
+
+    engine = open_engine(state.home.database_url)
+    try:
+        found = migrate.state(engine)
+    finally:
+        engine.dispose()
+    data = {
+        "database": redact_url(state.home.database_url),
+        "revisions": sorted(found.revisions),
+        "expected": sorted(found.expected),
+        "state": "current" if found.at_head else "newer" if found.newer else
+                 "empty" if found.empty else "legacy" if found.legacy else "older",
+    }  # fmt: skip
+    if as_json:
+        print_json(data)
+    else:
+        click.echo(f"{data['database']}: {found.describe()} ({data['state']})")
+        if not found.at_head and not found.empty:
+            click.echo(
+                "upgrade fleetpki"
+                if found.newer
+                else "run 'fleetpki db upgrade' (back it up first)"
+            )
+    return 0 if found.at_head else 1
+
+
+@db.command("upgrade")
+@pass_state
+def db_upgrade(state: State) -> None:
+    """Run the migrations the inventory lacks, in one transaction (a database made before
+    migrations is recognised and brought along with its rows). Back the inventory up
+    first ('sqlite3 inventory.db ".backup copy.db"', or pg_dump)."""
+    from pki.storage import migrate, open_engine, redact_url
+
+    engine = open_engine(state.home.database_url)
+    try:
+        before = migrate.state(engine)
+        revisions = migrate.upgrade(engine)
+    finally:
+        engine.dispose()
+    where = redact_url(state.home.database_url)
+    if before.at_head:
+        err(f"{where} is already at {', '.join(revisions)}")
+    else:
+        err(f"upgraded {where} from {before.describe()} to {', '.join(revisions)}")
 
 
 from pki.cli_trust import bundle as _bundle_group  # noqa: E402 (after State, pass_state)

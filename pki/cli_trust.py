@@ -331,8 +331,8 @@ def crl_publish(
     if crl_uri and not trust_store:
         raise InvalidInput("--crl-uri is only used with --trust-store")
     from pki import publish
-    from pki.inventory import BundleVersion
     from pki.model import Status
+    from pki.storage import BundleVersion
 
     crl_where = publish.S3Location.parse(crl_uri) if crl_uri else None
     deny_where = publish.S3Location.parse(denylist) if denylist else None

@@ -17,7 +17,7 @@ from cryptography import x509
 
 from pki.errors import AlreadyExists, OperatorError
 from pki.home import Home, HomeConfig
-from pki.inventory import Inventory, redact_url
+from pki.storage import Inventory, redact_url
 
 
 def new_hierarchy_id() -> str:

@@ -31,10 +31,10 @@ from pki.errors import (
     IssuedCertificateMismatch,
     OperatorError,
 )
-from pki.inventory import AuditEvent, Inventory, NewCertificate
 from pki.model import CertificateRecord, IssuedCertificate, IssueRequest, Status, isoformat
 from pki.policy import BACKDATE, CertificatePlan, PolicySettings
 from pki.profiles import get_profile
+from pki.storage import AuditEvent, Inventory, NewCertificate
 
 PEM = serialization.Encoding.PEM
 log = logging.getLogger("fleetpki.issuance")

@@ -26,7 +26,7 @@ from pki.awsclient import AWS_FAILURES
 from pki.bundles import Target, TrustBundle
 from pki.clock import Clock
 from pki.errors import FleetPkiError, InvalidInput, NotFound, OperatorError, PublishError
-from pki.inventory import AuditEvent, BundleVersion, Inventory
+from pki.storage import AuditEvent, BundleVersion, Inventory
 
 SHA_METADATA = "fleetpki-sha256"
 PEM_CONTENT_TYPE = "application/x-pem-file"

@@ -15,10 +15,10 @@ from pki.clock import Clock
 from pki.crl import DEFAULT_NEXT_UPDATE, crl_health
 from pki.errors import BackendError, FleetPkiError, InvalidInput, OperatorError
 from pki.home import Home
-from pki.inventory import AuditEvent, Inventory
 from pki.model import CertificateRecord, RevocationReason, Status, isoformat
 from pki.policy import BACKDATE
 from pki.profiles import CA_PROFILES
+from pki.storage import AuditEvent, Inventory
 
 log = logging.getLogger("fleetpki.crl")
 

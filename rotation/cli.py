@@ -170,7 +170,6 @@ def _iot_register(state: State) -> Any:
     from devices import store as iot_store
 
     engine = state.inventory().engine
-    iot_store.create(engine)
     cores: list[Any] = []
 
     def register(issued: Any) -> None:
@@ -292,7 +291,6 @@ def rotate_command(
     from rotation.daemon import LEASE, Daemon
 
     engine = state.inventory().engine
-    store.create(engine)
     daemon = store.lease_holder(engine, LEASE, state.clock.now())
     # with a daemon running, it works the answers: this command only sends the requests
     service, channel = _service(settings, listen=daemon is None)
@@ -319,7 +317,7 @@ def rotate_command(
             unsent = channel.close()
             if as_json:
                 print_json(
-                    {"requested": [r.to_json("device") for r in requested], "unsent": unsent}
+                    {"requested": [r.to_json() for r in requested], "unsent": unsent}
                 )
             return 1 if unsent else 0
         counts = wait_for(
@@ -542,14 +540,13 @@ def status_command(as_json: bool) -> None:
 
     state = _state()
     engine = state.inventory().engine
-    store.create(engine)
     with store.transaction(engine) as conn:
         counts = store.counts(conn)
         failed = store.select(conn, [store.State.FAILED], limit=10)
     data = {
         "states": counts,
         "daemon": store.lease_holder(engine, LEASE, state.clock.now()),
-        "recent_failures": [r.to_json(_profile(state, r)) for r in failed],
+        "recent_failures": [r.to_json() for r in failed],
     }
     if as_json:
         print_json(data)
@@ -558,16 +555,6 @@ def status_command(as_json: bool) -> None:
     click.echo(f"daemon: {data['daemon'] or 'not running'}")
     for r in failed:
         click.echo(f"failed {r.thing} ({r.requested_at:%Y-%m-%d %H:%M}): {r.error}")
-
-
-def _profile(state: State, rotation: Rotation) -> str | None:
-    """``device`` or ``server``: the profile of the certificate the rotation replaces."""
-    from pki.errors import NotFound
-
-    try:
-        return state.inventory().get(int(rotation.old_serial, 16)).profile
-    except (NotFound, ValueError):
-        return None
 
 
 # ------------------------------------------------------------------------------ servers
@@ -695,10 +682,9 @@ def server_add(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def server_list(as_json: bool) -> None:
     """The server targets and the certificate each has installed."""
-    from rotation import servers, store
+    from rotation import servers
 
     engine = _state().inventory().engine
-    store.create(engine)
     found = servers.targets(engine)
     if as_json:
         print_json([t.to_json() for t in found])
@@ -713,10 +699,9 @@ def server_list(as_json: bool) -> None:
 @click.argument("name")
 def server_remove(name: str) -> None:
     """Stop keeping NAME current (its files and certificates stay as they are)."""
-    from rotation import servers, store
+    from rotation import servers
 
     engine = _state().inventory().engine
-    store.create(engine)
     gone = servers.remove(engine, name)
     click.echo(f"no longer rotating {name} ({gone.current} left in place)")
 
@@ -761,7 +746,7 @@ def server_rotate(name: str, grace: str, as_json: bool) -> int:
             service.sweep()
     rows = service.open_rotations([done.id])
     if as_json:
-        print_json(rows[0].to_json("server"))
+        print_json(rows[0].to_json())
     else:
         click.echo(f"{name}: {rows[0].state.value}, certificate {rows[0].new_serial}")
     if rows[0].state.value == "failed":

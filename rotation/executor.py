@@ -33,11 +33,11 @@ from pki.errors import (
     StorageError,
 )
 from pki.home import Home
-from pki.inventory import Inventory
 from pki.issuance import Issuer
 from pki.model import IssuedCertificate, IssueRequest, RevocationReason, Status, serial_hex
 from pki.policy import BACKDATE
 from pki.profiles import get_profile
+from pki.storage import Inventory
 from rotation import store
 from rotation.metrics import Metrics
 from rotation.planner import PlanItem
@@ -133,7 +133,6 @@ class RotationService:
         self.inbox: queue.Queue[Inbound] = queue.Queue()
         self.failures_in_a_row = 0  # of process(): the daemon's loop backs off on them
         self._lock = threading.RLock()
-        store.create(inventory.engine)
 
     @property
     def sender(self) -> Sender:
@@ -748,6 +747,7 @@ class RotationService:
             updated_at=now,
             deadline=now + self.settings.answer_timeout,
             grace_seconds=int(self.settings.grace.total_seconds()),
+            profile="server",
         )
         engine = self.inventory.engine
         with store.transaction(engine) as conn:

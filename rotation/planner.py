@@ -9,10 +9,10 @@ from typing import NamedTuple
 
 import sqlalchemy as sa
 
-from pki.inventory import Inventory, UtcDateTime, certificates
 from pki.model import Status
 from pki.policy import BACKDATE
 from pki.profiles import PROFILES
+from pki.storage import Inventory, UtcDateTime, certificates
 from rotation.schedule import RenewalPolicy, renewal_timestamp
 
 DEFAULT_POLICY = RenewalPolicy()

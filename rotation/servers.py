@@ -276,7 +276,6 @@ def add(
     """Issue the first certificate into the folder and record the target; then, with
     ``reload_now``, run the reload command. A failing first reload is a warning, returned
     (the server may not run yet: the target stays added, its certificate in place)."""
-    store.create(engine)
     check_reload_command(target.reload_command)
     exists = any(t.name == target.name for t in targets(engine))
     if exists and not force:

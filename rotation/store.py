@@ -1,6 +1,8 @@
 """Rotation's own tables on the inventory's database (SQLite or PostgreSQL): one row per
 rotation of a device certificate, and the lease that keeps a second daemon from working
-the same inventory at the same time. ``pki.inventory`` knows nothing of them."""
+the same inventory at the same time. They are on the inventory's shared ``MetaData``;
+their schema is made and changed by this package's migrations (``rotation/migrations``).
+``pki`` knows nothing of them."""
 
 from __future__ import annotations
 
@@ -17,9 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from pki.errors import StorageError
-from pki.inventory import UtcDateTime, dialect_insert
-
-metadata = sa.MetaData()
+from pki.storage import UtcDateTime, dialect_insert, metadata, why
 
 
 class State(enum.StrEnum):
@@ -50,6 +50,8 @@ rotations = sa.Table(
     # how long the old certificate stays valid after the confirmation: the requester's
     # setting, whichever process sweeps
     sa.Column("grace_seconds", sa.Integer, nullable=False, default=3600),
+    # what the rotation replaces: a device's certificate or a server's (migration rot_0002)
+    sa.Column("profile", sa.String(16), nullable=False, server_default="device"),
     # when revoking the old certificate first failed (its hooks are retried for a while)
     sa.Column("retry_since", UtcDateTime, nullable=True),
     # at most one rotation in progress per thing, across every process on the inventory
@@ -99,6 +101,7 @@ class Rotation:
     error: str | None = None
     grace_seconds: int = 3600
     retry_since: dt.datetime | None = None
+    profile: str = "device"  # device | server: what it replaces
 
     @property
     def revoke_old_at(self) -> dt.datetime | None:
@@ -106,32 +109,22 @@ class Rotation:
             return None
         return self.confirmed_at + dt.timedelta(seconds=self.grace_seconds)
 
-    def to_json(self, profile: str | None = None) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         """The rotation as JSON: event times in RFC 3339 UTC with ``Z``; ``name`` is the
-        thing or server, ``thing`` only a device's (as in certificate records) once
-        ``profile`` says which (``device`` or ``server``)."""
+        thing or server, ``thing`` only a device's (as in certificate records)."""
         from pki.model import iso_event
 
-        data: dict[str, Any] = {"id": self.id, "profile": profile, "name": self.thing}
+        data: dict[str, Any] = {"id": self.id, "profile": self.profile, "name": self.thing}
         for key, value in self.__dict__.items():
-            if key in ("id", "thing"):
+            if key in ("id", "thing", "profile"):
                 continue
             data[key] = iso_event(value) if isinstance(value, dt.datetime) else value
-        data["thing"] = self.thing if profile == "device" else None
+        data["thing"] = self.thing if self.profile == "device" else None
         data["state"] = self.state.value
         return data
 
 
-def _why(exc: sa.exc.SQLAlchemyError) -> str:
-    orig = getattr(exc, "orig", None)
-    return (str(orig) if orig is not None else str(exc)).splitlines()[0]
-
-
-def create(engine: Engine) -> None:
-    try:
-        metadata.create_all(engine, checkfirst=True)
-    except sa.exc.SQLAlchemyError as exc:
-        raise StorageError(f"rotation tables: {_why(exc)}") from None
+_why = why
 
 
 @contextmanager
@@ -160,6 +153,7 @@ def _rotation(row: Any) -> Rotation:
         error=m["error"],
         grace_seconds=int(m["grace_seconds"]),
         retry_since=m["retry_since"],
+        profile=m["profile"],
     )
 
 

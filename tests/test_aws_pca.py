@@ -28,9 +28,9 @@ from pki.backends.aws_pca import (
 )
 from pki.clock import SystemClock
 from pki.errors import BackendError
-from pki.inventory import Inventory, pca_requests
 from pki.issuance import Issuer
 from pki.model import IssueRequest
+from pki.storage import Inventory, pca_requests
 from tests.aws_fixtures import _pca_server, pca_aws  # noqa: F401 (fixtures)
 from tests.conftest import Cli
 from tests.helpers import load_cert, make_csr, openssl_csr
@@ -156,7 +156,7 @@ def test_issue_parameters_under_stubber(tmp_path: Path, monkeypatch: pytest.Monk
                            passphrase=b"x" * 16, now=dt.datetime.now(dt.UTC))  # fmt: skip
     assert local.chain()[0].public_key().curve.name == "secp384r1"  # type: ignore[union-attr]
     client = boto3.client("acm-pca", aws_access_key_id="a", aws_secret_access_key="b")
-    inventory = Inventory.open(f"sqlite:///{tmp_path / 'i.db'}")
+    inventory = Inventory.create(f"sqlite:///{tmp_path / 'i.db'}")
     ca = FixedChainCA(local.chain(), ARN, client, clock=SystemClock(), ledger=inventory,
                       wait=WaitConfig(0.01, 2))  # fmt: skip
     issuer = Issuer(ca, inventory, SystemClock())
@@ -278,7 +278,7 @@ def _request(tmp_path: Path) -> Any:
 
     local = LocalCA.create(tmp_path / "ca", key_type=KeyType.EC_P256, common_name="t",
                            passphrase=b"x" * 16, now=dt.datetime.now(dt.UTC))  # fmt: skip
-    inventory = Inventory.open("sqlite://")
+    inventory = Inventory.create("sqlite://")
     issuer = Issuer(local, inventory, SystemClock())
     csr, _ = make_csr("dev-1")
     return local, issuer.prepare(IssueRequest("device", "dev-1", csr))

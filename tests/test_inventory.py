@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from pki.clock import FixedClock
 from pki.errors import StorageError
-from pki.inventory import Inventory
+from pki.storage import Inventory
 from tests.conftest import Cli
 from tests.helpers import NOW, load_cert
 

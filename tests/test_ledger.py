@@ -14,14 +14,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from pki.backends.aws_pca import LEDGER_WINDOW, AwsPrivateCA, WaitConfig
 from pki.clock import FixedClock
 from pki.errors import NotFound
-from pki.inventory import BundleVersion, Inventory
+from pki.storage import BundleVersion, Inventory
 from tests.helpers import NOW
 from tests.test_aws_pca import ARN, _request
 
 
 @pytest.fixture
 def inventory(db_url: str | None, tmp_path: Path) -> Iterator[Inventory]:
-    opened = Inventory.open(db_url or f"sqlite:///{tmp_path / 'ledger.db'}")
+    opened = Inventory.create(db_url or f"sqlite:///{tmp_path / 'ledger.db'}")
     yield opened
     opened.close()
 

@@ -69,7 +69,7 @@ def test_a_home_from_before_hierarchy_ids_claims_its_own_inventory(
     config = json.loads((home / "config.json").read_text())
     del config["hierarchy_id"]  # as 'ca init' wrote it before this change
     (home / "config.json").write_text(json.dumps(config))
-    from pki.inventory import HIERARCHY_KEY, Inventory, meta
+    from pki.storage import HIERARCHY_KEY, Inventory, meta
 
     inventory = Inventory.open(f"sqlite:///{home / 'inventory.db'}")
     with inventory.transaction() as conn:
@@ -236,7 +236,7 @@ def test_simulator_summary_has_no_python_reprs() -> None:
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        ((), "fleetpki: error: fleetpki needs a command: audit, bundle, ca, crl, dev, fleet, "
+        ((), "fleetpki: error: fleetpki needs a command: audit, bundle, ca, crl, db, dev, fleet, "
              "iot, issue, list, revoke, rotation, show (see 'fleetpki --help')"),
         (("bundle", "build"), "fleetpki: error: Missing option '--target'. Choose from: apigw, "
                               "alb (see 'fleetpki bundle build --help')"),
@@ -336,7 +336,7 @@ def test_old_homes_that_shared_an_inventory_are_refused(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two homes from before hierarchy ids on one database: neither may claim it."""
-    from pki.inventory import HIERARCHY_KEY, AuditEvent, Inventory, meta
+    from pki.storage import HIERARCHY_KEY, AuditEvent, Inventory, meta
 
     a, b = tmp_path / "a", tmp_path / "b"
     cli.ok("--home", a, "ca", "init")
@@ -364,7 +364,7 @@ def test_old_homes_that_shared_an_inventory_are_refused(
 def test_an_inventory_restored_from_before_hierarchy_ids_is_claimed_again(
     cli: Cli, home: Path
 ) -> None:
-    from pki.inventory import HIERARCHY_KEY, Inventory, meta
+    from pki.storage import HIERARCHY_KEY, Inventory, meta
 
     cli.ok("ca", "init")
     wanted = json.loads((home / "config.json").read_text())["hierarchy_id"]

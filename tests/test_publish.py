@@ -21,7 +21,7 @@ from cryptography import x509
 
 from pki import publish
 from pki.clock import FixedClock, SystemClock
-from pki.inventory import Inventory
+from pki.storage import Inventory
 from tests.conftest import Cli
 from tests.trust_helpers import chain, pems
 

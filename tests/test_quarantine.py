@@ -16,9 +16,9 @@ from pki.backends.local import LocalCA
 from pki.clock import SystemClock
 from pki.errors import IssuedCertificateMismatch
 from pki.home import Home
-from pki.inventory import Inventory
 from pki.issuance import Issuer
 from pki.model import IssueRequest, Status
+from pki.storage import Inventory
 from tests.helpers import make_csr
 
 

@@ -304,7 +304,6 @@ def _failed_rotation(stand: Stand, thing: str) -> None:
 
     now = dt.datetime.now(dt.UTC)
     engine = State(stand.home, SystemClock()).inventory().engine
-    store.create(engine)
     with store.transaction(engine) as conn:
         store.insert(
             conn,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pki.clock import FixedClock
-from pki.inventory import Inventory
+from pki.storage import Inventory
 from rotation.planner import Candidate, candidates, plan
 from rotation.schedule import RenewalPolicy, renewal_time
 from tests.conftest import Cli
@@ -84,12 +84,12 @@ def test_inventory_plan_matches_the_pure_plan(tmp_path: Path, db_url: str | None
     import random
     import secrets
 
-    from pki.inventory import NewCertificate
     from pki.model import CertificateRecord, Status
+    from pki.storage import NewCertificate
     from rotation.planner import plan_inventory
 
     rng = random.Random(7)
-    inventory = Inventory.open(db_url or f"sqlite:///{tmp_path / 'plan.db'}")
+    inventory = Inventory.create(db_url or f"sqlite:///{tmp_path / 'plan.db'}")
     try:
         rows = []
         for i in range(600):

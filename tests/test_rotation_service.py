@@ -301,16 +301,17 @@ def _due_with_failing_hook(
 
 
 def test_a_failed_revocation_hook_keeps_the_rotation_open_until_it_works(
-    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    world: dict[str, Any],
 ) -> None:
     service = world["service"]
-    rotation = _due_with_failing_hook(world, monkeypatch, "IoT Core unreachable")
-    result = service.sweep()
-    assert result.completed == [] and "IoT Core unreachable" in result.errors[0]
-    row = _rows(world)["t-1"]
-    assert row.state is store.State.CONFIRMED
-    assert row.error is not None and "retried" in row.error
-    monkeypatch.undo()
+    # a patch of its own: undoing it must not undo the test's database setting
+    with pytest.MonkeyPatch.context() as failing:
+        rotation = _due_with_failing_hook(world, failing, "IoT Core unreachable")
+        result = service.sweep()
+        assert result.completed == [] and "IoT Core unreachable" in result.errors[0]
+        row = _rows(world)["t-1"]
+        assert row.state is store.State.CONFIRMED
+        assert row.error is not None and "retried" in row.error
     assert [r.id for r in service.sweep().completed] == [rotation.id]
     assert _rows(world)["t-1"].error is None
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pki.inventory import Inventory
 from pki.model import RevocationReason
+from pki.storage import Inventory
 from tests.interop.conftest import Pki, fleetpki, make_pki
 from tests.interop.relying import nginx
 
