@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from devices.simulator import SCENARIOS
-from pki.cli_options import (
+from pki.cli.options import (
     FiniteFloatRange,
     batch_option,
     csr_option,
@@ -24,15 +24,13 @@ from pki.cli_options import (
 )
 
 if TYPE_CHECKING:
-    from pki.cli import State
+    from pki.app import App
 
 
-def _state() -> State:
-    from pki.cli import State
+def _state() -> App:
+    from pki.cli.root import current_app
 
-    state = click.get_current_context().find_object(State)
-    assert state is not None, "the devices commands run under the fleetpki root group"
-    return state
+    return current_app()
 
 
 # -------------------------------------------------------------------------------- iot
@@ -400,7 +398,7 @@ def fleet_simulate(
         return _simulate(state, config, as_json)
 
 
-def _simulator_home(state: State, folder: Path) -> State:
+def _simulator_home(state: App, folder: Path) -> App:
     """A fresh home in ``folder`` with a CA and an SQLite inventory of its own (never the
     operator's FLEETPKI_DATABASE_URL), for one simulator run."""
     import dataclasses
@@ -413,7 +411,7 @@ def _simulator_home(state: State, folder: Path) -> State:
     return sim
 
 
-def _simulate(state: State, config: Any, as_json: bool) -> int:
+def _simulate(state: App, config: Any, as_json: bool) -> int:
     from rich.console import Console
     from rich.live import Live
 

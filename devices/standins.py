@@ -473,7 +473,7 @@ def _write_published(home: Home, run: Path) -> None:
 def up(home: Home, clock: Clock, state: Any) -> DevState:
     """Start Mosquitto, the HTTPS endpoint and (without AWS_ENDPOINT_URL) moto_server.
 
-    ``state`` is the CLI's ``pki.cli.State`` (inventory, CA, issuer). Refuses when the
+    ``state`` is the application core (``pki.app.App``: inventory, CA, issuer). Refuses when the
     stand-ins of this home are already running.
     """
     current = load_state(home)

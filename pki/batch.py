@@ -22,7 +22,7 @@ from pki.model import IssueRequest
 from pki.text import escape_controls
 
 if TYPE_CHECKING:
-    from pki.cli import State
+    from pki.app import App
 
 # Below this many CSRs, forking workers costs more than it saves.
 PARALLEL_THRESHOLD = 200
@@ -129,7 +129,7 @@ def report(
 
 
 def issue_device_batch(
-    state: State,
+    app: App,
     batch_dir: Path,
     out_dir: Path,
     days: int | None,
@@ -138,8 +138,8 @@ def issue_device_batch(
     workers: int | None = None,
 ) -> int:
     files = csr_files(batch_dir)
-    issuer = state.issuer()
-    actor = state.home.actor()
+    issuer = app.issuer()
+    actor = app.home.actor()
     skipped: list[Failure] = []
     with progress_bar("issuing", len(files), quiet=as_json) as advance:
         requests = read_requests(
@@ -154,7 +154,7 @@ def issue_device_batch(
             keep=as_json,  # the records are printed only with --json
         )
     return report(
-        [i.record.to_json(state.now()) for i in result.issued],
+        [i.record.to_json(app.now()) for i in result.issued],
         skipped + result.failed,
         as_json=as_json,
         done_key="issued",

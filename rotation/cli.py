@@ -15,21 +15,19 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from pki.cli_options import KEY_TYPES, err, print_json
+from pki.cli.options import KEY_TYPES, err, print_json
 
 if TYPE_CHECKING:
     from devices.rotation_channel import ServiceChannel
-    from pki.cli import State
+    from pki.app import App
     from rotation.executor import RotationService, RotationSettings
     from rotation.store import Rotation
 
 
-def _state() -> State:
-    from pki.cli import State
+def _state() -> App:
+    from pki.cli.root import current_app
 
-    state = click.get_current_context().find_object(State)
-    assert state is not None, "the rotation commands run under the fleetpki root group"
-    return state
+    return current_app()
 
 
 def _duration(text: str) -> dt.timedelta:
@@ -164,7 +162,7 @@ def _service(
     return service, channel
 
 
-def _iot_register(state: State) -> Any:
+def _iot_register(state: App) -> Any:
     """Register a rotated certificate with IoT Core when fleetpki provisioned the thing
     there (the thing, policy and attachments as ``iot provision`` makes them)."""
     from devices import store as iot_store

@@ -86,14 +86,14 @@ def test_a_failing_chunk_stops_the_forked_batch_without_orphans(
 ) -> None:
     """A delivery that fails in one worker: that chunk is rolled back (rows and files), the
     batch stops and raises, and every certificate file on disk has its inventory row."""
-    from pki.cli import State
+    from pki.app import App
     from pki.clock import SystemClock
     from pki.delivery import OutputFolder
     from pki.errors import AlreadyExists
     from pki.model import IssueRequest
 
     monkeypatch.setattr("pki.issuance.FORKED_CHUNK", 5)
-    state = State(home, SystemClock())
+    state = App(home, SystemClock())
     out = tmp_path / "out"
     requests = [
         IssueRequest("device", f"fork-{i:02d}", make_csr(f"fork-{i:02d}")[0], actor="t")

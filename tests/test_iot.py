@@ -150,7 +150,7 @@ def test_aws_failure_half_way_is_rolled_back(
     from botocore.exceptions import ClientError
 
     from devices.iot import IotCore
-    from pki.cli import State
+    from pki.app import App
     from pki.clock import SystemClock
     from pki.delivery import make_key_and_csr
     from pki.errors import BackendError
@@ -165,7 +165,7 @@ def test_aws_failure_half_way_is_rolled_back(
         )
 
     client.meta.events.register("before-call.iot.AttachThingPrincipal", refuse)
-    state = State(home_path=ca_home, clock=SystemClock())
+    state = App(home_path=ca_home, clock=SystemClock())
     try:
         _key, csr = make_key_and_csr(KeyType.EC_P256, "half-1")
         issued = state.issuer().issue(IssueRequest("device", "half-1", csr))

@@ -296,14 +296,14 @@ def _failed_rotation(stand: Stand, thing: str) -> None:
     """An unrelated failed rotation in the inventory (a device that never answered)."""
     import secrets
 
-    from pki.cli import State
+    from pki.app import App
     from pki.clock import SystemClock
     from rotation import store
     from rotation.store import Rotation
     from rotation.store import State as RotationState
 
     now = dt.datetime.now(dt.UTC)
-    engine = State(stand.home, SystemClock()).inventory().engine
+    engine = App(stand.home, SystemClock()).inventory().engine
     with store.transaction(engine) as conn:
         store.insert(
             conn,

@@ -15,7 +15,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from pki.cli import State
+from pki.app import App
 from pki.clock import FixedClock
 from rotation import store
 from rotation.executor import RotationService, RotationSettings
@@ -61,7 +61,7 @@ def _served_serial(directory: Path, ca_root: Path) -> int:
 
 def set_reload(home: Path, clock: FixedClock, command: list[str]) -> None:
     """Change the (only) target's reload command, as a later 'add --force' would."""
-    engine = State(home, clock).inventory().engine
+    engine = App(home, clock).inventory().engine
     with store.transaction(engine) as conn:
         row = conn.execute(store.server_targets.select()).first()
         assert row is not None
@@ -156,7 +156,7 @@ def test_a_due_server_certificate_is_replaced_reloaded_and_the_old_one_revoked(
                            folder, "--days", "30", "--reload-command",
                            f"sh -c 'echo x >> {marker}'", "--json", clock=clock))  # fmt: skip
     old_serial = placed["serial"]
-    state = State(home, clock)
+    state = App(home, clock)
     service = RotationService(
         home=state.home,
         inventory=state.inventory(),
@@ -229,7 +229,7 @@ def test_a_second_rotate_in_the_grace_period_says_why_and_a_fixed_reload_is_retr
     assert "false exited 1" in err
     marker = folder.parent / "reloaded-now"
     set_reload(home, clock, ["touch", str(marker)])
-    state = State(home, clock)
+    state = App(home, clock)
     service = RotationService(home=state.home, inventory=state.inventory(),
                               issuer=state.issuer(), sender=None, clock=clock)  # fmt: skip
     assert service.rotate_servers([]) == []  # nothing due, but the reload is run again
@@ -261,7 +261,7 @@ def test_group_makes_the_key_readable_by_a_server_that_drops_privileges(
 
 
 def _service(home: Path, clock: FixedClock, grace: dt.timedelta) -> RotationService:
-    state = State(home, clock)
+    state = App(home, clock)
     return RotationService(home=state.home, inventory=state.inventory(), issuer=state.issuer(),
                            sender=None, clock=clock,
                            settings=RotationSettings(grace=grace))  # fmt: skip

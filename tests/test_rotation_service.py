@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 
 from devices import rotation_protocol as rp
-from pki.cli import State
+from pki.app import App
 from pki.clock import FixedClock
 from pki.delivery import make_key_and_csr
 from pki.errors import OperatorError
@@ -56,7 +56,7 @@ def _world(
     """A service on HOME whose messages to devices are recorded."""
     from rotation.cli import _iot_register
 
-    state = State(home, clock)
+    state = App(home, clock)
     recorder = Recorder()
     service = RotationService(
         home=state.home,

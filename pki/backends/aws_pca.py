@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import (
     ClientError,
@@ -34,6 +34,9 @@ from pki.backends import SigningRequest
 from pki.clock import Clock
 from pki.errors import BackendError, FleetPkiError, InvalidInput, NotFound, OperatorError
 from pki.model import RevocationReason
+
+if TYPE_CHECKING:
+    from pki.backends.registry import BackendContext
 
 BACKEND = "aws-pca"
 BLANK_END_ENTITY = "arn:aws:acm-pca:::template/BlankEndEntityCertificate_APIPassthrough/V1"
@@ -585,3 +588,18 @@ def discard_cas(client: Any, arns: list[str]) -> list[str]:
             lines.append(f"could not delete {arn}: {map_error('delete a CA', exc, arn)}; "
                          "delete it by hand (it is billed)")  # fmt: skip
     return lines
+
+
+def from_home(context: BackendContext) -> AwsPrivateCA:
+    """The registry's factory: the Private CA ``config.json`` names, in its own region
+    (never whatever region this shell happens to name), its ledger in the inventory."""
+    config = context.config
+    if not config.ca_arn:
+        raise InvalidInput(f"{context.home.config_path} has backend aws-pca but no ca_arn")
+    return AwsPrivateCA(
+        config.ca_arn,
+        make_client(config.region or region_of_arn(config.ca_arn)),
+        clock=context.clock,
+        ledger=context.inventory(),
+        limits=RateLimits(config.issue_rate, config.get_rate, config.revoke_rate),
+    )

@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -14,6 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from pki.backends import RevokedEntry, SigningRequest
+
+if TYPE_CHECKING:
+    from pki.backends.registry import BackendContext
 from pki.distribution import CaUrls
 from pki.errors import (
     AlreadyExists,
@@ -422,3 +426,15 @@ class LocalCA:
         if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
             raise StorageError(f"CA key {path} has an unsupported type")
         return key
+
+
+def from_home(context: BackendContext) -> LocalCA:
+    """The registry's factory: the CA in the home, its issuing key unlocked on first use."""
+    home = context.home
+    return LocalCA(
+        home.ca_dir,
+        home.passphrase,
+        root_passphrase=home.root_passphrase,
+        urls=context.config.urls("issuing"),
+        root_key=context.root_key,
+    )

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from pki.cli_options import err, print_json
+from pki.cli.options import err, print_json
 
 if TYPE_CHECKING:
     from cryptography import x509
 
+    from pki.app import App
     from pki.bundles import Target, TrustBundle
-    from pki.cli import State
 
 
 _target_option = click.option(
@@ -44,37 +44,37 @@ _max_option = click.option(
 )
 
 
-def inventory_ca_certificates(state: State) -> list[x509.Certificate]:
+def inventory_ca_certificates(app: App) -> list[x509.Certificate]:
     """The active (unexpired) root and issuing CA certificates recorded in the inventory."""
     from cryptography import x509
 
     from pki.model import Status
 
-    inventory = state.inventory()
+    inventory = app.inventory()
     certs = []
     for profile in ("root-ca", "issuing-ca"):
         for record in inventory.find(
-            now=state.now(), include_ca=True, profile=profile, status=Status.ACTIVE
+            now=app.now(), include_ca=True, profile=profile, status=Status.ACTIVE
         ):
             certs.append(x509.load_pem_x509_certificate(inventory.get_pem(record.serial).encode()))
     return certs
 
 
 def compile_bundle(
-    state: State, target: Target, includes: tuple[Path, ...], max_certificates: int
+    app: App, target: Target, includes: tuple[Path, ...], max_certificates: int
 ) -> TrustBundle:
     from pki.bundles import build_bundle, parse_strict, require_target
     from pki.errors import InvalidInput
     from pki.files import read_limited
 
-    certs = inventory_ca_certificates(state)
+    certs = inventory_ca_certificates(app)
     for path in includes:
         data = read_limited(path, MAX_INCLUDE_BYTES, "--include")
         found = parse_strict(data, str(path))
         if not found:  # a failed download must not publish a bundle without the new CA
             raise InvalidInput(f"--include {path} holds no certificate")
         certs.extend(found)
-    bundle = build_bundle(certs, state.now())
+    bundle = build_bundle(certs, app.now())
     return require_target(bundle, target, max_certificates=max_certificates)
 
 
@@ -100,7 +100,7 @@ def bundle() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a summary as JSON.")
 @click.pass_obj
 def bundle_build(
-    state: State,
+    app: App,
     target: str,
     out_file: Path | None,
     includes: tuple[Path, ...],
@@ -117,7 +117,7 @@ def bundle_build(
     from pki.files import atomic_write
 
     kind = Target(target)
-    result = compile_bundle(state, kind, includes, max_certificates)
+    result = compile_bundle(app, kind, includes, max_certificates)
     if out_file is not None:
         atomic_write(out_file, result.pem, 0o644)
     elif not as_json:
@@ -157,7 +157,7 @@ def bundle_build(
 @click.option("--json", "as_json", is_flag=True, help="Print the ledger row as JSON.")
 @click.pass_obj
 def bundle_publish(
-    state: State,
+    app: App,
     target: str,
     bucket: str,
     key: str,
@@ -187,7 +187,7 @@ def bundle_publish(
     from pki import publish
 
     where = publish.S3Location.of(bucket, key)
-    result = compile_bundle(state, kind, includes, max_certificates)
+    result = compile_bundle(app, kind, includes, max_certificates)
     name = domain or trust_store
     target_name = publish.ledger_target(kind, api)
     endpoint = publish.endpoint_for(target_name, name) if name else None
@@ -197,9 +197,9 @@ def bundle_publish(
         where,
         endpoint,
         publish.make_client("s3"),
-        state.inventory(),
-        state.clock,
-        state.home.actor(),
+        app.inventory(),
+        app.clock,
+        app.home.actor(),
     )
     if as_json:
         print_json(row.to_json())
@@ -219,11 +219,11 @@ def bundle_publish(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def bundle_history(state: State, limit: int | None, as_json: bool) -> None:
+def bundle_history(app: App, limit: int | None, as_json: bool) -> None:
     """The ledger: bundle hash, S3 version, endpoint and time applied, oldest first."""
     from pki.model import isoformat
 
-    rows = state.inventory().bundle_history(limit)
+    rows = app.inventory().bundle_history(limit)
     if as_json:
         print_json([r.to_json() for r in rows])
         return
@@ -246,14 +246,14 @@ def bundle_history(state: State, limit: int | None, as_json: bool) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the new ledger row as JSON.")
 @click.pass_obj
-def bundle_rollback(state: State, to: str, as_json: bool) -> None:
+def bundle_rollback(app: App, to: str, as_json: bool) -> None:
     """Point the endpoint of that ledger entry back at its S3 version, byte for byte.
 
     The version also becomes the current S3 object again (same bytes and hash).
     """
     from pki import publish
 
-    inventory = state.inventory()
+    inventory = app.inventory()
     entry = inventory.find_bundle_version(to.lstrip("#"))
     if entry.target not in {publish.APIGW_REST, publish.APIGW_HTTP, publish.ALB}:
         from pki.errors import InvalidInput
@@ -269,8 +269,8 @@ def bundle_rollback(state: State, to: str, as_json: bool) -> None:
         endpoint,
         publish.make_client("s3"),
         inventory,
-        state.clock,
-        state.home.actor(),
+        app.clock,
+        app.home.actor(),
     )
     if as_json:
         print_json(row.to_json())
@@ -304,7 +304,7 @@ def bundle_rollback(state: State, to: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print what was published as JSON.")
 @click.pass_obj
 def crl_publish(
-    state: State,
+    app: App,
     trust_store: str | None,
     crl_uri: str | None,
     denylist: str | None,
@@ -337,8 +337,8 @@ def crl_publish(
     crl_where = publish.S3Location.parse(crl_uri) if crl_uri else None
     deny_where = publish.S3Location.parse(denylist) if denylist else None
     window = parse_duration(next_update) if next_update is not None else None
-    inventory = state.inventory()
-    actor = state.home.actor()
+    inventory = app.inventory()
+    actor = app.home.actor()
     summary: dict[str, Any] = {}
     s3 = publish.make_client("s3")
     if trust_store and crl_where:
@@ -348,7 +348,7 @@ def crl_publish(
         publish.AlbTrustStore(elbv2, trust_store).check()  # before a CRL number is used
         # the home's CRL files follow: the CRL loaded into ALB is the one published here
         result = sign_and_publish(
-            state.home, inventory, state.ca(), state.clock, actor, next_update=window
+            app.home, inventory, app.ca(), app.clock, actor, next_update=window
         )
         der = result.crl.public_bytes(Encoding.DER)
         alb = publish.publish_alb_crl(
@@ -373,7 +373,7 @@ def crl_publish(
                     certificates=result.entries,
                     action="publish",
                     uploaded=alb.upload.uploaded,
-                    applied_at=state.now(),
+                    applied_at=app.now(),
                     actor=actor,
                     revocation_id=alb.revocation_id,
                 ),
@@ -394,7 +394,7 @@ def crl_publish(
                 + (f", replacing {', '.join(map(str, alb.removed))}" if alb.removed else "")
             )
     if deny_where:
-        now = state.now()
+        now = app.now()
         serials = [
             r.serial
             for r in inventory.find(now=now, status=Status.REVOKED, include_ca=True)

@@ -3,24 +3,17 @@ issue certificates (``issue``, ``iot provision``)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from pki.cli.output import err, print_json
+
+__all__ = ["err", "print_json"]
+
 KEY_TYPES = ["ec-p256", "ec-p384", "rsa-2048", "rsa-3072"]
-
-
-def err(message: str) -> None:
-    """A message for the operator, on stderr."""
-    click.echo(message, err=True)
-
-
-def print_json(data: Any) -> None:
-    """Records as JSON, on stdout."""
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 def csr_option(made_on: str) -> Callable[[Any], Any]:

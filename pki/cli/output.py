@@ -1,0 +1,46 @@
+"""What commands print: messages on stderr, records as JSON or a table on stdout."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    import datetime as dt
+
+    from pki.model import CertificateRecord
+
+
+def err(message: str) -> None:
+    """A message for the operator, on stderr."""
+    click.echo(message, err=True)
+
+
+def print_json(data: Any) -> None:
+    """Records as JSON, on stdout."""
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def print_records(records: Sequence[CertificateRecord], now: dt.datetime) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("serial", "name", "profile", "status", "not after", "sha256"):
+        table.add_column(column, no_wrap=True)
+    for r in records:
+        table.add_row(
+            r.serial_hex,
+            r.thing or r.common_name,
+            r.profile,
+            r.effective_status(now).value,
+            f"{r.not_after:%Y-%m-%d %H:%M}",
+            r.fingerprint_sha256[:16],
+        )
+    Console(width=200).print(table)
+    err(f"{len(records)} certificate(s)")
+
+
