@@ -114,7 +114,7 @@ class Provisioned:
 
 
 def _client(service: str = "iot") -> Any:
-    from pki.awsclient import make_client
+    from pki.aws.client import make_client
 
     return make_client(service)
 
@@ -124,7 +124,7 @@ def _aws(operation: str) -> Iterator[None]:
     """Turn every AWS failure into a BackendError naming what was being done."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from pki.awsclient import not_aws
+    from pki.aws.client import not_aws
 
     try:
         yield
@@ -134,7 +134,7 @@ def _aws(operation: str) -> Iterator[None]:
             operation, BACKEND, f"{error.get('Code', 'error')}: {error.get('Message', exc)}"
         ) from None
     except BotoCoreError as exc:
-        from pki.awsclient import invalid_parameters
+        from pki.aws.client import invalid_parameters
 
         raise invalid_parameters(exc, operation) or BackendError(
             operation, BACKEND, str(exc)

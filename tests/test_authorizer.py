@@ -8,9 +8,9 @@ from typing import Any
 
 import boto3
 
-from pki.authorizer import Denylist, make_handler
+from pki.aws.authorizer import Denylist, make_handler
+from pki.aws.publish import denylist_json, s3_object_loader
 from pki.model import isoformat
-from pki.publish import denylist_json, s3_object_loader
 from tests.conftest import Cli
 from tests.helpers import NOW, load_cert
 

@@ -62,7 +62,7 @@ def require_real_account() -> Any:
         )
     import boto3
 
-    from pki.awsclient import region_setting
+    from pki.aws.client import region_setting
 
     session = boto3.Session(region_name=region_setting())  # AWS_REGION, as fleetpki reads it
     if session.get_credentials() is None:

@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from pki.bundles import (
+from pki.aws.bundles import (
     Target,
     TrustBundle,
     build_bundle,

@@ -222,7 +222,7 @@ def test_a_thing_name_that_cannot_exist_is_refused_before_aws_is_asked(
 def test_an_aws_parameter_botocore_refuses_is_an_operator_error() -> None:
     from botocore.exceptions import ParamValidationError
 
-    from pki.awsclient import invalid_parameters
+    from pki.aws.client import invalid_parameters
 
     exc = ParamValidationError(
         report="Invalid length for parameter thingName, value: 0,\nvalid min length: 1"

@@ -17,7 +17,7 @@ FORBIDDEN = {
 }
 # third-party modules only these files may import
 ONLY_IN = {
-    "boto3": {"pki/awsclient.py", "pki/backends/aws_pca.py", "pki/publish.py", "devices/iot.py"},
+    "boto3": {"pki/aws/client.py"},
     "apscheduler": {"rotation/daemon.py"},
 }
 

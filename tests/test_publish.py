@@ -19,7 +19,7 @@ import pytest
 from botocore.stub import ANY, Stubber
 from cryptography import x509
 
-from pki import publish
+from pki.aws import publish
 from pki.clock import FixedClock, SystemClock
 from pki.storage import Inventory
 from tests.conftest import Cli
@@ -31,7 +31,7 @@ DOMAIN = "api.fleet.example"
 
 
 class Stubs:
-    """Stubbed clients handed out by ``pki.publish.make_client``; S3 stays real (moto)."""
+    """Stubbed clients handed out by ``pki.aws.publish.make_client``; S3 stays real (moto)."""
 
     def __init__(self) -> None:
         self.clients: dict[str, Any] = {}

@@ -29,7 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from pki import awsclient
+from pki.aws import client as awsclient
 from pki.backends import SigningRequest
 from pki.clock import Clock
 from pki.errors import BackendError, FleetPkiError, InvalidInput, NotFound, OperatorError
@@ -450,7 +450,7 @@ _KEY_ALGORITHMS = {
 
 def check_chain(arn: str, chain: tuple[x509.Certificate, ...], now: dt.datetime) -> None:
     """The adopted CA's chain: every certificate a valid CA, each signed by the next, a root."""
-    from pki.bundles import chain_of
+    from pki.aws.bundles import chain_of
 
     def bad(why: str) -> OperatorError:
         return OperatorError(f"AWS Private CA {arn} cannot be used: {why}")

@@ -1,6 +1,6 @@
 """``fleetpki bundle ...`` and ``fleetpki crl publish``: the trust side of mTLS on AWS.
 
-Registered by ``pki.cli``; heavy modules (boto3 through ``pki.publish``) load inside the
+Registered by ``pki.cli``; heavy modules (boto3 through ``pki.aws.publish``) load inside the
 commands only.
 """
 
@@ -15,10 +15,7 @@ import click
 from pki.cli.options import err, print_json
 
 if TYPE_CHECKING:
-    from cryptography import x509
-
     from pki.app import App
-    from pki.bundles import Target, TrustBundle
 
 
 _target_option = click.option(
@@ -42,44 +39,6 @@ _max_option = click.option(
     show_default=True,
     help="ALB trust-store quota of CA certificates (raise only with a raised quota).",
 )
-
-
-def inventory_ca_certificates(app: App) -> list[x509.Certificate]:
-    """The active (unexpired) root and issuing CA certificates recorded in the inventory."""
-    from cryptography import x509
-
-    from pki.model import Status
-
-    inventory = app.inventory()
-    certs = []
-    for profile in ("root-ca", "issuing-ca"):
-        for record in inventory.find(
-            now=app.now(), include_ca=True, profile=profile, status=Status.ACTIVE
-        ):
-            certs.append(x509.load_pem_x509_certificate(inventory.get_pem(record.serial).encode()))
-    return certs
-
-
-def compile_bundle(
-    app: App, target: Target, includes: tuple[Path, ...], max_certificates: int
-) -> TrustBundle:
-    from pki.bundles import build_bundle, parse_strict, require_target
-    from pki.errors import InvalidInput
-    from pki.files import read_limited
-
-    certs = inventory_ca_certificates(app)
-    for path in includes:
-        data = read_limited(path, MAX_INCLUDE_BYTES, "--include")
-        found = parse_strict(data, str(path))
-        if not found:  # a failed download must not publish a bundle without the new CA
-            raise InvalidInput(f"--include {path} holds no certificate")
-        certs.extend(found)
-    bundle = build_bundle(certs, app.now())
-    return require_target(bundle, target, max_certificates=max_certificates)
-
-
-# what an --include file may hold: far more than any trust store takes (API Gateway 1 MB)
-MAX_INCLUDE_BYTES = 1024 * 1024
 
 
 @click.group("bundle")
@@ -113,7 +72,8 @@ def bundle_build(
     non-CA and private-key input and an empty bundle are refused, and so is anything the
     target (API Gateway or ALB) would not accept. Every violation is named.
     """
-    from pki.bundles import Target
+    from pki.aws.bundles import Target
+    from pki.aws.trust import compile_bundle
     from pki.files import atomic_write
 
     kind = Target(target)
@@ -174,40 +134,18 @@ def bundle_publish(
     read back, and on any warning the domain is rolled back to its previous version.
     ALB: modify_trust_store with the object version. Every change goes to the ledger.
     """
-    from pki.bundles import Target
-    from pki.errors import InvalidInput
+    from pki.aws import trust
+    from pki.aws.bundles import Target
 
-    kind = Target(target)
-    if kind is Target.APIGW and trust_store:
-        raise InvalidInput("--trust-store is for --target alb; use --domain for API Gateway")
-    if kind is Target.ALB and domain:
-        raise InvalidInput("--domain is for --target apigw; use --trust-store for ALB")
-    if kind is Target.ALB and not trust_store:
-        raise InvalidInput("--target alb needs --trust-store ARN")
-    from pki import publish
-
-    where = publish.S3Location.of(bucket, key)
-    result = compile_bundle(app, kind, includes, max_certificates)
-    name = domain or trust_store
-    target_name = publish.ledger_target(kind, api)
-    endpoint = publish.endpoint_for(target_name, name) if name else None
-    row = publish.publish_bundle(
-        result,
-        target_name,
-        where,
-        endpoint,
-        publish.make_client("s3"),
-        app.inventory(),
-        app.clock,
-        app.home.actor(),
-    )
+    where = trust.BundleTarget(Target(target), bucket, key, domain, api, trust_store)
+    row = trust.publish(app, where, includes, max_certificates)
     if as_json:
         print_json(row.to_json())
         return
     what = "uploaded" if row.uploaded else "unchanged, kept"
     err(
         f"bundle {row.sha256[:16]} ({row.certificates} CA certificate(s)) {what} "
-        f"{where.uri} version {row.version_id}"
+        f"s3://{row.bucket}/{row.key} version {row.version_id}"
         + (f"; {row.endpoint} now trusts that version" if row.endpoint else "")
         + f" (ledger #{row.id})"
     )
@@ -251,27 +189,9 @@ def bundle_rollback(app: App, to: str, as_json: bool) -> None:
 
     The version also becomes the current S3 object again (same bytes and hash).
     """
-    from pki import publish
+    from pki.aws.trust import rollback
 
-    inventory = app.inventory()
-    entry = inventory.find_bundle_version(to.lstrip("#"))
-    if entry.target not in {publish.APIGW_REST, publish.APIGW_HTTP, publish.ALB}:
-        from pki.errors import InvalidInput
-
-        raise InvalidInput(f"ledger entry #{entry.id} is a {entry.target} entry, not a bundle")
-    endpoint = (
-        publish.endpoint_for(entry.target, entry.endpoint)
-        if entry.endpoint and entry.target in {publish.APIGW_REST, publish.APIGW_HTTP, publish.ALB}
-        else None
-    )
-    row = publish.rollback_bundle(
-        entry,
-        endpoint,
-        publish.make_client("s3"),
-        inventory,
-        app.clock,
-        app.home.actor(),
-    )
+    row = rollback(app, to)
     if as_json:
         print_json(row.to_json())
         return
@@ -317,12 +237,11 @@ def crl_publish(
     as a revocation list, replacing the list fleetpki added before (limits: 30 lists,
     500,000 entries, 50 MB per trust store). --denylist: API Gateway never checks
     revocation, so write the compact list of revoked serials its Lambda authorizer
-    (pki/authorizer.py) denies.
+    (pki/aws/authorizer.py) denies.
     """
-    from cryptography.hazmat.primitives.serialization import Encoding
-
+    from pki.aws import trust
     from pki.errors import InvalidInput
-    from pki.model import isoformat, parse_duration
+    from pki.model import parse_duration
 
     if not trust_store and not denylist:
         raise InvalidInput("give --trust-store ARN (with --crl-uri) and/or --denylist s3://...")
@@ -330,106 +249,25 @@ def crl_publish(
         raise InvalidInput("--trust-store needs --crl-uri s3://BUCKET/KEY for the CRL file")
     if crl_uri and not trust_store:
         raise InvalidInput("--crl-uri is only used with --trust-store")
-    from pki import publish
-    from pki.model import Status
-    from pki.storage import BundleVersion
-
-    crl_where = publish.S3Location.parse(crl_uri) if crl_uri else None
-    deny_where = publish.S3Location.parse(denylist) if denylist else None
     window = parse_duration(next_update) if next_update is not None else None
-    inventory = app.inventory()
-    actor = app.home.actor()
     summary: dict[str, Any] = {}
-    s3 = publish.make_client("s3")
-    if trust_store and crl_where:
-        from pki.revocation import sign_and_publish
-
-        elbv2 = publish.make_client("elbv2")
-        publish.AlbTrustStore(elbv2, trust_store).check()  # before a CRL number is used
-        # the home's CRL files follow: the CRL loaded into ALB is the one published here
-        result = sign_and_publish(
-            app.home, inventory, app.ca(), app.clock, actor, next_update=window
-        )
-        der = result.crl.public_bytes(Encoding.DER)
-        alb = publish.publish_alb_crl(
-            elbv2,
-            s3,
-            trust_store,
-            crl_where,
-            der,
-            result.entries,
-            inventory.revocation_ids(trust_store),
-        )
-        with inventory.transaction() as conn:
-            inventory.record_bundle_version(
-                conn,
-                BundleVersion(
-                    target=publish.ALB_CRL,
-                    endpoint=trust_store,
-                    bucket=crl_where.bucket,
-                    key=crl_where.key,
-                    version_id=alb.upload.version_id,
-                    sha256=alb.upload.sha256,
-                    certificates=result.entries,
-                    action="publish",
-                    uploaded=alb.upload.uploaded,
-                    applied_at=app.now(),
-                    actor=actor,
-                    revocation_id=alb.revocation_id,
-                ),
-            )
-        summary["alb"] = {
-            "trust_store": trust_store,
-            "crl_number": result.number,
-            "entries": result.entries,
-            "s3": crl_where.uri,
-            "version_id": alb.upload.version_id,
-            "revocation_id": alb.revocation_id,
-            "removed_revocation_ids": list(alb.removed),
-        }
+    if trust_store and crl_uri:
+        alb = trust.publish_crl_to_alb(app, trust_store, crl_uri, window)
+        summary["alb"] = alb.to_json()
         if not as_json:
+            replacing = f", replacing {', '.join(map(str, alb.removed))}" if alb.removed else ""
             err(
-                f"CRL #{result.number} ({result.entries} revoked) loaded into {trust_store} "
-                f"as revocation list {alb.revocation_id}"
-                + (f", replacing {', '.join(map(str, alb.removed))}" if alb.removed else "")
+                f"CRL #{alb.crl_number} ({alb.entries} revoked) loaded into {trust_store} "
+                f"as revocation list {alb.revocation_id}{replacing}"
             )
-    if deny_where:
-        now = app.now()
-        serials = [
-            r.serial
-            for r in inventory.find(now=now, status=Status.REVOKED, include_ca=True)
-            if r.not_after > now
-        ]
-        body = publish.denylist_json(serials, isoformat(now) or "", "fleetpki")
-        upload = publish.publish_denylist(s3, deny_where, body)
-        with inventory.transaction() as conn:
-            inventory.record_bundle_version(
-                conn,
-                BundleVersion(
-                    target=publish.DENYLIST,
-                    endpoint=deny_where.uri,
-                    bucket=deny_where.bucket,
-                    key=deny_where.key,
-                    version_id=upload.version_id,
-                    sha256=upload.sha256,
-                    certificates=len(serials),
-                    action="publish",
-                    uploaded=upload.uploaded,
-                    applied_at=now,
-                    actor=actor,
-                ),
-            )
-        summary["denylist"] = {
-            "s3": deny_where.uri,
-            "serials": len(set(serials)),
-            "version_id": upload.version_id,
-            "uploaded": upload.uploaded,
-        }
+    if denylist:
+        deny = trust.publish_denylist(app, denylist)
+        summary["denylist"] = deny.to_json()
         if not as_json:
+            done = "written to" if deny.uploaded else "unchanged at"
             err(
-                f"denylist of {len(set(serials))} revoked serial(s) "
-                f"{'written to' if upload.uploaded else 'unchanged at'} {deny_where.uri} "
-                f"version {upload.version_id}"
+                f"denylist of {deny.serials} revoked serial(s) {done} {deny.s3} "
+                f"version {deny.version_id}"
             )
     if as_json:
         print_json(summary)

@@ -16,7 +16,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoRegionError, ParamValidationError
 from botocore.parsers import ResponseParserError
 
-from pki.errors import InvalidInput, OperatorError
+from pki.errors import FleetPkiError, InvalidInput, OperatorError, PublishError
 
 ADAPTIVE = Config(retries={"mode": "adaptive", "max_attempts": 10})
 # What a call to AWS can raise: AWS's answer (ClientError), the way there (BotoCoreError),
@@ -62,3 +62,35 @@ def not_aws(exc: BaseException, doing: str) -> str | None:
         f"{doing} failed: the endpoint{where} did not answer as AWS does (it does not "
         "implement this API?)"
     )
+
+
+def error_code(exc: BaseException) -> str:
+    """The AWS error code of a ``ClientError`` (``ThrottlingException``…); "" for any
+    other failure (the way there, an answer that is not AWS's)."""
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", "Unknown"))
+    return ""
+
+
+def error_message(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Message", "")).strip()
+    return str(exc)
+
+
+def publish_error(exc: BaseException, doing: str) -> FleetPkiError:
+    """An AWS failure while publishing, as one of ours (never swallowed): the operator's
+    input (exit 2), or a ``PublishError`` naming the call and AWS's words (exit 1)."""
+    invalid = invalid_parameters(exc, doing)
+    if invalid is not None:
+        return invalid
+    unparsable = not_aws(exc, doing)
+    if unparsable is not None:
+        return PublishError(unparsable)
+    if isinstance(exc, ClientError):
+        code, message = error_code(exc), error_message(exc)
+        text = f"{doing} failed: {code}" + (f": {message}" if message else "")
+        if code in {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"}:
+            return PublishError(text + " (check the IAM permissions of these credentials)")
+        return PublishError(text)
+    return PublishError(f"{doing} failed: {exc}")

@@ -4,7 +4,7 @@ API Gateway checks the chain against the truststore but never revocation. This h
 reads the client certificate's serial from the request (REST: ``requestContext.identity
 .clientCert``; HTTP API: ``requestContext.authentication.clientCert``) and denies it when
 it is in the denylist ``fleetpki crl publish --denylist`` writes. No boto3 here: the
-denylist comes from an injected loader (``pki.publish.s3_object_loader`` in a Lambda),
+denylist comes from an injected loader (``pki.aws.publish.s3_object_loader`` in a Lambda),
 cached for ``ttl`` seconds. It fails closed: no certificate or no denylist -> deny.
 """
 
