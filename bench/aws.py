@@ -185,12 +185,12 @@ def bench_aws(sizes: dict[str, int], work: Path) -> list[Figure]:
         create_hierarchy,
         make_client,
     )
-    from pki.batch import default_workers
-    from pki.ca_setup import init_aws_ca
+    from pki.ca.setup import init_aws_ca
     from pki.clock import SystemClock
     from pki.errors import FleetPkiError
     from pki.home import Home
-    from pki.issuance import Issuer
+    from pki.issue.batch import default_workers
+    from pki.issue.issuer import Issuer
     from pki.model import IssueRequest
     from pki.storage import Inventory
 

@@ -34,9 +34,9 @@ sys.path.insert(0, str(ROOT))
 from pki.backends import RevokedEntry  # noqa: E402
 from pki.backends.local import LocalCA  # noqa: E402
 from pki.clock import SystemClock  # noqa: E402
-from pki.crl import build_crl, check_serials, revoked_serials  # noqa: E402
-from pki.issuance import Issuer  # noqa: E402
+from pki.issue.issuer import Issuer  # noqa: E402
 from pki.model import CertificateRecord, IssueRequest, KeyType, RevocationReason, Status  # noqa: E402
+from pki.revocation.crl import build_crl, check_serials, revoked_serials  # noqa: E402
 from pki.storage import Inventory, NewCertificate  # noqa: E402
 
 PEM = serialization.Encoding.PEM

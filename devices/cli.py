@@ -94,8 +94,8 @@ def iot_provision(
     A failure on AWS rolls back what was created there; the issued certificate stays in
     the inventory and the error names it.
     """
-    from pki.delivery import single_request
     from pki.errors import InvalidInput
+    from pki.issue.delivery import single_request
     from pki.model import KeyType
 
     state = _state()
@@ -149,8 +149,8 @@ def _provision_batch(
     batch_dir: Path, out_dir: Path, days: int | None, force: bool, as_json: bool
 ) -> int:
     from devices.iot import provision_many
-    from pki.batch import csr_files, deliver_into, progress_bar, read_requests, report
-    from pki.issuance import Failure
+    from pki.issue.batch import csr_files, deliver_into, progress_bar, read_requests, report
+    from pki.issue.issuer import Failure
 
     files = csr_files(batch_dir)
     state = _state()
@@ -403,7 +403,7 @@ def _simulator_home(state: App, folder: Path) -> App:
     operator's FLEETPKI_DATABASE_URL), for one simulator run."""
     import dataclasses
 
-    from pki.ca_setup import init_ca
+    from pki.ca.setup import init_ca
 
     sim = dataclasses.replace(state, home_path=folder / "home", _inventory=None)
     sim.database = sim.home.sqlite_url

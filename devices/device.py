@@ -170,7 +170,7 @@ class DeviceRotation:
 
     def _answer(self, request: rp.Request) -> tuple[str, bytes]:
         if request.rotation_id != self.rotation_id or self._csr_pem is None:
-            from pki.delivery import make_key_and_csr
+            from pki.issue.delivery import make_key_and_csr
             from pki.model import KeyType
 
             self.rotation_id = request.rotation_id

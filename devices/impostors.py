@@ -69,8 +69,8 @@ def run_impostors(state: Any, stand: Any, folder: Path, victim: str | None) -> l
 
     from pki.backends.local import LocalCA
     from pki.clock import FixedClock
-    from pki.delivery import OutputFolder, make_key_and_csr
-    from pki.issuance import Issuer
+    from pki.issue.delivery import OutputFolder, make_key_and_csr
+    from pki.issue.issuer import Issuer
     from pki.model import IssueRequest, KeyType
     from pki.storage import Inventory
 

@@ -24,7 +24,7 @@ from pki.errors import BackendError, NotFound, OperatorError, PolicyViolation
 from pki.model import IssuedCertificate, IssueRequest
 
 if TYPE_CHECKING:
-    from pki.issuance import Failure, Issuer
+    from pki.issue.issuer import Failure, Issuer
 
 from devices import store
 
@@ -175,7 +175,7 @@ class IotCore:
 
     def register_ca(self, issuer: Issuer, actor: str) -> tuple[str, bool]:
         """Register the issuing CA (idempotent). Returns (certificate id, newly registered)."""
-        from pki.delivery import make_key_and_csr
+        from pki.issue.delivery import make_key_and_csr
         from pki.model import KeyType
 
         ca_pem = _first_pem(issuer.chain_pem)
@@ -206,7 +206,7 @@ class IotCore:
         # The verification certificate has done its job and its key is gone: retire it so it
         # is never listed as an active device certificate nor planned for rotation.
         from pki.model import RevocationReason
-        from pki.revocation import revoke
+        from pki.revocation.revoke import revoke
 
         revoke(
             issuer.inventory,
@@ -330,7 +330,7 @@ class IotCore:
         """Deactivate (unless revoked), detach and delete the thing's certificates, then
         delete the thing. Returns the certificate ids removed."""
         from pki.errors import InvalidInput
-        from pki.policy import name_violation
+        from pki.issue.policy import name_violation
 
         violation = name_violation("device", thing)
         if violation is not None:  # no such thing could have been provisioned
@@ -392,7 +392,7 @@ def provision_many(
     is reported; rerunning with --force provisions a fresh one) and the rest go on.
     """
     from pki.errors import FleetPkiError
-    from pki.issuance import Failure
+    from pki.issue.issuer import Failure
 
     report = issuer.issue_batch(requests, deliver, actor=actor)
     failed: list[Failure] = list(report.failed)

@@ -293,8 +293,8 @@ def simulate(
     from devices import standins
     from devices.impostors import run_impostors
     from pki.clock import FixedClock
-    from pki.delivery import OutputFolder, make_key_and_csr
     from pki.files import atomic_write
+    from pki.issue.delivery import OutputFolder, make_key_and_csr
     from pki.model import IssueRequest, KeyType
 
     t_start = time.monotonic()
@@ -385,7 +385,7 @@ def simulate(
     wave = RotationWave(home.path, valid) if config.has("rotation") else None
     cut_seen_by = math.inf  # after a revocation, time for the workers to see the cut
     from pki.model import RevocationReason
-    from pki.revocation import revoke_and_publish
+    from pki.revocation.revoke import revoke_and_publish
 
     # a worker that hangs must not hang the run: connect, steady phase, drains, margins
     hard_deadline = time.monotonic() + config.duration + 120 + config.devices * 0.1

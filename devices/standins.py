@@ -371,7 +371,7 @@ def _ca_bundle(home: Home) -> bytes:
 def write_home_crl(home: Home, state: Any) -> Path:
     """Re-sign the issuing CA's CRL (what ``fleetpki revoke`` does after a revocation);
     returns the combined file the stand-ins read."""
-    from pki.revocation import refresh_home_crl
+    from pki.revocation.signing import refresh_home_crl
 
     refresh_home_crl(home, state.inventory(), state.ca(), state.clock, home.actor())
     return home.combined_crl_path
@@ -380,7 +380,7 @@ def write_home_crl(home: Home, state: Any) -> Path:
 def ensure_crl(home: Home, clock: Clock, state: Any) -> Path:
     """The combined CRL file (every CA's CRL: the broker and the HTTPS endpoint check the
     leaf against its issuer's), each CRL re-signed first when it is missing or due."""
-    from pki.revocation import refresh_crls
+    from pki.revocation.signing import refresh_crls
 
     done = refresh_crls(home, state.inventory(), state.ca(), clock, home.actor())
     for warning in done.warnings:  # the root CRL due with its key offline, say
@@ -392,7 +392,7 @@ def ensure_crl(home: Home, clock: Clock, state: Any) -> Path:
 def ensure_server_certificate(home: Home, clock: Clock, state: Any) -> Path:
     """A serverAuth certificate for localhost / 127.0.0.1 issued by fleetpki, reused while
     it has more than a day left."""
-    from pki.delivery import OutputFolder, make_key_and_csr
+    from pki.issue.delivery import OutputFolder, make_key_and_csr
     from pki.model import IssueRequest, KeyType
 
     folder = dev_dir(home) / "server"

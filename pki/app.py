@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from cryptography import x509
 
     from pki.backends import CertificateAuthority
-    from pki.issuance import Issuer
+    from pki.issue.issuer import Issuer
     from pki.storage import Inventory
 
 
@@ -63,7 +63,7 @@ class App:
             home.config()  # raises NotFound with the 'run ca init' hint
             inventory = Inventory.open(home.database_url)
             try:
-                from pki.hierarchy import bind
+                from pki.ca.hierarchy import bind
 
                 bind(home, inventory, self._home_root_certificate())
             except BaseException:
@@ -94,7 +94,7 @@ class App:
 
     def issuer(self) -> Issuer:
         from pki.hooks import issuance_notifier
-        from pki.issuance import Issuer
+        from pki.issue.issuer import Issuer
 
         return Issuer(
             self.ca(),

@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from pki.crl_files import CrlFiles
-from pki.distribution import CaUrls, ca_urls, check_url_map
+from pki.ca.distribution import CaUrls, ca_urls, check_url_map
 from pki.errors import InvalidInput, NotFound, OperatorError, StorageError
 from pki.files import atomic_write, ensure_dir, os_error, read_regular
-from pki.policy import PolicySettings
+from pki.issue.policy import PolicySettings
+from pki.revocation.files import CrlFiles
 
 PASSPHRASE_ENV = "FLEETPKI_CA_PASSPHRASE"  # noqa: S105 (a variable name, not a secret)
 ROOT_PASSPHRASE_ENV = "FLEETPKI_ROOT_PASSPHRASE"  # noqa: S105

@@ -33,10 +33,10 @@ from pki.errors import (
     StorageError,
 )
 from pki.home import Home
-from pki.issuance import Issuer
+from pki.issue.issuer import Issuer
+from pki.issue.policy import BACKDATE
+from pki.issue.profiles import get_profile
 from pki.model import IssuedCertificate, IssueRequest, RevocationReason, Status, serial_hex
-from pki.policy import BACKDATE
-from pki.profiles import get_profile
 from pki.storage import Inventory
 from rotation import store
 from rotation.metrics import Metrics
@@ -377,7 +377,7 @@ class RotationService:
     def _withdraw(self, unused: Sequence[tuple[IssuedCertificate, Rotation]]) -> None:
         """Revoke certificates issued for rotations that will not use them (never sent or
         installed), in one CRL: no certificate stays active without an owner."""
-        from pki.revocation import revoke_and_publish
+        from pki.revocation.revoke import revoke_and_publish
 
         if not unused:
             return
@@ -488,7 +488,7 @@ class RotationService:
         fail the rotations whose device did not answer in time. A rotation is completed
         only once its old certificate is revoked and the revocation hooks (IoT Core, the
         broker's CRL) succeeded; otherwise it stays confirmed and the next sweep retries."""
-        from pki.revocation import revoke_and_publish
+        from pki.revocation.revoke import revoke_and_publish
 
         result = SweepResult()
         with self._lock:
@@ -612,7 +612,7 @@ class RotationService:
             with store.transaction(self.inventory.engine) as conn:
                 servers.record_serial(conn, target.name, on_disk, now)
         if rotation.new_serial and self._active(rotation.new_serial):
-            from pki.revocation import revoke_and_publish
+            from pki.revocation.revoke import revoke_and_publish
 
             revoke_and_publish(self.home, self.inventory, self.issuer.ca, self.clock,
                                [int(rotation.new_serial, 16)],
@@ -679,8 +679,8 @@ class RotationService:
         """Re-sign each CA's CRL once two thirds of its validity have passed (a stale CRL
         makes the broker refuse every device); the root's only when its key is at hand,
         else a warning in the log. Returns whether anything was re-signed."""
-        from pki.crl import crl_health
-        from pki.revocation import refresh_crls
+        from pki.revocation.crl import crl_health
+        from pki.revocation.signing import refresh_crls
 
         with self._lock:
             done = refresh_crls(self.home, self.inventory, self.issuer.ca, self.clock, self.actor)

@@ -9,9 +9,9 @@ from typing import NamedTuple
 
 import sqlalchemy as sa
 
+from pki.issue.policy import BACKDATE
+from pki.issue.profiles import PROFILES
 from pki.model import Status
-from pki.policy import BACKDATE
-from pki.profiles import PROFILES
 from pki.storage import Inventory, UtcDateTime, certificates
 from rotation.schedule import RenewalPolicy, renewal_timestamp
 

@@ -33,7 +33,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from pki.childenv import child_env
-from pki.delivery import CERT_FILE, CHAIN_FILE, FULLCHAIN_FILE, KEY_FILE, make_key_and_csr
 from pki.errors import (
     AlreadyExists,
     BackendError,
@@ -43,7 +42,8 @@ from pki.errors import (
     StorageError,
 )
 from pki.files import atomic_write, check_writable_folder, ensure_dir, fsync_path
-from pki.issuance import Issuer
+from pki.issue.delivery import CERT_FILE, CHAIN_FILE, FULLCHAIN_FILE, KEY_FILE, make_key_and_csr
+from pki.issue.issuer import Issuer
 from pki.model import IssuedCertificate, IssueRequest, KeyType
 from rotation import store
 from rotation.store import server_targets
@@ -289,7 +289,7 @@ def add(
         install(target.directory, key_pem, issued, target.group)
     except BaseException:
         from pki.model import RevocationReason
-        from pki.revocation import revoke
+        from pki.revocation.revoke import revoke
 
         # never in use: revoked, so no certificate stays active without an owner
         revoke(issuer.inventory, issuer.ca, issuer.clock, issued.record.serial,

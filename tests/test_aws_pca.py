@@ -28,7 +28,7 @@ from pki.backends.aws_pca import (
 )
 from pki.clock import SystemClock
 from pki.errors import BackendError
-from pki.issuance import Issuer
+from pki.issue.issuer import Issuer
 from pki.model import IssueRequest
 from pki.storage import Inventory, pca_requests
 from tests.aws_fixtures import _pca_server, pca_aws  # noqa: F401 (fixtures)

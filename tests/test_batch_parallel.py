@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import pki.batch
-import pki.issuance
+import pki.issue.batch
+import pki.issue.issuer
 from pki.errors import BackendError, PolicyViolation
 from tests.conftest import Cli
 from tests.helpers import csr_with_version, load_cert, make_csr
@@ -31,15 +31,15 @@ def test_errors_survive_a_trip_through_pickle() -> None:
 def test_parallel_batch_matches_serial(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str | None
 ) -> None:
-    monkeypatch.setattr("pki.issuance.FORKED_CHUNK", 7)  # several chunks per worker
+    monkeypatch.setattr("pki.issue.issuer.FORKED_CHUNK", 7)  # several chunks per worker
     workers_used: list[int] = []
-    real = pki.issuance.Issuer._issue_forked
+    real = pki.issue.issuer.Issuer._issue_forked
 
-    def spy(self: pki.issuance.Issuer, *args: object) -> object:
+    def spy(self: pki.issue.issuer.Issuer, *args: object) -> object:
         workers_used.append(args[4])  # type: ignore[arg-type]
         return real(self, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(pki.issuance.Issuer, "_issue_forked", spy)
+    monkeypatch.setattr(pki.issue.issuer.Issuer, "_issue_forked", spy)
     batch = tmp_path / "csrs"
     batch.mkdir()
     for i in range(40):
@@ -67,8 +67,8 @@ def test_parallel_batch_matches_serial(
 
 
 def test_default_workers() -> None:
-    assert pki.batch.default_workers(10) == 1
-    assert pki.batch.default_workers(5000) >= 1
+    assert pki.issue.batch.default_workers(10) == 1
+    assert pki.issue.batch.default_workers(5000) >= 1
 
 
 @pytest.mark.usefixtures("ca_home")
@@ -88,11 +88,11 @@ def test_a_failing_chunk_stops_the_forked_batch_without_orphans(
     batch stops and raises, and every certificate file on disk has its inventory row."""
     from pki.app import App
     from pki.clock import SystemClock
-    from pki.delivery import OutputFolder
     from pki.errors import AlreadyExists
+    from pki.issue.delivery import OutputFolder
     from pki.model import IssueRequest
 
-    monkeypatch.setattr("pki.issuance.FORKED_CHUNK", 5)
+    monkeypatch.setattr("pki.issue.issuer.FORKED_CHUNK", 5)
     state = App(home, SystemClock())
     out = tmp_path / "out"
     requests = [
@@ -100,7 +100,7 @@ def test_a_failing_chunk_stops_the_forked_batch_without_orphans(
         for i in range(40)
     ]
 
-    def deliver(issued: pki.issuance.IssuedCertificate) -> object:
+    def deliver(issued: pki.issue.issuer.IssuedCertificate) -> object:
         if issued.record.common_name == "fork-22":
             raise AlreadyExists("fork-22/cert.pem already exists")
         return OutputFolder(out / issued.record.common_name).deliver(None)(issued)
@@ -133,7 +133,7 @@ def test_without_json_the_workers_send_back_counts_only(cli: Cli, tmp_path: Path
 def test_forked_spans_cover_the_batch_and_shrink_at_the_end(
     total: int, size: int, workers: int
 ) -> None:
-    spans = pki.issuance.forked_spans(total, size, workers)
+    spans = pki.issue.issuer.forked_spans(total, size, workers)
     covered = [i for start, end in spans for i in range(start, end)]
     assert covered == list(range(total))
     lengths = [end - start for start, end in spans]
@@ -142,7 +142,7 @@ def test_forked_spans_cover_the_batch_and_shrink_at_the_end(
     if total >= 10_000:
         assert lengths[0] == size
         # the last chunks are small: a worker waits on the other one for at most that long
-        assert max(lengths[-workers:]) <= pki.issuance.FORKED_TAIL_CHUNK
+        assert max(lengths[-workers:]) <= pki.issue.issuer.FORKED_TAIL_CHUNK
         assert len(spans) < total / size + 30  # not a flood of tiny commits
 
 
@@ -179,19 +179,19 @@ def test_an_unforeseen_failure_in_a_worker_stops_the_batch_with_exit_1(
 ) -> None:
     """An exception that is not one of ours (it may not even survive pickling) must not
     hang the parent: the batch stops, says what happened, and exits 1."""
-    real = pki.issuance.Issuer.outcome
+    real = pki.issue.issuer.Issuer.outcome
 
     class Unpicklable(Exception):
         def __init__(self, a: str, b: str) -> None:
             super().__init__(f"{a} {b}")
 
-    def outcome(self: pki.issuance.Issuer, request: pki.issuance.IssueRequest) -> object:
+    def outcome(self: pki.issue.issuer.Issuer, request: pki.issue.issuer.IssueRequest) -> object:
         if request.name == "unit-13":
             raise Unpicklable("boom", "here")
         return real(self, request)
 
-    monkeypatch.setattr(pki.issuance.Issuer, "outcome", outcome)
-    monkeypatch.setattr("pki.issuance.FORKED_CHUNK", 5)
+    monkeypatch.setattr(pki.issue.issuer.Issuer, "outcome", outcome)
+    monkeypatch.setattr("pki.issue.issuer.FORKED_CHUNK", 5)
     batch = tmp_path / "csrs"
     batch.mkdir()
     for i in range(30):

@@ -12,7 +12,7 @@ import pytest
 from cryptography import x509
 
 from pki.clock import FixedClock
-from pki.crl import check_serials, crl_number, revoked_serials
+from pki.revocation.crl import check_serials, crl_number, revoked_serials
 from tests.conftest import Cli
 from tests.helpers import NOW, load_cert
 
@@ -241,8 +241,8 @@ def test_a_published_crl_ahead_of_the_inventory_moves_the_number_past_it(
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from pki.backends.local import LocalCA
-    from pki.crl import build_crl
     from pki.home import Home
+    from pki.revocation.crl import build_crl
 
     ca = LocalCA(home / "ca", Home(home).passphrase)
     ahead = build_crl(

@@ -188,7 +188,7 @@ def test_failed_commit_removes_delivered_files(
     cli: Cli, fleet: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """If the inventory cannot commit, the files already written are removed."""
-    import pki.issuance
+    import pki.issue.issuer
 
     real = Inventory.transaction
 
@@ -199,7 +199,7 @@ def test_failed_commit_removes_delivered_files(
             raise StorageError("inventory write failed: disk I/O error")  # then COMMIT fails
 
     with monkeypatch.context() as patch:
-        patch.setattr(pki.issuance.Inventory, "transaction", failing_commit)
+        patch.setattr(pki.issue.issuer.Inventory, "transaction", failing_commit)
         result = cli("issue", "device", "thing-y", "--generate-key", "--out", tmp_path / "y")
     assert result.code == 1
     assert "disk I/O error" in result.err

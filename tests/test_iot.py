@@ -152,8 +152,8 @@ def test_aws_failure_half_way_is_rolled_back(
     from devices.iot import IotCore
     from pki.app import App
     from pki.clock import SystemClock
-    from pki.delivery import make_key_and_csr
     from pki.errors import BackendError
+    from pki.issue.delivery import make_key_and_csr
     from pki.model import IssueRequest, KeyType
 
     client = iot()

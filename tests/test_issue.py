@@ -240,9 +240,9 @@ def test_batch_issues_good_and_skips_bad(cli: Cli, ca_home: Path, tmp_path: Path
 def test_batch_commits_in_chunks(
     cli: Cli, ca_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pki.issuance
+    import pki.issue.issuer
 
-    monkeypatch.setattr(pki.issuance, "BATCH_COMMIT_SIZE", 3)
+    monkeypatch.setattr(pki.issue.issuer, "BATCH_COMMIT_SIZE", 3)
     batch = tmp_path / "b"
     batch.mkdir()
     for i in range(7):

@@ -16,17 +16,17 @@ from pki.backends.local import LocalCA
 from pki.clock import SystemClock
 from pki.errors import IssuedCertificateMismatch
 from pki.home import Home
-from pki.issuance import Issuer
+from pki.issue.issuer import Issuer
 from pki.model import IssueRequest, Status
 from pki.storage import Inventory
 from tests.helpers import make_csr
 
 
 class WrongTemplateCA(LocalCA):
-    """Like a Private CA with the wrong template: signs what it likes."""
+    """Like a Private CA with the wrong template: signs what it likes. (It signs in this
+    process, so the issuer is told to check signatures as for a remote CA.)"""
 
     name = "wrong-template"
-    signs_in_process = False
 
     def __init__(self, ca_dir: Path, passphrase: object, mistake: str) -> None:
         super().__init__(ca_dir, passphrase)  # type: ignore[arg-type]
@@ -118,7 +118,7 @@ def test_mismatch_is_quarantined_and_raised(
     inventory = Inventory.open(home.database_url)
     try:
         ca = WrongTemplateCA(home.ca_dir, home.passphrase, mistake)
-        issuer = Issuer(ca, inventory, SystemClock())
+        issuer = Issuer(ca, inventory, SystemClock(), verify_signature=True)
         assert issuer.verify_signature
         delivered = []
         with pytest.raises(IssuedCertificateMismatch) as caught:

@@ -24,7 +24,7 @@ from devices import rotation_protocol as rp
 from devices.device import Credentials, PahoDevice, client_context
 from devices.impostors import try_https, try_mqtt
 from pki.clock import FixedClock
-from pki.delivery import make_key_and_csr
+from pki.issue.delivery import make_key_and_csr
 from pki.model import KeyType
 from tests.device_fixtures import Stand, fleetpki, make_home, ok, running_stand, wait_for
 

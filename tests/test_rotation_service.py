@@ -15,8 +15,8 @@ from cryptography import x509
 from devices import rotation_protocol as rp
 from pki.app import App
 from pki.clock import FixedClock
-from pki.delivery import make_key_and_csr
 from pki.errors import OperatorError
+from pki.issue.delivery import make_key_and_csr
 from pki.model import KeyType, Status
 from rotation import store
 from rotation.daemon import Daemon

@@ -138,7 +138,7 @@ def publish_crl_to_alb(
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from pki.aws import publish as aws
-    from pki.revocation import sign_and_publish
+    from pki.revocation.signing import sign_and_publish
 
     where = aws.S3Location.parse(crl_uri)
     inventory = app.inventory()

@@ -10,8 +10,8 @@ from typing import Protocol, runtime_checkable
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
+from pki.issue.policy import CertificatePlan
 from pki.model import RevocationReason
-from pki.policy import CertificatePlan
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,18 @@ class CertificateAuthority(Protocol):
 
     def chain(self) -> tuple[x509.Certificate, ...]:
         """Issuing CA first, root last."""
+        ...
+
+
+@runtime_checkable
+class InProcessSigner(Protocol):
+    """Optional: backends that sign in this process with a key they hold. Signing is CPU
+    work here (a batch scales with processes, not requests in flight), and the key is
+    unlocked once, before forking workers; a certificate this process just signed needs
+    no second signature check."""
+
+    def load_signing_key(self) -> None:
+        """Unlock the signing key now (a wrong passphrase is found before any change)."""
         ...
 
 

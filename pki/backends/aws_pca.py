@@ -7,7 +7,7 @@ validity from the plan, the signing algorithm that matches the CA key, and an
 inventory's request ledger remembers it longer, so a retry never makes a second
 certificate. Calls go through a client-side token bucket per API (the default service
 quotas), boto3 retries in adaptive mode, and typed handling of ``ThrottlingException``
-and ``RequestInProgressException``. What comes back is verified by ``pki.issuance``.
+and ``RequestInProgressException``. What comes back is verified by ``pki.issue.issuer``.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from pki.backends import RevokedEntry, SigningRequest
 
 if TYPE_CHECKING:
     from pki.backends.registry import BackendContext
-from pki.distribution import CaUrls
+from pki.ca.distribution import CaUrls
 from pki.errors import (
     AlreadyExists,
     InvalidInput,
@@ -28,9 +28,9 @@ from pki.errors import (
     WrongPassphrase,
 )
 from pki.files import atomic_write, ensure_dir, read_regular
+from pki.issue.policy import BACKDATE
+from pki.issue.profiles import key_usage_for
 from pki.model import KeyType, RevocationReason
-from pki.policy import BACKDATE
-from pki.profiles import key_usage_for
 
 ROOT_CERT = "root.pem"
 ROOT_KEY = "root.key.pem"
@@ -116,7 +116,6 @@ class LocalCA:
     """Signs with the issuing CA's key, which is decrypted only when first needed."""
 
     name = "local"
-    signs_in_process = True
 
     def __init__(
         self,
@@ -316,7 +315,7 @@ class LocalCA:
         this_update: dt.datetime,
         next_update: dt.datetime,
     ) -> x509.CertificateRevocationList:
-        from pki.crl import build_crl
+        from pki.revocation.crl import build_crl
 
         key = self._issuing_key
         return build_crl(
@@ -339,7 +338,7 @@ class LocalCA:
         next_update: dt.datetime,
     ) -> x509.CertificateRevocationList:
         """The root's CRL (the subordinate CAs it revoked), signed with the root key."""
-        from pki.crl import build_crl
+        from pki.revocation.crl import build_crl
 
         key = self._root_key
         return build_crl(

@@ -96,7 +96,7 @@ def ca_init(
     only 'fleetpki crl --root' needs it). Refuses to overwrite an existing CA, and an
     inventory (FLEETPKI_DATABASE_URL) that holds another CA hierarchy.
     """
-    from pki.ca_setup import CaInitResult, init_ca
+    from pki.ca.setup import CaInitResult, init_ca
 
     result: CaInitResult
     if backend == "aws-pca" and publish_url:
@@ -116,8 +116,8 @@ def ca_init(
         from pki.errors import InvalidInput
 
         raise InvalidInput("--ca-arn, --create and --region need --backend aws-pca")
-    from pki.ca_setup import check_init
-    from pki.distribution import urls_under
+    from pki.ca.distribution import urls_under
+    from pki.ca.setup import check_init
 
     check_init(app.home, key_type, common_name, root_days, issuing_days)  # before any write
     try:
@@ -147,7 +147,7 @@ def ca_init(
 
 def _report_ca(app: App, result: Any, as_json: bool, what: str) -> None:
     if as_json:  # the same shape as 'ca show --json'
-        from pki.ca_status import ca_status
+        from pki.ca.status import ca_status
 
         print_json(ca_status(app.home, app.inventory(), app.now()).to_json())
         return
@@ -170,7 +170,7 @@ def _init_aws_pca(
     issuing_days: int,
 ) -> Any:
     from pki.backends.aws_pca import AwsPrivateCA, create_hierarchy, make_client, region_of_arn
-    from pki.ca_setup import init_aws_ca
+    from pki.ca.setup import init_aws_ca
     from pki.errors import AlreadyExists, InvalidInput
 
     if bool(ca_arn) == create:
@@ -186,7 +186,7 @@ def _init_aws_pca(
         check_ca_options(common_name, root_days, issuing_days)  # before anything is billed
     client = make_client(region or (region_of_arn(ca_arn) if ca_arn else None))
     if create:  # before anything is billed: an inventory of another hierarchy is refused
-        from pki.hierarchy import check_free_for_init
+        from pki.ca.hierarchy import check_free_for_init
 
         check_free_for_init(app.inventory(create=True), app.home.database_url, None)
     created: list[str] = []
@@ -262,7 +262,7 @@ def ca_chain(app: App, root: bool, issuing: bool, fmt: str) -> None:
 def ca_show(app: App, as_json: bool) -> None:
     """Show the CA certificates, the configuration and each CA's published CRL (number,
     nextUpdate; a warning when one is due for re-signing or has expired)."""
-    from pki.ca_status import ca_status
+    from pki.ca.status import ca_status
 
     status = ca_status(app.home, app.inventory(), app.now())
     if as_json:

@@ -54,7 +54,7 @@ def revoke_cmd(app: App, serial: str, reason: str, no_crl: bool, as_json: bool) 
     what an interrupted revocation left undone (the CRL, the revocation hooks)."""
     from pki.backends import CrlSigner
     from pki.model import RevocationReason, parse_serial
-    from pki.revocation import revoke_and_publish
+    from pki.revocation.revoke import revoke_and_publish
 
     ca = app.ca()
     done = revoke_and_publish(
@@ -181,7 +181,7 @@ def _sign_crl(
     from pki.errors import InvalidInput
     from pki.files import atomic_write, refuse_special
     from pki.model import isoformat, parse_duration
-    from pki.revocation import refresh_crls, sign_and_publish
+    from pki.revocation.signing import refresh_crls, sign_and_publish
 
     window = parse_duration(next_update) if next_update is not None else None
     if out_file is None and fmt == "der" and sys.stdout.isatty():

@@ -26,8 +26,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from pki.crl import crl_number
 from pki.files import atomic_write, ensure_dir
+from pki.revocation.crl import crl_number
 
 CRL_CAS = ("issuing", "root")  # in the order the combined file lists them
 COMBINED = "combined.crl.pem"

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from cryptography.x509.oid import ExtensionOID
 
-from pki.csr import CsrFacts
 from pki.errors import InvalidInput, PolicyViolation
+from pki.issue.csr import CsrFacts
+from pki.issue.profiles import DEVICE, THING_NAME_PATTERN, CertificateProfile
 from pki.model import IssueRequest
-from pki.profiles import DEVICE, THING_NAME_PATTERN, CertificateProfile
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 
 from pki.backends.local import LocalCA, check_ca_options
+from pki.ca.hierarchy import check_free_for_init, new_hierarchy_id
 from pki.clock import Clock
 from pki.errors import AlreadyExists, InvalidInput, OperatorError
 from pki.files import remove_quietly
-from pki.hierarchy import check_free_for_init, new_hierarchy_id
 from pki.home import Home, HomeConfig
-from pki.issuance import PEM, fingerprint
+from pki.issue.issuer import PEM, fingerprint
+from pki.issue.profiles import ISSUING_CA_PROFILE, ROOT_CA_PROFILE
 from pki.model import CertificateRecord, KeyType, Status
-from pki.profiles import ISSUING_CA_PROFILE, ROOT_CA_PROFILE
-from pki.revocation import sign_and_publish
+from pki.revocation.signing import sign_and_publish
 from pki.storage import AuditEvent, Inventory, NewCertificate
 
 if TYPE_CHECKING:

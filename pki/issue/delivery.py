@@ -12,9 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from pki import policy
 from pki.backends.local import generate_key
-from pki.csr import MAX_CSR_BYTES
 from pki.errors import AlreadyExists, InvalidInput, PolicyViolation
 from pki.files import (
     atomic_write_many,
@@ -25,6 +23,8 @@ from pki.files import (
     refuse_special,
     remove_quietly,
 )
+from pki.issue import policy
+from pki.issue.csr import MAX_CSR_BYTES
 from pki.model import IssuedCertificate, IssueRequest, KeyType
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -14,16 +14,14 @@ import multiprocessing.pool
 import signal
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import NameOID
 
-from pki import csr as csr_mod
-from pki import policy
-from pki.backends import CertificateAuthority, SigningRequest
+from pki.backends import CertificateAuthority, InProcessSigner, SigningRequest
 from pki.clock import Clock
 from pki.errors import (
     FleetPkiError,
@@ -31,9 +29,11 @@ from pki.errors import (
     IssuedCertificateMismatch,
     OperatorError,
 )
+from pki.issue import csr as csr_mod
+from pki.issue import policy
+from pki.issue.policy import BACKDATE, CertificatePlan, PolicySettings
+from pki.issue.profiles import get_profile
 from pki.model import CertificateRecord, IssuedCertificate, IssueRequest, Status, isoformat
-from pki.policy import BACKDATE, CertificatePlan, PolicySettings
-from pki.profiles import get_profile
 from pki.storage import AuditEvent, Inventory, NewCertificate
 
 PEM = serialization.Encoding.PEM
@@ -41,6 +41,15 @@ log = logging.getLogger("fleetpki.issuance")
 
 # Delivery writes the certificate somewhere (files, a response) and returns how to undo it.
 Deliver = Callable[[IssuedCertificate], Callable[[], None]]
+
+
+@runtime_checkable
+class BatchDelivery(Protocol):
+    """Optional: a delivery that writes a whole chunk at once (all or none)."""
+
+    def __call__(self, issued: IssuedCertificate) -> Callable[[], None]: ...
+
+    def many(self, issued: Sequence[IssuedCertificate]) -> list[Callable[[], None]]: ...
 
 BATCH_COMMIT_SIZE = 1000
 # Requests per chunk a forked worker signs and commits in one transaction: large enough
@@ -277,7 +286,7 @@ class Issuer:
         # the issuing CA. One this process just signed with the CA key it holds needs no
         # second check of the same key (saves an ECDSA verify per certificate).
         if verify_signature is None:
-            verify_signature = not getattr(ca, "signs_in_process", False)
+            verify_signature = not isinstance(ca, InProcessSigner)
         self.verify_signature = verify_signature
         self._chain = ca.chain()
         self._chain_pem = b"".join(c.public_bytes(PEM) for c in self._chain)
@@ -403,7 +412,7 @@ class Issuer:
     def signs_in_process(self) -> bool:
         """True when signing is CPU work here (scale with processes); False when it is a
         remote call (scale with requests in flight: threads)."""
-        return bool(getattr(self.ca, "signs_in_process", False))
+        return isinstance(self.ca, InProcessSigner)
 
     def _outcomes(self, requests: Iterable[IssueRequest], workers: int) -> Iterator[Outcome]:
         if workers <= 1:
@@ -427,9 +436,8 @@ class Issuer:
     ) -> BatchReport:
         global _WORKER_ISSUER, _WORKER_COMMIT, _WORKER_STOP
         report = BatchReport()
-        warm = getattr(self.ca, "load_signing_key", None)
-        if callable(warm):
-            warm()  # decrypt the CA key once, before forking, not once per worker
+        if isinstance(self.ca, InProcessSigner):
+            self.ca.load_signing_key()  # decrypt the CA key once, before forking
         work = list(requests)
         size = max(1, min(commit_size, FORKED_CHUNK))
         spans = forked_spans(len(work), size, workers)
@@ -470,9 +478,8 @@ class Issuer:
                 # files first, then the rows: SQLite's write lock is taken by the first
                 # INSERT, so a forked worker writing (and fsyncing) its files does not keep
                 # the other one from committing; if anything fails, the files are removed
-                many = getattr(deliver, "many", None)  # a whole chunk at once, if it can
-                if callable(many):
-                    undo.extend(many(issued))
+                if isinstance(deliver, BatchDelivery):  # a whole chunk at once
+                    undo.extend(deliver.many(issued))
                 else:
                     for item in issued:
                         undo.append(deliver(item))

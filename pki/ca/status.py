@@ -7,10 +7,10 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from pki.crl import CrlHealth, crl_health
 from pki.home import Home
+from pki.issue.profiles import ISSUING_CA_PROFILE, ROOT_CA_PROFILE
 from pki.model import CertificateRecord, isoformat
-from pki.profiles import ISSUING_CA_PROFILE, ROOT_CA_PROFILE
+from pki.revocation.crl import CrlHealth, crl_health
 from pki.storage import Inventory
 
 

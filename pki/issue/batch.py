@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from pki.delivery import FolderPerThing, OutputFolder, read_csr
 from pki.errors import InvalidInput, OperatorError
-from pki.issuance import Failure
+from pki.issue.delivery import FolderPerThing, OutputFolder, read_csr
+from pki.issue.issuer import Failure
 from pki.model import IssueRequest
 from pki.text import escape_controls
 
