@@ -149,7 +149,8 @@ def _provision_batch(
     batch_dir: Path, out_dir: Path, days: int | None, force: bool, as_json: bool
 ) -> int:
     from devices.iot import provision_many
-    from pki.issue.batch import csr_files, deliver_into, progress_bar, read_requests, report
+    from pki.cli.batch import progress_bar, report
+    from pki.issue.batch import csr_files, deliver_into, read_requests
     from pki.issue.issuer import Failure
 
     files = csr_files(batch_dir)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import pki.issue.batch
+import pki.issue.forkpool
 import pki.issue.issuer
 from pki.errors import BackendError, PolicyViolation
 from tests.conftest import Cli
@@ -31,15 +32,15 @@ def test_errors_survive_a_trip_through_pickle() -> None:
 def test_parallel_batch_matches_serial(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str | None
 ) -> None:
-    monkeypatch.setattr("pki.issue.issuer.FORKED_CHUNK", 7)  # several chunks per worker
+    monkeypatch.setattr("pki.issue.forkpool.FORKED_CHUNK", 7)  # several chunks per worker
     workers_used: list[int] = []
-    real = pki.issue.issuer.Issuer._issue_forked
+    real = pki.issue.forkpool.issue_forked
 
-    def spy(self: pki.issue.issuer.Issuer, *args: object) -> object:
+    def spy(issuer: pki.issue.issuer.Issuer, *args: object) -> object:
         workers_used.append(args[4])  # type: ignore[arg-type]
-        return real(self, *args)  # type: ignore[arg-type]
+        return real(issuer, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(pki.issue.issuer.Issuer, "_issue_forked", spy)
+    monkeypatch.setattr(pki.issue.forkpool, "issue_forked", spy)
     batch = tmp_path / "csrs"
     batch.mkdir()
     for i in range(40):
@@ -92,7 +93,7 @@ def test_a_failing_chunk_stops_the_forked_batch_without_orphans(
     from pki.issue.delivery import OutputFolder
     from pki.model import IssueRequest
 
-    monkeypatch.setattr("pki.issue.issuer.FORKED_CHUNK", 5)
+    monkeypatch.setattr("pki.issue.forkpool.FORKED_CHUNK", 5)
     state = App(home, SystemClock())
     out = tmp_path / "out"
     requests = [
@@ -133,7 +134,7 @@ def test_without_json_the_workers_send_back_counts_only(cli: Cli, tmp_path: Path
 def test_forked_spans_cover_the_batch_and_shrink_at_the_end(
     total: int, size: int, workers: int
 ) -> None:
-    spans = pki.issue.issuer.forked_spans(total, size, workers)
+    spans = pki.issue.forkpool.forked_spans(total, size, workers)
     covered = [i for start, end in spans for i in range(start, end)]
     assert covered == list(range(total))
     lengths = [end - start for start, end in spans]
@@ -142,7 +143,7 @@ def test_forked_spans_cover_the_batch_and_shrink_at_the_end(
     if total >= 10_000:
         assert lengths[0] == size
         # the last chunks are small: a worker waits on the other one for at most that long
-        assert max(lengths[-workers:]) <= pki.issue.issuer.FORKED_TAIL_CHUNK
+        assert max(lengths[-workers:]) <= pki.issue.forkpool.FORKED_TAIL_CHUNK
         assert len(spans) < total / size + 30  # not a flood of tiny commits
 
 
@@ -191,7 +192,7 @@ def test_an_unforeseen_failure_in_a_worker_stops_the_batch_with_exit_1(
         return real(self, request)
 
     monkeypatch.setattr(pki.issue.issuer.Issuer, "outcome", outcome)
-    monkeypatch.setattr("pki.issue.issuer.FORKED_CHUNK", 5)
+    monkeypatch.setattr("pki.issue.forkpool.FORKED_CHUNK", 5)
     batch = tmp_path / "csrs"
     batch.mkdir()
     for i in range(30):

@@ -15,7 +15,8 @@ from pki.clock import Clock
 from pki.errors import AlreadyExists, InvalidInput, OperatorError
 from pki.files import remove_quietly
 from pki.home import Home, HomeConfig
-from pki.issue.issuer import PEM, fingerprint
+from pki.issue.check import fingerprint
+from pki.issue.issuer import PEM
 from pki.issue.profiles import ISSUING_CA_PROFILE, ROOT_CA_PROFILE
 from pki.model import CertificateRecord, KeyType, Status
 from pki.revocation.signing import sign_and_publish

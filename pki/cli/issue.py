@@ -81,7 +81,7 @@ def issue_device(
             raise InvalidInput("--batch takes no THING_NAME, --csr or --generate-key")
         if fmt != "pem" or p12_passphrase_file is not None:
             raise InvalidInput("--batch writes PEM files; --format applies to one certificate")
-        from pki.issue.batch import issue_device_batch
+        from pki.cli.batch import issue_device_batch
 
         return issue_device_batch(app, batch_dir, out_dir, days, force, as_json, workers)
     if workers is not None:

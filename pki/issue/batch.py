@@ -1,25 +1,18 @@
-"""Factory provisioning: every ``THING.csr`` in a folder, with progress, bad ones skipped.
-
-The pieces (listing the folder, reading requests, the progress bar, the report) are shared
-with ``fleetpki iot provision --batch``.
-"""
+"""Factory batches: every ``THING.csr`` in a folder as one request each, a bad file skipped
+(the rest go on), and how many workers a batch gets. Shared by ``issue device --batch``
+and ``iot provision --batch``; what they print is ``pki.cli.batch``'s."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import click
+from typing import TYPE_CHECKING
 
 from pki.errors import InvalidInput, OperatorError
 from pki.issue.delivery import FolderPerThing, OutputFolder, read_csr
-from pki.issue.issuer import Failure
+from pki.issue.issuer import BatchReport, Failure
 from pki.model import IssueRequest
-from pki.text import escape_controls
 
 if TYPE_CHECKING:
     from pki.app import App
@@ -77,86 +70,34 @@ def deliver_into(out_dir: Path, force: bool) -> FolderPerThing:
     return FolderPerThing(out_dir, force)
 
 
-@contextmanager
-def progress_bar(description: str, total: int, *, quiet: bool) -> Iterator[Callable[[], None]]:
-    """A progress bar on stderr (only on a terminal, never with ``--json``); yields
-    ``advance()``, which may be called from any thread."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=quiet or not console.is_terminal,
-    ) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda: progress.advance(task)
 
 
-def report(
-    done: Sequence[dict[str, Any]],
-    failures: Sequence[Failure],
-    *,
-    as_json: bool,
-    done_key: str,
-    summary: str,
-) -> int:
-    """Print a batch's outcome; exit code 2 when anything was skipped."""
-    failures = sorted(failures, key=lambda f: f.name)
-    if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    done_key: list(done),
-                    "skipped": [{"thing": f.name, "error": str(f.error)} for f in failures],
-                },
-                indent=2,
-                sort_keys=True,
-            )
-        )
-    for failure in failures:  # names and CSR contents came from outside: escaped
-        click.echo(
-            f"skipped {escape_controls(failure.name)}: {escape_controls(str(failure.error))}",
-            err=True,
-        )
-    click.echo(f"{summary}, skipped {len(failures)}", err=True)
-    return 2 if failures else 0
-
-
-def issue_device_batch(
+def issue_folder(
     app: App,
-    batch_dir: Path,
+    files: Sequence[Path],
     out_dir: Path,
+    *,
     days: int | None,
     force: bool,
-    as_json: bool,
-    workers: int | None = None,
-) -> int:
-    files = csr_files(batch_dir)
+    workers: int | None,
+    keep: bool,
+    advance: Callable[[], None],
+) -> tuple[BatchReport, list[Failure]]:
+    """Issue every CSR file into ``out_dir/THING/`` (a chunk's files at once) on as many
+    workers as the backend wants; returns the report and the files skipped before
+    signing (unreadable, their folder taken). ``keep``: the certificates come back in
+    the report (else only the count: nobody reads them)."""
     issuer = app.issuer()
-    actor = app.home.actor()
     skipped: list[Failure] = []
-    with progress_bar("issuing", len(files), quiet=as_json) as advance:
-        requests = read_requests(
-            files, out_dir, days=days, force=force, actor=actor, skipped=skipped, advance=advance
-        )
-        result = issuer.issue_batch(
-            requests,
-            deliver_into(out_dir, force),
-            lambda _name, _error: advance(),
-            workers=workers or default_workers(len(files), remote=not issuer.signs_in_process),
-            actor=actor,
-            keep=as_json,  # the records are printed only with --json
-        )
-    return report(
-        [i.record.to_json(app.now()) for i in result.issued],
-        skipped + result.failed,
-        as_json=as_json,
-        done_key="issued",
-        summary=f"issued {result.issued_count} device certificate(s) into {out_dir}",
+    requests = read_requests(
+        files, out_dir, days=days, force=force, actor=app.actor, skipped=skipped, advance=advance
     )
+    result = issuer.issue_batch(
+        requests,
+        deliver_into(out_dir, force),
+        lambda _name, _error: advance(),
+        workers=workers or default_workers(len(files), remote=not issuer.signs_in_process),
+        actor=app.actor,
+        keep=keep,
+    )
+    return result, skipped

@@ -11,27 +11,24 @@ import datetime as dt
 import logging
 import multiprocessing
 import multiprocessing.pool
-import signal
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from pki.backends import CertificateAuthority, InProcessSigner, SigningRequest
 from pki.clock import Clock
 from pki.errors import (
     FleetPkiError,
-    InternalError,
     IssuedCertificateMismatch,
     OperatorError,
 )
 from pki.issue import csr as csr_mod
 from pki.issue import policy
-from pki.issue.policy import BACKDATE, CertificatePlan, PolicySettings
+from pki.issue.check import IssuingCa, fingerprint, verify_issued
+from pki.issue.policy import CertificatePlan, PolicySettings
 from pki.issue.profiles import get_profile
 from pki.model import CertificateRecord, IssuedCertificate, IssueRequest, Status, isoformat
 from pki.storage import AuditEvent, Inventory, NewCertificate
@@ -52,30 +49,6 @@ class BatchDelivery(Protocol):
     def many(self, issued: Sequence[IssuedCertificate]) -> list[Callable[[], None]]: ...
 
 BATCH_COMMIT_SIZE = 1000
-# Requests per chunk a forked worker signs and commits in one transaction: large enough
-# to spread a commit's fsync thin, small enough that the two workers finish together.
-FORKED_CHUNK = 500
-# The last chunks shrink (down to this) so that the workers finish together instead of
-# one waiting on the other's last full chunk.
-FORKED_TAIL_CHUNK = 50
-
-
-def forked_spans(total: int, size: int, workers: int) -> list[tuple[int, int]]:
-    """Index ranges for forked workers: ``size`` at a time while there is plenty of work,
-    then about a ``2 * workers``-th of what is left (never under ``FORKED_TAIL_CHUNK``
-    or ``size``, whichever is smaller), so every worker runs out of work at about the
-    same moment. Pure; the spans cover ``range(total)`` in order, without overlap."""
-    spans: list[tuple[int, int]] = []
-    floor = max(1, min(size, FORKED_TAIL_CHUNK))
-    start = 0
-    while start < total:
-        share = (total - start) // (2 * max(1, workers))
-        step = max(floor, min(size, share))
-        spans.append((start, min(total, start + step)))
-        start += step
-    return spans
-
-
 def _no_delivery(_issued: IssuedCertificate) -> Callable[[], None]:
     return lambda: None
 
@@ -105,161 +78,6 @@ class Outcome:
     issued: IssuedCertificate | None = None
     error: FleetPkiError | None = None
     quarantined: IssuedCertificate | None = None
-
-
-# The issuer a forked batch worker signs with (set in the parent just before forking).
-_WORKER_ISSUER: Issuer | None = None
-
-
-def _worker_init() -> None:
-    issuer = _WORKER_ISSUER
-    assert issuer is not None
-    # The parent's database connections must never be used (or closed) by a child.
-    issuer.inventory.engine.dispose(close=False)
-
-
-# What a forked batch worker commits and delivers with, and the requests (set with
-# _WORKER_ISSUER, inherited through fork).
-_WORKER_COMMIT: tuple[Deliver, str, Sequence[IssueRequest], bool] | None = None
-_WORKER_STOP: Any = None  # a multiprocessing Event: set when a chunk failed
-
-
-@dataclass(frozen=True)
-class ChunkResult:
-    outcomes: list[Outcome]
-    fatal: FleetPkiError | None = None  # storage or backend failure: the batch stops
-
-
-def _worker_chunk(span: tuple[int, int]) -> ChunkResult:
-    """Sign, check, quarantine, commit and deliver one chunk in a forked worker: the
-    parent only hands out index ranges of the requests (inherited through fork) and adds
-    up the results (on two cores, a parent that also wrote every row would take the CPU
-    the second worker needs). Once a chunk failed, the others do nothing more."""
-    issuer, commit, stop = _WORKER_ISSUER, _WORKER_COMMIT, _WORKER_STOP
-    assert issuer is not None and commit is not None and stop is not None
-    if stop.is_set():
-        return ChunkResult([])
-    deliver, actor, requests, keep = commit
-    try:
-        outcomes = [issuer.outcome(r) for r in requests[span[0] : span[1]]]
-        for o in outcomes:
-            if o.quarantined is not None:
-                issuer._quarantine(o.quarantined, actor)
-        issued = [o.issued for o in outcomes if o.issued is not None]
-        if issued:
-            # a stop (Ctrl-C, the pool terminated) waits until the rows and the files are
-            # both there or both gone: never a delivered certificate without its row
-            blocked = {signal.SIGINT, signal.SIGTERM}
-            signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
-            try:
-                issuer._commit(issued, deliver, actor)
-            finally:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
-    except FleetPkiError as exc:
-        stop.set()
-        return ChunkResult([], exc)
-    except Exception as exc:  # a bug: stop the batch like one process would, without hanging
-        stop.set()
-        return ChunkResult([], InternalError("in a batch worker", exc))
-    if not keep:  # names and errors only: nobody reads the certificates back
-        return ChunkResult([Outcome(o.name, error=o.error) for o in outcomes])
-    return ChunkResult(outcomes)
-
-
-def fingerprint(cert: x509.Certificate) -> str:
-    return cert.fingerprint(hashes.SHA256()).hex()
-
-
-def spki(key: CertificatePublicKeyTypes) -> bytes:
-    return key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-@dataclass(frozen=True)
-class IssuingCa:
-    """The issuing CA's certificate with the fields every check reads (cryptography builds
-    a new ``Name`` and ``datetime`` on each access)."""
-
-    certificate: x509.Certificate
-    subject: x509.Name
-    not_after: dt.datetime
-
-    @classmethod
-    def of(cls, certificate: x509.Certificate) -> IssuingCa:
-        return cls(certificate, certificate.subject, certificate.not_valid_after_utc)
-
-
-def verify_issued(
-    cert: x509.Certificate,
-    request: SigningRequest,
-    issuing_ca: IssuingCa,
-    *,
-    check_signature: bool,
-) -> None:
-    """Check a certificate a backend returned against what was asked for.
-
-    Raises ``IssuedCertificateMismatch`` naming the first difference.
-    """
-    plan = request.plan
-
-    def bad(what: str) -> IssuedCertificateMismatch:
-        return IssuedCertificateMismatch("issue", "CA", f"returned certificate {what}")
-
-    if cert.public_key() != request.public_key:
-        raise bad("has a different public key than the CSR")
-    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
-    if lifetime > dt.timedelta(days=plan.profile.max_days) + BACKDATE:
-        raise bad(f"is valid for {lifetime.days} days, over the profile's {plan.profile.max_days}")
-    if cert.not_valid_after_utc > issuing_ca.not_after:
-        raise bad("outlives the issuing CA")
-    if cert.issuer != issuing_ca.subject:
-        raise bad(f"was issued by {cert.issuer.rfc4514_string()}, not the issuing CA")
-    found: dict[type, x509.ExtensionType] = {}
-    for extension in cert.extensions:  # one pass; get_extension_for_class scans each time
-        found[type(extension.value)] = extension.value
-    constraints = found.get(x509.BasicConstraints)
-    usage = found.get(x509.KeyUsage)
-    eku = found.get(x509.ExtendedKeyUsage)
-    san = found.get(x509.SubjectAlternativeName)
-    if not (
-        isinstance(constraints, x509.BasicConstraints)
-        and isinstance(usage, x509.KeyUsage)
-        and isinstance(eku, x509.ExtendedKeyUsage)
-        and isinstance(san, x509.SubjectAlternativeName)
-    ):
-        raise bad("lacks basicConstraints, keyUsage, extendedKeyUsage or subjectAltName")
-    if constraints.ca:
-        raise bad("is a CA certificate")
-    if usage.key_cert_sign or usage.crl_sign:
-        raise bad("may sign certificates or CRLs")
-    if list(eku) != list(plan.profile.eku):
-        raise bad(f"has extended key usage {[o.dotted_string for o in eku]}")
-    names: dict[str, tuple[set[str], set[str]]] = {
-        "URI": (set(plan.uris), set(san.get_values_for_type(x509.UniformResourceIdentifier))),
-        "DNS": (set(plan.dns_names), set(san.get_values_for_type(x509.DNSName))),
-        "IP": (
-            {str(ip) for ip in plan.ip_addresses},
-            {str(ip) for ip in san.get_values_for_type(x509.IPAddress)},
-        ),
-    }
-    for kind, (wanted, got) in names.items():
-        if wanted != got:
-            raise bad(f"has {kind} names {sorted(got)}, not {sorted(wanted)}")
-    other = [n for n in san if not isinstance(n, _PLANNED_NAME_TYPES)]
-    if other:
-        raise bad(f"has other subject alternative names: {other[0]}")
-    common_names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if [a.value for a in common_names] != [plan.common_name]:
-        raise bad(f"names {cert.subject.rfc4514_string()}, not CN={plan.common_name}")
-    if check_signature:
-        try:
-            cert.verify_directly_issued_by(issuing_ca.certificate)
-        except Exception as exc:  # InvalidSignature, ValueError, TypeError...
-            raise bad(f"does not verify against the issuing CA: {exc}") from None
-
-
-_PLANNED_NAME_TYPES = (x509.UniformResourceIdentifier, x509.DNSName, x509.IPAddress)
 
 
 class Issuer:
@@ -379,8 +197,10 @@ class Issuer:
         and delivered.
         """
         if workers > 1 and self.signs_in_process:
-            return self._issue_forked(
-                requests, deliver, progress, commit_size, workers, actor, keep
+            from pki.issue.forkpool import issue_forked
+
+            return issue_forked(
+                self, requests, deliver, progress, commit_size, workers, actor, keep
             )
         report = BatchReport()
         pending: list[IssuedCertificate] = []
@@ -418,55 +238,11 @@ class Issuer:
         if workers <= 1:
             yield from (self.outcome(r) for r in requests)
             return
-        # A remote CA (AWS Private CA; the in-process CA forks, see _issue_forked): the
+        # A remote CA (AWS Private CA; the in-process CA forks, see forkpool): the
         # time goes in round trips, so keep several requests in flight; the backend's
         # rate limiter keeps them within the quota.
         with multiprocessing.pool.ThreadPool(workers) as threads:
             yield from threads.imap(self.outcome, requests)
-
-    def _issue_forked(
-        self,
-        requests: Iterable[IssueRequest],
-        deliver: Deliver,
-        progress: Callable[[str, FleetPkiError | None], None] | None,
-        commit_size: int,
-        workers: int,
-        actor: str,
-        keep: bool,
-    ) -> BatchReport:
-        global _WORKER_ISSUER, _WORKER_COMMIT, _WORKER_STOP
-        report = BatchReport()
-        if isinstance(self.ca, InProcessSigner):
-            self.ca.load_signing_key()  # decrypt the CA key once, before forking
-        work = list(requests)
-        size = max(1, min(commit_size, FORKED_CHUNK))
-        spans = forked_spans(len(work), size, workers)
-        context = multiprocessing.get_context("fork")
-        _WORKER_ISSUER, _WORKER_STOP = self, context.Event()
-        _WORKER_COMMIT = (deliver, actor, work, keep)
-        fatal: FleetPkiError | None = None
-        try:
-            with context.Pool(workers, initializer=_worker_init) as pool:
-                # drained to the end even after a failure: the chunks other workers
-                # committed meanwhile are reported, and no worker is killed mid-commit
-                for chunk in pool.imap(_worker_chunk, spans):
-                    fatal = fatal or chunk.fatal
-                    for result in chunk.outcomes:
-                        if result.error is not None:
-                            report.failed.append(Failure(result.name, result.error))
-                        else:
-                            report.issued_count += 1
-                            if result.issued is not None:
-                                report.issued.append(result.issued)
-                        if progress is not None:
-                            progress(result.name, result.error)
-                pool.close()
-                pool.join()
-        finally:
-            _WORKER_ISSUER, _WORKER_COMMIT, _WORKER_STOP = None, None, None
-        if fatal is not None:
-            raise fatal
-        return report
 
     def _commit(self, issued: Sequence[IssuedCertificate], deliver: Deliver, actor: str) -> None:
         now = self.clock.now()

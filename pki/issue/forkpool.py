@@ -1,0 +1,146 @@
+"""Issuing a large batch on every core: forked worker processes each check, sign,
+commit and deliver chunks of the requests (inherited through fork: nothing is pickled
+but the index ranges and what comes back). On two cores a parent that also wrote every
+row would take the CPU the second worker needs; a worker holds SQLite's write lock only
+for its inserts."""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.pool
+import signal
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pki.backends import InProcessSigner
+from pki.errors import FleetPkiError, InternalError
+from pki.issue.issuer import BatchReport, Deliver, Failure, Issuer, Outcome
+from pki.model import IssueRequest
+
+# Requests per chunk a forked worker signs and commits in one transaction: large enough
+# to spread a commit's fsync thin, small enough that the two workers finish together.
+FORKED_CHUNK = 500
+# The last chunks shrink (down to this) so that the workers finish together instead of
+# one waiting on the other's last full chunk.
+FORKED_TAIL_CHUNK = 50
+
+
+def forked_spans(total: int, size: int, workers: int) -> list[tuple[int, int]]:
+    """Index ranges for forked workers: ``size`` at a time while there is plenty of work,
+    then about a ``2 * workers``-th of what is left (never under ``FORKED_TAIL_CHUNK``
+    or ``size``, whichever is smaller), so every worker runs out of work at about the
+    same moment. Pure; the spans cover ``range(total)`` in order, without overlap."""
+    spans: list[tuple[int, int]] = []
+    floor = max(1, min(size, FORKED_TAIL_CHUNK))
+    start = 0
+    while start < total:
+        share = (total - start) // (2 * max(1, workers))
+        step = max(floor, min(size, share))
+        spans.append((start, min(total, start + step)))
+        start += step
+    return spans
+
+
+# The issuer a forked batch worker signs with (set in the parent just before forking).
+_WORKER_ISSUER: Issuer | None = None
+
+
+def _worker_init() -> None:
+    issuer = _WORKER_ISSUER
+    assert issuer is not None
+    # The parent's database connections must never be used (or closed) by a child.
+    issuer.inventory.engine.dispose(close=False)
+
+
+# What a forked batch worker commits and delivers with, and the requests (set with
+# _WORKER_ISSUER, inherited through fork).
+_WORKER_COMMIT: tuple[Deliver, str, Sequence[IssueRequest], bool] | None = None
+_WORKER_STOP: Any = None  # a multiprocessing Event: set when a chunk failed
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    outcomes: list[Outcome]
+    fatal: FleetPkiError | None = None  # storage or backend failure: the batch stops
+
+
+def _worker_chunk(span: tuple[int, int]) -> ChunkResult:
+    """Sign, check, quarantine, commit and deliver one chunk in a forked worker: the
+    parent only hands out index ranges of the requests (inherited through fork) and adds
+    up the results (on two cores, a parent that also wrote every row would take the CPU
+    the second worker needs). Once a chunk failed, the others do nothing more."""
+    issuer, commit, stop = _WORKER_ISSUER, _WORKER_COMMIT, _WORKER_STOP
+    assert issuer is not None and commit is not None and stop is not None
+    if stop.is_set():
+        return ChunkResult([])
+    deliver, actor, requests, keep = commit
+    try:
+        outcomes = [issuer.outcome(r) for r in requests[span[0] : span[1]]]
+        for o in outcomes:
+            if o.quarantined is not None:
+                issuer._quarantine(o.quarantined, actor)
+        issued = [o.issued for o in outcomes if o.issued is not None]
+        if issued:
+            # a stop (Ctrl-C, the pool terminated) waits until the rows and the files are
+            # both there or both gone: never a delivered certificate without its row
+            blocked = {signal.SIGINT, signal.SIGTERM}
+            signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+            try:
+                issuer._commit(issued, deliver, actor)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
+    except FleetPkiError as exc:
+        stop.set()
+        return ChunkResult([], exc)
+    except Exception as exc:  # a bug: stop the batch like one process would, without hanging
+        stop.set()
+        return ChunkResult([], InternalError("in a batch worker", exc))
+    if not keep:  # names and errors only: nobody reads the certificates back
+        return ChunkResult([Outcome(o.name, error=o.error) for o in outcomes])
+    return ChunkResult(outcomes)
+
+
+def issue_forked(
+issuer: Issuer,
+    requests: Iterable[IssueRequest],
+    deliver: Deliver,
+    progress: Callable[[str, FleetPkiError | None], None] | None,
+    commit_size: int,
+    workers: int,
+    actor: str,
+    keep: bool,
+) -> BatchReport:
+    global _WORKER_ISSUER, _WORKER_COMMIT, _WORKER_STOP
+    report = BatchReport()
+    if isinstance(issuer.ca, InProcessSigner):
+        issuer.ca.load_signing_key()  # decrypt the CA key once, before forking
+    work = list(requests)
+    size = max(1, min(commit_size, FORKED_CHUNK))
+    spans = forked_spans(len(work), size, workers)
+    context = multiprocessing.get_context("fork")
+    _WORKER_ISSUER, _WORKER_STOP = issuer, context.Event()
+    _WORKER_COMMIT = (deliver, actor, work, keep)
+    fatal: FleetPkiError | None = None
+    try:
+        with context.Pool(workers, initializer=_worker_init) as pool:
+            # drained to the end even after a failure: the chunks other workers
+            # committed meanwhile are reported, and no worker is killed mid-commit
+            for chunk in pool.imap(_worker_chunk, spans):
+                fatal = fatal or chunk.fatal
+                for result in chunk.outcomes:
+                    if result.error is not None:
+                        report.failed.append(Failure(result.name, result.error))
+                    else:
+                        report.issued_count += 1
+                        if result.issued is not None:
+                            report.issued.append(result.issued)
+                    if progress is not None:
+                        progress(result.name, result.error)
+            pool.close()
+            pool.join()
+    finally:
+        _WORKER_ISSUER, _WORKER_COMMIT, _WORKER_STOP = None, None, None
+    if fatal is not None:
+        raise fatal
+    return report
