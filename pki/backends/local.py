@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from pki.backends import RevokedEntry, SigningRequest
+from pki.keys import PrivateKey, encrypt_key, generate_key, signature_hash
 
 if TYPE_CHECKING:
     from pki.backends.registry import BackendContext
@@ -37,33 +38,8 @@ ROOT_KEY = "root.key.pem"
 ISSUING_CERT = "issuing.pem"
 ISSUING_KEY = "issuing.key.pem"
 
-PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 MAX_CA_FILE = 256 * 1024
 NO_URLS = CaUrls()  # a CA certificate or an encrypted CA key is a few KiB
-
-
-def generate_key(key_type: KeyType) -> PrivateKey:
-    if key_type is KeyType.EC_P256:
-        return ec.generate_private_key(ec.SECP256R1())
-    if key_type is KeyType.EC_P384:
-        return ec.generate_private_key(ec.SECP384R1())
-    if key_type is KeyType.RSA_2048:
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return rsa.generate_private_key(public_exponent=65537, key_size=3072)
-
-
-def signature_hash(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384:
-    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
-        return hashes.SHA384()
-    return hashes.SHA256()
-
-
-def encrypt_key(key: PrivateKey, passphrase: bytes) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(passphrase),
-    )
 
 
 def _ca_extensions(

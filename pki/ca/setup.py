@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ from pki.revocation.signing import sign_and_publish
 from pki.storage import AuditEvent, Inventory, NewCertificate
 
 if TYPE_CHECKING:
+    from pki.app import App
     from pki.backends.aws_pca import AwsPrivateCA
 
 
@@ -247,3 +249,91 @@ def init_aws_ca(
         remove_quietly(home.config_path)
         raise
     return CaInitResult(records, False)
+
+
+def set_up_local_ca(
+    app: App,
+    ca_arn: str | None,
+    create: bool,
+    region: str | None,
+    key_type: str,
+    common_name: str,
+    root_days: int,
+    issuing_days: int,
+    publish_url: str | None,
+) -> CaInitResult:
+    """``ca init`` for the local CA: every option checked before anything is written."""
+    from pki.ca.distribution import urls_under
+
+    if ca_arn or create or region:
+        raise InvalidInput("--ca-arn, --create and --region need --backend aws-pca")
+    check_init(app.home, key_type, common_name, root_days, issuing_days)
+    try:
+        urls = urls_under(publish_url) if publish_url else ({}, {})
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+    return init_ca(
+        app.home, app.inventory(create=True), app.clock, key_type, common_name, root_days,
+        issuing_days, urls=urls,
+    )  # fmt: skip
+
+
+def set_up_private_ca(
+    app: App,
+    ca_arn: str | None,
+    create: bool,
+    region: str | None,
+    key_type: str,
+    common_name: str,
+    root_days: int,
+    issuing_days: int,
+    publish_url: str | None,
+    *,
+    say: Callable[[str], None],
+) -> CaInitResult:
+    """``ca init --backend aws-pca``: adopt a Private CA (``ca_arn``) or create a root and a
+    subordinate (``create``, billed monthly: every check comes first). Every CA this call
+    made is named through ``say``, and disabled and deleted again when anything after
+    its creation fails."""
+    from pki.backends.aws_pca import (
+        AwsPrivateCA,
+        create_hierarchy,
+        discard_cas,
+        make_client,
+        region_of_arn,
+    )
+
+    if publish_url:
+        raise InvalidInput(
+            "--publish-url is for the local CA: AWS Private CA names its own CRL "
+            "distribution point (its CrlConfiguration)"
+        )
+    if bool(ca_arn) == create:
+        raise InvalidInput("--backend aws-pca needs exactly one of --ca-arn ARN or --create")
+    if app.home.has_ca():
+        raise AlreadyExists(
+            f"a CA already exists in {app.home.path}; refusing to overwrite it "
+            "(use another --home for a new CA)"
+        )
+    if create:
+        check_ca_options(common_name, root_days, issuing_days)
+    client = make_client(region or (region_of_arn(ca_arn) if ca_arn else None))
+    if create:  # an inventory of another hierarchy is refused before anything is billed
+        check_free_for_init(app.inventory(create=True), app.home.database_url, None)
+    created: list[str] = []
+    try:
+        if create:
+            maker = AwsPrivateCA("arn:aws:acm-pca:::certificate-authority/creating", client,
+                                 clock=app.clock)  # fmt: skip
+            ca_arn = create_hierarchy(maker, common_name, key_type, root_days, issuing_days,
+                                      created)  # fmt: skip
+            say(f"created AWS Private CA hierarchy: root {created[0]}, issuing CA {ca_arn}")
+        assert ca_arn is not None
+        ca = AwsPrivateCA(ca_arn, client, clock=app.clock)
+        return init_aws_ca(app.home, app.inventory(create=True), app.clock, ca, region)
+    except BaseException:
+        for arn in created:
+            say(f"created AWS Private CA {arn}")
+        for line in discard_cas(client, created):
+            say(line)
+        raise

@@ -96,50 +96,21 @@ def ca_init(
     only 'fleetpki crl --root' needs it). Refuses to overwrite an existing CA, and an
     inventory (FLEETPKI_DATABASE_URL) that holds another CA hierarchy.
     """
-    from pki.ca.setup import CaInitResult, init_ca
+    from pki.ca import setup
 
-    result: CaInitResult
-    if backend == "aws-pca" and publish_url:
-        from pki.errors import InvalidInput
-
-        raise InvalidInput(
-            "--publish-url is for the local CA: AWS Private CA names its own CRL "
-            "distribution point (its CrlConfiguration)"
-        )
     if backend == "aws-pca":
-        result = _init_aws_pca(
-            app, ca_arn, create, region, key_type, common_name, root_days, issuing_days
-        )
+        result = setup.set_up_private_ca(
+            app, ca_arn, create, region, key_type, common_name, root_days, issuing_days,
+            publish_url, say=err,
+        )  # fmt: skip
         _report_ca(app, result, as_json, f"adopted AWS Private CA {app.home.config().ca_arn}")
         return
-    if ca_arn or create or region:
-        from pki.errors import InvalidInput
-
-        raise InvalidInput("--ca-arn, --create and --region need --backend aws-pca")
-    from pki.ca.distribution import urls_under
-    from pki.ca.setup import check_init
-
-    check_init(app.home, key_type, common_name, root_days, issuing_days)  # before any write
-    try:
-        urls = urls_under(publish_url) if publish_url else ({}, {})
-    except ValueError as exc:
-        from pki.errors import InvalidInput
-
-        raise InvalidInput(str(exc)) from None
-    result = init_ca(
-        app.home,
-        app.inventory(create=True),
-        app.clock,
-        key_type,
-        common_name,
-        root_days,
-        issuing_days,
-        urls=urls,
+    result = setup.set_up_local_ca(
+        app, ca_arn, create, region, key_type, common_name, root_days, issuing_days, publish_url
     )
-    home = app.home
     if result.generated_passphrase:
         err(
-            f"generated a CA key passphrase into {home.passphrase_path} (mode 0600); "
+            f"generated a CA key passphrase into {app.home.passphrase_path} (mode 0600); "
             "back it up, or set FLEETPKI_CA_PASSPHRASE instead"
         )
     _report_ca(app, result, as_json, f"created CA '{common_name}' ({key_type})")
@@ -157,59 +128,6 @@ def _report_ca(app: App, result: Any, as_json: bool, what: str) -> None:
             f"  {record.profile:<11} {record.common_name}  serial {record.serial_hex}  "
             f"valid until {record.not_after:%Y-%m-%d}"
         )
-
-
-def _init_aws_pca(
-    app: App,
-    ca_arn: str | None,
-    create: bool,
-    region: str | None,
-    key_type: str,
-    common_name: str,
-    root_days: int,
-    issuing_days: int,
-) -> Any:
-    from pki.backends.aws_pca import AwsPrivateCA, create_hierarchy, make_client, region_of_arn
-    from pki.ca.setup import init_aws_ca
-    from pki.errors import AlreadyExists, InvalidInput
-
-    if bool(ca_arn) == create:
-        raise InvalidInput("--backend aws-pca needs exactly one of --ca-arn ARN or --create")
-    if app.home.has_ca():
-        raise AlreadyExists(
-            f"a CA already exists in {app.home.path}; refusing to overwrite it "
-            "(use another --home for a new CA)"
-        )
-    if create:
-        from pki.backends.local import check_ca_options
-
-        check_ca_options(common_name, root_days, issuing_days)  # before anything is billed
-    client = make_client(region or (region_of_arn(ca_arn) if ca_arn else None))
-    if create:  # before anything is billed: an inventory of another hierarchy is refused
-        from pki.ca.hierarchy import check_free_for_init
-
-        check_free_for_init(app.inventory(create=True), app.home.database_url, None)
-    created: list[str] = []
-    try:
-        if create:
-            placeholder = "arn:aws:acm-pca:::certificate-authority/creating"
-            maker = AwsPrivateCA(placeholder, client, clock=app.clock)
-            ca_arn = create_hierarchy(
-                maker, common_name, key_type, root_days, issuing_days, created
-            )
-            err(f"created AWS Private CA hierarchy: root {created[0]}, issuing CA {ca_arn}")
-        assert ca_arn is not None
-        ca = AwsPrivateCA(ca_arn, client, clock=app.clock)
-        return init_aws_ca(app.home, app.inventory(create=True), app.clock, ca, region)
-    except BaseException:
-        if created:  # every CA this run made is taken down again: each is billed monthly
-            from pki.backends.aws_pca import discard_cas
-
-            for arn in created:
-                err(f"created AWS Private CA {arn}")
-            for line in discard_cas(client, created):
-                err(line)
-        raise
 
 
 @ca.command("chain")

@@ -16,7 +16,6 @@ from pki.cli.options import (
 from pki.cli.root import cli, pass_app
 
 if TYPE_CHECKING:
-
     pass
 
 
@@ -174,38 +173,19 @@ def _sign_crl(
     next_update: str | None,
     as_json: bool,
 ) -> None:
-    import os
-
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     from pki.errors import InvalidInput
-    from pki.files import atomic_write, refuse_special
     from pki.model import isoformat, parse_duration
-    from pki.revocation.signing import refresh_crls, sign_and_publish
+    from pki.revocation.signing import sign_on_request
 
     window = parse_duration(next_update) if next_update is not None else None
     if out_file is None and fmt == "der" and sys.stdout.isatty():
         raise InvalidInput("refusing to write DER to a terminal; use --out FILE")
-    if out_file is not None:  # checked before a CRL number is spent
-        if not os.access(out_file.parent, os.W_OK):
-            raise InvalidInput(
-                f"cannot write --out {out_file}: {out_file.parent} is not a writable folder"
-            )
-        refuse_special(out_file)
-    ca, inventory, home = app.ca(), app.inventory(), app.home
-    result = sign_and_publish(
-        home, inventory, ca, app.clock, home.actor(), which=which, next_update=window
-    )
-    warnings: tuple[str, ...] = ()
-    if which == "issuing":  # the root's CRL too, when it is due and its key at hand
-        warnings = refresh_crls(home, inventory, ca, app.clock, home.actor()).warnings
-    data = result.crl.public_bytes(Encoding.PEM if fmt == "pem" else Encoding.DER)
-    if out_file is not None:
-        atomic_write(out_file, data, 0o644)
-    elif not as_json:
-        sys.stdout.buffer.write(data)
+    signed = sign_on_request(app, which, window, out_file, fmt)
+    result = signed.result
+    if out_file is None and not as_json:
+        sys.stdout.buffer.write(signed.data)
         sys.stdout.flush()
-    files = home.crl_files
+    files = app.home.crl_files
     summary = {
         "ca": which,
         "number": result.number,
@@ -219,7 +199,7 @@ def _sign_crl(
             "combined": str(files.combined),
         },
         "published": result.written,
-        "warnings": list(warnings),
+        "warnings": list(signed.warnings),
     }
     if as_json:
         print_json(summary)
@@ -239,5 +219,5 @@ def _sign_crl(
             f"fleetpki: warning: a newer {which} CRL was published meanwhile; "
             f"{files.pem(which)} keeps it"
         )
-    for warning in warnings:
+    for warning in signed.warnings:
         err(f"fleetpki: warning: {warning}")

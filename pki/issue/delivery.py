@@ -12,7 +12,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from pki.backends.local import generate_key
 from pki.errors import AlreadyExists, InvalidInput, PolicyViolation
 from pki.files import (
     atomic_write_many,
@@ -25,6 +24,7 @@ from pki.files import (
 )
 from pki.issue import policy
 from pki.issue.csr import MAX_CSR_BYTES
+from pki.keys import generate_key
 from pki.model import IssuedCertificate, IssueRequest, KeyType
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

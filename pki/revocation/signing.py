@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 
@@ -19,6 +22,9 @@ from pki.issue.policy import BACKDATE
 from pki.model import isoformat
 from pki.revocation.crl import DEFAULT_NEXT_UPDATE, crl_health
 from pki.storage import AuditEvent, Inventory
+
+if TYPE_CHECKING:
+    from pki.app import App
 
 log = logging.getLogger("fleetpki.crl")
 
@@ -115,6 +121,7 @@ def sign_and_publish(
     *,
     which: str = "issuing",
     next_update: dt.timedelta | None = None,
+    at_least: int | None = None,
 ) -> CrlResult:
     """Sign CA ``which``'s CRL with the home's settings and publish it in ``HOME/crl``
     (its own file, DER copy, combined file). The number always goes past the published
@@ -132,7 +139,9 @@ def sign_and_publish(
         next_update,
         which=which,
         backdate=config.crl_backdate,
-        published_number=files.number(which),
+        published_number=max(
+            (n for n in (files.number(which), at_least) if n is not None), default=None
+        ),
     )
     if not files.write(which, result.crl):
         return replace(result, written=False)
@@ -202,3 +211,66 @@ def refresh_home_crl(
     return result
 
 
+@dataclass(frozen=True)
+class SignedOnRequest:
+    result: CrlResult
+    data: bytes  # the CRL in the format asked for
+    warnings: tuple[str, ...]
+
+
+def sign_on_request(
+    app: App,
+    which: str,
+    next_update: dt.timedelta | None,
+    out_file: Path | None,
+    fmt: str,
+) -> SignedOnRequest:
+    """``fleetpki crl``: sign CA ``which``'s CRL now and publish it in the home (for the
+    issuing CA, the root's too when it is due and its key is at hand); with ``out_file``
+    write it there as well. ``out_file`` is checked before a CRL number is spent, and a CRL
+    there of the same CA is never replaced by a lower number."""
+    import os
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from pki.files import atomic_write, refuse_special
+    from pki.revocation.crl import crl_number
+
+    floor = None
+    if out_file is not None:
+        if not os.access(out_file.parent, os.W_OK):
+            raise InvalidInput(
+                f"cannot write --out {out_file}: {out_file.parent} is not a writable folder"
+            )
+        refuse_special(out_file)
+        floor = _number_in(out_file, app.ca(), which, crl_number)
+    ca, inventory, home = app.ca(), app.inventory(), app.home
+    result = sign_and_publish(
+        home, inventory, ca, app.clock, app.actor, which=which, next_update=next_update,
+        at_least=floor,
+    )  # fmt: skip
+    warnings: tuple[str, ...] = ()
+    if which == "issuing":
+        warnings = refresh_crls(home, inventory, ca, app.clock, app.actor).warnings
+    data = result.crl.public_bytes(Encoding.PEM if fmt == "pem" else Encoding.DER)
+    if out_file is not None:
+        atomic_write(out_file, data, 0o644)
+    return SignedOnRequest(result, data, warnings)
+
+
+def _number_in(
+    path: Path, ca: CertificateAuthority, which: str, number: Callable[..., int]
+) -> int | None:
+    """The CRL number of a CRL of CA ``which`` already at ``path`` (None: none there)."""
+    try:
+        data = path.read_bytes()
+        crl = (
+            x509.load_pem_x509_crl(data)
+            if data.startswith(b"-----")
+            else x509.load_der_x509_crl(data)
+        )
+        chain = ca.chain()
+        issuer = (chain[-1] if which == "root" else chain[0]).subject
+        return number(crl) if crl.issuer == issuer else None
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return None
