@@ -20,7 +20,7 @@ from pki.cli.options import KEY_TYPES, err, print_json
 if TYPE_CHECKING:
     from devices.rotation_channel import ServiceChannel
     from pki.app import App
-    from rotation.executor import RotationService, RotationSettings
+    from rotation.service import RotationService, RotationSettings
     from rotation.store import Rotation
 
 
@@ -123,7 +123,7 @@ def _service(
     sends requests: a running daemon works the answers."""
     from devices import standins
     from devices.rotation_channel import ServiceChannel, stand_in_access
-    from rotation.executor import RotationService
+    from rotation.service import RotationService
 
     state = _state()
     home = state.home
@@ -185,7 +185,7 @@ def _iot_register(state: App) -> Any:
 
 def _settings(grace: str, answer_timeout: str) -> RotationSettings:
     from pki.errors import InvalidInput
-    from rotation.executor import RotationSettings
+    from rotation.service import RotationSettings
 
     try:
         return RotationSettings(
@@ -720,7 +720,7 @@ def server_rotate(name: str, grace: str, as_json: bool) -> int:
     and revoke the old certificate after --grace (0: now)."""
     from pki.errors import BackendError
     from rotation import servers
-    from rotation.executor import RotationService
+    from rotation.service import RotationService
 
     state = _state()
     settings = _settings(grace, "15m")

@@ -18,8 +18,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from pki.errors import FleetPkiError, OperatorError
 from rotation import store
-from rotation.executor import RotationService
 from rotation.planner import PlanItem
+from rotation.service import RotationService
 
 log = logging.getLogger("fleetpki.rotation")
 LEASE = "rotation-daemon"

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from pki.app import App
 from pki.clock import FixedClock
 from rotation import store
-from rotation.executor import RotationService, RotationSettings
+from rotation.service import RotationService, RotationSettings
 from rotation.planner import plan_inventory
 from tests.device_fixtures import fleetpki, ok
 

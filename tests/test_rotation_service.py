@@ -20,7 +20,7 @@ from pki.issue.delivery import make_key_and_csr
 from pki.model import KeyType, Status
 from rotation import store
 from rotation.daemon import Daemon
-from rotation.executor import RotationService, RotationSettings
+from rotation.service import RotationService, RotationSettings
 from rotation.planner import active_devices
 from tests.device_fixtures import ok
 from tests.helpers import NOW
@@ -416,7 +416,7 @@ def test_a_failed_batch_is_retried_then_dropped_not_left_unacknowledged(
     world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from pki.errors import StorageError
-    from rotation.executor import MAX_ATTEMPTS
+    from rotation.context import MAX_ATTEMPTS
 
     service = world["service"]
     (rotation,) = _request(world, "t-1")

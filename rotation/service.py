@@ -1,0 +1,158 @@
+"""The rotation service: one per process (the daemon's, a wave's), the facade every front
+end calls. The work is in the flows it puts together on one context: ``device_flow``
+(MQTT), ``server_flow`` (on disk), ``sweep`` (revoking what was superseded, ending what
+timed out) and ``crl_refresh``. ``request``, ``process``, ``sweep``, ``refresh_crl`` and
+``rotate_servers`` hold one lock: the daemon calls them from the scheduler's threads and
+its own loop. The clock is injected; nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable, Sequence
+
+from pki.clock import Clock
+from pki.home import Home
+from pki.issue.issuer import Issuer
+from pki.storage import Inventory
+from rotation import store
+from rotation.context import (
+    Inbound,
+    Register,
+    RotationContext,
+    RotationSettings,
+    Sender,
+    SweepResult,
+    _nothing,
+)
+from rotation.crl_refresh import CrlRefresher
+from rotation.device_flow import DeviceFlow
+from rotation.metrics import Metrics
+from rotation.planner import PlanItem
+from rotation.server_flow import ServerFlow
+from rotation.store import Rotation
+from rotation.sweep import Sweeper
+
+__all__ = ["RotationService", "RotationSettings", "SweepResult"]
+
+
+class RotationService:
+    def __init__(
+        self,
+        *,
+        home: Home,
+        inventory: Inventory,
+        issuer: Issuer,
+        sender: Sender | None,  # None: server certificates only
+        clock: Clock,
+        settings: RotationSettings | None = None,
+        register: Register | None = None,
+        on_crl: Callable[[], None] | None = None,
+        metrics: Metrics | None = None,
+        actor: str = "rotation",
+    ) -> None:
+        self.ctx = RotationContext(
+            home=home,
+            inventory=inventory,
+            issuer=issuer,
+            clock=clock,
+            settings=settings or RotationSettings(),
+            metrics=metrics or Metrics(),
+            actor=actor,
+            sender=sender,
+            register=register,
+            on_crl=on_crl,
+        )
+        self.devices = DeviceFlow(self.ctx)
+        self.servers = ServerFlow(self.ctx)
+        self.sweeper = Sweeper(self.ctx, self.servers)
+        self.crls = CrlRefresher(self.ctx)
+
+    # -- what the flows do ------------------------------------------------------------------
+
+    def request(self, items: Sequence[PlanItem], *, force: bool = False) -> list[Rotation]:
+        return self.devices.request(items, force=force)
+
+    def handle(
+        self, thing: str, kind: str, payload: bytes, ack: Callable[[], None] = _nothing
+    ) -> None:
+        self.devices.handle(thing, kind, payload, ack)
+
+    def process(self, wait: float = 0.2, max_batch: int = 1000) -> int:
+        return self.devices.process(wait, max_batch)
+
+    def sweep(self) -> SweepResult:
+        return self.sweeper.sweep()
+
+    def refresh_crl(self) -> bool:
+        return self.crls.refresh_crl()
+
+    def rotate_servers(
+        self, items: Sequence[PlanItem], *, names: Sequence[str] = ()
+    ) -> list[Rotation]:
+        return self.servers.rotate_servers(items, names=names)
+
+    def open_rotations(self, ids: Sequence[str]) -> list[Rotation]:
+        """The rotations ``ids`` (none for no ids: never every rotation)."""
+        if not ids:
+            return []
+        with store.transaction(self.inventory.engine) as conn:
+            return store.select(conn, ids=ids)
+
+    # -- the shared context ------------------------------------------------------------------
+
+    @property
+    def home(self) -> Home:
+        return self.ctx.home
+
+    @property
+    def inventory(self) -> Inventory:
+        return self.ctx.inventory
+
+    @property
+    def issuer(self) -> Issuer:
+        return self.ctx.issuer
+
+    @property
+    def clock(self) -> Clock:
+        return self.ctx.clock
+
+    @property
+    def settings(self) -> RotationSettings:
+        return self.ctx.settings
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.ctx.metrics
+
+    @property
+    def actor(self) -> str:
+        return self.ctx.actor
+
+    @property
+    def inbox(self) -> queue.Queue[Inbound]:
+        return self.ctx.inbox
+
+    @property
+    def failures_in_a_row(self) -> int:
+        return self.ctx.failures_in_a_row
+
+    @failures_in_a_row.setter
+    def failures_in_a_row(self, value: int) -> None:
+        self.ctx.failures_in_a_row = value
+
+    @property
+    def register(self) -> Register | None:
+        return self.ctx.register
+
+    @register.setter
+    def register(self, value: Register | None) -> None:
+        self.ctx.register = value
+
+    @property
+    def on_crl(self) -> Callable[[], None] | None:
+        return self.ctx.on_crl
+
+    @on_crl.setter
+    def on_crl(self, value: Callable[[], None] | None) -> None:
+        self.ctx.on_crl = value
