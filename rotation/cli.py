@@ -6,10 +6,7 @@ Imports stay inside the commands: ``fleetpki --help`` must not pay for paho or A
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import signal
-import statistics
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,10 +15,9 @@ import click
 from pki.cli.options import KEY_TYPES, err, print_json
 
 if TYPE_CHECKING:
-    from devices.rotation_channel import ServiceChannel
     from pki.app import App
-    from rotation.service import RotationService, RotationSettings
-    from rotation.store import Rotation
+    from rotation.runtime import Pass
+    from rotation.service import RotationSettings
 
 
 def _state() -> App:
@@ -116,73 +112,6 @@ def plan_command(horizon: str, limit: int | None, as_json: bool) -> None:
 # -------------------------------------------------------------------------- the service
 
 
-def _service(
-    settings: RotationSettings, *, listen: bool = True
-) -> tuple[RotationService, ServiceChannel]:
-    """The service and its MQTT channel (not started). Without ``listen`` the channel only
-    sends requests: a running daemon works the answers."""
-    from devices import standins
-    from devices.rotation_channel import ServiceChannel, stand_in_access
-    from rotation.service import RotationService
-
-    state = _state()
-    home = state.home
-    access = stand_in_access(home)
-    inventory = state.inventory()
-    service: RotationService | None = None
-
-    def on_message(thing: str, kind: str, payload: bytes, ack: Any) -> None:
-        assert service is not None
-        service.handle(thing, kind, payload, ack)
-
-    channel = ServiceChannel(
-        access,
-        on_message,
-        listen=listen,
-        on_bad_message=lambda topic, why: logging.getLogger("fleetpki.rotation").warning(
-            "ignored a message on %s: %s", topic, why
-        ),
-    )
-
-    def reload_crl() -> None:
-        running = standins.load_state(home)
-        if running is not None and standins.alive(running):
-            standins.reload_crl(home, running)
-
-    service = RotationService(
-        home=home,
-        inventory=inventory,
-        issuer=state.issuer(),
-        sender=channel,
-        clock=state.clock,
-        settings=settings,
-        register=_iot_register(state),
-        on_crl=reload_crl,
-    )
-    return service, channel
-
-
-def _iot_register(state: App) -> Any:
-    """Register a rotated certificate with IoT Core when fleetpki provisioned the thing
-    there (the thing, policy and attachments as ``iot provision`` makes them)."""
-    from devices import store as iot_store
-
-    engine = state.inventory().engine
-    cores: list[Any] = []
-
-    def register(issued: Any) -> None:
-        thing = issued.record.thing or issued.record.common_name
-        if not iot_store.certificates_of(engine, thing):
-            return
-        if not cores:
-            from devices.iot import IotCore
-
-            cores.append(IotCore(engine, state.clock))
-        cores[0].provision(issued)
-
-    return register
-
-
 def _settings(grace: str, answer_timeout: str) -> RotationSettings:
     from pki.errors import InvalidInput
     from rotation.service import RotationSettings
@@ -194,26 +123,6 @@ def _settings(grace: str, answer_timeout: str) -> RotationSettings:
         )
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
-
-
-def _summary(rows: list[Rotation], counts: dict[str, int], seconds: float) -> dict[str, Any]:
-    took = [
-        (r.confirmed_at - r.requested_at).total_seconds()
-        for r in rows
-        if r.confirmed_at is not None
-    ]
-    ordered = sorted(took)
-    return {
-        "rotations": len(rows),
-        "states": counts,
-        "seconds": round(seconds, 3),
-        "request_to_confirm_s": {
-            "p50": round(statistics.median(ordered), 3) if ordered else None,
-            "p99": round(ordered[max(0, int(len(ordered) * 0.99) - 1)], 3) if ordered else None,
-            "max": round(ordered[-1], 3) if ordered else None,
-        },
-        "failed": [{"thing": r.thing, "error": r.error} for r in rows if r.state.value == "failed"],
-    }
 
 
 grace_option = click.option(
@@ -265,95 +174,47 @@ def rotate_command(
     whatever their renewal time: a rotation wave. The devices must be online; with
     --wait this command works their answers until every rotation is confirmed (and, with
     --grace 0, the old certificates revoked) or failed. Exit 1 when one failed."""
-    from pki.errors import InvalidInput, NotFound
-    from rotation.daemon import wait_for
-    from rotation.planner import active_devices
+    from rotation.runtime import rotate_now
 
-    if not things and match is None:
-        raise InvalidInput("name the things to rotate, or give --match GLOB")
-    if things and match is not None:
-        raise InvalidInput("give THINGS or --match GLOB, not both")
-    state = _state()
     settings = _settings(grace, answer_timeout)
-    wait_seconds = _duration(timeout).total_seconds()
-    items = active_devices(state.inventory(), state.clock.now(), things=things, match=match)
-    missing = sorted(set(things) - {i.thing for i in items})
-    if missing:
-        raise NotFound(
-            f"no active device certificate for {', '.join(missing[:5])}"
-            + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        )
-    if not items:
-        raise NotFound(f"no active device certificate of a thing matching {match!r}")
-    from rotation import store
-    from rotation.daemon import LEASE, Daemon
 
-    engine = state.inventory().engine
-    daemon = store.lease_holder(engine, LEASE, state.clock.now())
-    # with a daemon running, it works the answers: this command only sends the requests
-    service, channel = _service(settings, listen=daemon is None)
-    holder = None
-    if daemon is None:  # keep a daemon from starting meanwhile
-        holder = Daemon(service, list, interval=max(60.0, wait_seconds))
-        holder.acquire()
-    started = time.monotonic()
-    try:
-        channel.start()
-        requested = service.request(items, force=force)
-        if not requested:
-            from pki.errors import OperatorError
-
-            raise OperatorError(
-                "nothing requested: every thing already has a rotation in progress or "
-                "failed within the hour (--force retries those)"
-            )
+    def asked(count: int, daemon: str | None) -> None:
         if not as_json:
             by = f" (the running daemon {daemon} works their answers)" if daemon else ""
-            err(f"asked {len(requested)} devices to rotate{by}")
-        ids = [r.id for r in requested]
-        if not wait:
-            unsent = channel.close()
-            if as_json:
-                print_json(
-                    {"requested": [r.to_json() for r in requested], "unsent": unsent}
-                )
-            return 1 if unsent else 0
-        counts = wait_for(
-            service,
-            ids,
-            timeout=wait_seconds,
-            until_completed=settings.grace == dt.timedelta(0),
-            work=daemon is None,
-            on_progress=(lambda _counts: None) if as_json else _progress_printer(len(ids)),
-        )
-        rows = service.open_rotations(ids)
-    finally:
-        channel.close()
-        if holder is not None:
-            store.release_lease(engine, LEASE, holder.holder)
-    summary = _summary(rows, counts, time.monotonic() - started)
+            err(f"asked {count} devices to rotate{by}")
+
+    wave = rotate_now(
+        _state(), things, match, settings, wait=wait, timeout=_duration(timeout).total_seconds(),
+        force=force, on_asked=asked,
+        on_progress=(lambda _counts: None) if as_json else _progress_printer(),
+    )  # fmt: skip
+    if not wait:
+        if as_json:
+            print_json({"requested": [r.to_json() for r in wave.requested], "unsent": wave.unsent})
+        return 0 if wave.ok else 1
+    summary = wave.summary()
     if as_json:
         print_json(summary)
     else:
         click.echo(
             f"{summary['rotations']} rotations in {summary['seconds']} s: "
-            + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+            + ", ".join(f"{k} {v}" for k, v in wave.counts.items() if v)
         )
         for failed in summary["failed"][:20]:
             click.echo(f"failed {failed['thing']}: {failed['error']}")
-        if settings.grace > dt.timedelta(0) and counts.get("confirmed"):
+        if settings.grace > dt.timedelta(0) and wave.counts.get("confirmed"):
             click.echo(
                 f"old certificates are revoked {grace} after confirmation by "
                 "'fleetpki rotation run' (the daemon, or '--once')"
             )
-    unfinished = sum(counts.get(s, 0) for s in ("requested", "issued"))
-    return 1 if counts.get("failed") or unfinished else 0
+    return 0 if wave.ok else 1
 
 
-def _progress_printer(total: int) -> Any:
+def _progress_printer() -> Any:
     last: list[str] = []
 
     def show(counts: dict[str, int]) -> None:
+        total = sum(counts.values())
         line = f"{total} rotations: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
         if not last or last[0] != line:
             err(line)
@@ -425,6 +286,7 @@ def run_command(
     from pki.errors import InvalidInput
     from rotation.daemon import Daemon
     from rotation.planner import plan_inventory
+    from rotation.runtime import run_once
 
     logs.for_daemon()
     state = _state()
@@ -436,7 +298,9 @@ def run_command(
         raise InvalidInput("--timeout goes with --once (the daemon runs until stopped)")
     wait_seconds = _duration(timeout or "10m").total_seconds()
     ahead = _duration(horizon)
-    service, channel = _service(settings)
+    from rotation.runtime import open_service
+
+    service, channel = open_service(state, settings)
 
     def plan() -> list[Any]:
         return plan_inventory(state.inventory(), state.clock.now(), horizon=ahead)
@@ -455,7 +319,7 @@ def run_command(
                 ) from None
         channel.start()
         if once:
-            return _run_once(service, daemon, plan, settings, wait_seconds)
+            return _report_pass(run_once(service, daemon, plan, wait_seconds))
         interrupted: list[int] = []
 
         def stop(signum: int, _frame: Any) -> None:
@@ -484,42 +348,16 @@ def run_command(
         store.release_lease(state.inventory().engine, "rotation-daemon", daemon.holder)
 
 
-def _run_once(
-    service: RotationService, daemon: Any, plan: Any, settings: RotationSettings, timeout: float
-) -> int:
-    """One pass for cron: re-sign the CRLs if due, revoke what is past its grace period,
-    ask what is due, replace due server certificates, then wait (at most ``timeout``) only
-    for the rotations this pass started. Exit 1 only when one of those failed or did not
-    finish; asking nothing is a success, said so."""
-    from rotation.daemon import wait_for
-
-    daemon.refresh_crl()
-    daemon.sweep()
-    items = plan()
-    requested = service.request(items)
-    servers = service.rotate_servers(items)
-    counts = wait_for(
-        service,
-        [r.id for r in requested],
-        timeout=timeout,
-        until_completed=settings.grace == dt.timedelta(0),
-    )
-    failed_servers = [r for r in servers if r.state.value == "failed"]
-    print_json(
-        {
-            "requested": len(requested),
-            "servers": len(servers),
-            "states": counts,
-            "failed_servers": [{"name": r.thing, "error": r.error} for r in failed_servers],
-        }
-    )
-    unfinished = counts.get("requested", 0) + counts.get("issued", 0)
-    if not requested and not servers:
+def _report_pass(done: Pass) -> int:
+    """Exit 1 only when one of the pass's own rotations failed or did not finish; asking
+    nothing is a success, said so."""
+    print_json(done.to_json())
+    if not done.requested and not done.servers:
         err("nothing is due: no rotation requested")
-    elif counts.get("failed") or unfinished or failed_servers:
+    elif not done.ok:
         err(
-            f"{counts.get('failed', 0)} of {len(requested)} device rotations failed, "
-            f"{unfinished} unfinished, {len(failed_servers)} server rotations failed "
+            f"{done.counts.get('failed', 0)} of {done.requested} device rotations failed, "
+            f"{done.unfinished} unfinished, {len(done.failed_servers)} server rotations failed "
             "(see 'fleetpki rotation status')"
         )
         return 1
@@ -719,30 +557,10 @@ def server_rotate(name: str, grace: str, as_json: bool) -> int:
     """Replace NAME's certificate now (e.g. after a key compromise), reload the server,
     and revoke the old certificate after --grace (0: now)."""
     from pki.errors import BackendError
-    from rotation import servers
-    from rotation.service import RotationService
+    from rotation.runtime import rotate_server_now
 
-    state = _state()
-    settings = _settings(grace, "15m")
-    engine = state.inventory().engine
-    servers.target(engine, name)  # NotFound names the problem
-
-    service = RotationService(
-        home=state.home,
-        inventory=state.inventory(),
-        issuer=state.issuer(),
-        sender=None,
-        clock=state.clock,
-        settings=settings,
-    )
-    from pki import logs
-
-    with logs.quiet("fleetpki.rotation"):  # this command reports its one outcome itself
-        service.sweep()  # finish what is due first (a rotation whose grace period is over)
-        (done,) = service.rotate_servers([], names=[name])
-        if settings.grace == dt.timedelta(0) and done.state.value == "confirmed":
-            service.sweep()
-    rows = service.open_rotations([done.id])
+    row = rotate_server_now(_state(), name, _settings(grace, "15m"))
+    rows = [row]
     if as_json:
         print_json(rows[0].to_json())
     else:

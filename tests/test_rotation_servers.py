@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from pki.app import App
 from pki.clock import FixedClock
 from rotation import store
-from rotation.service import RotationService, RotationSettings
 from rotation.planner import plan_inventory
+from rotation.service import RotationService, RotationSettings
 from tests.device_fixtures import fleetpki, ok
 
 # far enough back that the clock can move past a renewal and the certificates are still

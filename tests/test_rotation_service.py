@@ -20,8 +20,8 @@ from pki.issue.delivery import make_key_and_csr
 from pki.model import KeyType, Status
 from rotation import store
 from rotation.daemon import Daemon
-from rotation.service import RotationService, RotationSettings
 from rotation.planner import active_devices
+from rotation.service import RotationService, RotationSettings
 from tests.device_fixtures import ok
 from tests.helpers import NOW
 
@@ -54,7 +54,7 @@ def _world(
     home: Path, clock: FixedClock, grace: dt.timedelta, *, iot: bool = False
 ) -> dict[str, Any]:
     """A service on HOME whose messages to devices are recorded."""
-    from rotation.cli import _iot_register
+    from rotation.runtime import iot_register
 
     state = App(home, clock)
     recorder = Recorder()
@@ -65,7 +65,7 @@ def _world(
         sender=recorder,
         clock=clock,
         settings=RotationSettings(grace=grace),
-        register=_iot_register(state) if iot else None,
+        register=iot_register(state) if iot else None,
     )
     return {"home": home, "clock": clock, "state": state, "sent": recorder, "service": service}
 

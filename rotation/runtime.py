@@ -1,0 +1,272 @@
+"""Rotation as the front ends run it, on an ``App``: the service wired to the broker (its
+MQTT channel, the IoT Core registration, the stand-ins' CRL reload), a wave asked now
+(``rotation rotate``), one pass for cron (``rotation run --once``) and a server's
+certificate replaced now. Commands only parse, call these and print."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pki.errors import NotFound, OperatorError
+from rotation import store
+from rotation.service import RotationService, RotationSettings
+from rotation.store import Rotation
+
+if TYPE_CHECKING:
+    from pki.app import App
+    from pki.model import IssuedCertificate
+    from rotation.channel import ServiceChannel
+
+log = logging.getLogger("fleetpki.rotation")
+
+
+def open_service(
+    app: App, settings: RotationSettings, *, listen: bool = True
+) -> tuple[RotationService, ServiceChannel]:
+    """The service and its MQTT channel to the stand-ins' broker (not started). Without
+    ``listen`` the channel only sends requests: a running daemon works the answers."""
+    from devices import standins
+    from rotation.channel import ServiceChannel, stand_in_access
+
+    home = app.home
+    access = stand_in_access(home)
+    service: RotationService | None = None
+
+    def on_message(thing: str, kind: str, payload: bytes, ack: Any) -> None:
+        assert service is not None
+        service.handle(thing, kind, payload, ack)
+
+    channel = ServiceChannel(
+        access,
+        on_message,
+        listen=listen,
+        on_bad_message=lambda topic, why: log.warning("ignored a message on %s: %s", topic, why),
+    )
+
+    def reload_crl() -> None:
+        running = standins.load_state(home)
+        if running is not None and standins.alive(running):
+            standins.reload_crl(home, running)
+
+    service = RotationService(
+        home=home,
+        inventory=app.inventory(),
+        issuer=app.issuer(),
+        sender=channel,
+        clock=app.clock,
+        settings=settings,
+        register=iot_register(app),
+        on_crl=reload_crl,
+    )
+    return service, channel
+
+
+def iot_register(app: App) -> Callable[[IssuedCertificate], None]:
+    """Register a rotated certificate with IoT Core when fleetpki provisioned the thing
+    there (the thing, policy and attachments as ``iot provision`` makes them)."""
+    from devices import store as iot_store
+
+    engine = app.inventory().engine
+    cores: list[Any] = []
+
+    def register(issued: IssuedCertificate) -> None:
+        thing = issued.record.thing or issued.record.common_name
+        if not iot_store.certificates_of(engine, thing):
+            return
+        if not cores:
+            from devices.iot import IotCore
+
+            cores.append(IotCore(engine, app.clock))
+        cores[0].provision(issued)
+
+    return register
+
+
+@dataclass(frozen=True)
+class Wave:
+    """A wave asked now: what was requested, who works the answers, how it ended."""
+
+    requested: tuple[Rotation, ...]
+    daemon: str | None  # the running daemon that works the answers, if any
+    rows: tuple[Rotation, ...] = ()
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    unsent: int = 0  # with --no-wait: requests the channel could not send
+
+    @property
+    def ok(self) -> bool:
+        unfinished = sum(self.counts.get(s, 0) for s in ("requested", "issued"))
+        return not self.counts.get("failed") and not unfinished and not self.unsent
+
+    def summary(self) -> dict[str, Any]:
+        took = sorted(
+            (r.confirmed_at - r.requested_at).total_seconds()
+            for r in self.rows
+            if r.confirmed_at is not None
+        )
+        return {
+            "rotations": len(self.rows),
+            "states": self.counts,
+            "seconds": round(self.seconds, 3),
+            "request_to_confirm_s": {
+                "p50": round(statistics.median(took), 3) if took else None,
+                "p99": round(percentile(took, 0.99), 3) if took else None,
+                "max": round(took[-1], 3) if took else None,
+            },
+            "failed": [
+                {"thing": r.thing, "error": r.error}
+                for r in self.rows
+                if r.state is store.State.FAILED
+            ],
+        }
+
+
+def percentile(ordered: Sequence[float], share: float) -> float:
+    """The ``share`` percentile (0.99: p99) of sorted values, as ``statistics.quantiles``
+    computes it (inclusive method: never beyond the largest value)."""
+    if len(ordered) == 1:
+        return ordered[0]
+    cuts = statistics.quantiles(ordered, n=100, method="inclusive")
+    return cuts[round(share * 100) - 1]
+
+
+def rotate_now(
+    app: App,
+    things: Sequence[str],
+    match: str | None,
+    settings: RotationSettings,
+    *,
+    wait: bool,
+    timeout: float,
+    force: bool,
+    on_asked: Callable[[int, str | None], None] = lambda _n, _daemon: None,
+    on_progress: Callable[[dict[str, int]], None] = lambda _counts: None,
+) -> Wave:
+    """Ask THINGS (or the things matching ``match``) to rotate now, whatever their renewal
+    time. With a daemon running it works the answers and this only asks; otherwise this
+    holds the daemon's lease meanwhile and, with ``wait``, works the answers until every
+    rotation is confirmed (with grace 0: completed) or failed, or ``timeout`` s."""
+    from pki.errors import InvalidInput
+    from rotation.daemon import LEASE, Daemon, wait_for
+    from rotation.planner import active_devices
+
+    if not things and match is None:
+        raise InvalidInput("name the things to rotate, or give --match GLOB")
+    if things and match is not None:
+        raise InvalidInput("give THINGS or --match GLOB, not both")
+    items = active_devices(app.inventory(), app.now(), things=things, match=match)
+    missing = sorted(set(things) - {i.thing for i in items})
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise NotFound(f"no active device certificate for {', '.join(missing[:5])}{more}")
+    if not items:
+        raise NotFound(f"no active device certificate of a thing matching {match!r}")
+    engine = app.inventory().engine
+    daemon = store.lease_holder(engine, LEASE, app.now())
+    service, channel = open_service(app, settings, listen=daemon is None)
+    holder = None
+    if daemon is None:  # keep a daemon from starting meanwhile
+        holder = Daemon(service, list, interval=max(60.0, timeout))
+        holder.acquire()
+    started = time.monotonic()
+    try:
+        channel.start()
+        requested = service.request(items, force=force)
+        if not requested:
+            raise OperatorError(
+                "nothing requested: every thing already has a rotation in progress or "
+                "failed within the hour (--force retries those)"
+            )
+        on_asked(len(requested), daemon)
+        if not wait:
+            return Wave(tuple(requested), daemon, unsent=channel.close())
+        ids = [r.id for r in requested]
+        counts = wait_for(
+            service, ids, timeout=timeout, until_completed=settings.grace == dt.timedelta(0),
+            work=daemon is None, on_progress=on_progress,
+        )  # fmt: skip
+        rows = service.open_rotations(ids)
+    finally:
+        channel.close()
+        if holder is not None:
+            store.release_lease(engine, LEASE, holder.holder)
+    return Wave(
+        tuple(requested), daemon, tuple(rows), counts, time.monotonic() - started
+    )
+
+
+@dataclass(frozen=True)
+class Pass:
+    """What one ``rotation run --once`` pass did."""
+
+    requested: int
+    servers: tuple[Rotation, ...]
+    counts: dict[str, int]
+
+    @property
+    def failed_servers(self) -> list[Rotation]:
+        return [r for r in self.servers if r.state is store.State.FAILED]
+
+    @property
+    def unfinished(self) -> int:
+        return self.counts.get("requested", 0) + self.counts.get("issued", 0)
+
+    @property
+    def ok(self) -> bool:
+        return not self.counts.get("failed") and not self.unfinished and not self.failed_servers
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "requested": self.requested,
+            "servers": len(self.servers),
+            "states": self.counts,
+            "failed_servers": [{"name": r.thing, "error": r.error} for r in self.failed_servers],
+        }
+
+
+def run_once(
+    service: RotationService, daemon: Any, plan: Callable[[], list[Any]], timeout: float
+) -> Pass:
+    """One pass for cron: re-sign the CRLs if due, revoke what is past its grace period,
+    ask what is due, replace due server certificates, then wait (at most ``timeout``) only
+    for the rotations this pass started."""
+    from rotation.daemon import wait_for
+
+    daemon.refresh_crl()
+    daemon.sweep()
+    items = plan()
+    requested = service.request(items)
+    servers = service.rotate_servers(items)
+    counts = wait_for(
+        service,
+        [r.id for r in requested],
+        timeout=timeout,
+        until_completed=service.settings.grace == dt.timedelta(0),
+    )
+    return Pass(len(requested), tuple(servers), counts)
+
+
+def rotate_server_now(app: App, name: str, settings: RotationSettings) -> Rotation:
+    """Replace NAME's certificate now (after a key compromise, say), reload the server,
+    and with grace 0 revoke the old certificate at once; the rotation as it ended."""
+    from pki import logs
+    from rotation import servers
+
+    servers.target(app.inventory().engine, name)  # NotFound names the problem
+    service = RotationService(
+        home=app.home, inventory=app.inventory(), issuer=app.issuer(), sender=None,
+        clock=app.clock, settings=settings,
+    )  # fmt: skip
+    with logs.quiet("fleetpki.rotation"):  # the caller reports the one outcome itself
+        service.sweep()  # finish what is due first (a rotation whose grace period is over)
+        (done,) = service.rotate_servers([], names=[name])
+        if settings.grace == dt.timedelta(0) and done.state is store.State.CONFIRMED:
+            service.sweep()
+    (row,) = service.open_rotations([done.id])
+    return row
