@@ -1,7 +1,7 @@
 """The AWS Private CA issuance path, against moto on loopback: does fleetpki reach the quota?
 
 ``bench_aws`` starts ``moto_server`` in a subprocess on a free loopback port, creates a
-root + subordinate Private CA hierarchy with ``pki.backends.aws_pca.create_hierarchy``,
+root + subordinate Private CA hierarchy with ``pki.backends.aws_pca_setup.create_hierarchy``,
 adopts it like ``ca init --backend aws-pca`` does, sets the client-side IssueCertificate
 limit to the quota Q (25/s, the AWS default) and issues N device certificates from CSRs
 through the product's batch path (CSR checks, policy, IssueCertificate with an
@@ -178,13 +178,9 @@ def aws_environment(endpoint: str) -> Iterator[None]:
 
 def bench_aws(sizes: dict[str, int], work: Path) -> list[Figure]:
     run = _run_module()
-    from pki.backends.aws_pca import (
-        THROTTLING,
-        AwsPrivateCA,
-        RateLimits,
-        create_hierarchy,
-        make_client,
-    )
+    from pki.aws.pacing import THROTTLING, RateLimits
+    from pki.backends.aws_pca import AwsPrivateCA, make_client
+    from pki.backends.aws_pca_setup import create_hierarchy
     from pki.ca.setup import init_aws_ca
     from pki.clock import SystemClock
     from pki.errors import FleetPkiError

@@ -16,18 +16,17 @@ from botocore.stub import Stubber
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from pki.aws.pacing import RateLimits, TokenBucket
 from pki.backends.aws_pca import (
     BLANK_END_ENTITY,
     AwsPrivateCA,
-    RateLimits,
-    TokenBucket,
     WaitConfig,
     aws_serial,
     idempotency_token,
     issue_parameters,
 )
 from pki.clock import SystemClock
-from pki.errors import BackendError
+from pki.errors import BackendError, InvalidInput
 from pki.issue.issuer import Issuer
 from pki.model import IssueRequest
 from pki.storage import Inventory, pca_requests
@@ -186,16 +185,9 @@ def test_issue_parameters_under_stubber(tmp_path: Path, monkeypatch: pytest.Monk
         "get_certificate",
         {"Certificate": issued.public_bytes(serialization_pem()).decode()},
         {"CertificateAuthorityArn": ARN, "CertificateArn": cert_arn},
-    )  # the certificate_issued waiter
-    stub.add_response(
-        "get_certificate",
-        {"Certificate": issued.public_bytes(serialization_pem()).decode()},
-        {"CertificateAuthorityArn": ARN, "CertificateArn": cert_arn},
     )
     pem = issued.public_bytes(serialization_pem()).decode()
     # a retry (beyond AWS's 5-minute token window) finds the ledger entry: no second issue
-    stub.add_response("get_certificate", {"Certificate": pem},
-                      {"CertificateAuthorityArn": ARN, "CertificateArn": cert_arn})  # fmt: skip
     stub.add_response("get_certificate", {"Certificate": pem},
                       {"CertificateAuthorityArn": ARN, "CertificateArn": cert_arn})  # fmt: skip
     stub.add_response(
@@ -344,3 +336,78 @@ def test_batch_through_private_ca_keeps_requests_in_flight(
     for i in range(12):
         cert = load_cert(tmp_path / "out" / f"unit-{i:02d}" / "cert.pem")
         assert cert.subject.rfc4514_string() == f"CN=unit-{i:02d}"
+
+
+# -- one retry layer: every HTTP attempt counted at a real endpoint on loopback ----------
+
+
+class _Answers:
+    """A loopback endpoint that answers every request with one AWS JSON error."""
+
+    def __init__(self, status: int, code: str) -> None:
+        import http.server
+        import threading
+
+        answers = self
+        self.requests = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                answers.requests += 1
+                body = json.dumps({"__type": code, "message": "no"}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/x-amz-json-1.1")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "attempts", "error"),
+    [
+        (400, "ThrottlingException", 4, BackendError),
+        (500, "InternalFailure", 3, BackendError),
+        (400, "InvalidArnException", 1, InvalidInput),
+    ],
+)
+def test_one_call_is_at_most_the_retry_layers_attempts(
+    status: int, code: str, attempts: int, error: type[Exception], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """botocore retries nothing for the Private CA client: a call that AWS keeps throttling
+    reaches AWS ``throttle_retries + 1`` times (not 9 x 10), a 5xx three times, an
+    error a retry cannot fix once."""
+    from pki.backends.aws_pca import make_client
+
+    endpoint = _Answers(status, code)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint.url)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        ticker = FakeTicker()
+        ca = AwsPrivateCA(ARN, make_client("us-east-1"), clock=SystemClock(), ticker=ticker,
+                          throttle_retries=3)  # fmt: skip
+        with pytest.raises(error, match=code):
+            ca.describe()
+        assert endpoint.requests == attempts
+        assert ticker.now <= 0.05 * (1 + 2 + 4)  # full jitter below the exponential ceiling
+    finally:
+        endpoint.close()
+
+
+def test_the_other_clients_use_botocores_standard_retries() -> None:
+    from pki.aws.client import make_client
+
+    retries = make_client("s3", "us-east-1").meta.config.retries
+    assert retries == {"mode": "standard", "total_max_attempts": 3}

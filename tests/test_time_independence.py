@@ -21,9 +21,7 @@ _DATETIME_CALLS = {"datetime", "date"}
 def _sources() -> list[Path]:
     found = [*sorted((ROOT / "tests").rglob("*.py")), *sorted((ROOT / "bench").rglob("*.py"))]
     me = Path(__file__).resolve()  # its own self-test holds sample dates
-    return [
-        p for p in found if p != me and not str(p.relative_to(ROOT)).startswith(EXEMPT)
-    ]
+    return [p for p in found if p != me and not str(p.relative_to(ROOT)).startswith(EXEMPT)]
 
 
 def absolute_dates(source: str) -> list[tuple[int, str]]:

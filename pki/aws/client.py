@@ -1,5 +1,7 @@
 """Every boto3 client fleetpki makes: the standard AWS settings, one error for a missing
-region, adaptive retries.
+region, one retry layer per client: botocore's "standard" retry mode (3 attempts,
+jittered) for S3, ELB, API Gateway and IoT; none for AWS Private CA, whose backend
+paces and retries its calls itself (``pki.aws.pacing``).
 
 botocore reads the region from ``AWS_DEFAULT_REGION`` or the profile, but not from
 ``AWS_REGION``, which the AWS CLI v2, the other SDKs and Lambda set; fleetpki honours it
@@ -18,7 +20,8 @@ from botocore.parsers import ResponseParserError
 
 from pki.errors import FleetPkiError, InvalidInput, OperatorError, PublishError
 
-ADAPTIVE = Config(retries={"mode": "adaptive", "max_attempts": 10})
+STANDARD = Config(retries={"mode": "standard", "total_max_attempts": 3})
+SINGLE_ATTEMPT = Config(retries={"mode": "standard", "total_max_attempts": 1})
 # What a call to AWS can raise: AWS's answer (ClientError), the way there (BotoCoreError),
 # or an answer that is not AWS's at all (ResponseParserError: an endpoint that does not
 # implement the API, such as moto for ALB trust stores; not a BotoCoreError)
@@ -32,7 +35,7 @@ def region_setting(region: str | None = None) -> str | None:
     return region or os.environ.get("AWS_REGION") or None
 
 
-def make_client(service: str, region: str | None = None, config: Config = ADAPTIVE) -> Any:
+def make_client(service: str, region: str | None = None, config: Config = STANDARD) -> Any:
     try:
         return boto3.client(service, region_name=region_setting(region), config=config)
     except NoRegionError:

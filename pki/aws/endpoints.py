@@ -203,5 +203,3 @@ def ledger_target(target: Target, api: str) -> str:
 
 
 # -- bundle publish and rollback ---------------------------------------------------------
-
-

@@ -261,5 +261,3 @@ def _remove_revocations(elbv2: Any, arn: str, ids: Sequence[int]) -> None:
         raise _aws_error(
             exc, f"removing old revocation lists from {arn} (elbv2 RemoveTrustStoreRevocations)"
         ) from None
-
-

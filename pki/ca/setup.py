@@ -203,7 +203,7 @@ def init_aws_ca(
     """Adopt an AWS Private CA: it must be ACTIVE and its chain must check out."""
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-    from pki.backends.aws_pca import check_chain
+    from pki.backends.aws_pca_setup import check_chain
 
     if home.has_ca():
         raise AlreadyExists(
@@ -295,13 +295,8 @@ def set_up_private_ca(
     subordinate (``create``, billed monthly: every check comes first). Every CA this call
     made is named through ``say``, and disabled and deleted again when anything after
     its creation fails."""
-    from pki.backends.aws_pca import (
-        AwsPrivateCA,
-        create_hierarchy,
-        discard_cas,
-        make_client,
-        region_of_arn,
-    )
+    from pki.backends.aws_pca import AwsPrivateCA, make_client, region_of_arn
+    from pki.backends.aws_pca_setup import create_hierarchy, discard_cas
 
     if publish_url:
         raise InvalidInput(

@@ -17,7 +17,6 @@ from pki.cli.output import print_records
 from pki.cli.root import cli, pass_app
 
 if TYPE_CHECKING:
-
     pass
 
 

@@ -14,7 +14,6 @@ from pki.cli.options import (
 from pki.cli.root import cli, pass_app
 
 if TYPE_CHECKING:
-
     pass
 
 

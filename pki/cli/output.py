@@ -42,5 +42,3 @@ def print_records(records: Sequence[CertificateRecord], now: dt.datetime) -> Non
         )
     Console(width=200).print(table)
     err(f"{len(records)} certificate(s)")
-
-

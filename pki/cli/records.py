@@ -14,7 +14,6 @@ from pki.cli.output import print_records
 from pki.cli.root import cli, pass_app
 
 if TYPE_CHECKING:
-
     pass
 
 
@@ -100,8 +99,6 @@ def show_cmd(app: App, serial: str, pem: bool, as_json: bool) -> None:
         click.echo(f"{key:>20}: {value if value is not None else '-'}")
 
 
-
-
 @cli.command("audit")
 @click.option("--serial", help="Only events of this certificate.")
 @click.option(
@@ -117,9 +114,7 @@ def audit_cmd(app: App, serial: str | None, limit: int, as_json: bool) -> None:
     """Show the append-only audit log (issue, revoke, CRL, CA events), oldest first."""
     from pki.model import isoformat, parse_serial
 
-    events = app.inventory().audit_log(
-        limit, parse_serial(serial) if serial is not None else None
-    )
+    events = app.inventory().audit_log(limit, parse_serial(serial) if serial is not None else None)
     if as_json:
         print_json([e.to_json() for e in events])
         return

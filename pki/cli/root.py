@@ -94,5 +94,3 @@ def cli(ctx: click.Context, home: Path) -> None:
     """
     app: App = ctx.obj
     app.home_path = home
-
-

@@ -70,8 +70,6 @@ def deliver_into(out_dir: Path, force: bool) -> FolderPerThing:
     return FolderPerThing(out_dir, force)
 
 
-
-
 def issue_folder(
     app: App,
     files: Sequence[Path],

@@ -80,9 +80,7 @@ def _check_validity(cert: x509.Certificate, plan: CertificatePlan, issuing_ca: I
         raise _bad(f"was issued by {cert.issuer.rfc4514_string()}, not the issuing CA")
 
 
-def _check_extensions(
-    cert: x509.Certificate, plan: CertificatePlan
-) -> x509.SubjectAlternativeName:
+def _check_extensions(cert: x509.Certificate, plan: CertificatePlan) -> x509.SubjectAlternativeName:
     found: dict[type, x509.ExtensionType] = {}
     for extension in cert.extensions:  # one pass; get_extension_for_class scans each time
         found[type(extension.value)] = extension.value

@@ -102,7 +102,7 @@ def _worker_chunk(span: tuple[int, int]) -> ChunkResult:
 
 
 def issue_forked(
-issuer: Issuer,
+    issuer: Issuer,
     requests: Iterable[IssueRequest],
     deliver: Deliver,
     progress: Callable[[str, FleetPkiError | None], None] | None,

@@ -48,7 +48,10 @@ class BatchDelivery(Protocol):
 
     def many(self, issued: Sequence[IssuedCertificate]) -> list[Callable[[], None]]: ...
 
+
 BATCH_COMMIT_SIZE = 1000
+
+
 def _no_delivery(_issued: IssuedCertificate) -> Callable[[], None]:
     return lambda: None
 

@@ -69,7 +69,6 @@ class AuditEvent:
         }
 
 
-
 class Inventory(Ledgers):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

@@ -54,7 +54,6 @@ class BundleVersion:
         }
 
 
-
 class Ledgers:
     """Mixed into ``Inventory``: the ledger tables on its engine."""
 
@@ -142,7 +141,6 @@ class Ledgers:
             )
 
 
-
 def _bundle_version(row: Any) -> BundleVersion:
     return BundleVersion(
         target=row.target,
@@ -159,5 +157,3 @@ def _bundle_version(row: Any) -> BundleVersion:
         revocation_id=None if row.revocation_id is None else int(row.revocation_id),
         id=int(row.id),
     )
-
-

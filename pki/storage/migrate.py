@@ -182,9 +182,7 @@ def _config(conn: Connection, known: list[Branch]) -> Config:
 
     config = Config()
     config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-    config.set_main_option(
-        "version_locations", " ".join(str(b.versions) for b in known)
-    )
+    config.set_main_option("version_locations", " ".join(str(b.versions) for b in known))
     config.set_main_option("path_separator", "space")
     config.attributes["connection"] = conn
     return config
