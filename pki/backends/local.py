@@ -74,6 +74,54 @@ def _ca_extensions(
     )
 
 
+def _cn(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def ca_certificate(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
+    signing_key: PrivateKey,
+    validity: tuple[dt.datetime, dt.datetime],
+    path_length: int,
+    issuer_ski: x509.SubjectKeyIdentifier,
+    issuer_urls: CaUrls = NO_URLS,
+) -> x509.Certificate:
+    """A CA certificate for ``public_key`` signed by ``signing_key`` (``issuer``'s)."""
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(validity[0])
+        .not_valid_after(validity[1])
+    )
+    builder = _ca_extensions(builder, public_key, path_length, issuer_ski, issuer_urls)
+    return builder.sign(signing_key, signature_hash(signing_key))
+
+
+def _write_all_or_nothing(folder: Path, files: Sequence[tuple[str, bytes, int]]) -> None:
+    """Write ``files`` (name, content, mode) into a staging folder beside ``folder``, then
+    rename it into place: a failure at any point leaves no partial CA behind."""
+    ensure_dir(folder.parent)
+    staging = folder.parent / f".ca-init-{secrets.token_hex(4)}"
+    ensure_dir(staging)
+    try:
+        for name, content, mode in files:
+            atomic_write(staging / name, content, mode)
+        if folder.exists():
+            folder.rmdir()  # empty, checked by the caller
+        staging.rename(folder)
+    except BaseException:
+        for leftover in staging.glob("*"):
+            leftover.unlink()
+        if staging.exists():
+            staging.rmdir()
+        raise
+
+
 MAX_CA_DAYS = 30 * 366  # a root for 30 years is already long; beyond is a typo
 
 
@@ -144,61 +192,29 @@ class LocalCA:
                 f"a CA already exists in {ca_dir}; refusing to overwrite it "
                 "(use another --home to create a new one)"
             )
-        ensure_dir(ca_dir.parent)
-        staging = ca_dir.parent / f".ca-init-{secrets.token_hex(4)}"
-        ensure_dir(staging)
-        try:
-            root_key = generate_key(key_type)
-            issuing_key = generate_key(key_type)
-            start = now - BACKDATE
-            root_name = x509.Name(
-                [x509.NameAttribute(NameOID.COMMON_NAME, f"{common_name} Root CA")]
-            )
-            root_ski = x509.SubjectKeyIdentifier.from_public_key(root_key.public_key())
-            root = _ca_extensions(
-                x509.CertificateBuilder()
-                .subject_name(root_name)
-                .issuer_name(root_name)
-                .public_key(root_key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(start)
-                .not_valid_after(now + dt.timedelta(days=root_days)),
-                root_key.public_key(),
-                1,
-                root_ski,
-            ).sign(root_key, signature_hash(root_key))
-            issuing_name = x509.Name(
-                [x509.NameAttribute(NameOID.COMMON_NAME, f"{common_name} Issuing CA")]
-            )
-            issuing = _ca_extensions(
-                x509.CertificateBuilder()
-                .subject_name(issuing_name)
-                .issuer_name(root_name)
-                .public_key(issuing_key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(start)
-                .not_valid_after(now + dt.timedelta(days=issuing_days)),
-                issuing_key.public_key(),
-                0,
-                root_ski,
-                root_urls,
-            ).sign(root_key, signature_hash(root_key))
-            pem = serialization.Encoding.PEM
-            atomic_write(
-                staging / ROOT_KEY, encrypt_key(root_key, root_passphrase or passphrase), 0o600
-            )
-            atomic_write(staging / ISSUING_KEY, encrypt_key(issuing_key, passphrase), 0o600)
-            atomic_write(staging / ROOT_CERT, root.public_bytes(pem), 0o644)
-            atomic_write(staging / ISSUING_CERT, issuing.public_bytes(pem), 0o644)
-            if ca_dir.exists():
-                ca_dir.rmdir()  # empty, checked above
-            staging.rename(ca_dir)
-        except BaseException:
-            for leftover in staging.glob("*"):
-                leftover.unlink()
-            if staging.exists():
-                staging.rmdir()
-            raise
+        root_key = generate_key(key_type)
+        issuing_key = generate_key(key_type)
+        start = now - BACKDATE
+        root_name = _cn(f"{common_name} Root CA")
+        root_ski = x509.SubjectKeyIdentifier.from_public_key(root_key.public_key())
+        root = ca_certificate(
+            root_name, root_name, root_key.public_key(), root_key,
+            (start, now + dt.timedelta(days=root_days)), 1, root_ski,
+        )  # fmt: skip
+        issuing = ca_certificate(
+            _cn(f"{common_name} Issuing CA"), root_name, issuing_key.public_key(), root_key,
+            (start, now + dt.timedelta(days=issuing_days)), 0, root_ski, root_urls,
+        )  # fmt: skip
+        pem = serialization.Encoding.PEM
+        _write_all_or_nothing(
+            ca_dir,
+            [
+                (ROOT_KEY, encrypt_key(root_key, root_passphrase or passphrase), 0o600),
+                (ISSUING_KEY, encrypt_key(issuing_key, passphrase), 0o600),
+                (ROOT_CERT, root.public_bytes(pem), 0o644),
+                (ISSUING_CERT, issuing.public_bytes(pem), 0o644),
+            ],
+        )
         return cls(
             ca_dir,
             lambda: passphrase,

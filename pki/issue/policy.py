@@ -216,31 +216,44 @@ def check_sans(ctx: PolicyContext) -> Violation | None:
         return Violation(
             "san-not-allowed", f"CSR asks for SAN {facts.other_sans[0]}, which is never allowed"
         )
-    if ctx.is_device:
-        if facts.dns_names or facts.ip_addresses:
-            first = (facts.dns_names or tuple(str(i) for i in facts.ip_addresses))[0]
-            return Violation(
-                "san-not-allowed",
-                f"CSR asks for SAN {first}; device certificates carry only the thing URI",
-            )
-        for uri in facts.uris:
-            if uri != ctx.thing_uri:
-                return Violation(
-                    "san-not-allowed",
-                    f"CSR asks for SAN URI {uri}; this device may only have {ctx.thing_uri}",
-                )
-        return None
-    if facts.uris:
+    return _device_sans(ctx) if ctx.is_device else _server_sans(ctx)
+
+
+def _device_sans(ctx: PolicyContext) -> Violation | None:
+    facts = ctx.facts
+    if facts.dns_names or facts.ip_addresses:
+        first = (facts.dns_names or tuple(str(i) for i in facts.ip_addresses))[0]
         return Violation(
             "san-not-allowed",
-            f"CSR asks for SAN URI {facts.uris[0]}; server certificates "
+            f"CSR asks for SAN {first}; device certificates carry only the thing URI",
+        )
+    for uri in facts.uris:
+        if uri != ctx.thing_uri:
+            return Violation(
+                "san-not-allowed",
+                f"CSR asks for SAN URI {uri}; this device may only have {ctx.thing_uri}",
+            )
+    return None
+
+
+def _server_sans(ctx: PolicyContext) -> Violation | None:
+    if ctx.facts.uris:
+        return Violation(
+            "san-not-allowed",
+            f"CSR asks for SAN URI {ctx.facts.uris[0]}; server certificates "
             "carry only DNS and IP names",
         )
     dns, ips = server_names(ctx.request)
+    return _requested_names(ctx, dns, ips) or _unrequested_names(ctx.facts, dns, ips)
+
+
+def _requested_names(
+    ctx: PolicyContext, dns: Sequence[str], ips: Sequence[IPAddress]
+) -> Violation | None:
+    """The names the operator asked for: DNS names well formed, IPs that name a host."""
+    allow_wildcard = ctx.profile.allow_wildcard or ctx.settings.allow_wildcard
     for name in dns:
-        violation = _check_dns_name(
-            name, allow_wildcard=ctx.profile.allow_wildcard or ctx.settings.allow_wildcard
-        )
+        violation = _check_dns_name(name, allow_wildcard=allow_wildcard)
         if violation:
             return violation
     for ip in ips:
@@ -252,6 +265,13 @@ def check_sans(ctx: PolicyContext) -> Violation | None:
             f"server name {ctx.request.name!r} is neither a DNS name nor an IP address, and "
             "server certificates need at least one (give --dns / --ip)",
         )
+    return None
+
+
+def _unrequested_names(
+    facts: CsrFacts, dns: Sequence[str], ips: Sequence[IPAddress]
+) -> Violation | None:
+    """A CSR's names the operator did not ask for are refused, never silently dropped."""
     for name in facts.dns_names:
         if name.lower() not in dns:
             return Violation(
