@@ -13,7 +13,7 @@ The server is moto's own ``moto.server.main`` with three changes made in the ser
 process:
 
 - IssueCertificate honours templates, ``ApiPassthrough`` and ``Validity``
-  (``tests/aws_fixtures._issue``, the handler the end-to-end tests use). Stock moto ignores
+  (``bench/moto_pca.py``, the handler the end-to-end tests use too). Stock moto ignores
   them: its subordinate CA certificate has no ``basicConstraints CA:TRUE`` (adoption is
   refused by ``check_chain``) and its device certificates have no EKU or SAN (quarantined
   by ``verify_issued``), so stock moto cannot exercise the path at all.
@@ -32,12 +32,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,12 +64,6 @@ def _run_module() -> ModuleType:
     return bench.run
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # -- the server process ---------------------------------------------------------------------
 
 
@@ -84,7 +75,7 @@ def serve(port: int, quota: float) -> None:
     from moto.core.exceptions import JsonRESTError
     from moto.server import main
 
-    from tests.aws_fixtures import _issue
+    from bench.moto_pca import issue_certificate as honour_templates
 
     # moto decrypts and validates the CA's RSA key from PEM on every use (~70 ms with
     # OpenSSL 3's RSA key check): parse it once per CA, so the stand-in is not what is measured
@@ -113,7 +104,7 @@ def serve(port: int, quota: float) -> None:
             if bucket["tokens"] < 1:
                 raise JsonRESTError("ThrottlingException", "Rate exceeded")
             bucket["tokens"] -= 1
-        return _issue(self)
+        return honour_templates(self)
 
     ACMPCAResponse.issue_certificate = issue_certificate  # type: ignore[method-assign]
     main(["-H", "127.0.0.1", "-p", str(port)])
@@ -121,32 +112,14 @@ def serve(port: int, quota: float) -> None:
 
 @contextmanager
 def moto_server(quota: float) -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--serve", str(port), str(quota)],
-        env={k: v for k, v in os.environ.items() if not k.startswith("FAKETIME")},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=1)  # noqa: S310 (http://)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.1)
+    """This file's patched moto (``serve``) on a free loopback port, on the real clock."""
+    from pki.processes import moto_server as start
+
+    def argv(port: int) -> list[str]:
+        return [sys.executable, str(Path(__file__).resolve()), "--serve", str(port), str(quota)]
+
+    with start(None, argv=argv) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextmanager

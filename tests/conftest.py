@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pki.childenv import without_faketime
 from pki.clock import Clock, SystemClock
+from tests.aws_fixtures import _pca_server, pca_aws  # noqa: F401 (fixtures for every test)
 from tests.helpers import Result, run_cli
 
 AWS_OPT_IN = (
@@ -146,49 +146,14 @@ def db_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
 # -- AWS control plane: a moto server on a free loopback port ------------------------------
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """``moto_server`` on 127.0.0.1, started once per test session (per xdist worker)."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``moto_server`` on 127.0.0.1, started once per test session (per xdist worker), on
+    the real clock under ``scripts/test --shift`` (``pki.processes.start_moto``)."""
+    from pki.processes import moto_server
 
-    port = _free_port()
-    exe = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen(
-        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
-        env=without_faketime(),  # AWS keeps the real time under scripts/test --shift
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/moto-api/", timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("moto_server did not start") from None
-            time.sleep(0.1)
-    try:
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.aws_fixtures import loopback_endpoint
 from tests.conftest import AWS_OPT_IN, aws_selected
-from tests.test_aws_real import loopback_endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITE = "tests/test_aws_real.py"

@@ -30,7 +30,7 @@ from pki.errors import BackendError, InvalidInput
 from pki.issue.issuer import Issuer
 from pki.model import IssueRequest
 from pki.storage import Inventory, pca_requests
-from tests.aws_fixtures import _pca_server, pca_aws  # noqa: F401 (fixtures)
+from tests.aws_fixtures import ARN
 from tests.conftest import Cli
 from tests.helpers import load_cert, make_csr, openssl_csr
 
@@ -40,7 +40,7 @@ def test_create_issue_revoke_end_to_end(
     cli: Cli,
     home: Path,
     tmp_path: Path,
-    pca_aws: str,  # noqa: F811
+    pca_aws: str,
 ) -> None:
     init = cli.ok("ca", "init", "--backend", "aws-pca", "--create", "--json")
     records = json.loads(init.out)["certificates"]
@@ -132,12 +132,6 @@ def test_bad_ca_init_options(cli: Cli, home: Path, aws: str) -> None:
 
 
 # -- request parameters under Stubber (validated against the acm-pca service model) -------
-
-
-ARN = (
-    "arn:aws:acm-pca:us-east-1:123456789012:certificate-authority/"
-    "11111111-2222-3333-4444-555555555555"
-)
 
 
 class FixedChainCA(AwsPrivateCA):
@@ -264,18 +258,6 @@ class QuotaPCA:
         return {"CertificateArn": f"{ARN}/certificate/{len(self.calls)}"}
 
 
-def _request(tmp_path: Path) -> Any:
-    from pki.backends.local import LocalCA
-    from pki.model import KeyType
-
-    local = LocalCA.create(tmp_path / "ca", key_type=KeyType.EC_P256, common_name="t",
-                           passphrase=b"x" * 16, now=dt.datetime.now(dt.UTC))  # fmt: skip
-    inventory = Inventory.create("sqlite://")
-    issuer = Issuer(local, inventory, SystemClock())
-    csr, _ = make_csr("dev-1")
-    return local, issuer.prepare(IssueRequest("device", "dev-1", csr))
-
-
 def test_a_thousand_issues_meet_the_quota_without_throttling(tmp_path: Path) -> None:
     ticker = FakeTicker()
     fake = QuotaPCA(ticker, 25, "")
@@ -311,7 +293,7 @@ def test_batch_through_private_ca_keeps_requests_in_flight(
     cli: Cli,
     home: Path,
     tmp_path: Path,
-    pca_aws: str,  # noqa: F811
+    pca_aws: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cli.ok("ca", "init", "--backend", "aws-pca", "--create")

@@ -13,18 +13,17 @@ and an ``AWS_ENDPOINT_URL`` that is not loopback (moto is what the default tests
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import secrets
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
+from tests.aws_fixtures import loopback_endpoint
 from tests.conftest import Cli
 from tests.helpers import load_cert, openssl_csr
 from tests.trust_helpers import chain, pems
@@ -35,22 +34,6 @@ BUCKET_ENV = "FLEETPKI_AWS_TEST_BUCKET"
 CA_ARN_ENV = "FLEETPKI_AWS_TEST_CA_ARN"
 CREATE_ENV = "FLEETPKI_AWS_TEST_CREATE_CA"
 PREFIX = "fleetpki-aws-test"
-
-
-def loopback_endpoint(environ: Mapping[str, str]) -> str | None:
-    """The first ``AWS_ENDPOINT_URL*`` setting that points at this machine, if any."""
-    for name in sorted(environ):
-        if not name.startswith("AWS_ENDPOINT_URL"):
-            continue
-        host = urlsplit(environ[name]).hostname or ""
-        if host == "localhost" or host.endswith(".localhost"):
-            return f"{name}={environ[name]}"
-        try:
-            if ipaddress.ip_address(host).is_loopback:
-                return f"{name}={environ[name]}"
-        except ValueError:
-            continue
-    return None
 
 
 def require_real_account() -> Any:

@@ -13,9 +13,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from pki.processes import free_port
 from tests.device_fixtures import fleetpki, ok, running_stand
 from tests.helpers import load_cert, pkilint
-from tests.processes import free_port
 
 
 def _urls(cert: x509.Certificate) -> tuple[list[str], list[str]]:

@@ -15,8 +15,8 @@ from pki.backends.aws_pca import LEDGER_WINDOW, AwsPrivateCA, WaitConfig
 from pki.clock import FixedClock
 from pki.errors import NotFound
 from pki.storage import BundleVersion, Inventory
+from tests.aws_fixtures import ARN, pca_signing_request
 from tests.helpers import NOW
-from tests.test_aws_pca import ARN, _request
 
 
 @pytest.fixture
@@ -121,7 +121,7 @@ class CountingPca:
 def test_retries_reuse_the_ledger_only_within_its_window(
     inventory: Inventory, tmp_path: Path
 ) -> None:
-    local, signing = _request(tmp_path)
+    local, signing = pca_signing_request(tmp_path)
     pem = local.issue(signing).public_bytes(Encoding.PEM).decode()
     client = CountingPca(pem)
     clock = FixedClock(NOW)

@@ -225,7 +225,7 @@ def test_plan_lists_what_is_due_and_run_once_rotates_it(stand: Stand) -> None:
 
 
 def test_daemon_serves_metrics_holds_the_lease_and_stops_on_sigterm(stand: Stand) -> None:
-    from devices.standins import free_port
+    from pki.processes import free_port
 
     port = free_port()
     exe = Path(sys.executable).parent / "fleetpki"

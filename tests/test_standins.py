@@ -278,6 +278,7 @@ def test_dynsec_init_takes_the_admin_password_on_stdin_not_argv(
     import subprocess as sp
 
     from devices import standins
+    from devices.standins import broker
 
     seen: list[list[str]] = []
     real = sp.run
@@ -286,9 +287,9 @@ def test_dynsec_init_takes_the_admin_password_on_stdin_not_argv(
         seen.append(list(args))
         return real(args, **kwargs)
 
-    monkeypatch.setattr(standins.subprocess, "run", spy)
+    monkeypatch.setattr(broker.subprocess, "run", spy)
     path = tmp_path / "dynsec.json"
-    standins._dynsec_init(path, "pw-not-on-argv-123")
+    broker.dynsec_init(path, "pw-not-on-argv-123")
     assert seen and all("pw-not-on-argv-123" not in arg for args in seen for arg in args)
     assert path.stat().st_mode & 0o777 == 0o600
     text = path.read_text()

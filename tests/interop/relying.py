@@ -12,8 +12,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pki.processes import free_port, port_open, running, wait_until
 from tests.interop.conftest import Pki
-from tests.processes import free_port, port_open, running, wait_until
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pki.processes import wait_until
 from tests.interop.conftest import Pki, fleetpki
 from tests.interop.relying import curl, nginx
-from tests.processes import faketime_env, wait_until
+from tests.processes import faketime_env
 
 
 def test_nginx_accepts_a_valid_device_and_refuses_revoked_foreign_and_none(

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from pki.processes import free_port, running, wait_until
 from tests.interop.conftest import Pki
-from tests.processes import free_port, running, wait_until
 
 NODE = shutil.which("node") or "node"
 SERVER = Path(__file__).with_name("node_server.js")

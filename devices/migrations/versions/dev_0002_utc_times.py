@@ -52,5 +52,5 @@ def downgrade() -> None:
             op.execute(
                 f"ALTER TABLE {table} ALTER COLUMN registered_at TYPE varchar(32) "
                 "USING to_char(registered_at AT TIME ZONE 'UTC', "
-                "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
+                '\'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"\')'
             )
