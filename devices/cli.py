@@ -5,7 +5,9 @@ Imports stay inside the commands: ``fleetpki --help`` must not pay for boto3 or 
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -368,87 +370,50 @@ def fleet_simulate(
     'fleetpki --home DIR fleet simulate' names one on the command line.
     """
     import contextlib
-    import shutil
-    import tempfile
 
-    from devices.simulator import SimConfig
+    from devices.simulator import SimConfig, session
 
-    state = _state()
+    app = _state()
     root = click.get_current_context().find_root()
     explicit = root.get_parameter_source("home") is click.core.ParameterSource.COMMANDLINE
-    with contextlib.ExitStack() as cleanup:
+    config = SimConfig(devices=devices, duration=duration, rate=rate, scenario=scenario,
+                       sdk_share=sdk_share, revoke=revoke_count, workers=workers)  # fmt: skip
+    with contextlib.ExitStack() as stack:
         if explicit:
-            state.home.config()  # the named home must hold a CA
+            app.home.config()  # the named home must hold a CA
         else:
-            folder = Path(tempfile.mkdtemp(prefix="fleetpki-sim-"))
-            cleanup.callback(shutil.rmtree, folder, True)  # registered before anything fails
-            state = _simulator_home(state, folder)
-            err(
-                f"simulating in a home of its own: {state.home_path} (a new CA and "
-                "inventory, removed afterwards; 'fleetpki --home DIR fleet simulate' uses DIR)"
-            )
-        config = SimConfig(
-            devices=devices,
-            duration=duration,
-            rate=rate,
-            scenario=scenario,
-            sdk_share=sdk_share,
-            revoke=revoke_count,
-            workers=workers,
-        )
-        return _simulate(state, config, as_json)
-
-
-def _simulator_home(state: App, folder: Path) -> App:
-    """A fresh home in ``folder`` with a CA and an SQLite inventory of its own (never the
-    operator's FLEETPKI_DATABASE_URL), for one simulator run."""
-    import dataclasses
-
-    from pki.ca.setup import init_ca
-
-    sim = dataclasses.replace(state, home_path=folder / "home", _inventory=None)
-    sim.database = sim.home.sqlite_url
-    init_ca(sim.home, sim.inventory(create=True), sim.clock, "ec-p256", "fleetpki-sim", 3650, 1825)
-    return sim
-
-
-def _simulate(state: App, config: Any, as_json: bool) -> int:
-    from rich.console import Console
-    from rich.live import Live
-
-    from devices import standins
-    from devices.simulator import simulate
-
-    home = state.home
-    running = standins.load_state(home)
-    started_here = running is None or not standins.alive(running)
-    stand = standins.up(home, state.clock, state) if started_here else running
-    assert stand is not None
-    console = Console(stderr=True)
-    live_enabled = console.is_terminal and not as_json
-    try:
-        with Live(console=console, transient=True, auto_refresh=False) as live:
-
-            def show(event: str, data: dict[str, Any]) -> None:
-                if event == "revoked":
-                    console.print(f"revoked {', '.join(data['things'])}")
-                elif live_enabled:
-                    live.update(
-                        f"connected {data['connected']}/{data['devices']}  "
-                        f"sent {data['sent']}  acked {data['acked']}",
-                        refresh=True,
-                    )
-
-            summary = simulate(config, state, stand, show)
-    finally:
-        if started_here:
-            standins.down(home)
-    data = summary.data
+            app = stack.enter_context(session.own_home(app, err))
+        with _progress_display(not as_json) as show:
+            summary = session.run(app, config, show)
+    data = summary.to_json()
     if as_json:
         print_json(data)
     else:
         _print_summary(data)
     return 0 if summary.ok else 1
+
+
+@contextlib.contextmanager
+def _progress_display(wanted: bool) -> Iterator[Callable[[str, dict[str, Any]], None]]:
+    """A live line on a terminal (connected, sent, acknowledged) and the revocations."""
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console(stderr=True)
+    live_enabled = console.is_terminal and wanted
+    with Live(console=console, transient=True, auto_refresh=False) as live:
+
+        def show(event: str, data: dict[str, Any]) -> None:
+            if event == "revoked":
+                console.print(f"revoked {', '.join(data['things'])}")
+            elif live_enabled:
+                live.update(
+                    f"connected {data['connected']}/{data['devices']}  "
+                    f"sent {data['sent']}  acked {data['acked']}",
+                    refresh=True,
+                )
+
+        yield show
 
 
 def _print_summary(data: dict[str, Any]) -> None:
@@ -483,7 +448,9 @@ def _print_summary(data: dict[str, Any]) -> None:
             click.echo(f"rotation service: {rotation['service_error']}")
     for imp in data["impostors"]:
         click.echo(f"impostor {imp['kind']}: MQTT {imp['mqtt']}, HTTPS {imp['https']}")
-    click.echo(f"access log: {data['access_log']}")
+    access = data["access_log"]
+    refused_log = ", ".join(f"{why} {n}" for why, n in sorted(access["refused"].items()))
+    click.echo(f"access log: accepted {access['accepted']}, refused {refused_log or 'none'}")
     click.echo(f"wall time {data['timing']['wall_seconds']} s")
     failed = [k for k, v in data["checks"].items() if not v and k != "passed"]
     click.echo("checks: all passed" if not failed else f"checks FAILED: {', '.join(failed)}")

@@ -11,13 +11,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from devices.device import (
-    Credentials,
-    NodelayClient,
-    PahoDevice,
-    client_context,
-    https_call,
-)
+from devices.device import Credentials, client_context, https_call
+from devices.mqtt_clients import NodelayClient, PahoDevice
 
 
 def try_mqtt(creds: Credentials, stand: Any) -> str | None:

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pki.aws.client import error_code
 from pki.clock import Clock
 from pki.errors import BackendError, NotFound, OperatorError, PolicyViolation
 from pki.model import IssuedCertificate, IssueRequest
@@ -152,11 +153,6 @@ def _first_pem(pem: bytes) -> bytes:
     return pem.split(end, 1)[0] + end + b"\n"
 
 
-def _error_code(exc: Exception) -> str:
-    response = getattr(exc, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", ""))
-
-
 class IotCore:
     """fleetpki's view of one IoT Core account and region, with its registrations."""
 
@@ -186,7 +182,7 @@ class IotCore:
                     self.client.describe_ca_certificate(certificateId=existing)
                     return existing, False
                 except Exception as exc:
-                    if _error_code(exc) != "ResourceNotFoundException":
+                    if error_code(exc) != "ResourceNotFoundException":
                         raise
         with _aws("get a registration code"):
             code = self.client.get_registration_code()["registrationCode"]
@@ -245,7 +241,7 @@ class IotCore:
             try:
                 c.describe_thing(thingName=thing)
             except Exception as exc:
-                if _error_code(exc) != "ResourceNotFoundException":
+                if error_code(exc) != "ResourceNotFoundException":
                     raise
                 c.create_thing(thingName=thing)
                 thing_created = True
@@ -296,7 +292,7 @@ class IotCore:
                 c.get_policy(policyName=POLICY_NAME)
                 return False
             except Exception as exc:
-                if _error_code(exc) != "ResourceNotFoundException":
+                if error_code(exc) != "ResourceNotFoundException":
                     raise
         region = c.meta.region_name
         with _aws("find the AWS account"):
@@ -307,7 +303,7 @@ class IotCore:
             try:
                 c.create_policy(policyName=POLICY_NAME, policyDocument=json.dumps(document))
             except Exception as exc:
-                if _error_code(exc) != "ResourceAlreadyExistsException":
+                if error_code(exc) != "ResourceAlreadyExistsException":
                     raise  # lost a race with another provisioning run: reuse theirs
                 return False
         return True
@@ -342,7 +338,7 @@ class IotCore:
                 c.describe_thing(thingName=thing)
                 exists = True
             except Exception as exc:
-                if _error_code(exc) != "ResourceNotFoundException":
+                if error_code(exc) != "ResourceNotFoundException":
                     raise
                 exists = False
         if not exists and not rows:

@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from pki.clock import Clock
-from pki.errors import StorageError
-from pki.storage import UtcDateTime, metadata, why
+from pki.storage import UtcDateTime, metadata
+from pki.storage.database import reading, writing
 
 iot_certificates = sa.Table(
     "iot_certificates",
@@ -47,53 +47,40 @@ class IotCertificate:
     status: str
 
 
-def _fail(exc: sa.exc.SQLAlchemyError) -> StorageError:
-    return StorageError(f"device tables: {why(exc)}")
-
-
 def _now(clock: Clock) -> dt.datetime:
     return clock.now()
 
 
 def record_ca(engine: Engine, certificate_id: str, arn: str, clock: Clock) -> None:
-    try:
-        with engine.begin() as conn:
-            conn.execute(iot_ca.delete())
-            conn.execute(
-                iot_ca.insert().values(
-                    certificate_id=certificate_id, certificate_arn=arn, registered_at=_now(clock)
-                )
+    with writing(engine, "device tables") as conn:
+        conn.execute(iot_ca.delete())
+        conn.execute(
+            iot_ca.insert().values(
+                certificate_id=certificate_id, certificate_arn=arn, registered_at=_now(clock)
             )
-    except sa.exc.SQLAlchemyError as exc:
-        raise _fail(exc) from None
+        )
 
 
 def ca_registration(engine: Engine) -> str | None:
-    try:
-        with engine.connect() as conn:
-            value = conn.execute(sa.select(iot_ca.c.certificate_id)).scalar()
-    except sa.exc.SQLAlchemyError as exc:
-        raise _fail(exc) from None
+    with reading(engine, "device tables") as conn:
+        value = conn.execute(sa.select(iot_ca.c.certificate_id)).scalar()
     return None if value is None else str(value)
 
 
 def record_certificate(
     engine: Engine, serial: str, thing: str, certificate_id: str, arn: str, clock: Clock
 ) -> None:
-    try:
-        with engine.begin() as conn:
-            conn.execute(
-                iot_certificates.insert().values(
-                    serial=serial,
-                    thing=thing,
-                    certificate_id=certificate_id,
-                    certificate_arn=arn,
-                    status="ACTIVE",
-                    registered_at=_now(clock),
-                )
+    with writing(engine, "device tables") as conn:
+        conn.execute(
+            iot_certificates.insert().values(
+                serial=serial,
+                thing=thing,
+                certificate_id=certificate_id,
+                certificate_arn=arn,
+                status="ACTIVE",
+                registered_at=_now(clock),
             )
-    except sa.exc.SQLAlchemyError as exc:
-        raise _fail(exc) from None
+        )
 
 
 def _row(row: Sequence[Any]) -> IotCertificate:
@@ -110,44 +97,30 @@ _COLUMNS = (
 
 
 def certificate(engine: Engine, serial: str) -> IotCertificate | None:
-    try:
-        with engine.connect() as conn:
-            row = conn.execute(
-                sa.select(*_COLUMNS).where(iot_certificates.c.serial == serial)
-            ).first()
-    except sa.exc.SQLAlchemyError as exc:
-        raise _fail(exc) from None
+    with reading(engine, "device tables") as conn:
+        row = conn.execute(sa.select(*_COLUMNS).where(iot_certificates.c.serial == serial)).first()
     return None if row is None else _row(row)
 
 
 def certificates_of(engine: Engine, thing: str) -> list[IotCertificate]:
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(*_COLUMNS)
-                .where(iot_certificates.c.thing == thing)
-                .order_by(iot_certificates.c.registered_at)
-            ).all()
-    except sa.exc.SQLAlchemyError as exc:
-        raise _fail(exc) from None
+    with reading(engine, "device tables") as conn:
+        rows = conn.execute(
+            sa.select(*_COLUMNS)
+            .where(iot_certificates.c.thing == thing)
+            .order_by(iot_certificates.c.registered_at)
+        ).all()
     return [_row(r) for r in rows]
 
 
 def set_status(engine: Engine, serial: str, status: str) -> None:
-    try:
-        with engine.begin() as conn:
-            conn.execute(
-                iot_certificates.update()
-                .where(iot_certificates.c.serial == serial)
-                .values(status=status)
-            )
-    except sa.exc.SQLAlchemyError as exc:
-        raise _fail(exc) from None
+    with writing(engine, "device tables") as conn:
+        conn.execute(
+            iot_certificates.update()
+            .where(iot_certificates.c.serial == serial)
+            .values(status=status)
+        )
 
 
 def forget_certificate(engine: Engine, serial: str) -> None:
-    try:
-        with engine.begin() as conn:
-            conn.execute(iot_certificates.delete().where(iot_certificates.c.serial == serial))
-    except sa.exc.SQLAlchemyError as exc:
-        raise _fail(exc) from None
+    with writing(engine, "device tables") as conn:
+        conn.execute(iot_certificates.delete().where(iot_certificates.c.serial == serial))

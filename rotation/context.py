@@ -93,7 +93,6 @@ def lifetime_days(item: PlanItem) -> int:
     return max(1, round(seconds / 86_400))
 
 
-
 @dataclass
 class RotationContext:
     """One per process (the daemon's, a wave's): what the flows work with."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pki.errors import NotFound, OperatorError
+from pki.stats import percentile
 from rotation import store
 from rotation.service import RotationService, RotationSettings
 from rotation.store import Rotation
@@ -116,7 +117,7 @@ class Wave:
             "seconds": round(self.seconds, 3),
             "request_to_confirm_s": {
                 "p50": round(statistics.median(took), 3) if took else None,
-                "p99": round(percentile(took, 0.99), 3) if took else None,
+                "p99": round(percentile(took, 0.99) or 0.0, 3) if took else None,
                 "max": round(took[-1], 3) if took else None,
             },
             "failed": [
@@ -125,15 +126,6 @@ class Wave:
                 if r.state is store.State.FAILED
             ],
         }
-
-
-def percentile(ordered: Sequence[float], share: float) -> float:
-    """The ``share`` percentile (0.99: p99) of sorted values, as ``statistics.quantiles``
-    computes it (inclusive method: never beyond the largest value)."""
-    if len(ordered) == 1:
-        return ordered[0]
-    cuts = statistics.quantiles(ordered, n=100, method="inclusive")
-    return cuts[round(share * 100) - 1]
 
 
 def rotate_now(
@@ -196,9 +188,7 @@ def rotate_now(
         channel.close()
         if holder is not None:
             store.release_lease(engine, LEASE, holder.holder)
-    return Wave(
-        tuple(requested), daemon, tuple(rows), counts, time.monotonic() - started
-    )
+    return Wave(tuple(requested), daemon, tuple(rows), counts, time.monotonic() - started)
 
 
 @dataclass(frozen=True)

@@ -10,16 +10,16 @@ import datetime as dt
 import enum
 import os
 import socket
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from pki.errors import StorageError
-from pki.storage import UtcDateTime, dialect_insert, metadata, why
+from pki.storage import UtcDateTime, dialect_insert, metadata
+from pki.storage.database import writing
 
 
 class State(enum.StrEnum):
@@ -124,16 +124,9 @@ class Rotation:
         return data
 
 
-_why = why
-
-
-@contextmanager
-def transaction(engine: Engine) -> Iterator[Connection]:
-    try:
-        with engine.begin() as conn:
-            yield conn
-    except sa.exc.SQLAlchemyError as exc:
-        raise StorageError(f"rotation tables: {_why(exc)}") from None
+def transaction(engine: Engine) -> AbstractContextManager[Connection]:
+    """A transaction on the rotation tables; a database failure is one ``StorageError``."""
+    return writing(engine, "rotation tables")
 
 
 def _rotation(row: Any) -> Rotation:

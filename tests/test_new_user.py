@@ -217,7 +217,8 @@ def test_simulator_summary_has_no_python_reprs() -> None:
         "devices": 2, "clients": {"paho": 2}, "connected": 1, "workers": 1,
         "refused": {"expired": 1}, "messages": {"sent": 1, "acked": 1, "lost": 0},
         "connect_latency_ms": {"p50": 1, "p99": 2}, "revoked": [], "impostors": [],
-        "access_log": "log", "timing": {"wall_seconds": 1},
+        "access_log": {"accepted": 1, "refused": {"revoked": 2}}, "timing": {"wall_seconds": 1},
+        "checks": {"passed": False, "no_lost_messages": False},
     }  # fmt: skip
     runner = click.testing.CliRunner()
 
@@ -227,6 +228,8 @@ def test_simulator_summary_has_no_python_reprs() -> None:
 
     text = runner.invoke(show).output
     assert "refused at connect: expired 1" in text
+    assert "access log: accepted 1, refused revoked 2" in text
+    assert "checks FAILED: no_lost_messages" in text
     assert "{" not in text and "'" not in text
 
 

@@ -21,8 +21,9 @@ from cryptography import x509
 from paho.mqtt.enums import CallbackAPIVersion
 
 from devices import rotation_protocol as rp
-from devices.device import Credentials, PahoDevice, client_context
+from devices.device import Credentials, client_context
 from devices.impostors import try_https, try_mqtt
+from devices.mqtt_clients import PahoDevice
 from pki.clock import FixedClock
 from pki.issue.delivery import make_key_and_csr
 from pki.model import KeyType

@@ -8,14 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from devices.simulator import percentile
+from pki.stats import percentile
 from tests.device_fixtures import fleetpki, ok
 
 
-def test_percentile() -> None:
+def test_one_percentile_agrees_with_statistics_quantiles() -> None:
+    import statistics
+
     assert percentile([], 0.5) is None
+    assert percentile([4.0], 0.99) == 4.0
     assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
-    assert percentile([float(i) for i in range(1, 101)], 0.99) == 99.0
+    for n in (50, 150, 1050):  # where the two formulas used to disagree
+        values = [float(i) for i in range(n, 0, -1)]
+        p99 = statistics.quantiles(sorted(values), n=100, method="inclusive")[98]
+        assert percentile(values, 0.99) == p99
+        assert percentile(values, 0.99) <= max(values)
 
 
 def test_simulated_fleet_of_250_with_rotation_revocation_impostors_and_expiry(
@@ -83,12 +90,12 @@ def test_simulated_fleet_of_250_with_rotation_revocation_impostors_and_expiry(
 
 
 def test_connect_phase_rate() -> None:
-    from devices.simulator import connect_phase
+    from devices.simulator.summary import DeviceReport, connect_phase
 
     stats = [
-        {"started_at": 100.0, "connected_at": 100.5},
-        {"started_at": 100.2, "connected_at": 102.0},
-        {"started_at": 100.4, "connected_at": None},
+        DeviceReport("a", started_at=100.0, connected_at=100.5),
+        DeviceReport("b", started_at=100.2, connected_at=102.0),
+        DeviceReport("c", started_at=100.4, connected_at=None),
     ]
     assert connect_phase(stats) == {"seconds": 2.0, "connects_per_s": 1.0}
     assert connect_phase([]) == {"seconds": None, "connects_per_s": None}

@@ -16,6 +16,25 @@ __all__ = ["err", "print_json"]
 KEY_TYPES = ["ec-p256", "ec-p384", "rsa-2048", "rsa-3072"]
 
 
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    from pki.model import parse_duration
+
+    return None if value is None else parse_duration(value)
+
+
+def next_update_option(default: str) -> Callable[[Any], Any]:
+    """``--next-update DURATION`` as a ``timedelta`` (None: the config's), for every
+    command that signs a CRL."""
+    return click.option(
+        "--next-update",
+        "window",
+        default=None,
+        metavar="DURATION",
+        callback=_duration,
+        help=f"Time until the CRL's nextUpdate (7d, 36h; default from config.json: {default}).",
+    )
+
+
 def csr_option(made_on: str) -> Callable[[Any], Any]:
     return click.option(
         "--csr",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +12,7 @@ import click
 from pki.app import App
 from pki.cli.options import (
     err,
+    next_update_option,
     print_json,
 )
 from pki.cli.root import cli, pass_app
@@ -122,13 +124,7 @@ def revoke_cmd(app: App, serial: str, reason: str, no_crl: bool, as_json: bool) 
     show_default=True,
     help="Encoding of what goes to --out or stdout (HTTP distribution points serve DER).",
 )
-@click.option(
-    "--next-update",
-    default=None,
-    metavar="DURATION",
-    help="Time until nextUpdate (default from config.json: crl_next_update_days, 7; "
-    "root_crl_next_update_days, 180, with --root).",
-)
+@next_update_option("crl_next_update_days, 7; root_crl_next_update_days, 180, with --root")
 @click.option("--json", "as_json", is_flag=True, help="Print what was signed as JSON.")
 @click.pass_context
 def crl_cmd(
@@ -137,7 +133,7 @@ def crl_cmd(
     root_key: Path | None,
     out_file: Path | None,
     fmt: str,
-    next_update: str | None,
+    window: dt.timedelta | None,
     as_json: bool,
 ) -> None:
     """Sign a full CRL of the issuing CA (or, with --root, of the root CA) with the next
@@ -162,7 +158,7 @@ def crl_cmd(
 
         raise InvalidInput("--root-key goes with --root")
     app.root_key = root_key
-    _sign_crl(app, "root" if root else "issuing", out_file, fmt, next_update, as_json)
+    _sign_crl(app, "root" if root else "issuing", out_file, fmt, window, as_json)
 
 
 def _sign_crl(
@@ -170,14 +166,13 @@ def _sign_crl(
     which: str,
     out_file: Path | None,
     fmt: str,
-    next_update: str | None,
+    window: dt.timedelta | None,
     as_json: bool,
 ) -> None:
     from pki.errors import InvalidInput
-    from pki.model import isoformat, parse_duration
+    from pki.model import isoformat
     from pki.revocation.signing import sign_on_request
 
-    window = parse_duration(next_update) if next_update is not None else None
     if out_file is None and fmt == "der" and sys.stdout.isatty():
         raise InvalidInput("refusing to write DER to a terminal; use --out FILE")
     signed = sign_on_request(app, which, window, out_file, fmt)

@@ -6,13 +6,14 @@ commands only.
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from pki.cli.options import err, print_json
+from pki.cli.options import err, next_update_option, print_json
 
 if TYPE_CHECKING:
     from pki.app import App
@@ -215,12 +216,7 @@ def bundle_rollback(app: App, to: str, as_json: bool) -> None:
     metavar="s3://BUCKET/KEY",
     help="Write the revoked-serials object the API Gateway Lambda authorizer loads.",
 )
-@click.option(
-    "--next-update",
-    default=None,
-    metavar="DURATION",
-    help="Time until the CRL's nextUpdate (default from config.json: 7d).",
-)
+@next_update_option("crl_next_update_days, 7")
 @click.option("--json", "as_json", is_flag=True, help="Print what was published as JSON.")
 @click.pass_obj
 def crl_publish(
@@ -228,7 +224,7 @@ def crl_publish(
     trust_store: str | None,
     crl_uri: str | None,
     denylist: str | None,
-    next_update: str | None,
+    window: dt.timedelta | None,
     as_json: bool,
 ) -> None:
     """Publish revocations where AWS endpoints read them.
@@ -241,7 +237,6 @@ def crl_publish(
     """
     from pki.aws import trust
     from pki.errors import InvalidInput
-    from pki.model import parse_duration
 
     if not trust_store and not denylist:
         raise InvalidInput("give --trust-store ARN (with --crl-uri) and/or --denylist s3://...")
@@ -249,7 +244,6 @@ def crl_publish(
         raise InvalidInput("--trust-store needs --crl-uri s3://BUCKET/KEY for the CRL file")
     if crl_uri and not trust_store:
         raise InvalidInput("--crl-uri is only used with --trust-store")
-    window = parse_duration(next_update) if next_update is not None else None
     summary: dict[str, Any] = {}
     if trust_store and crl_uri:
         alb = trust.publish_crl_to_alb(app, trust_store, crl_uri, window)

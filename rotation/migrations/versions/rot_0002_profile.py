@@ -20,8 +20,7 @@ def upgrade() -> None:
             sa.Column("profile", sa.String(16), nullable=False, server_default="device")
         )
     op.execute(
-        "UPDATE rotations SET profile = 'server' "
-        "WHERE thing IN (SELECT name FROM server_targets)"
+        "UPDATE rotations SET profile = 'server' WHERE thing IN (SELECT name FROM server_targets)"
     )
 
 

@@ -1,0 +1,19 @@
+"""One way to compute a percentile, for every summary fleetpki prints (rotation waves, the
+fleet simulator, the benchmarks): ``statistics.quantiles``, inclusive method (never beyond
+the largest value seen)."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+
+
+def percentile(values: Iterable[float], share: float) -> float | None:
+    """The ``share`` percentile (0.99: p99) of ``values``; None when there are none."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    if len(ordered) == 1:
+        return ordered[0]
+    cuts = statistics.quantiles(ordered, n=100, method="inclusive")
+    return cuts[round(share * 100) - 1]
