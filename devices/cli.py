@@ -153,7 +153,7 @@ def _provision_batch(
     from devices.iot import provision_many
     from pki.cli.batch import progress_bar, report
     from pki.issue.batch import csr_files, deliver_into, read_requests
-    from pki.issue.issuer import Failure
+    from pki.issue.results import Failure
 
     files = csr_files(batch_dir)
     state = _state()

@@ -25,7 +25,8 @@ from pki.errors import BackendError, NotFound, OperatorError, PolicyViolation
 from pki.model import IssuedCertificate, IssueRequest
 
 if TYPE_CHECKING:
-    from pki.issue.issuer import Failure, Issuer
+    from pki.issue.issuer import Issuer
+    from pki.issue.results import Failure
 
 from devices import store
 
@@ -388,7 +389,7 @@ def provision_many(
     is reported; rerunning with --force provisions a fresh one) and the rest go on.
     """
     from pki.errors import FleetPkiError
-    from pki.issue.issuer import Failure
+    from pki.issue.results import Failure
 
     report = issuer.issue_batch(requests, deliver, actor=actor)
     failed: list[Failure] = list(report.failed)

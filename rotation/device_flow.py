@@ -26,7 +26,7 @@ from pki.errors import (
     PolicyViolation,
     StorageError,
 )
-from pki.issue.issuer import Failure
+from pki.issue.results import Failure
 from pki.model import IssuedCertificate, IssueRequest, serial_hex
 from rotation import store
 from rotation.context import (

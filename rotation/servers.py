@@ -65,6 +65,38 @@ class ServerTarget:
     serial: str = ""  # the certificate installed now
     group: str = ""  # a group that may read the key (a server that drops privileges)
 
+    @classmethod
+    def from_options(
+        cls,
+        name: str,
+        directory: Path,
+        dns: tuple[str, ...] = (),
+        ips: tuple[str, ...] = (),
+        reload_command: str | None = None,
+        **settings: Any,
+    ) -> ServerTarget:
+        """A target as an operator names it: NAME is the DNS name (or the address, when it
+        is one) unless names are given; the reload command is split like a shell line
+        (it runs without a shell)."""
+        import ipaddress
+        import shlex
+
+        try:
+            addresses = tuple(str(ipaddress.ip_address(a)) for a in ips)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        if not dns:
+            try:
+                addresses = (str(ipaddress.ip_address(name)), *addresses)
+            except ValueError:
+                dns = (name,)
+        try:
+            command = tuple(shlex.split(reload_command)) if reload_command else ()
+        except ValueError as exc:
+            raise InvalidInput(f"--reload-command: {exc}") from None
+        return cls(name=name, directory=directory.absolute(), dns=dns, ips=addresses,
+                   reload_command=command, **settings)  # fmt: skip
+
     @property
     def current(self) -> Path:
         return self.directory / "current"

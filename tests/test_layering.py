@@ -1,4 +1,14 @@
-"""The layer rules of DESIGN.md, checked by walking every import."""
+"""The layer rules of docs/architecture.md, checked by walking every import:
+
+- ``pki`` imports nothing of ``devices`` or ``rotation``; ``devices`` nothing of
+  ``rotation``; third-party libraries only where they belong (boto3 in one module);
+- click, and ``pki.cli``, only in the command-line modules (``pki/cli/``,
+  ``devices/cli.py``, ``rotation/cli*.py``; ``pki/__main__.py`` starts the CLI): the
+  application core never needs the CLI;
+- no import circle between modules (imports inside functions count; those under
+  ``if TYPE_CHECKING:`` do not: they never run);
+- no ``create_all`` outside the storage package: the schema comes from migrations.
+"""
 
 from __future__ import annotations
 
@@ -22,14 +32,35 @@ ONLY_IN = {
 }
 
 
-def imported_modules(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
+def is_cli_module(relative: str) -> bool:
+    return (
+        relative.startswith("pki/cli/")
+        or relative == "devices/cli.py"
+        or (relative.startswith("rotation/cli") and relative.endswith(".py"))
+    )
+
+
+def _type_checking_only(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def imported_modules(path: Path, *, runtime_only: bool = False) -> set[str]:
+    """Every module ``path`` imports (``from A import B``: ``A``, and ``A.B`` as well, in
+    case B is a module); with ``runtime_only``, not those under ``if TYPE_CHECKING:``."""
     names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if runtime_only and _type_checking_only(child):
+                continue
+            if isinstance(child, ast.Import):
+                names.update(alias.name for alias in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
+                names.add(child.module)
+                names.update(f"{child.module}.{alias.name}" for alias in child.names)
+            visit(child)
+
+    visit(ast.parse(path.read_text(), filename=str(path)))
     return names
 
 
@@ -37,8 +68,73 @@ def source_files() -> list[Path]:
     return sorted(p for pkg in FORBIDDEN for p in (ROOT / pkg).rglob("*.py"))
 
 
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the product modules it imports at run time. ``from A import B`` where
+    ``A.B`` is a module is an edge to ``A.B`` (the package ``A`` is only where it lives);
+    otherwise to ``A``."""
+    modules = {module_name(p): p for p in source_files()}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        edges = _runtime_imports(ast.parse(path.read_text(), filename=str(path)), modules)
+        graph[name] = {m for m in edges if m in modules and m != name}
+    return graph
+
+
+def _runtime_imports(node: ast.AST, modules: dict[str, Path]) -> set[str]:
+    edges: set[str] = set()
+    for child in ast.iter_child_nodes(node):
+        if _type_checking_only(child):
+            continue
+        if isinstance(child, ast.Import):
+            edges.update(alias.name for alias in child.names)
+        elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
+            for alias in child.names:
+                sub = f"{child.module}.{alias.name}"
+                edges.add(sub if sub in modules else child.module)
+        edges |= _runtime_imports(child, modules)
+    return edges
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
 def test_there_is_code_to_check() -> None:
     assert any(p.parts[-2] == "pki" for p in source_files())
+    assert any(is_cli_module(p.relative_to(ROOT).as_posix()) for p in source_files())
 
 
 @pytest.mark.parametrize("path", source_files(), ids=lambda p: str(p.relative_to(ROOT)))
@@ -51,9 +147,38 @@ def test_imports_respect_layers(path: Path) -> None:
         allowed = ONLY_IN.get(top)
         if allowed is not None:
             assert relative in allowed, f"{relative} imports {module}; only {allowed} may"
+        if top == "click" or module == "pki.cli" or module.startswith("pki.cli."):
+            assert is_cli_module(relative) or relative == "pki/__main__.py", (
+                f"{relative} imports {module}: only the command-line modules may"
+            )
 
 
-def test_checker_catches_a_violation(tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", source_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_schema_comes_from_migrations(path: Path) -> None:
+    relative = path.relative_to(ROOT).as_posix()
+    if "/migrations/" in relative:
+        return
+    calls = [
+        node
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr == "create_all"
+    ]
+    assert not calls, f"{relative} calls create_all: add a migration instead"
+
+
+def test_no_import_circles() -> None:
+    assert cycles(import_graph()) == []
+
+
+def test_checkers_catch_violations(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
-    bad.write_text("import devices.simulator\nfrom rotation import planner\n")
-    assert imported_modules(bad) == {"devices.simulator", "rotation"}
+    bad.write_text(
+        "import devices.simulator\nfrom rotation import planner\n"
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import click\n"
+    )
+    assert {"devices.simulator", "rotation", "rotation.planner", "click"} <= imported_modules(bad)
+    assert "click" not in imported_modules(bad, runtime_only=True)
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles(import_graph()) == [] and "pki.app" in import_graph()["pki.cli.root"]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+    assert not is_cli_module("pki/app.py") and is_cli_module("rotation/cli_server.py")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pki.issue.batch import csr_files, issue_folder
-from pki.issue.issuer import Failure
+from pki.issue.results import Failure
 from pki.text import escape_controls
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from pki.errors import InvalidInput, OperatorError
 from pki.issue.delivery import FolderPerThing, OutputFolder, read_csr
-from pki.issue.issuer import BatchReport, Failure
+from pki.issue.results import BatchReport, Failure
 from pki.model import IssueRequest
 
 if TYPE_CHECKING:

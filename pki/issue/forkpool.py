@@ -11,12 +11,15 @@ import multiprocessing.pool
 import signal
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pki.backends import InProcessSigner
 from pki.errors import FleetPkiError, InternalError
-from pki.issue.issuer import BatchReport, Deliver, Failure, Issuer, Outcome
+from pki.issue.results import BatchReport, Deliver, Failure, Outcome
 from pki.model import IssueRequest
+
+if TYPE_CHECKING:
+    from pki.issue.issuer import Issuer
 
 # Requests per chunk a forked worker signs and commits in one transaction: large enough
 # to spread a commit's fsync thin, small enough that the two workers finish together.

@@ -12,8 +12,6 @@ import logging
 import multiprocessing
 import multiprocessing.pool
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -30,57 +28,18 @@ from pki.issue import policy
 from pki.issue.check import IssuingCa, fingerprint, verify_issued
 from pki.issue.policy import CertificatePlan, PolicySettings
 from pki.issue.profiles import get_profile
+from pki.issue.results import BatchDelivery, BatchReport, Deliver, Failure, Outcome
 from pki.model import CertificateRecord, IssuedCertificate, IssueRequest, Status, isoformat
 from pki.storage import AuditEvent, Inventory, NewCertificate
 
 PEM = serialization.Encoding.PEM
 log = logging.getLogger("fleetpki.issuance")
 
-# Delivery writes the certificate somewhere (files, a response) and returns how to undo it.
-Deliver = Callable[[IssuedCertificate], Callable[[], None]]
-
-
-@runtime_checkable
-class BatchDelivery(Protocol):
-    """Optional: a delivery that writes a whole chunk at once (all or none)."""
-
-    def __call__(self, issued: IssuedCertificate) -> Callable[[], None]: ...
-
-    def many(self, issued: Sequence[IssuedCertificate]) -> list[Callable[[], None]]: ...
-
-
 BATCH_COMMIT_SIZE = 1000
 
 
 def _no_delivery(_issued: IssuedCertificate) -> Callable[[], None]:
     return lambda: None
-
-
-@dataclass(frozen=True)
-class Failure:
-    name: str
-    error: FleetPkiError
-
-
-@dataclass
-class BatchReport:
-    issued: list[IssuedCertificate] = field(default_factory=list)  # empty with keep=False
-    failed: list[Failure] = field(default_factory=list)
-    issued_count: int = 0
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What signing one request produced, without touching storage (picklable).
-
-    Exactly one of: ``issued`` (good), ``error`` (refused before signing), or
-    ``quarantined`` (signed, but the backend's certificate does not match the request).
-    """
-
-    name: str
-    issued: IssuedCertificate | None = None
-    error: FleetPkiError | None = None
-    quarantined: IssuedCertificate | None = None
 
 
 class Issuer:
