@@ -112,8 +112,8 @@ class RotationContext:
     lock: threading.RLock = field(default_factory=threading.RLock)
 
 
-class Workflow:
-    """A rotation workflow on a shared context, with the helpers they all use."""
+class ContextView:
+    """Read access to a shared ``RotationContext`` (the service and every workflow)."""
 
     def __init__(self, ctx: RotationContext) -> None:
         self.ctx = ctx
@@ -147,6 +147,10 @@ class Workflow:
         return self.ctx.actor
 
     @property
+    def inbox(self) -> queue.Queue[Inbound]:
+        return self.ctx.inbox
+
+    @property
     def _lock(self) -> threading.RLock:
         return self.ctx.lock
 
@@ -155,6 +159,10 @@ class Workflow:
         if self.ctx.sender is None:
             raise AssertionError("this service has no MQTT channel to the devices")
         return self.ctx.sender
+
+
+class Workflow(ContextView):
+    """A rotation workflow on a shared context, with the helpers they all use."""
 
     def _days_ceiling(self, now: dt.datetime) -> int:
         """The longest lifetime a replacement may have: the device profile's maximum, and

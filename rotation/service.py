@@ -8,7 +8,6 @@ its own loop. The clock is injected; nothing here sleeps.
 
 from __future__ import annotations
 
-import queue
 from collections.abc import Callable, Sequence
 
 from pki.clock import Clock
@@ -17,7 +16,7 @@ from pki.issue.issuer import Issuer
 from pki.storage import Inventory
 from rotation import store
 from rotation.context import (
-    Inbound,
+    ContextView,
     Register,
     RotationContext,
     RotationSettings,
@@ -36,7 +35,7 @@ from rotation.sweep import Sweeper
 __all__ = ["RotationService", "RotationSettings", "SweepResult"]
 
 
-class RotationService:
+class RotationService(ContextView):
     def __init__(
         self,
         *,
@@ -51,17 +50,19 @@ class RotationService:
         metrics: Metrics | None = None,
         actor: str = "rotation",
     ) -> None:
-        self.ctx = RotationContext(
-            home=home,
-            inventory=inventory,
-            issuer=issuer,
-            clock=clock,
-            settings=settings or RotationSettings(),
-            metrics=metrics or Metrics(),
-            actor=actor,
-            sender=sender,
-            register=register,
-            on_crl=on_crl,
+        super().__init__(
+            RotationContext(
+                home=home,
+                inventory=inventory,
+                issuer=issuer,
+                clock=clock,
+                settings=settings or RotationSettings(),
+                metrics=metrics or Metrics(),
+                actor=actor,
+                sender=sender,
+                register=register,
+                on_crl=on_crl,
+            )
         )
         self.devices = DeviceFlow(self.ctx)
         self.servers = ServerFlow(self.ctx)
@@ -99,39 +100,7 @@ class RotationService:
         with store.transaction(self.inventory.engine) as conn:
             return store.select(conn, ids=ids)
 
-    # -- the shared context ------------------------------------------------------------------
-
-    @property
-    def home(self) -> Home:
-        return self.ctx.home
-
-    @property
-    def inventory(self) -> Inventory:
-        return self.ctx.inventory
-
-    @property
-    def issuer(self) -> Issuer:
-        return self.ctx.issuer
-
-    @property
-    def clock(self) -> Clock:
-        return self.ctx.clock
-
-    @property
-    def settings(self) -> RotationSettings:
-        return self.ctx.settings
-
-    @property
-    def metrics(self) -> Metrics:
-        return self.ctx.metrics
-
-    @property
-    def actor(self) -> str:
-        return self.ctx.actor
-
-    @property
-    def inbox(self) -> queue.Queue[Inbound]:
-        return self.ctx.inbox
+    # -- the shared context (read through ContextView; these are also set) ----------------
 
     @property
     def failures_in_a_row(self) -> int:

@@ -298,7 +298,7 @@ class LocalCA:
     def revoke(self, serial: int, reason: RevocationReason, when: dt.datetime) -> None:
         """Nothing to tell: the local CA's CRL is built from the inventory."""
 
-    # -- CrlSigner ------------------------------------------------------------------------
+    # -- CrlSigner, RootCrlSigner --------------------------------------------------------
 
     def sign_crl(
         self,
@@ -307,20 +307,8 @@ class LocalCA:
         this_update: dt.datetime,
         next_update: dt.datetime,
     ) -> x509.CertificateRevocationList:
-        from pki.revocation.crl import build_crl
-
-        key = self._issuing_key
-        return build_crl(
-            self.issuing_certificate,
-            key,
-            entries,
-            number,
-            this_update,
-            next_update,
-            signature_hash(key),
-        )
-
-    # -- RootCrlSigner ----------------------------------------------------------------------
+        return self._crl(self.issuing_certificate, self._issuing_key,
+                         (entries, number, this_update, next_update))  # fmt: skip
 
     def sign_root_crl(
         self,
@@ -330,18 +318,19 @@ class LocalCA:
         next_update: dt.datetime,
     ) -> x509.CertificateRevocationList:
         """The root's CRL (the subordinate CAs it revoked), signed with the root key."""
+        return self._crl(self.root_certificate, self._root_key,
+                         (entries, number, this_update, next_update))  # fmt: skip
+
+    @staticmethod
+    def _crl(
+        ca: x509.Certificate,
+        key: PrivateKey,
+        what: tuple[Sequence[RevokedEntry], int, dt.datetime, dt.datetime],
+    ) -> x509.CertificateRevocationList:
         from pki.revocation.crl import build_crl
 
-        key = self._root_key
-        return build_crl(
-            self.root_certificate,
-            key,
-            entries,
-            number,
-            this_update,
-            next_update,
-            signature_hash(key),
-        )
+        entries, number, this_update, next_update = what
+        return build_crl(ca, key, entries, number, this_update, next_update, signature_hash(key))
 
     def root_key_available(self) -> bool:
         """Whether the root key is at hand (it may be kept offline)."""
