@@ -69,12 +69,13 @@ def home(tmp_path: Path) -> Path:
 
 
 class Cli:
-    def __init__(self, capsys: pytest.CaptureFixture[str], clock: Clock) -> None:
-        self.capsys = capsys
+    """The command line on this test's home (``FLEETPKI_HOME``), in-process."""
+
+    def __init__(self, clock: Clock) -> None:
         self.clock = clock
 
     def __call__(self, *argv: str, clock: Clock | None = None) -> Result:
-        return run_cli(self.capsys, [str(a) for a in argv], clock or self.clock)
+        return run_cli(argv, clock or self.clock)
 
     def ok(self, *argv: str, clock: Clock | None = None) -> Result:
         result = self(*argv, clock=clock)
@@ -83,8 +84,8 @@ class Cli:
 
 
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
-    return Cli(capsys, SystemClock())
+def cli() -> Cli:
+    return Cli(SystemClock())
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import io
 import json
 import os
 import subprocess
@@ -15,16 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pki.cli import main
 from pki.clock import Clock, FixedClock, SystemClock
+from tests.helpers import run_cli
 
 
 def fleetpki(home: Path, *argv: Any, clock: Clock | None = None) -> tuple[int, str, str]:
     """Run the CLI in-process on ``home``; (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(["--home", str(home), *(str(a) for a in argv)], clock=clock)
-    return code, out.getvalue(), err.getvalue()
+    result = run_cli(["--home", home, *argv], clock=clock)
+    return result.code, result.out, result.err
 
 
 def ok(home: Path, *argv: Any, clock: Clock | None = None) -> str:

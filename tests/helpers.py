@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import io
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,12 +32,22 @@ class Result:
     err: str
 
 
-def run_cli(capsys: object, argv: Sequence[str], clock: Clock | None = None) -> Result:
-    """Run ``fleetpki`` in-process and capture its output."""
-    capsys.readouterr()  # type: ignore[attr-defined]
-    code = main(list(argv), clock=clock)
-    captured = capsys.readouterr()  # type: ignore[attr-defined]
-    return Result(code, captured.out, captured.err)
+def run_cli(argv: Sequence[object], clock: Clock | None = None) -> Result:
+    """Run ``fleetpki`` in-process (``pki.cli.main``, as the installed command does) and
+    capture its output: the one way every test runs the command line in-process."""
+    import contextlib
+
+    # text streams over bytes, as the real ones are: DER goes to sys.stdout.buffer
+    out, err = (io.TextIOWrapper(io.BytesIO(), "utf-8", write_through=True) for _ in "12")
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv], clock=clock)
+    return Result(code, _text(out), _text(err))
+
+
+def _text(stream: io.TextIOWrapper) -> str:
+    buffer = stream.buffer
+    assert isinstance(buffer, io.BytesIO)
+    return buffer.getvalue().decode("utf-8", errors="replace")
 
 
 def ec_key(curve: ec.EllipticCurve | None = None) -> ec.EllipticCurvePrivateKey:

@@ -10,19 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from pki.cli import main
+from tests.helpers import run_cli
 
 
 def fleetpki(home: Path, *args: str | Path) -> str:
     """Run the fleetpki command line on ``home``; its stdout (fails on a non-zero exit)."""
-    import contextlib
-    import io
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(["--home", str(home), *map(str, args)])
-    assert code == 0, f"fleetpki {' '.join(map(str, args))}: {err.getvalue()}"
-    return out.getvalue()
+    result = run_cli(["--home", home, *args])
+    assert result.code == 0, f"fleetpki {' '.join(map(str, args))}: {result.err}"
+    return result.out
 
 
 @dataclass(frozen=True)
