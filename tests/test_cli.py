@@ -508,3 +508,32 @@ def test_revoke_replaces_a_home_crl_that_is_a_symlink(cli: Cli, home: Path, tmp_
     crl.symlink_to(published)
     cli.ok("revoke", serial)
     assert b"BEGIN X509 CRL" in crl.read_bytes()
+
+
+def test_a_wrong_passphrase_is_named_whatever_the_decryption_yields(tmp_path: Path) -> None:
+    """About 1 in 400 wrong passphrases decrypt to bytes that pass the padding check and
+    fail ASN.1 parsing: still a wrong passphrase (exit 2), not a corrupt key (exit 1)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from pki.backends.local import LocalCA
+    from pki.errors import StorageError, WrongPassphrase
+    from pki.keys import encrypt_key
+    from tests.helpers import ec_key
+
+    path = tmp_path / "issuing.key.pem"
+    path.write_bytes(encrypt_key(ec_key(), b"correct horse battery"))
+    garbling = None
+    for i in range(20_000):  # P(none of them garbles) is below 1e-20
+        candidate = b"wrong %d" % i
+        try:
+            serialization.load_pem_private_key(path.read_bytes(), password=candidate)
+        except ValueError as exc:
+            if "incorrect password" not in str(exc).lower():
+                garbling = candidate
+                break
+    assert garbling is not None
+    with pytest.raises(WrongPassphrase, match="wrong passphrase"):
+        LocalCA._load_key_file(path, lambda: garbling, "issuing")
+    path.write_bytes(path.read_bytes().replace(b"M", b"!", 3))  # the PEM itself damaged
+    with pytest.raises(StorageError, match="is corrupt"):
+        LocalCA._load_key_file(path, lambda: b"correct horse battery", "issuing")

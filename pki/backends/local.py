@@ -397,7 +397,12 @@ class LocalCA:
         try:
             key = serialization.load_pem_private_key(data, password=passphrase())
         except (ValueError, TypeError) as exc:
-            if "password" in str(exc).lower() or "decrypt" in str(exc).lower():
+            # A wrong passphrase mostly fails the padding check ("Incorrect password"), but
+            # about 1 in 400 decrypts to garbage that fails ASN.1 parsing instead ("Could not
+            # deserialize key data"): the same cause. A damaged PEM fails before ("Unable to
+            # load PEM file").
+            text = str(exc).lower()
+            if any(w in text for w in ("password", "decrypt", "could not deserialize")):
                 variable = f"FLEETPKI_{'ROOT' if which == 'root' else 'CA'}_PASSPHRASE"
                 raise WrongPassphrase(
                     f"cannot decrypt the CA key {path.name}: wrong passphrase (check {variable})"
