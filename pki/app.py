@@ -41,6 +41,10 @@ class App:
     def home(self) -> Home:
         return Home(self.home_path, self.database)
 
+    def elsewhere(self, home_path: Path, database: str | None = None) -> App:
+        """Another home on the same clock, with nothing of this one opened."""
+        return App(home_path=home_path, clock=self.clock, database=database)
+
     @property
     def actor(self) -> str:
         return self.home.actor()

@@ -102,19 +102,26 @@ def wait_ready(
     log: Path | None = None,
     timeout: float = START_TIMEOUT,
 ) -> None:
-    """Wait until ``ready()`` holds while ``proc`` runs. A process that exits first, or a
-    deadline passed, is stopped and raised as a ``BackendError`` with its log's tail."""
+    """Wait until ``ready()`` holds while ``proc`` runs. A process that exits first, a
+    deadline passed, or anything raised meanwhile (Ctrl-C) stops it; the failure to start
+    is a ``BackendError`` with its log's tail."""
     deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is None and ready():
-            return
-        if proc.poll() is not None or time.monotonic() > deadline:
-            why = f"exited with {proc.returncode}" if proc.poll() is not None else "not ready"
-            tail = log_tail(log)
-            stop(proc)
-            raise BackendError("start", what, f"{why} after {timeout:.0f} s at most" +
-                               (f": {tail}" if tail else ""))  # fmt: skip
-        time.sleep(0.05)
+    try:
+        while True:
+            if proc.poll() is None and ready():
+                return
+            if proc.poll() is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    except BaseException:
+        stop(proc)
+        raise
+    why = f"exited with {proc.returncode}" if proc.poll() is not None else "not ready"
+    tail = log_tail(log)
+    stop(proc)
+    raise BackendError(
+        "start", what, f"{why} within {timeout:.0f} s" + (f": {tail}" if tail else "")
+    )
 
 
 def stop(proc: Process, timeout: float = 10.0) -> None:
@@ -167,13 +174,13 @@ Started = TypeVar("Started")
 
 def on_a_free_port(start: Callable[[], Started], attempts: int = 3) -> Started:
     """``start`` picks free ports and starts a listener on them; another program may take
-    a port between the pick and the bind, so a start that fails is tried again, with new
-    ports, ``attempts`` times in all."""
+    a port between the pick and the bind, so a start that failed for a port in use is
+    tried again, with new ports, ``attempts`` times in all. Other failures are raised."""
     for attempt in range(attempts):
         try:
             return start()
-        except BackendError:
-            if attempt == attempts - 1:
+        except BackendError as exc:
+            if "in use" not in str(exc).lower() or attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -225,6 +232,11 @@ def start_moto(
         proc = spawn(argv(port), log=log, env=without_faketime(env))
         url = f"http://{HOST}:{port}"
         wait_ready(proc, lambda: moto_answers(url), what="moto_server", log=log)
+        # the answer may have come from another program that took the port meanwhile:
+        # ours then exits on its failed bind
+        time.sleep(0.15)
+        if proc.poll() is not None:
+            raise BackendError("start", "moto_server", f"{HOST}:{port} is in use")
         return proc, url
 
     return on_a_free_port(start)

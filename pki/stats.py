@@ -9,7 +9,10 @@ from collections.abc import Iterable
 
 
 def percentile(values: Iterable[float], share: float) -> float | None:
-    """The ``share`` percentile (0.99: p99) of ``values``; None when there are none."""
+    """The ``share`` percentile (0.99: p99; 0 < share < 1, in hundredths) of ``values``;
+    None when there are none."""
+    if not 0 < share < 1:
+        raise ValueError(f"a percentile share is between 0 and 1, not {share}")
     ordered = sorted(values)
     if not ordered:
         return None

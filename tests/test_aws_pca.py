@@ -219,11 +219,13 @@ def test_aws_serial_format() -> None:
 class FakeTicker:
     def __init__(self) -> None:
         self.now = 0.0
+        self.sleeps: list[float] = []
 
     def monotonic(self) -> float:
         return self.now
 
     def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
         self.now += seconds
 
 
@@ -383,7 +385,9 @@ def test_one_call_is_at_most_the_retry_layers_attempts(
         with pytest.raises(error, match=code):
             ca.describe()
         assert endpoint.requests == attempts
-        assert ticker.now <= 0.05 * (1 + 2 + 4)  # full jitter below the exponential ceiling
+        # a backoff before each retry, with full jitter below the exponential ceiling
+        assert len(ticker.sleeps) == attempts - 1
+        assert all(0 <= t <= 0.05 * 2**n for n, t in enumerate(ticker.sleeps))
     finally:
         endpoint.close()
 
@@ -393,3 +397,62 @@ def test_the_other_clients_use_botocores_standard_retries() -> None:
 
     retries = make_client("s3", "us-east-1").meta.config.retries
     assert retries == {"mode": "standard", "total_max_attempts": 3}
+
+
+def _answers(*codes: str) -> Any:
+    """A client call that fails with ``codes`` in turn (AWS's status for each), then
+    succeeds; ``calls`` counts the requests."""
+    status = {"ThrottlingException": 400, "InternalFailure": 500, "RequestInProgressException": 400}
+    pending = list(codes)
+
+    def call(**_: Any) -> dict[str, str]:
+        call.calls += 1  # type: ignore[attr-defined]
+        if pending:
+            code = pending.pop(0)
+            raise ClientError(
+                {"Error": {"Code": code, "Message": "no"},
+                 "ResponseMetadata": {"HTTPStatusCode": status.get(code, 400)}},
+                "Op",
+            )  # fmt: skip
+        return {"Certificate": "done"}
+
+    call.calls = 0  # type: ignore[attr-defined]
+    return call
+
+
+def test_throttling_and_transient_failures_have_budgets_of_their_own() -> None:
+    ticker = FakeTicker()
+    ca = AwsPrivateCA(ARN, object(), clock=SystemClock(), ticker=ticker, throttle_retries=3)
+    mixed = _answers("ThrottlingException", "ThrottlingException", "InternalFailure",
+                     "ThrottlingException", "InternalFailure")  # fmt: skip
+    assert ca.call("X", "x", mixed) == {"Certificate": "done"}
+    assert mixed.calls == 6 and ca.stats.throttled == 3 and ca.stats.retried == 5
+    too_many = _answers(*["InternalFailure"] * 3)
+    with pytest.raises(BackendError, match="InternalFailure"):
+        ca.call("X", "x", too_many)
+    assert too_many.calls == 3  # the first try and two retries
+
+
+def test_a_call_that_is_not_idempotent_is_resent_only_after_throttling() -> None:
+    ca = AwsPrivateCA(ARN, object(), clock=SystemClock(), ticker=FakeTicker())
+    throttled = _answers("ThrottlingException", "ThrottlingException")
+    assert ca.call("X", "x", throttled, idempotent=False) == {"Certificate": "done"}
+    assert throttled.calls == 3
+    failed = _answers("InternalFailure")
+    with pytest.raises(BackendError, match="InternalFailure"):
+        ca.call("X", "x", failed, idempotent=False)
+    assert failed.calls == 1
+
+
+def test_polling_is_bounded_by_its_attempts_even_when_throttled() -> None:
+    ticker = FakeTicker()
+    ca = AwsPrivateCA(ARN, object(), clock=SystemClock(), ticker=ticker,
+                      wait=WaitConfig(delay=1.0, attempts=5))  # fmt: skip
+    ready_late = _answers("RequestInProgressException", "ThrottlingException")
+    assert ca.call_until_ready("GetCertificate", "fetch", ready_late) == {"Certificate": "done"}
+    assert ready_late.calls == 3
+    never = _answers(*["ThrottlingException", "RequestInProgressException"] * 50)
+    with pytest.raises(BackendError, match="not ready after 5s"):
+        ca.call_until_ready("GetCertificate", "fetch", never)
+    assert never.calls == 5  # one request a poll: no retry budget stacked on the polls
+    assert ticker.now < 10

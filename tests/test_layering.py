@@ -154,6 +154,17 @@ def test_imports_respect_layers(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", source_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_imports_are_absolute(path: Path) -> None:
+    """Relative imports would pass the walkers above unseen."""
+    relative = [
+        node.lineno
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.level > 0
+    ]
+    assert relative == [], f"relative imports on lines {relative}"
+
+
+@pytest.mark.parametrize("path", source_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_schema_comes_from_migrations(path: Path) -> None:
     relative = path.relative_to(ROOT).as_posix()
     if "/migrations/" in relative:

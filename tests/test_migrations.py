@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -167,3 +168,23 @@ def test_the_expected_heads_are_the_migrations_heads() -> None:
         for branch in known:  # each branch's baseline is its base
             assert script.get_revision(branch.baseline).down_revision is None
     engine.dispose()
+
+
+def test_db_commands_write_nothing_where_there_is_no_inventory(
+    cli: Cli, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``db current`` on a home without an inventory makes no file; ``db upgrade`` never
+    builds a schema without its CA (``ca init`` does)."""
+    for command in ("current", "upgrade"):
+        result = cli("db", command)
+        assert result.code == 2, result.err
+        assert "no inventory at sqlite:///" in result.err and "ca init" in result.err
+    assert not (home / "inventory.db").exists()
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()  # a database, but no fleetpki schema in it
+    monkeypatch.setenv("FLEETPKI_DATABASE_URL", f"sqlite:///{empty}")
+    result = cli("db", "upgrade")
+    assert result.code == 2, result.err
+    assert "has no fleetpki schema to upgrade" in result.err
+    with sqlite3.connect(empty) as conn:
+        assert conn.execute("select name from sqlite_master").fetchall() == []

@@ -435,6 +435,19 @@ def test_crl_publish_limits_and_bad_input(
         "fleetpki: error: 'https://x/y' is not an S3 URI; use s3://BUCKET/KEY\n",
     )
 
+    # a bad --denylist is refused before the ALB half signs, uploads or changes anything
+    def published() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in (ca_home / "crl").glob("*")}
+
+    crls = published()
+    both = cli("crl", "publish", "--trust-store", ARN, "--crl-uri", uri, "--denylist", "x")
+    assert (both.code, both.err) == (
+        2,
+        "fleetpki: error: 'x' is not an S3 URI; use s3://BUCKET/KEY\n",
+    )
+    assert versions("crl/issuing.crl") == []
+    assert published() == crls
+
 
 def test_denylist_publish(
     db_url: str | None, cli: Cli, ca_home: Path, bucket: str, tmp_path: Path

@@ -12,17 +12,19 @@ from pki.stats import percentile
 from tests.device_fixtures import fleetpki, ok
 
 
-def test_one_percentile_agrees_with_statistics_quantiles() -> None:
-    import statistics
-
+def test_one_percentile_for_every_summary() -> None:
+    """Inclusive quantiles (the rotation wave and the simulator used to disagree for
+    n = 50, 150, 1050: one took the nearest rank, the other interpolated)."""
     assert percentile([], 0.5) is None
     assert percentile([4.0], 0.99) == 4.0
     assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
-    for n in (50, 150, 1050):  # where the two formulas used to disagree
-        values = [float(i) for i in range(n, 0, -1)]
-        p99 = statistics.quantiles(sorted(values), n=100, method="inclusive")[98]
-        assert percentile(values, 0.99) == p99
-        assert percentile(values, 0.99) <= max(values)
+    assert percentile([float(i) for i in range(100, 0, -1)], 0.99) == pytest.approx(99.01)
+    assert percentile([float(i) for i in range(1, 51)], 0.99) == pytest.approx(49.51)
+    assert percentile([float(i) for i in range(1, 151)], 0.99) == pytest.approx(148.51)
+    assert percentile([float(i) for i in range(1, 1051)], 0.99) == pytest.approx(1039.51)
+    for share in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            percentile([1.0, 2.0], share)
 
 
 def test_simulated_fleet_of_250_with_rotation_revocation_impostors_and_expiry(

@@ -4,7 +4,6 @@ unless the operator named one, against the running stand-ins or ones started for
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -25,7 +24,7 @@ def simulation_home(app: App, folder: Path) -> App:
     operator's FLEETPKI_DATABASE_URL), for one simulator run."""
     from pki.ca.setup import init_ca
 
-    sim = dataclasses.replace(app, home_path=folder / "home", _inventory=None)
+    sim = app.elsewhere(folder / "home")
     sim.database = sim.home.sqlite_url
     init_ca(sim.home, sim.inventory(create=True), sim.clock, "ec-p256", "fleetpki-sim", 3650, 1825)
     return sim

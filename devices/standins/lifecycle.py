@@ -14,7 +14,7 @@ import secrets
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,7 +57,7 @@ class _RunFolder:
 
     path: Path
     owner: tuple[int, int] | None
-    admin_password: str = ""
+    admin_password: str = field(default="", repr=False)
 
 
 def up(home: Home, clock: Clock, app: App) -> DevState:

@@ -129,6 +129,34 @@ class AlbCrl:
         }  # fmt: skip
 
 
+@dataclass(frozen=True)
+class RevocationTargets:
+    """Where ``crl publish`` sends revocations, every part checked before anything is
+    signed or uploaded."""
+
+    trust_store: str | None
+    crl_uri: str | None
+    denylist: str | None
+
+    @classmethod
+    def checked(
+        cls, trust_store: str | None, crl_uri: str | None, denylist: str | None
+    ) -> RevocationTargets:
+        from pki.aws import publish as aws
+        from pki.errors import InvalidInput
+
+        if not trust_store and not denylist:
+            raise InvalidInput("give --trust-store ARN (with --crl-uri) and/or --denylist s3://...")
+        if trust_store and not crl_uri:
+            raise InvalidInput("--trust-store needs --crl-uri s3://BUCKET/KEY for the CRL file")
+        if crl_uri and not trust_store:
+            raise InvalidInput("--crl-uri is only used with --trust-store")
+        for uri in (crl_uri, denylist):
+            if uri:
+                aws.S3Location.parse(uri)
+        return cls(trust_store, crl_uri, denylist)
+
+
 def publish_crl_to_alb(
     app: App, trust_store: str, crl_uri: str, next_update: dt.timedelta | None
 ) -> AlbCrl:

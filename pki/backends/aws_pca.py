@@ -13,6 +13,7 @@ is polled for until a deadline. What comes back is verified by ``pki.issue.issue
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import random
@@ -233,27 +234,52 @@ class AwsPrivateCA:
 
     # -- calls ------------------------------------------------------------------------------
 
-    def _attempts(self, api: str, fn: Callable[..., Any], params: dict[str, Any]) -> Any:
-        """The one retry layer: paced by the API's bucket, throttling and transient
-        failures tried again after a jittered backoff, anything else raised as it came."""
+    def _attempts(
+        self,
+        api: str,
+        fn: Callable[..., Any],
+        params: dict[str, Any],
+        *,
+        idempotent: bool = True,
+        throttle_retries: int | None = None,
+    ) -> Any:
+        """The one retry layer: paced by the API's bucket; throttling (never processed by
+        AWS, so always safe to send again) and, for an idempotent call, transient failures
+        tried again after a jittered backoff, each kind with its own budget; anything else
+        raised as it came."""
         bucket = self.buckets.get(api)
-        attempt = 0
+        policy = self.retry
+        if throttle_retries is not None:
+            policy = dataclasses.replace(policy, throttle_retries=throttle_retries)
+        if not idempotent:
+            policy = dataclasses.replace(policy, transient_retries=0)
+        tries = {"throttled": 0, "transient": 0}
         while True:
             self.stats.record(api=api, waited=bucket.acquire() if bucket is not None else 0.0)
             try:
                 return fn(**params)
             except awsclient.AWS_FAILURES as exc:
                 kind = failure_kind(exc)
-                if not self.retry.should_retry(kind, attempt):
+                if kind is None or not policy.should_retry(kind, tries[kind]):
                     raise
+                tries[kind] += 1
                 self.stats.record(throttled=int(kind == "throttled"), retried=1)
-                self.ticker.sleep(self.retry.delay(attempt, self._rng))
-                attempt += 1
+                self.ticker.sleep(policy.delay(sum(tries.values()) - 1, self._rng))
 
-    def call(self, api: str, operation: str, fn: Callable[..., Any], **params: Any) -> Any:
-        """One rate-limited call, retried where that can help, then raised typed."""
+    def call(
+        self,
+        api: str,
+        operation: str,
+        fn: Callable[..., Any],
+        *,
+        idempotent: bool = True,
+        **params: Any,
+    ) -> Any:
+        """One rate-limited call, retried where that can help, then raised typed. A call
+        that is not ``idempotent`` (a second one would not land on the same result) is
+        sent again only after throttling."""
         try:
-            return self._attempts(api, fn, params)
+            return self._attempts(api, fn, params, idempotent=idempotent)
         except awsclient.AWS_FAILURES as exc:
             raise map_error(operation, exc, self.arn) from None
 
@@ -261,18 +287,20 @@ class AwsPrivateCA:
         self, api: str, operation: str, fn: Callable[..., Any], **params: Any
     ) -> Any:
         """``call``, asked again every ``wait.delay`` seconds while AWS answers
-        ``RequestInProgressException`` (a certificate or a CA's CSR not made yet), at most
-        ``wait.attempts`` times."""
+        ``RequestInProgressException`` (a certificate or a CA's CSR not made yet) or
+        throttles, ``wait.attempts`` polls at most: at most that many requests (and their
+        transient retries), about ``delay * attempts`` seconds."""
         for _ in range(self.wait.attempts):
             try:
-                return self._attempts(api, fn, params)
+                return self._attempts(api, fn, params, throttle_retries=0)
             except awsclient.AWS_FAILURES as exc:
-                if awsclient.error_code(exc) != "RequestInProgressException":
+                code = awsclient.error_code(exc)
+                if code != "RequestInProgressException" and failure_kind(exc) != "throttled":
                     raise map_error(operation, exc, self.arn) from None
             self.ticker.sleep(self.wait.delay)
         seconds = self.wait.delay * self.wait.attempts
         raise BackendError(
-            operation, BACKEND, f"not ready after {seconds:g}s: still RequestInProgressException"
+            operation, BACKEND, f"not ready after {seconds:g}s: still in progress or throttled"
         )
 
     # -- CertificateAuthority ---------------------------------------------------------------

@@ -10,9 +10,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from pki.aws import client as awsclient
-from pki.backends.aws_pca import AwsPrivateCA, map_error
-from pki.errors import InvalidInput, OperatorError
+from pki.backends.aws_pca import AwsPrivateCA
+from pki.errors import FleetPkiError, InvalidInput, OperatorError
 
 ROOT_TEMPLATE = "arn:aws:acm-pca:::template/RootCACertificate/V1"
 SUBORDINATE_TEMPLATE = "arn:aws:acm-pca:::template/SubordinateCACertificate_PathLen0/V1"
@@ -111,14 +110,17 @@ class _HierarchyMaker:
         return issuer_ca.fetch(str(issued)).public_bytes(serialization.Encoding.PEM).decode()
 
     def install(self, arn: str, pem: str, chain: str | None, what: str) -> None:
-        extra = {"CertificateChain": chain.encode()} if chain else {}
+        """Import a CA's certificate: no token makes a second import land on the first, so
+        it is sent again only after throttling (which AWS never processed)."""
+        params: dict[str, Any] = {"CertificateAuthorityArn": arn, "Certificate": pem.encode()}
+        if chain:
+            params["CertificateChain"] = chain.encode()
         self.ca.call(
             "ImportCertificateAuthorityCertificate",
             f"import the {what} certificate",
             self.client.import_certificate_authority_certificate,
-            CertificateAuthorityArn=arn,
-            Certificate=pem.encode(),
-            **extra,
+            idempotent=False,
+            **params,
         )
 
 
@@ -146,24 +148,45 @@ def create_hierarchy(
     return sub
 
 
-def discard_cas(client: Any, arns: list[str]) -> list[str]:
+def discard_cas(ca: AwsPrivateCA, arns: list[str]) -> list[str]:
     """Take down Private CAs this run created (each is billed monthly): disable an ACTIVE
-    one, then delete it (restorable for ``RESTORE_DAYS`` days). Returns a line per CA
-    saying what happened; failures are said, never raised."""
+    one, then delete it (restorable for ``RESTORE_DAYS`` days), through ``ca``'s pacing
+    and retries. Returns a line per CA saying what happened; failures are said, never
+    raised."""
     lines = []
     for arn in reversed(arns):  # the subordinate before its root
         try:
-            status = client.describe_certificate_authority(CertificateAuthorityArn=arn)[
-                "CertificateAuthority"
-            ]["Status"]
-            if status == "ACTIVE":
-                client.update_certificate_authority(CertificateAuthorityArn=arn, Status="DISABLED")
-            if status != "DELETED":
-                client.delete_certificate_authority(
-                    CertificateAuthorityArn=arn, PermanentDeletionTimeInDays=RESTORE_DAYS
-                )
+            _take_down(ca, arn)
             lines.append(f"deleted {arn} (restorable for {RESTORE_DAYS} days)")
-        except awsclient.AWS_FAILURES as exc:
-            lines.append(f"could not delete {arn}: {map_error('delete a CA', exc, arn)}; "
-                         "delete it by hand (it is billed)")  # fmt: skip
+        except FleetPkiError as exc:
+            lines.append(f"could not delete {arn}: {exc}; delete it by hand (it is billed)")
     return lines
+
+
+def _take_down(ca: AwsPrivateCA, arn: str) -> None:
+    """Disable, then delete. A retried request whose first attempt did land (the answer
+    lost on the way) fails on the state it left: the CA's status then says it is done."""
+
+    def status() -> str:
+        got = ca.call(
+            "DescribeCertificateAuthority",
+            "describe a CA",
+            ca.client.describe_certificate_authority,
+            CertificateAuthorityArn=arn,
+        )
+        return str(got["CertificateAuthority"]["Status"])
+
+    def step(api: str, doing: str, fn: Any, done: set[str], **params: Any) -> None:
+        try:
+            ca.call(api, doing, fn, CertificateAuthorityArn=arn, **params)
+        except FleetPkiError:
+            if status() not in done:
+                raise
+
+    current = status()
+    if current == "ACTIVE":
+        step("UpdateCertificateAuthority", "disable a CA", ca.client.update_certificate_authority,
+             {"DISABLED", "DELETED"}, Status="DISABLED")  # fmt: skip
+    if current != "DELETED":
+        step("DeleteCertificateAuthority", "delete a CA", ca.client.delete_certificate_authority,
+             {"DELETED"}, PermanentDeletionTimeInDays=RESTORE_DAYS)  # fmt: skip

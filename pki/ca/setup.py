@@ -316,10 +316,10 @@ def set_up_private_ca(
     if create:  # an inventory of another hierarchy is refused before anything is billed
         check_free_for_init(app.inventory(create=True), app.home.database_url, None)
     created: list[str] = []
+    maker = AwsPrivateCA("arn:aws:acm-pca:::certificate-authority/creating", client,
+                         clock=app.clock)  # fmt: skip
     try:
         if create:
-            maker = AwsPrivateCA("arn:aws:acm-pca:::certificate-authority/creating", client,
-                                 clock=app.clock)  # fmt: skip
             ca_arn = create_hierarchy(maker, common_name, key_type, root_days, issuing_days,
                                       created)  # fmt: skip
             say(f"created AWS Private CA hierarchy: root {created[0]}, issuing CA {ca_arn}")
@@ -329,6 +329,6 @@ def set_up_private_ca(
     except BaseException:
         for arn in created:
             say(f"created AWS Private CA {arn}")
-        for line in discard_cas(client, created):
+        for line in discard_cas(maker, created):
             say(line)
         raise

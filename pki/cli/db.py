@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import click
 
 from pki.app import App
@@ -12,10 +10,6 @@ from pki.cli.options import (
     print_json,
 )
 from pki.cli.root import cli, pass_app
-
-if TYPE_CHECKING:
-    pass
-
 
 # ----------------------------------------------------------------------------------- db
 
@@ -32,13 +26,9 @@ def db_current(app: App, as_json: bool) -> int:
     """The schema revisions the inventory (FLEETPKI_DATABASE_URL, or the home's SQLite
     file) is at, against the ones this fleetpki needs. Exit 1 when it needs 'fleetpki db
     upgrade' (or a newer fleetpki)."""
-    from pki.storage import migrate, open_engine, redact_url
+    from pki.storage import migrate, redact_url
 
-    engine = open_engine(app.home.database_url)
-    try:
-        found = migrate.state(engine)
-    finally:
-        engine.dispose()
+    found = migrate.inspect_database(app.home.database_url)
     data = {
         "database": redact_url(app.home.database_url),
         "revisions": sorted(found.revisions),
@@ -65,14 +55,9 @@ def db_upgrade(app: App) -> None:
     """Run the migrations the inventory lacks, in one transaction (a database made before
     migrations is recognised and brought along with its rows). Back the inventory up
     first ('sqlite3 inventory.db ".backup copy.db"', or pg_dump)."""
-    from pki.storage import migrate, open_engine, redact_url
+    from pki.storage import migrate, redact_url
 
-    engine = open_engine(app.home.database_url)
-    try:
-        before = migrate.state(engine)
-        revisions = migrate.upgrade(engine)
-    finally:
-        engine.dispose()
+    before, revisions = migrate.upgrade_database(app.home.database_url)
     where = redact_url(app.home.database_url)
     if before.at_head:
         err(f"{where} is already at {', '.join(revisions)}")

@@ -236,14 +236,8 @@ def crl_publish(
     (pki/aws/authorizer.py) denies.
     """
     from pki.aws import trust
-    from pki.errors import InvalidInput
 
-    if not trust_store and not denylist:
-        raise InvalidInput("give --trust-store ARN (with --crl-uri) and/or --denylist s3://...")
-    if trust_store and not crl_uri:
-        raise InvalidInput("--trust-store needs --crl-uri s3://BUCKET/KEY for the CRL file")
-    if crl_uri and not trust_store:
-        raise InvalidInput("--crl-uri is only used with --trust-store")
+    trust.RevocationTargets.checked(trust_store, crl_uri, denylist)  # before anything is done
     summary: dict[str, Any] = {}
     if trust_store and crl_uri:
         alb = trust.publish_crl_to_alb(app, trust_store, crl_uri, window)

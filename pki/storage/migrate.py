@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from pki.errors import OperatorError, StorageError
-from pki.storage.database import redact_url, why
+from pki.errors import NotFound, OperatorError, StorageError
+from pki.storage.database import open_engine, redact_url, why
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -186,3 +186,52 @@ def _config(conn: Connection, known: list[Branch]) -> Config:
     config.set_main_option("path_separator", "space")
     config.attributes["connection"] = conn
     return config
+
+
+# -- what ``fleetpki db`` does ---------------------------------------------------------------
+
+
+def _existing(url: str) -> Engine:
+    """An engine for an inventory that exists: a missing SQLite file is not made here."""
+    if _missing_sqlite_file(url):
+        raise NotFound(
+            f"no inventory at {redact_url(url)}: 'fleetpki ca init' creates one (or set "
+            "FLEETPKI_DATABASE_URL to the fleet's database)"
+        )
+    return open_engine(url)
+
+
+def _missing_sqlite_file(url: str) -> bool:
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return False  # open_engine says what is wrong with it
+    if parsed.get_backend_name() != "sqlite":
+        return False
+    database = parsed.database or ""
+    return bool(database) and database != ":memory:" and not Path(database).exists()
+
+
+def inspect_database(url: str) -> SchemaState:
+    """``db current``: where the inventory at ``url`` stands (nothing written)."""
+    engine = _existing(url)
+    try:
+        return state(engine)
+    finally:
+        engine.dispose()
+
+
+def upgrade_database(url: str) -> tuple[SchemaState, list[str]]:
+    """``db upgrade``: the state before, and the revisions after. An empty database is
+    refused (``ca init`` makes the schema with the CA); so is a newer one."""
+    engine = _existing(url)
+    try:
+        before = state(engine)
+        if before.empty:
+            raise OperatorError(
+                f"the database at {redact_url(url)} has no fleetpki schema to upgrade: "
+                "'fleetpki ca init' creates the inventory with its CA"
+            )
+        return before, upgrade(engine)
+    finally:
+        engine.dispose()
