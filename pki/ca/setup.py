@@ -251,20 +251,28 @@ def init_aws_ca(
     return CaInitResult(records, False)
 
 
-def set_up_local_ca(
-    app: App,
-    ca_arn: str | None,
-    create: bool,
-    region: str | None,
-    key_type: str,
-    common_name: str,
-    root_days: int,
-    issuing_days: int,
-    publish_url: str | None,
-) -> CaInitResult:
+@dataclass(frozen=True)
+class CaInitOptions:
+    """What ``ca init`` was asked for (the defaults are the command's)."""
+
+    ca_arn: str | None = None
+    create: bool = False
+    region: str | None = None
+    key_type: str = "ec-p256"
+    common_name: str = "fleetpki"
+    root_days: int = 3650
+    issuing_days: int = 1825
+    publish_url: str | None = None
+
+
+def set_up_local_ca(app: App, options: CaInitOptions) -> CaInitResult:
     """``ca init`` for the local CA: every option checked before anything is written."""
     from pki.ca.distribution import urls_under
 
+    ca_arn, create, region = options.ca_arn, options.create, options.region
+    key_type, common_name = options.key_type, options.common_name
+    root_days, issuing_days = options.root_days, options.issuing_days
+    publish_url = options.publish_url
     if ca_arn or create or region:
         raise InvalidInput("--ca-arn, --create and --region need --backend aws-pca")
     check_init(app.home, key_type, common_name, root_days, issuing_days)
@@ -279,17 +287,7 @@ def set_up_local_ca(
 
 
 def set_up_private_ca(
-    app: App,
-    ca_arn: str | None,
-    create: bool,
-    region: str | None,
-    key_type: str,
-    common_name: str,
-    root_days: int,
-    issuing_days: int,
-    publish_url: str | None,
-    *,
-    say: Callable[[str], None],
+    app: App, options: CaInitOptions, *, say: Callable[[str], None]
 ) -> CaInitResult:
     """``ca init --backend aws-pca``: adopt a Private CA (``ca_arn``) or create a root and a
     subordinate (``create``, billed monthly: every check comes first). Every CA this call
@@ -298,6 +296,10 @@ def set_up_private_ca(
     from pki.backends.aws_pca import AwsPrivateCA, make_client, region_of_arn
     from pki.backends.aws_pca_setup import create_hierarchy, discard_cas
 
+    ca_arn, create, region = options.ca_arn, options.create, options.region
+    key_type, common_name = options.key_type, options.common_name
+    root_days, issuing_days = options.root_days, options.issuing_days
+    publish_url = options.publish_url
     if publish_url:
         raise InvalidInput(
             "--publish-url is for the local CA: AWS Private CA names its own CRL "

@@ -11,6 +11,7 @@ from pki.app import App
 from pki.cli.options import (
     KEY_TYPES,
     err,
+    pem_or_der_option,
     print_json,
 )
 from pki.cli.output import print_records
@@ -97,16 +98,13 @@ def ca_init(
     """
     from pki.ca import setup
 
+    options = setup.CaInitOptions(ca_arn, create, region, key_type, common_name, root_days,
+                                  issuing_days, publish_url)  # fmt: skip
     if backend == "aws-pca":
-        result = setup.set_up_private_ca(
-            app, ca_arn, create, region, key_type, common_name, root_days, issuing_days,
-            publish_url, say=err,
-        )  # fmt: skip
+        result = setup.set_up_private_ca(app, options, say=err)
         _report_ca(app, result, as_json, f"adopted AWS Private CA {app.home.config().ca_arn}")
         return
-    result = setup.set_up_local_ca(
-        app, ca_arn, create, region, key_type, common_name, root_days, issuing_days, publish_url
-    )
+    result = setup.set_up_local_ca(app, options)
     if result.generated_passphrase:
         err(
             f"generated a CA key passphrase into {app.home.passphrase_path} (mode 0600); "
@@ -140,14 +138,7 @@ def _report_ca(app: App, result: Any, as_json: bool, what: str) -> None:
     is_flag=True,
     help="Only the issuing CA (what follows a leaf certificate in a full chain).",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["pem", "der"]),
-    default="pem",
-    show_default=True,
-    help="der: one certificate only (with --root or --issuing).",
-)
+@pem_or_der_option("der: one certificate only (with --root or --issuing).")
 @pass_app
 def ca_chain(app: App, root: bool, issuing: bool, fmt: str) -> None:
     """Print the CA chain as PEM: issuing CA first, then the root (or one of them)."""

@@ -22,6 +22,18 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
     return None if value is None else parse_duration(value)
 
 
+def pem_or_der_option(help_text: str) -> Callable[[Any], Any]:
+    """``--format pem|der`` (default pem) for a command that prints one object."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["pem", "der"]),
+        default="pem",
+        show_default=True,
+        help=help_text,
+    )
+
+
 def next_update_option(default: str) -> Callable[[Any], Any]:
     """``--next-update DURATION`` as a ``timedelta`` (None: the config's), for every
     command that signs a CRL."""

@@ -13,6 +13,7 @@ from pki.app import App
 from pki.cli.options import (
     err,
     next_update_option,
+    pem_or_der_option,
     print_json,
 )
 from pki.cli.root import cli, pass_app
@@ -116,14 +117,7 @@ def revoke_cmd(app: App, serial: str, reason: str, no_crl: bool, as_json: bool) 
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write the CRL here (default: stdout). HOME/crl/ is always updated.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["pem", "der"]),
-    default="pem",
-    show_default=True,
-    help="Encoding of what goes to --out or stdout (HTTP distribution points serve DER).",
-)
+@pem_or_der_option("Encoding of what goes to --out or stdout (HTTP distribution points serve DER).")
 @next_update_option("crl_next_update_days, 7; root_crl_next_update_days, 180, with --root")
 @click.option("--json", "as_json", is_flag=True, help="Print what was signed as JSON.")
 @click.pass_context
