@@ -96,6 +96,7 @@ def iot_provision(
     A failure on AWS rolls back what was created there; the issued certificate stays in
     the inventory and the error names it.
     """
+    from pki.cli.output import report_settled
     from pki.errors import InvalidInput
     from pki.issue.delivery import single_request
     from pki.model import KeyType
@@ -108,6 +109,7 @@ def iot_provision(
         return _provision_batch(batch_dir, out_dir, days, force, as_json)
     if not thing:
         raise InvalidInput("give a THING (or --batch DIR)")
+    report_settled(state.complete_interrupted(out_dir))
     request, deliver = single_request(
         profile="device",
         name=thing,
@@ -152,6 +154,7 @@ def _provision_batch(
 ) -> int:
     from devices.iot import provision_many
     from pki.cli.batch import progress_bar, report
+    from pki.cli.output import report_settled
     from pki.issue.batch import csr_files, deliver_into, read_requests
     from pki.issue.results import Failure
 
@@ -160,6 +163,7 @@ def _provision_batch(
     actor = state.home.actor()
     iot_core = _iot_core()
     iot_core.client  # noqa: B018  (fail on AWS settings before issuing anything)
+    report_settled(state.complete_interrupted(out_dir, per_thing=True))
     skipped: list[Failure] = []
     with progress_bar("provisioning", len(files), quiet=as_json) as advance:
         requests = list(

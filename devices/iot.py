@@ -26,6 +26,7 @@ from pki.model import IssuedCertificate, IssueRequest
 
 if TYPE_CHECKING:
     from pki.issue.issuer import Issuer
+    from pki.issue.pending import Delivery
     from pki.issue.results import Failure
 
 from devices import store
@@ -378,7 +379,7 @@ def provision_many(
     iot: IotCore,
     issuer: Issuer,
     requests: Sequence[IssueRequest],
-    deliver: Callable[[IssuedCertificate], Callable[[], None]],
+    deliver: Delivery,
     progress: Callable[[str, Exception | None], None] = lambda _t, _e: None,
     *,
     actor: str = "cli",

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
     from pki.backends import CertificateAuthority
     from pki.issue.issuer import Issuer
+    from pki.issue.pending import Settled
+    from pki.model import CertificateRecord
     from pki.storage import Inventory
 
 
@@ -107,6 +109,36 @@ class App:
             self.home.config().policy,
             on_issued=issuance_notifier(self.home.path),
         )
+
+    def complete_interrupted(self, out: Path | None, *, per_thing: bool = False) -> Settled:
+        """Finish what a crashed run left (``pki.issue.pending``): deliver or withdraw the
+        certificates recorded into ``out`` (everywhere when None) and remove stale
+        temporary files from ``out`` (and its folders per thing with ``per_thing``)."""
+        from pki.issue.pending import complete_interrupted
+
+        folders: list[Path] = []
+        if out is not None and out.is_dir():
+            folders.append(out)
+            if per_thing:
+                folders += [p for p in out.iterdir() if p.is_dir() and not p.is_symlink()]
+        return complete_interrupted(
+            self.inventory(), folders, under=out, now=self.now(), actor=self.actor
+        )
+
+    def interrupted_issue(
+        self, out: Path, name: str, profile: str
+    ) -> tuple[Settled, CertificateRecord | None]:
+        """Before issuing ``name`` into ``out``: finish what a crashed run left there; with
+        it, the certificate of ``name`` (``profile``) this delivered into ``out``, if
+        any: the interrupted run's request was this one, and it is now done."""
+        settled = self.complete_interrupted(out)
+        folder = out.absolute()
+        for item in settled.delivered:
+            if folder in item.folders:
+                record = self.inventory().get(item.serial)
+                if (record.thing or record.common_name) == name and record.profile == profile:
+                    return settled, record
+        return settled, None
 
     def close(self) -> None:
         if self._inventory is not None:

@@ -98,5 +98,14 @@ class StorageError(FleetPkiError):
     """The inventory or the file system failed (exit 1)."""
 
 
+class DeliveryFailed(StorageError):
+    """A certificate was recorded but its files could not be put in place; it was
+    withdrawn (exit 1)."""
+
+
+class BatchWorkerDied(FleetPkiError):
+    """A forked batch worker died; what was committed before stays (exit 1)."""
+
+
 class PublishError(FleetPkiError):
     """Publishing a bundle or a CRL failed (exit 1)."""

@@ -7,7 +7,8 @@ import errno
 import os
 import stat
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from pki.errors import AlreadyExists, InvalidInput, StorageError
@@ -139,23 +140,98 @@ def atomic_write_many(
     temporary name, then all of them are fsynced (the file system can flush them together
     rather than one journal commit per write), then renamed into place. Returns the paths
     written; on a failure none of them is left behind."""
-    staged: list[tuple[Path, str]] = []
-    placed: list[Path] = []
+    staged = stage_files(files, overwrite=overwrite)
+    try:
+        place_files(staged, overwrite=overwrite)
+    except BaseException:
+        discard_files(staged)
+        for item in staged:
+            if not item.tmp.exists():
+                remove_quietly(item.final)
+        raise
+    return [item.final for item in staged]
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A file written and fsynced under a temporary name beside where it goes."""
+
+    tmp: Path
+    final: Path
+
+
+TEMP_SUFFIX = ".tmp"
+
+
+def temporary_writer(name: str) -> int | None:
+    """The pid of the process that wrote the temporary file ``name`` (``.NAME.PID.XXXX.tmp``),
+    None when ``name`` is not one of fleetpki's temporary files."""
+    if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)):
+        return None
+    parts = name[: -len(TEMP_SUFFIX)].rsplit(".", 2)
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+
+
+def stage_files(
+    files: Sequence[tuple[Path, bytes, int]], *, overwrite: bool
+) -> list[StagedFile]:
+    """Write every file under a temporary name beside its place (mode set at creation),
+    then fsync them all: nothing is visible under its real name yet. On a failure none
+    of them is left behind."""
+    staged: list[StagedFile] = []
     try:
         for path, data, mode in files:
-            staged.append((path, _stage(path, data, mode, overwrite)))
-        for path, tmp_name in staged:
-            _fsync(path, tmp_name)
-        for path, tmp_name in staged:
-            _place(path, tmp_name, overwrite)
-            placed.append(path)
+            staged.append(StagedFile(Path(_stage(path, data, mode, overwrite)), path))
+        for item in staged:
+            _fsync(item.final, str(item.tmp))
     except BaseException:
-        for _, tmp_name in staged:
-            _discard(tmp_name)
-        for path in placed:
-            remove_quietly(path)
+        discard_files(staged)
         raise
-    return placed
+    return staged
+
+
+def place_files(
+    staged: Sequence[StagedFile],
+    *,
+    overwrite: bool,
+    after_first: Callable[[], None] | None = None,
+) -> None:
+    """Rename staged files into place: the rename is the delivery. The files of one
+    folder are placed under a lock on that folder, so two runs placing into the same
+    folder never mix their files (one's key with the other's certificate). A file whose
+    temporary name is gone was placed already (a run that stopped half-way): placing
+    again completes it. ``after_first`` runs once the first file is placed."""
+    by_folder: dict[Path, list[StagedFile]] = {}
+    for item in staged:
+        by_folder.setdefault(item.final.parent, []).append(item)
+    for folder, items in by_folder.items():
+        with _folder_lock(folder):
+            for item in items:
+                if os.path.lexists(item.tmp):
+                    _place(item.final, str(item.tmp), overwrite)
+                if after_first is not None:
+                    after_first()
+                    after_first = None
+
+
+def discard_files(staged: Sequence[StagedFile]) -> None:
+    for item in staged:
+        _discard(str(item.tmp))
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    import fcntl
+
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise os_error(exc, f"cannot open folder {folder}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _stage(path: Path, data: bytes, mode: int, overwrite: bool) -> str:
@@ -164,7 +240,10 @@ def _stage(path: Path, data: bytes, mode: int, overwrite: bool) -> str:
     refuse_special(path)
     directory = path.parent
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        # the writer's pid in the name: a cleaner leaves a running writer's files alone
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=directory
+        )
     except OSError as exc:
         raise os_error(exc, f"cannot write into {directory}") from None
     try:

@@ -170,15 +170,10 @@ class DeviceFlow(Workflow):
         requests, waiting = self._issuable(csrs)
         if not requests:
             return
-        issued: list[IssuedCertificate] = []
-
-        def collect(item: IssuedCertificate) -> Callable[[], None]:
-            issued.append(item)
-            return lambda: None
-
         # storage or CA failure: raised, nothing committed for them; the rotations stay
         # requested until the CSRs come again or the answer timeout ends them
-        report = self.issuer.issue_batch(requests, collect, actor=self.actor)
+        report = self.issuer.issue_batch(requests, actor=self.actor)
+        issued = report.issued
         now = self.clock.now()
         self._refused(report.failed, waiting, now)
         unused: list[tuple[IssuedCertificate, Rotation]] = []

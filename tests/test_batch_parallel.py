@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,9 @@ import pki.issue.batch
 import pki.issue.forkpool
 import pki.issue.issuer
 from pki.errors import BackendError, PolicyViolation
+from pki.issue.delivery import FolderPerThing
+from pki.issue.pending import PendingDelivery
+from pki.model import IssuedCertificate
 from tests.conftest import Cli
 from tests.helpers import csr_with_version, load_cert, make_csr
 
@@ -90,7 +94,6 @@ def test_a_failing_chunk_stops_the_forked_batch_without_orphans(
     from pki.app import App
     from pki.clock import SystemClock
     from pki.errors import AlreadyExists
-    from pki.issue.delivery import OutputFolder
     from pki.model import IssueRequest
 
     monkeypatch.setattr("pki.issue.forkpool.FORKED_CHUNK", 5)
@@ -101,13 +104,14 @@ def test_a_failing_chunk_stops_the_forked_batch_without_orphans(
         for i in range(40)
     ]
 
-    def deliver(issued: pki.issue.issuer.IssuedCertificate) -> object:
-        if issued.record.common_name == "fork-22":
-            raise AlreadyExists("fork-22/cert.pem already exists")
-        return OutputFolder(out / issued.record.common_name).deliver(None)(issued)
+    class Deliver(FolderPerThing):
+        def stage(self, issued: Sequence[IssuedCertificate]) -> list[PendingDelivery]:
+            if any(i.record.common_name == "fork-22" for i in issued):
+                raise AlreadyExists("fork-22/cert.pem already exists")
+            return super().stage(issued)
 
     with pytest.raises(AlreadyExists, match="fork-22"):
-        state.issuer().issue_batch(requests, deliver, workers=2)  # type: ignore[arg-type]
+        state.issuer().issue_batch(requests, Deliver(out, False), workers=2)
     recorded = {r.serial for r in state.inventory().find(now=state.now()) if r.thing}
     on_disk = {load_cert(p).serial_number for p in out.glob("*/cert.pem")}
     assert on_disk == recorded  # no file without a row, no row without its file

@@ -158,11 +158,12 @@ def test_serial_and_fingerprint_are_unique(
         inventory.close()
 
 
-def test_failed_delivery_leaves_no_row_and_no_file(
+def test_failed_delivery_withdraws_the_certificate_and_leaves_no_file(
     cli: Cli, fleet: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A failure after signing (here: the chain file cannot be written) rolls back the row
-    and removes the files already written."""
+    """A failure while the files are put in place (after the commit: here the chain file
+    cannot be renamed) withdraws the recorded certificate (revoked as superseded, the
+    event audited) and removes the files of it already in place."""
     import pki.files
     from pki.errors import StorageError as Err
 
@@ -178,10 +179,14 @@ def test_failed_delivery_leaves_no_row_and_no_file(
     result = cli("issue", "device", "thing-z", "--generate-key", "--out", tmp_path / "z")
     assert result.code == 1
     assert result.err == (
-        f"fleetpki: error: cannot write {tmp_path / 'z' / 'chain.pem'}: No space left on device\n"
+        "fleetpki: error: 1 certificate(s) recorded but not delivered, withdrawn (revoked as "
+        f"superseded): cannot write {tmp_path / 'z' / 'chain.pem'}: No space left on device\n"
     )
-    assert _list(cli) == before
+    after = _list(cli)
+    (new,) = [r for r in after if r not in before]
+    assert new["thing"] == "thing-z" and new["status"] == "revoked"
     assert list((tmp_path / "z").iterdir()) == []
+    assert "withdraw" in cli.ok("audit", "--serial", new["serial"]).out
 
 
 def test_failed_commit_removes_delivered_files(

@@ -28,7 +28,7 @@ from devices.simulator.summary import (
 from devices.simulator.wave import RotationWave
 from devices.simulator.worker import worker_main
 from pki.files import atomic_write
-from pki.issue.delivery import OutputFolder, make_key_and_csr
+from pki.issue.delivery import FolderPerThing, OutputFolder, make_key_and_csr
 from pki.model import IssueRequest, KeyType
 
 if TYPE_CHECKING:
@@ -72,11 +72,8 @@ def issue_fleet(config: SimConfig, app: App) -> Fleet:
         atomic_write(folder / name / "key.pem", key_pem, 0o600)
         requests.append(IssueRequest("device", name, csr_pem, days=7, actor=actor))
 
-    def deliver(issued: Any) -> Any:
-        return OutputFolder(folder / issued.record.common_name, force=True).deliver(None)(issued)
-
     started = time.monotonic()
-    report = app.issuer().issue_batch(requests, deliver, actor=actor)
+    report = app.issuer().issue_batch(requests, FolderPerThing(folder, True), actor=actor)
     issue_seconds = time.monotonic() - started
     expired = _expire(app, folder, names[: max(1, config.devices // 100)]) if config.has(
         "expiry"

@@ -80,7 +80,10 @@ def issue_device_batch(
     as_json: bool,
     workers: int | None = None,
 ) -> int:
+    from pki.cli.output import report_settled
+
     files = csr_files(batch_dir)
+    report_settled(app.complete_interrupted(out_dir, per_thing=True))
     with progress_bar("issuing", len(files), quiet=as_json) as advance:
         result, skipped = issue_folder(
             app, files, out_dir, days=days, force=force, workers=workers, keep=as_json,
@@ -91,5 +94,6 @@ def issue_device_batch(
         skipped + result.failed,
         as_json=as_json,
         done_key="issued",
-        summary=f"issued {result.issued_count} device certificate(s) into {out_dir}",
+        summary=f"issued {result.issued_count} device certificate(s) into {out_dir}"
+        + (f" ({len(result.already)} more issued by an earlier run)" if result.already else ""),
     )

@@ -24,7 +24,7 @@ from pki.cli.options import (
 from pki.cli.root import cli, pass_app
 
 if TYPE_CHECKING:
-    from pki.model import IssuedCertificate
+    from pki.model import CertificateRecord
 
 
 # ------------------------------------------------------------------------------- issue
@@ -180,9 +180,15 @@ def _issue_one(
     fmt: str = "pem",
     p12_passphrase_file: Path | None = None,
 ) -> int:
+    from pki.cli.output import report_settled
     from pki.issue.delivery import single_request
     from pki.model import KeyType
 
+    settled, done = app.interrupted_issue(out_dir, name, profile)
+    report_settled(settled)
+    if done is not None:  # what the interrupted run was asked (--force too): now done
+        _report_issued(app, [done], as_json, out_dir)
+        return 0
     request, deliver = single_request(
         profile=profile,
         name=name,
@@ -199,19 +205,18 @@ def _issue_one(
         p12_passphrase_file=p12_passphrase_file,
     )
     issued = app.issuer().issue(request, deliver)
-    _report_issued(app, [issued], as_json, out_dir)
+    _report_issued(app, [issued.record], as_json, out_dir)
     return 0
 
 
 def _report_issued(
-    app: App, issued: Sequence[IssuedCertificate], as_json: bool, out: Path | None
+    app: App, records: Sequence[CertificateRecord], as_json: bool, out: Path | None
 ) -> None:
     if as_json:
-        data = [i.record.to_json(app.now()) for i in issued]
+        data = [r.to_json(app.now()) for r in records]
         print_json(data[0] if len(data) == 1 and out is not None else data)
         return
-    for item in issued:
-        r = item.record
+    for r in records:
         err(
             f"issued {r.profile} certificate for {r.common_name}: serial {r.serial_hex}, "
             f"valid until {r.not_after:%Y-%m-%d %H:%M}Z" + (f" -> {out}" if out else "")

@@ -11,6 +11,7 @@ import click
 if TYPE_CHECKING:
     import datetime as dt
 
+    from pki.issue.pending import Settled
     from pki.model import CertificateRecord
 
 
@@ -42,3 +43,21 @@ def print_records(records: Sequence[CertificateRecord], now: dt.datetime) -> Non
         )
     Console(width=200).print(table)
     err(f"{len(records)} certificate(s)")
+
+
+def report_settled(settled: Settled) -> None:
+    """What finishing a crashed run's deliveries did, a line per certificate."""
+    from pki.model import serial_hex
+    from pki.text import escape_controls
+
+    for item in settled.delivered:
+        folder = ", ".join(sorted(str(f) for f in item.folders))
+        err(
+            f"delivered certificate {serial_hex(item.serial)}, recorded by an interrupted "
+            f"run, into {escape_controls(folder)}"
+        )
+    for item, why in settled.withdrawn:
+        err(
+            f"withdrew certificate {serial_hex(item.serial)}, recorded by an interrupted run "
+            f"but never delivered (revoked as superseded): {escape_controls(why)}"
+        )

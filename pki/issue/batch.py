@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pki.errors import InvalidInput, OperatorError
+from pki.errors import AlreadyExists, InvalidInput, OperatorError
 from pki.issue.delivery import FolderPerThing, OutputFolder, read_csr
 from pki.issue.results import BatchReport, Failure
 from pki.model import IssueRequest
@@ -40,6 +40,9 @@ def csr_files(batch_dir: Path) -> list[Path]:
     return files
 
 
+Delivered = Callable[[str, Path, bytes], bool]
+
+
 def read_requests(
     files: Sequence[Path],
     out_dir: Path,
@@ -49,20 +52,64 @@ def read_requests(
     actor: str,
     skipped: list[Failure],
     advance: Callable[[], None],
+    delivered: Delivered | None = None,
+    done: list[str] | None = None,
 ) -> Iterator[IssueRequest]:
     """One device request per file (the thing name is the file name without ``.csr``).
 
     A file that cannot be read, or whose output folder is taken, is added to ``skipped``
-    and the rest go on.
+    and the rest go on — except a folder that already holds the certificate recorded
+    for this very CSR (``delivered``: a re-run after a crash), added to ``done``.
     """
     for file in files:
         thing = file.stem
         try:
-            OutputFolder(out_dir / thing, force=force).check_free()
-            yield IssueRequest("device", thing, read_csr(file), days=days, actor=actor)
+            csr_pem = read_csr(file)
+            try:
+                OutputFolder(out_dir / thing, force=force).check_free()
+            except AlreadyExists:
+                if (
+                    delivered is None
+                    or done is None
+                    or not delivered(thing, out_dir / thing, csr_pem)
+                ):
+                    raise
+                done.append(thing)
+                advance()
+                continue
+            yield IssueRequest("device", thing, csr_pem, days=days, actor=actor)
         except OperatorError as exc:
             skipped.append(Failure(thing, exc))
             advance()
+
+
+def delivered_for(app: App) -> Delivered:
+    """Whether ``folder`` holds the certificate fleetpki recorded for this CSR: the
+    thing's, active, for the same public key."""
+    from cryptography import x509
+
+    from pki.files import read_regular
+    from pki.issue.check import spki
+    from pki.issue.csr import load_csr
+    from pki.issue.delivery import CERT_FILE
+    from pki.model import Status
+
+    def check(thing: str, folder: Path, csr_pem: bytes) -> bool:
+        try:
+            cert = x509.load_pem_x509_certificate(read_regular(folder / CERT_FILE, 65536, "cert"))
+            csr = load_csr(csr_pem)
+            record = app.inventory().get(cert.serial_number)
+        except (OSError, ValueError, OperatorError):
+            return False
+        return (
+            record.thing == thing
+            and record.profile == "device"
+            and record.status is Status.ACTIVE
+            and record.not_after > app.now()
+            and spki(cert.public_key()) == spki(csr.public_key())
+        )
+
+    return check
 
 
 def deliver_into(out_dir: Path, force: bool) -> FolderPerThing:
@@ -82,14 +129,17 @@ def issue_folder(
     advance: Callable[[], None],
 ) -> tuple[BatchReport, list[Failure]]:
     """Issue every CSR file into ``out_dir/THING/`` (a chunk's files at once) on as many
-    workers as the backend wants; returns the report and the files skipped before
-    signing (unreadable, their folder taken). ``keep``: the certificates come back in
-    the report (else only the count: nobody reads them)."""
+    workers as the backend wants; returns the report (``already``: the things whose
+    certificate for this CSR was delivered by an earlier run) and the files skipped
+    before signing (unreadable, their folder taken). ``keep``: the certificates come
+    back in the report (else only the count: nobody reads them)."""
     issuer = app.issuer()
     skipped: list[Failure] = []
+    done: list[str] = []
     requests = read_requests(
-        files, out_dir, days=days, force=force, actor=app.actor, skipped=skipped, advance=advance
-    )
+        files, out_dir, days=days, force=force, actor=app.actor, skipped=skipped,
+        advance=advance, delivered=delivered_for(app), done=done,
+    )  # fmt: skip
     result = issuer.issue_batch(
         requests,
         deliver_into(out_dir, force),
@@ -98,4 +148,5 @@ def issue_folder(
         actor=app.actor,
         keep=keep,
     )
+    result.already = done
     return result, skipped

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,16 +14,16 @@ from cryptography.x509.oid import NameOID
 
 from pki.errors import AlreadyExists, InvalidInput, PolicyViolation
 from pki.files import (
-    atomic_write_many,
     check_writable_folder,
     ensure_dir,
     read_limited,
     read_stdin,
     refuse_special,
-    remove_quietly,
+    stage_files,
 )
 from pki.issue import policy
 from pki.issue.csr import MAX_CSR_BYTES
+from pki.issue.pending import PendingDelivery
 from pki.keys import generate_key
 from pki.model import IssuedCertificate, IssueRequest, KeyType
 
@@ -133,13 +133,36 @@ class OutputFolder:
     def make_folder(self, key_pem: bytes | None) -> None:
         ensure_dir(self.path, 0o700 if key_pem is not None else 0o755)
 
-    def deliver(self, key_pem: bytes | None) -> Callable[[IssuedCertificate], Callable[[], None]]:
-        def write(issued: IssuedCertificate) -> Callable[[], None]:
-            self.make_folder(key_pem)
-            written = atomic_write_many(self.contents(issued, key_pem), overwrite=self.force)
-            return lambda: remove_all(written)
+    def deliver(self, key_pem: bytes | None) -> FolderDelivery:
+        """The delivery of one certificate (and ``key_pem``, made here) into this folder."""
+        return FolderDelivery(self, key_pem)
 
-        return write
+
+@dataclass(frozen=True)
+class FolderDelivery:
+    output: OutputFolder
+    key_pem: bytes | None = field(default=None, repr=False)
+
+    def stage(self, issued: Sequence[IssuedCertificate]) -> list[PendingDelivery]:
+        self.output.make_folder(self.key_pem)
+        return stage_each(
+            [(i, self.output.contents(i, self.key_pem)) for i in issued], self.output.force
+        )
+
+
+def stage_each(
+    items: Sequence[tuple[IssuedCertificate, list[tuple[Path, bytes, int]]]], overwrite: bool
+) -> list[PendingDelivery]:
+    """Stage the files of many certificates at once (written, then all fsynced: the file
+    system flushes them together), all or none; one pending delivery per certificate."""
+    files = [(path.absolute(), data, mode) for _, item in items for path, data, mode in item]
+    staged = stage_files(files, overwrite=overwrite)
+    out, start = [], 0
+    for issued, item in items:
+        mine = tuple(staged[start : start + len(item)])
+        out.append(PendingDelivery(issued.record.serial, mine, overwrite))
+        start += len(item)
+    return out
 
 
 def _der_key(key_pem: bytes) -> bytes:
@@ -199,8 +222,7 @@ def p12_passphrase(passphrase_file: Path | None) -> bytes:
 
 
 class FolderPerThing:
-    """Delivery of a batch into ``OUT/THING/``: ``many`` writes a whole chunk's files at
-    once, all or none (written, then all fsynced, then renamed)."""
+    """Delivery of a batch into ``OUT/THING/``: a whole chunk's files staged at once."""
 
     def __init__(self, out_dir: Path, force: bool) -> None:
         self.out_dir = out_dir
@@ -210,22 +232,13 @@ class FolderPerThing:
         thing = issued.record.thing or issued.record.common_name
         return OutputFolder(self.out_dir / thing, force=self.force)
 
-    def __call__(self, issued: IssuedCertificate) -> Callable[[], None]:
-        return self.folder(issued).deliver(None)(issued)
-
-    def many(self, issued: Sequence[IssuedCertificate]) -> list[Callable[[], None]]:
-        files: list[tuple[Path, bytes, int]] = []
+    def stage(self, issued: Sequence[IssuedCertificate]) -> list[PendingDelivery]:
+        items = []
         for item in issued:
             folder = self.folder(item)
             folder.make_folder(None)
-            files += folder.contents(item, None)
-        written = atomic_write_many(files, overwrite=self.force)
-        return [lambda: remove_all(written)]
-
-
-def remove_all(paths: Sequence[Path]) -> None:
-    for path in paths:
-        remove_quietly(path)
+            items.append((item, folder.contents(item, None)))
+        return stage_each(items, self.force)
 
 
 def single_request(
@@ -243,7 +256,7 @@ def single_request(
     ips: tuple[IPAddress, ...] = (),
     fmt: str = "pem",
     p12_passphrase_file: Path | None = None,
-) -> tuple[IssueRequest, Callable[[IssuedCertificate], Callable[[], None]]]:
+) -> tuple[IssueRequest, FolderDelivery]:
     """The request and the delivery of ``--csr FILE | --generate-key --out DIR``.
 
     Refuses (before anything is signed) when both or neither are given, when the format

@@ -6,16 +6,18 @@ for its inserts."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import multiprocessing
-import multiprocessing.pool
 import signal
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pki.backends import InProcessSigner
-from pki.errors import FleetPkiError, InternalError
-from pki.issue.results import BatchReport, Deliver, Failure, Outcome
+from pki.errors import BatchWorkerDied, FleetPkiError, InternalError
+from pki.issue.pending import Delivery
+from pki.issue.results import BatchReport, Failure, Outcome
 from pki.model import IssueRequest
 
 if TYPE_CHECKING:
@@ -58,7 +60,7 @@ def _worker_init() -> None:
 
 # What a forked batch worker commits and delivers with, and the requests (set with
 # _WORKER_ISSUER, inherited through fork).
-_WORKER_COMMIT: tuple[Deliver, str, Sequence[IssueRequest], bool] | None = None
+_WORKER_COMMIT: tuple[Delivery, str, Sequence[IssueRequest], bool] | None = None
 _WORKER_STOP: Any = None  # a multiprocessing Event: set when a chunk failed
 
 
@@ -107,7 +109,7 @@ def _worker_chunk(span: tuple[int, int]) -> ChunkResult:
 def issue_forked(
     issuer: Issuer,
     requests: Iterable[IssueRequest],
-    deliver: Deliver,
+    deliver: Delivery,
     progress: Callable[[str, FleetPkiError | None], None] | None,
     commit_size: int,
     workers: int,
@@ -126,24 +128,43 @@ def issue_forked(
     _WORKER_COMMIT = (deliver, actor, work, keep)
     fatal: FleetPkiError | None = None
     try:
-        with context.Pool(workers, initializer=_worker_init) as pool:
+        with concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_worker_init
+        ) as pool:
             # drained to the end even after a failure: the chunks other workers
             # committed meanwhile are reported, and no worker is killed mid-commit
-            for chunk in pool.imap(_worker_chunk, spans):
+            for future in [pool.submit(_worker_chunk, span) for span in spans]:
+                try:
+                    chunk = future.result()
+                except BrokenProcessPool:
+                    # a worker died (the OOM killer, kill -9): the pool is gone, with
+                    # whatever chunks it still held; what was committed stays
+                    fatal = fatal or BatchWorkerDied(
+                        f"a batch worker died (killed?); {report.issued_count} certificate(s) "
+                        "were issued and delivered before it; run the same command again "
+                        "to issue the rest"
+                    )
+                    continue
                 fatal = fatal or chunk.fatal
-                for result in chunk.outcomes:
-                    if result.error is not None:
-                        report.failed.append(Failure(result.name, result.error))
-                    else:
-                        report.issued_count += 1
-                        if result.issued is not None:
-                            report.issued.append(result.issued)
-                    if progress is not None:
-                        progress(result.name, result.error)
-            pool.close()
-            pool.join()
+                _add_chunk(report, chunk, progress)
     finally:
         _WORKER_ISSUER, _WORKER_COMMIT, _WORKER_STOP = None, None, None
     if fatal is not None:
         raise fatal
     return report
+
+
+def _add_chunk(
+    report: BatchReport,
+    chunk: ChunkResult,
+    progress: Callable[[str, FleetPkiError | None], None] | None,
+) -> None:
+    for result in chunk.outcomes:
+        if result.error is not None:
+            report.failed.append(Failure(result.name, result.error))
+        else:
+            report.issued_count += 1
+            if result.issued is not None:
+                report.issued.append(result.issued)
+        if progress is not None:
+            progress(result.name, result.error)

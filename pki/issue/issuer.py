@@ -1,8 +1,10 @@
 """Issuance: CSR -> policy -> backend -> verify what came back -> inventory -> delivery.
 
-A rejection at any step writes nothing. A delivered certificate is committed to the
-inventory in the same transaction that delivers it; if the commit fails, delivery is
-undone (files removed), so there is never a handed-out certificate without a row.
+A rejection at any step writes nothing. Delivery comes after the commit: the files are
+staged under temporary names, the rows committed with the delivery recorded as pending,
+then the files renamed into place (``pki.issue.pending``). A failed commit removes the
+staged files and leaves whatever was in place before untouched; a crash leaves a state
+the next run completes. There is never a handed-out certificate without a row.
 """
 
 from __future__ import annotations
@@ -16,19 +18,23 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from pki import faults
 from pki.backends import CertificateAuthority, InProcessSigner, SigningRequest
 from pki.clock import Clock
 from pki.errors import (
+    DeliveryFailed,
     FleetPkiError,
     IssuedCertificateMismatch,
     OperatorError,
+    StorageError,
 )
 from pki.issue import csr as csr_mod
 from pki.issue import policy
 from pki.issue.check import IssuingCa, fingerprint, verify_issued
+from pki.issue.pending import NO_DELIVERY, Delivery, settle
 from pki.issue.policy import CertificatePlan, PolicySettings
 from pki.issue.profiles import get_profile
-from pki.issue.results import BatchDelivery, BatchReport, Deliver, Failure, Outcome
+from pki.issue.results import BatchReport, Failure, Outcome
 from pki.model import CertificateRecord, IssuedCertificate, IssueRequest, Status, isoformat
 from pki.storage import AuditEvent, Inventory, NewCertificate
 
@@ -36,10 +42,6 @@ PEM = serialization.Encoding.PEM
 log = logging.getLogger("fleetpki.issuance")
 
 BATCH_COMMIT_SIZE = 1000
-
-
-def _no_delivery(_issued: IssuedCertificate) -> Callable[[], None]:
-    return lambda: None
 
 
 class Issuer:
@@ -124,7 +126,7 @@ class Issuer:
             return Outcome(request.name, error=exc, quarantined=bad)
         return Outcome(request.name, issued=self._result(cert, signing.plan))
 
-    def issue(self, request: IssueRequest, deliver: Deliver = _no_delivery) -> IssuedCertificate:
+    def issue(self, request: IssueRequest, deliver: Delivery = NO_DELIVERY) -> IssuedCertificate:
         result = self.outcome(request)
         if result.quarantined is not None:
             self._quarantine(result.quarantined, request.actor)
@@ -137,7 +139,7 @@ class Issuer:
     def issue_batch(
         self,
         requests: Iterable[IssueRequest],
-        deliver: Deliver = _no_delivery,
+        deliver: Delivery = NO_DELIVERY,
         progress: Callable[[str, FleetPkiError | None], None] | None = None,
         commit_size: int = BATCH_COMMIT_SIZE,
         *,
@@ -206,26 +208,46 @@ class Issuer:
         with multiprocessing.pool.ThreadPool(workers) as threads:
             yield from threads.imap(self.outcome, requests)
 
-    def _commit(self, issued: Sequence[IssuedCertificate], deliver: Deliver, actor: str) -> None:
+    def _commit(self, issued: Sequence[IssuedCertificate], deliver: Delivery, actor: str) -> None:
+        """Stage the files (outside the database's write lock: forked batch workers write
+        theirs at the same time), commit the rows with their delivery pending, then
+        deliver (rename) and clear the pending rows."""
         now = self.clock.now()
         rows = [NewCertificate(i.record, i.cert_pem.decode()) for i in issued]
         events = [self._audit_event(i, actor, now) for i in issued]
-        undo: list[Callable[[], None]] = []
+        pending = deliver.stage(issued)
+        faults.reach(faults.ISSUE_STAGED)
+        written = False
         try:
             with self.inventory.transaction() as conn:
-                # files first, then the rows: SQLite's write lock is taken by the first
-                # INSERT, so a forked worker writing (and fsyncing) its files does not keep
-                # the other one from committing; if anything fails, the files are removed
-                if isinstance(deliver, BatchDelivery):  # a whole chunk at once
-                    undo.extend(deliver.many(issued))
-                else:
-                    for item in issued:
-                        undo.append(deliver(item))
                 self.inventory.add_certificates(conn, rows, events)
-        except BaseException:
-            for step in reversed(undo):
-                step()
+                self.inventory.record_pending(
+                    conn, [(p.serial, p.to_json()) for p in pending], now
+                )
+                written = True
+        except BaseException as exc:
+            if not written:  # rolled back: nothing recorded, the staged files go
+                for item in pending:
+                    item.discard()
+                raise
+            # the COMMIT failed without an answer (a dropped connection): the rows may be
+            # recorded or not. The staged files stay for the next run, which delivers them
+            # if the rows are there and removes them if not.
+            if pending and isinstance(exc, StorageError):
+                raise StorageError(
+                    f"{exc}; whether the certificate(s) were recorded is unknown: run the "
+                    "same command again to finish"
+                ) from None
             raise
+        faults.reach(faults.ISSUE_COMMITTED)
+        if pending:
+            settled = settle(self.inventory, pending, now=now, actor=actor)
+            if settled.withdrawn:
+                _, why = settled.withdrawn[0]
+                raise DeliveryFailed(
+                    f"{len(settled.withdrawn)} certificate(s) recorded but not delivered, "
+                    f"withdrawn (revoked as superseded): {why}"
+                )
         if self.on_issued is not None:
             for warning in self.on_issued(tuple(i.record for i in issued)):
                 log.warning("%s", warning)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from pki import faults
 from pki.backends import CertificateAuthority, CrlSigner, InProcessSigner
 from pki.clock import Clock
 from pki.errors import FleetPkiError, OperatorError
@@ -61,6 +62,7 @@ def revoke(
                     )
                 ],
             )
+    faults.reach(faults.REVOKE_COMMITTED)
     return RevocationResult(inventory.get(serial), changed)
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 
+from pki import faults
 from pki.backends import CertificateAuthority, CrlSigner, RootCrlSigner
 from pki.clock import Clock
 from pki.errors import BackendError, FleetPkiError, InvalidInput, OperatorError
@@ -143,6 +144,7 @@ def sign_and_publish(
             (n for n in (files.number(which), at_least) if n is not None), default=None
         ),
     )
+    faults.reach(faults.CRL_NUMBERED)
     if not files.write(which, result.crl):
         return replace(result, written=False)
     from pki.hooks import CrlEvent, run_crl_hooks

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from pki.errors import StorageError
+from pki.errors import InvalidInput, StorageError
 from pki.storage.schema import UTC, UtcDateTime
 
 
@@ -37,26 +37,37 @@ def _private_sqlite_file(database: str | None) -> None:
     os.close(fd)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=15000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+def _sqlite_pragmas(busy_ms: int) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms:d}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return on_connect
 
 
-def open_engine(url: str) -> Engine:
-    """An engine for ``url`` (a new SQLite file made 0600, WAL, a busy timeout); nothing
-    is read or written yet."""
+def open_engine(url: str, timeout: float | None = None) -> Engine:
+    """An engine for ``url`` (a new SQLite file made 0600, WAL); every wait on the
+    database bounded by ``timeout`` seconds (``FLEETPKI_DB_TIMEOUT`` when None: see
+    ``pki.storage.deadline``). Nothing is read or written yet."""
+    from pki.storage import deadline
+
+    seconds = deadline.db_timeout() if timeout is None else timeout
     url = normalise_url(url)
     try:
-        engine = sa.create_engine(url, future=True)
+        parsed = sa.engine.make_url(url)
+        engine = sa.create_engine(
+            parsed, connect_args=deadline.connect_args(parsed.get_backend_name(), seconds)
+        )
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError, ValueError) as exc:
-        raise StorageError(f"cannot use database URL {redact_url(url)}: {why(exc)}") from None
+        raise InvalidInput(f"cannot use database URL {redact_url(url)}: {why(exc)}") from None
     if engine.dialect.name == "sqlite":
         _private_sqlite_file(engine.url.database)
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        sa.event.listen(engine, "connect", _sqlite_pragmas(round(seconds * 1000)))
+    deadline.install(engine, seconds)
     return engine
 
 
@@ -134,5 +145,5 @@ def redact_url(url: str) -> str:
     """A database URL fit for a message: the password hidden."""
     try:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
+    except (sa.exc.ArgumentError, ValueError):
         return "<unparsable URL>"

@@ -32,6 +32,7 @@ from pki.storage.database import (
     writing,
 )
 from pki.storage.ledgers import Ledgers
+from pki.storage.pending import PendingDeliveries
 from pki.storage.schema import (
     HIERARCHY_KEY,
     audit_events,
@@ -69,7 +70,7 @@ class AuditEvent:
         }
 
 
-class Inventory(Ledgers):
+class Inventory(Ledgers, PendingDeliveries):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 

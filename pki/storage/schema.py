@@ -108,6 +108,17 @@ crls = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
 )
 
+# A certificate committed whose files are staged but not yet renamed into place (a crash
+# in between leaves the row here: the next run delivers or withdraws it). ``files``: JSON
+# {"overwrite": bool, "files": [[temporary path, final path], ...]}.
+pending_deliveries = sa.Table(
+    "pending_deliveries",
+    metadata,
+    sa.Column("serial", sa.String(42), primary_key=True),
+    sa.Column("staged_at", UtcDateTime, nullable=False),
+    sa.Column("files", sa.Text, nullable=False),
+)
+
 bundle_versions = sa.Table(
     "bundle_versions",
     metadata,
