@@ -53,10 +53,15 @@ def _same_rows(
 ) -> None:
     for table in TABLES:
         old, new = before[table], after[table]
+        if table == "fleetpki_meta":  # the audit chain's head, added by pki_0003
+            new = [r for r in new if r["key"] != "audit_head"]
         assert len(old) == len(new), table
         for a, b in zip(old, new, strict=True):
             if table == "rotations":
                 assert b.pop("profile") == "device"  # the fixture's one rotation is a device's
+            if table == "audit_events":  # chained by pki_0003, in their order
+                assert len(b.pop("hash")) == 64 and "prev_hash" in b
+                b.pop("prev_hash")
             if table.startswith("iot_"):
                 # ISO text before, the inventory's UTC time after (dev_0002)
                 assert _as_utc(a.pop("registered_at")) == _as_utc(b.pop("registered_at"))
@@ -86,8 +91,9 @@ def test_an_inventory_from_before_migrations_is_upgraded_with_its_rows(
     assert current.code == 1 and json.loads(current.out)["state"] == "legacy"
     assert _rows(url) == before
     upgraded = cli.ok("--home", old_home, "db", "upgrade")
-    assert "upgraded" in upgraded.err and "to dev_0002, pki_0002, rot_0002" in upgraded.err
+    assert "upgraded" in upgraded.err and "to dev_0002, pki_0003, rot_0002" in upgraded.err
     _same_rows(before, _rows(url))
+    assert "intact" in cli.ok("--home", old_home, "audit", "--verify").err
     assert (
         json.loads(cli.ok("--home", old_home, "db", "current", "--json").out)["state"] == "current"
     )
@@ -151,7 +157,7 @@ def test_ca_init_makes_the_schema_at_head(cli: Cli, home: Path) -> None:
         found = migrate.state(engine)
     finally:
         engine.dispose()
-    assert found.at_head and found.revisions == {"pki_0002", "rot_0002", "dev_0002"}
+    assert found.at_head and found.revisions == {"pki_0003", "rot_0002", "dev_0002"}
 
 
 def test_the_expected_heads_are_the_migrations_heads() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 import click
@@ -10,7 +11,7 @@ from pki.app import App
 from pki.cli.options import (
     print_json,
 )
-from pki.cli.output import print_records
+from pki.cli.output import err, print_records
 from pki.cli.root import cli, pass_app
 
 if TYPE_CHECKING:
@@ -109,15 +110,52 @@ def show_cmd(app: App, serial: str, pem: bool, as_json: bool) -> None:
     help="How many of the newest events.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Check the hash chain over every event: exit 1 when an event was edited or deleted.",
+)
+@click.option(
+    "--export",
+    is_flag=True,
+    help="Print every event, oldest first, as JSON lines with its chain hashes (for a SIEM).",
+)
 @pass_app
-def audit_cmd(app: App, serial: str | None, limit: int, as_json: bool) -> None:
-    """Show the append-only audit log (issue, revoke, CRL, CA events), oldest first."""
+def audit_cmd(
+    app: App, serial: str | None, limit: int, as_json: bool, verify: bool, export: bool
+) -> int:
+    """Show the append-only, tamper-evident audit log (issue, revoke, CRL, CA events),
+    oldest first."""
     from pki.model import isoformat, parse_serial
+    from pki.text import escape_controls
 
+    if verify and export:
+        raise click.UsageError("give --verify or --export, not both")
+    if verify:
+        return _verify_audit(app)
+    if export:
+        for row in app.inventory().audit_rows():
+            click.echo(json.dumps(row, sort_keys=True))
+        return 0
     events = app.inventory().audit_log(limit, parse_serial(serial) if serial is not None else None)
     if as_json:
         print_json([e.to_json() for e in events])
-        return
+        return 0
     for e in events:
         detail = " ".join(f"{k}={v}" for k, v in sorted(e.detail.items()) if v is not None)
-        click.echo(f"{isoformat(e.at)} {e.actor} {e.action} {e.serial or '-'} {detail}")
+        line = f"{isoformat(e.at)} {e.actor} {e.action} {e.serial or '-'} {detail}"
+        click.echo(escape_controls(line))
+    return 0
+
+
+def _verify_audit(app: App) -> int:
+    from pki.text import escape_controls
+
+    report = app.inventory().verify_audit()
+    for problem in report.problems:
+        err(f"audit log: {escape_controls(problem)}")
+    if not report.intact:
+        err(f"audit log NOT intact: {len(report.problems)} problem(s) in {report.events} events")
+        return 1
+    err(f"audit log intact: {report.events} events, newest hash {report.head or '-'}")
+    return 0

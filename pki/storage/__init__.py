@@ -1,8 +1,9 @@
 """Storage: the inventory (certificates, audit log, CRL numbers, ledgers) on SQLite or
 PostgreSQL, one schema made and upgraded by Alembic migrations."""
 
+from pki.storage.audit import AuditEvent
 from pki.storage.database import dialect_insert, open_engine, redact_url, why
-from pki.storage.inventory import AuditEvent, Inventory, NewCertificate
+from pki.storage.inventory import Inventory, NewCertificate
 from pki.storage.ledgers import BundleVersion
 from pki.storage.schema import (
     HIERARCHY_KEY,

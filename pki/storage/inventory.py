@@ -23,6 +23,7 @@ from pki.backends import RevokedEntry
 from pki.clock import as_utc
 from pki.errors import NotFound
 from pki.model import CertificateRecord, RevocationReason, Status, serial_hex
+from pki.storage.audit import AuditEvent, AuditLog
 from pki.storage.database import (
     dialect_insert,
     insert_params,
@@ -50,27 +51,7 @@ class NewCertificate:
     pem: str
 
 
-@dataclass(frozen=True)
-class AuditEvent:
-    at: dt.datetime
-    actor: str
-    action: str
-    serial: str | None
-    detail: dict[str, Any]
-
-    def to_json(self) -> dict[str, Any]:
-        from pki.model import iso_event
-
-        return {
-            "at": iso_event(self.at),
-            "actor": self.actor,
-            "action": self.action,
-            "serial": self.serial,
-            "detail": self.detail,
-        }
-
-
-class Inventory(Ledgers, PendingDeliveries):
+class Inventory(AuditLog, Ledgers, PendingDeliveries):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
@@ -133,22 +114,10 @@ class Inventory(Ledgers, PendingDeliveries):
         """Insert certificate rows and, with ``events``, their audit rows. Every value is
         converted before the first INSERT: on SQLite that is when the write lock is
         taken, and forked batch workers wait on each other for it."""
-        inserts = [
-            insert_params(conn, certificates, [_row(r) for r in rows]),
-            insert_params(conn, audit_events, _audit_rows(events)),
-        ]
-        for sql, params in inserts:
-            if params:
-                conn.exec_driver_sql(sql, params)
-
-    def audit(
-        self,
-        conn: Connection,
-        events: Iterable[AuditEvent],
-    ) -> None:
-        sql, params = insert_params(conn, audit_events, _audit_rows(events))
+        sql, params = insert_params(conn, certificates, [_row(r) for r in rows])
         if params:
             conn.exec_driver_sql(sql, params)
+        self.audit(conn, events)
 
     def mark_revoked(
         self, conn: Connection, serial: int, at: dt.datetime, reason: RevocationReason
@@ -215,12 +184,6 @@ class Inventory(Ledgers, PendingDeliveries):
             conn.execute(sa.select(meta.c.value).where(meta.c.key == HIERARCHY_KEY)).scalar()
         )
 
-    def audit_mark(self) -> int:
-        """The id of the newest audit event (0 for none): what a failed ``ca init`` undoes
-        is what came after it."""
-        with self._reading() as conn:
-            return int(conn.execute(sa.select(sa.func.max(audit_events.c.id))).scalar() or 0)
-
     def forget_init(self, chain: Sequence[Any], after_audit: int) -> None:
         """Undo a ``ca init`` that failed half way on an inventory that was empty before it:
         the CA rows of ``chain`` (certificates), their CRL numbers, the audit events after
@@ -233,6 +196,7 @@ class Inventory(Ledgers, PendingDeliveries):
                 conn.execute(certificates.delete().where(certificates.c.serial.in_(serials)))
                 conn.execute(crls.delete().where(crls.c.issuer.in_(issuers)))
                 conn.execute(audit_events.delete().where(audit_events.c.id > after_audit))
+                self.reset_audit_head(conn)
                 if conn.execute(sa.select(sa.func.count()).select_from(certificates)).scalar() == 0:
                     conn.execute(meta.delete().where(meta.c.key == HIERARCHY_KEY))
         except sa.exc.SQLAlchemyError:
@@ -342,36 +306,6 @@ class Inventory(Ledgers, PendingDeliveries):
             return read(conn)
         with self._reading() as reading:
             return read(reading)
-
-    def audit_log(self, limit: int = 100, serial: int | None = None) -> list[AuditEvent]:
-        query = sa.select(audit_events).order_by(audit_events.c.id.desc()).limit(limit)
-        if serial is not None:
-            query = query.where(audit_events.c.serial == serial_hex(serial))
-        with self._reading() as conn:
-            rows = list(conn.execute(query))
-        return [
-            AuditEvent(
-                at=as_utc(r.at),
-                actor=r.actor,
-                action=r.action,
-                serial=r.serial,
-                detail=json.loads(r.detail),
-            )
-            for r in reversed(rows)
-        ]
-
-
-def _audit_rows(events: Iterable[AuditEvent]) -> list[dict[str, Any]]:
-    return [
-        {
-            "at": e.at,
-            "actor": e.actor,
-            "action": e.action,
-            "serial": e.serial,
-            "detail": json.dumps(e.detail, sort_keys=True),
-        }
-        for e in events
-    ]
 
 
 def _row(new: NewCertificate) -> dict[str, Any]:

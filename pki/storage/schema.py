@@ -95,6 +95,9 @@ audit_events = sa.Table(
     sa.Column("action", sa.String(64), nullable=False),
     sa.Column("serial", sa.String(42), nullable=True, index=True),
     sa.Column("detail", sa.Text, nullable=False, default="{}"),
+    # the tamper-evident chain (pki.storage.audit): the previous event's hash, this one's
+    sa.Column("prev_hash", sa.String(64), nullable=True),
+    sa.Column("hash", sa.String(64), nullable=True),
 )
 
 crls = sa.Table(

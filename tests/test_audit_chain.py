@@ -1,0 +1,93 @@
+"""The audit log is tamper-evident: every event chained to the one before by its hash;
+``audit --verify`` finds an edited, a deleted and a truncated log; ``audit --export``
+prints JSON lines with the hashes. Concurrent writers (forked batch workers) never fork
+the chain."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from pki.storage import open_engine
+from tests.conftest import Cli
+from tests.helpers import make_csr
+
+
+@pytest.fixture
+def logged(cli: Cli, home: Path, tmp_path: Path, db_url: str | None) -> str:
+    """A home with a few hundred events, written by two forked batch workers at once."""
+    cli.ok("ca", "init")
+    batch = tmp_path / "csrs"
+    batch.mkdir()
+    for i in range(220):
+        (batch / f"c{i:03d}.csr").write_bytes(make_csr(f"c{i:03d}")[0])
+    cli.ok("issue", "device", "--batch", batch, "--out", tmp_path / "out", "--workers", "2")
+    cli.ok("revoke", _serial(cli))
+    return db_url or f"sqlite:///{home / 'inventory.db'}"
+
+
+def _serial(cli: Cli) -> str:
+    return str(json.loads(cli.ok("list", "--json").out)[0]["serial"])
+
+
+def _sql(url: str, statement: str) -> None:
+    engine = open_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(statement))
+    finally:
+        engine.dispose()
+
+
+def test_an_untouched_log_verifies_and_exports(cli: Cli, logged: str) -> None:
+    verified = cli.ok("audit", "--verify")
+    assert "audit log intact" in verified.err
+    lines = cli.ok("audit", "--export").out.splitlines()
+    events = [json.loads(line) for line in lines]
+    assert len(events) > 220
+    assert [e["id"] for e in events] == sorted(e["id"] for e in events)
+    for before, after in itertools.pairwise(events):
+        assert after["prev_hash"] == before["hash"]  # one chain, never forked
+    assert events[-1]["hash"] in verified.err
+
+
+@pytest.mark.parametrize(
+    ("tamper", "finding"),
+    [
+        ("UPDATE audit_events SET actor = 'mallory' WHERE id = 5", "event 5 (issue"),
+        ("DELETE FROM audit_events WHERE id = 7", "event 8 ("),
+        ("DELETE FROM audit_events WHERE id = (SELECT MAX(id) FROM audit_events)", "newest"),
+        (
+            "UPDATE audit_events SET detail = '{\"reason\": \"unspecified\"}' "
+            "WHERE action = 'revoke'",
+            "(revoke",
+        ),
+    ],
+)
+def test_verify_finds_an_edited_deleted_or_truncated_log(
+    cli: Cli, logged: str, tamper: str, finding: str
+) -> None:
+    _sql(logged, tamper)
+    result = cli("audit", "--verify")
+    assert result.code == 1
+    assert finding in result.err and "NOT intact" in result.err
+
+
+def test_a_failed_ca_init_takes_its_events_back_and_the_chain_stays_whole(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pki.ca.setup
+    from pki.errors import StorageError
+
+    def fail(*_: object, **__: object) -> None:
+        raise StorageError("disk full")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(pki.ca.setup, "sign_and_publish", fail)
+        assert cli("ca", "init").code == 1
+    cli.ok("ca", "init")
+    assert "audit log intact" in cli.ok("audit", "--verify").err
