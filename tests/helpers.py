@@ -196,3 +196,18 @@ def pkilint(path: Path) -> list[str]:
     assert result.stdout.startswith("{"), result.stderr
     findings = json.loads(result.stdout)["results"]
     return [f"{r['validator']}: {f['code']}" for r in findings for f in r["finding_descriptions"]]
+
+
+def run_sql(url: str, statement: str) -> None:
+    """One statement on the inventory at ``url``, behind fleetpki's back (a tamperer, an
+    old backup)."""
+    import sqlalchemy as sa
+
+    from pki.storage import open_engine
+
+    engine = open_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(statement))
+    finally:
+        engine.dispose()

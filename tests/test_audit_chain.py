@@ -10,11 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
-from pki.storage import open_engine
 from tests.conftest import Cli
-from tests.helpers import make_csr
+from tests.helpers import make_csr, run_sql
 
 
 @pytest.fixture
@@ -32,15 +30,6 @@ def logged(cli: Cli, home: Path, tmp_path: Path, db_url: str | None) -> str:
 
 def _serial(cli: Cli) -> str:
     return str(json.loads(cli.ok("list", "--json").out)[0]["serial"])
-
-
-def _sql(url: str, statement: str) -> None:
-    engine = open_engine(url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text(statement))
-    finally:
-        engine.dispose()
 
 
 def test_an_untouched_log_verifies_and_exports(cli: Cli, logged: str) -> None:
@@ -62,7 +51,7 @@ def test_an_untouched_log_verifies_and_exports(cli: Cli, logged: str) -> None:
         ("DELETE FROM audit_events WHERE id = 7", "event 8 ("),
         ("DELETE FROM audit_events WHERE id = (SELECT MAX(id) FROM audit_events)", "newest"),
         (
-            "UPDATE audit_events SET detail = '{\"reason\": \"unspecified\"}' "
+            'UPDATE audit_events SET detail = \'{"reason": "unspecified"}\' '
             "WHERE action = 'revoke'",
             "(revoke",
         ),
@@ -71,7 +60,7 @@ def test_an_untouched_log_verifies_and_exports(cli: Cli, logged: str) -> None:
 def test_verify_finds_an_edited_deleted_or_truncated_log(
     cli: Cli, logged: str, tamper: str, finding: str
 ) -> None:
-    _sql(logged, tamper)
+    run_sql(logged, tamper)
     result = cli("audit", "--verify")
     assert result.code == 1
     assert finding in result.err and "NOT intact" in result.err

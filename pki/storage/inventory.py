@@ -144,6 +144,12 @@ class Inventory(AuditLog, Ledgers, PendingDeliveries):
         current = conn.execute(query).scalar()
         return int(current or 0) + 1
 
+    def latest_crl_number(self, issuer: str) -> int:
+        """The highest CRL number recorded for ``issuer`` (0 for none)."""
+        query = sa.select(sa.func.max(crls.c.number)).where(crls.c.issuer == issuer)
+        with self._reading() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
     def record_crl(
         self,
         conn: Connection,
