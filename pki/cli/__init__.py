@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import click
 
 from pki.app import App
-from pki.cli import ca, db, doctor, issue, records, revoke  # noqa: F401 (they register commands)
+from pki.cli import backup, ca, db, doctor, issue, records, revoke  # noqa: F401 (commands)
 from pki.cli.options import err
 from pki.cli.root import cli
 from pki.cli.trust import bundle as _bundle_group
