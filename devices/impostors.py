@@ -70,7 +70,7 @@ def run_impostors(state: Any, stand: Any, folder: Path, victim: str | None) -> l
     from pki.storage import Inventory
 
     base = folder / "impostors"
-    base.mkdir(exist_ok=True)
+    base.mkdir(mode=0o700, exist_ok=True)
     ca = Path(stand.ca_file)
     results: list[dict[str, Any]] = []
     target = victim or "nobody"

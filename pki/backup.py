@@ -175,7 +175,7 @@ def restore(app: App, source: Path, published: Sequence[Path] = ()) -> RestoreRe
         for name in manifest["files"]:
             if name == MANIFEST:
                 continue
-            (work / name).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            ensure_dir((work / name).parent, 0o700)
             _copy(source / name, work / name)
         if target.exists():
             target.rmdir()

@@ -37,10 +37,49 @@ def os_error(exc: OSError, message: str) -> InvalidInput | StorageError:
 
 
 def ensure_dir(path: Path, mode: int = 0o700) -> None:
+    """Create ``path`` and any missing folder above it with ``mode`` exactly, whatever
+    the umask (under umask 000, ``mkdir -p`` would make them writable by everyone: another
+    user could then swap what is inside). Folders that exist are left as they are."""
+    missing: list[Path] = []
+    probe = path
+    while not probe.is_dir():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
     try:
-        path.mkdir(mode=mode, parents=True, exist_ok=True)
+        for folder in reversed(missing):
+            try:
+                folder.mkdir(mode=mode)
+            except FileExistsError:
+                if not folder.is_dir():
+                    raise
+                continue
+            os.chmod(folder, mode)  # mkdir's mode is filtered by the umask
     except OSError as exc:
         raise os_error(exc, f"cannot create directory {path}") from None
+
+
+def refuse_shared_path(path: Path, what: str) -> None:
+    """Refuse (exit 2) a ``path`` that another user could replace: it, or a folder above
+    it, writable by others — except a root-owned sticky folder such as ``/tmp``, where
+    nobody can rename what another user made."""
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):
+        return  # what opening it says is clearer
+    for folder in (resolved, *resolved.parents):
+        try:
+            info = folder.stat()
+        except FileNotFoundError:
+            continue  # made later, with an explicit mode
+        except OSError:
+            return
+        if info.st_mode & stat.S_IWOTH and not (info.st_mode & stat.S_ISVTX and info.st_uid == 0):
+            raise InvalidInput(
+                f"{what} {path}: {folder} is writable by every user, who could swap it for "
+                f"one of their own; use a folder only you can write to (chmod o-w {folder})"
+            )
 
 
 def check_writable_folder(folder: Path, what: str) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from pki.ca.distribution import CaUrls, ca_urls, check_url_map
 from pki.errors import InvalidInput, NotFound, OperatorError, StorageError
-from pki.files import atomic_write, ensure_dir, os_error, read_regular
+from pki.files import atomic_write, ensure_dir, os_error, read_regular, refuse_shared_path
 from pki.issue.policy import PolicySettings
 from pki.revocation.files import CrlFiles
 
@@ -174,12 +174,14 @@ class Home:
         return f"cli:{user}"
 
     def ensure(self) -> None:
+        refuse_shared_path(self.path, "home")
         ensure_dir(self.path, 0o700)
 
     def has_ca(self) -> bool:
         return self.config_path.exists()
 
     def config(self) -> HomeConfig:
+        refuse_shared_path(self.path, "home")
         try:
             raw = read_regular(self.config_path, MAX_CONFIG_BYTES, "config file")
         except FileNotFoundError:
@@ -240,8 +242,10 @@ class Home:
 
     def _stored_passphrase(self) -> bytes | None:
         """The home's passphrase file, or None when there is none (or it is empty)."""
-        try:
-            value = self.passphrase_path.read_bytes().strip()
+        from pki.files import read_regular
+
+        try:  # a regular file, up to 4 KiB: a FIFO or /dev/zero would hang or never end
+            value = read_regular(self.passphrase_path, 4096, "passphrase file").strip()
         except FileNotFoundError:
             return None
         except OSError as exc:

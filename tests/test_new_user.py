@@ -239,8 +239,9 @@ def test_simulator_summary_has_no_python_reprs() -> None:
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        ((), "fleetpki: error: fleetpki needs a command: audit, bundle, ca, crl, db, dev, fleet, "
-             "iot, issue, list, revoke, rotation, show (see 'fleetpki --help')"),
+        ((), "fleetpki: error: fleetpki needs a command: audit, backup, bundle, ca, crl, db, dev, "
+             "doctor, fleet, iot, issue, list, restore, revoke, rotation, show "
+             "(see 'fleetpki --help')"),
         (("bundle", "build"), "fleetpki: error: Missing option '--target'. Choose from: apigw, "
                               "alb (see 'fleetpki bundle build --help')"),
         (("ca",), "fleetpki: error: fleetpki ca needs a command: chain, init, show "

@@ -27,7 +27,7 @@ from devices.simulator.summary import (
 )
 from devices.simulator.wave import RotationWave
 from devices.simulator.worker import worker_main
-from pki.files import atomic_write
+from pki.files import atomic_write, ensure_dir
 from pki.issue.delivery import FolderPerThing, OutputFolder, make_key_and_csr
 from pki.model import IssueRequest, KeyType
 
@@ -62,7 +62,7 @@ def issue_fleet(config: SimConfig, app: App) -> Fleet:
     the CSRs); with the expiry scenario, some devices whose certificates ran out."""
     run_id = secrets.token_hex(3)
     folder = standins.dev_dir(app.home) / "fleet" / run_id
-    folder.mkdir(parents=True, mode=0o700)
+    ensure_dir(folder, 0o700)
     names = tuple(f"sim{run_id}-{i:04d}" for i in range(1, config.devices + 1))
     actor = app.home.actor()
     requests = []

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 from pki.ca.distribution import CaUrls
 from pki.errors import (
     AlreadyExists,
+    FleetPkiError,
     InvalidInput,
     NotFound,
     OperatorError,
@@ -380,7 +381,27 @@ class LocalCA:
             raise StorageError(f"CA certificate {path} is corrupt: {exc}") from None
 
     def _load_key(self, filename: str) -> PrivateKey:
-        return self._load_key_file(self._dir / filename, self._passphrase, "issuing")
+        path = self._dir / filename
+        try:
+            return self._load_key_file(path, self._passphrase, "issuing")
+        except WrongPassphrase:
+            if self._passphrase_opens_the_root():
+                # the same passphrase opens the root key: it is right, the file is damaged
+                raise StorageError(
+                    f"CA key {path} is corrupt (the passphrase opens the root key but not this "
+                    "one): restore it from a backup"
+                ) from None
+            raise
+
+    def _passphrase_opens_the_root(self) -> bool:
+        path = self._dir / ROOT_KEY
+        try:
+            if not path.exists() or self._root_passphrase() != self._passphrase():
+                return False
+            self._load_key_file(path, self._passphrase, "root")
+        except FleetPkiError:
+            return False
+        return True
 
     @staticmethod
     def _load_key_file(path: Path, passphrase: Callable[[], bytes], which: str) -> PrivateKey:

@@ -13,6 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 
 from pki.errors import InvalidInput, PolicyViolation
@@ -21,6 +22,10 @@ from pki.errors import InvalidInput, PolicyViolation
 # length, e.g. C=USA. Only the CN of a CSR is used, and it is checked by the policy: the
 # warning would only reach the operator as noise above the real answer.
 warnings.filterwarnings("ignore", message="Attribute's length must be", category=UserWarning)
+# ... and about DSA keys (deprecated) before the policy refuses them in one line
+warnings.filterwarnings(
+    "ignore", message="DSA is deprecated", category=CryptographyDeprecationWarning
+)
 
 MAX_CSR_BYTES = 64 * 1024
 WEAK_HASHES = frozenset({"md5", "sha1", "sha224"})
@@ -162,7 +167,7 @@ def _pem_body(data: bytes) -> bytes:
         raise InvalidInput(
             "data follows the certificate request: send the CSR alone (never the device key)"
         )
-    if before and not before.startswith(_OPENSSL_TEXT):
+    if before and not _openssl_dump(before):
         raise InvalidInput(
             "data comes before the certificate request: send the CSR alone (only the "
             "readable dump 'openssl req -text' writes may come first)"
@@ -171,6 +176,15 @@ def _pem_body(data: bytes) -> bytes:
         return base64.b64decode(b"".join(match.group("body").split()), validate=True)
     except binascii.Error:
         raise InvalidInput("malformed CSR: the PEM block is not valid base64") from None
+
+
+def _openssl_dump(text: bytes) -> bool:
+    """Whether ``text`` is the readable dump ``openssl req -text`` writes before the PEM
+    block: its heading, then only indented lines (a key in bare base64 is not)."""
+    first, _, rest = text.partition(b"\n")
+    return first.strip() == _OPENSSL_TEXT.strip() and all(
+        not line.strip() or line[:1] in (b" ", b"\t") for line in rest.splitlines()
+    )
 
 
 def _facts(

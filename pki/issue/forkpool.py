@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import os
 import signal
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -51,11 +52,28 @@ def forked_spans(total: int, size: int, workers: int) -> list[tuple[int, int]]:
 _WORKER_ISSUER: Issuer | None = None
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
     issuer = _WORKER_ISSUER
     assert issuer is not None
+    _die_with(parent)
     # The parent's database connections must never be used (or closed) by a child.
     issuer.inventory.engine.dispose(close=False)
+
+
+def _die_with(parent: int) -> None:
+    """A worker ends when the batch's process dies (kill -9, the OOM killer): it would
+    otherwise wait forever on the pool's pipes, holding the inventory open. SIGTERM:
+    blocked while a chunk commits, so a chunk is never cut between rows and files."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return  # not Linux: the pool's own checks remain
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
 
 
 # What a forked batch worker commits and delivers with, and the requests (set with
@@ -129,7 +147,7 @@ def issue_forked(
     fatal: FleetPkiError | None = None
     try:
         with concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_worker_init
+            workers, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),)
         ) as pool:
             # drained to the end even after a failure: the chunks other workers
             # committed meanwhile are reported, and no worker is killed mid-commit

@@ -174,15 +174,17 @@ def stale_temporaries(folders: Iterable[Path], keep: Iterable[Path]) -> list[Pat
 
 
 def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie — killed, not yet reaped — is not)."""
     if pid == os.getpid():
         return False  # this run's own leftovers cannot be in flight while it cleans
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
         return False
-    except PermissionError:
-        return True
-    return True
+    except OSError:
+        return True  # cannot tell: leave its files alone
+    state = stat.rsplit(")", 1)[-1].split()[:1]
+    return state != ["Z"] and state != ["X"]
 
 
 def complete_interrupted(

@@ -18,6 +18,7 @@ same lock.
 from __future__ import annotations
 
 import fcntl
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -93,6 +94,9 @@ class CrlFiles:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         ensure_dir(self.folder)
-        with open(self.folder / ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        fd = os.open(self.folder / ".lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
+        finally:
+            os.close(fd)
