@@ -149,6 +149,10 @@ class IssueRequest:
     ip_addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
     days: int | None = None
     actor: str = "cli"
+    # a rotation's request: the serial of the certificate it replaces (its key may not be
+    # reused); see pki.issue.keyreuse
+    replacing: int | None = None
+    allow_key_reuse: bool = False  # a key bound to another identity's certificate: audited
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,9 @@ class IssuedCertificate:
     cert_pem: bytes
     chain_pem: bytes  # issuing CA, then root
     issuing_pem: bytes
+    key_id: str | None = None  # SHA-256 of the SubjectPublicKeyInfo
+    existing: bool = False  # issued before for this very request: delivered again
+    key_reused: bool = False  # its key is bound to another identity too (--allow-key-reuse)
 
     @cached_property
     def certificate(self) -> x509.Certificate:

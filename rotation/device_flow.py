@@ -219,7 +219,14 @@ class DeviceFlow(Workflow):
                 continue
             days = min(rotation.days, self._days_ceiling(self.clock.now()))
             requests.append(
-                IssueRequest("device", thing, message.csr_pem, days=max(1, days), actor=self.actor)
+                IssueRequest(
+                    "device",
+                    thing,
+                    message.csr_pem,
+                    days=max(1, days),
+                    actor=self.actor,
+                    replacing=int(rotation.old_serial, 16),
+                )
             )
             waiting[thing] = rotation
         return requests, waiting

@@ -75,10 +75,16 @@ def test_create_issue_revoke_end_to_end(
     ledger.close()
     assert len(arns) == 1 and arns[0].startswith(config["ca_arn"] + "/certificate/")
 
-    # asking again for the same CSR (--force) is a new request, not a retry of the first
-    again = json.loads(
+    # the same CSR again (--force) gets the same certificate: nothing new is asked of AWS
+    same = json.loads(
         cli.ok("issue", "device", "thing-7", "--csr", csr, "--out", out, "--force", "--json").out
     )
+    assert same["serial"] == issued["serial"]
+    # a new certificate for the same key is asked for on purpose: a new request, not a retry
+    again = json.loads(
+        cli.ok("issue", "device", "thing-7", "--csr", csr, "--out", out, "--force",
+               "--allow-key-reuse", "--json").out
+    )  # fmt: skip
     assert again["serial"] != issued["serial"]
     assert load_cert(out / "cert.pem").serial_number == int(again["serial"], 16)
     ledger = Inventory.open(db_url or f"sqlite:///{home / 'inventory.db'}")

@@ -10,6 +10,7 @@ import click
 
 from pki.app import App
 from pki.cli.options import (
+    allow_key_reuse_option,
     batch_option,
     csr_option,
     days_option,
@@ -51,6 +52,7 @@ def issue() -> None:
     help="Processes signing a --batch (default: one per CPU for 200 CSRs or more).",
 )
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@allow_key_reuse_option
 @click.option("--json", "as_json", is_flag=True, help="Print the issued records as JSON.")
 @pass_app
 def issue_device(
@@ -66,6 +68,7 @@ def issue_device(
     days: int | None,
     workers: int | None,
     force: bool,
+    allow_key_reuse: bool,
     as_json: bool,
 ) -> int:
     """Issue a device (clientAuth) certificate for THING_NAME, whose CN is the thing name.
@@ -80,6 +83,8 @@ def issue_device(
             raise InvalidInput("--batch takes no THING_NAME, --csr or --generate-key")
         if fmt != "pem" or p12_passphrase_file is not None:
             raise InvalidInput("--batch writes PEM files; --format applies to one certificate")
+        if allow_key_reuse:
+            raise InvalidInput("--allow-key-reuse applies to one certificate, not a --batch")
         from pki.cli.batch import issue_device_batch
 
         return issue_device_batch(app, batch_dir, out_dir, days, force, as_json, workers)
@@ -102,6 +107,7 @@ def issue_device(
         (),
         fmt=fmt,
         p12_passphrase_file=p12_passphrase_file,
+        allow_key_reuse=allow_key_reuse,
     )
 
 
@@ -117,6 +123,7 @@ def issue_device(
 @p12_option
 @days_option
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@allow_key_reuse_option
 @click.option("--json", "as_json", is_flag=True, help="Print the issued record as JSON.")
 @pass_app
 def issue_server(
@@ -132,6 +139,7 @@ def issue_server(
     p12_passphrase_file: Path | None,
     days: int | None,
     force: bool,
+    allow_key_reuse: bool,
     as_json: bool,
 ) -> int:
     """Issue a server (serverAuth) certificate for NAME with DNS/IP SANs."""
@@ -160,6 +168,7 @@ def issue_server(
         tuple(ips),
         fmt=fmt,
         p12_passphrase_file=p12_passphrase_file,
+        allow_key_reuse=allow_key_reuse,
     )
 
 
@@ -179,6 +188,7 @@ def _issue_one(
     *,
     fmt: str = "pem",
     p12_passphrase_file: Path | None = None,
+    allow_key_reuse: bool = False,
 ) -> int:
     from pki.cli.output import report_settled
     from pki.issue.delivery import single_request
@@ -203,8 +213,16 @@ def _issue_one(
         ips=ips,
         fmt=fmt,
         p12_passphrase_file=p12_passphrase_file,
+        allow_key_reuse=allow_key_reuse,
     )
     issued = app.issuer().issue(request, deliver)
+    if issued.existing and not as_json:
+        err(
+            f"this key already has the active certificate {issued.record.serial_hex} for "
+            f"{issued.record.common_name} (issued {issued.record.created_at:%Y-%m-%d %H:%M}Z): "
+            f"delivered again, nothing new signed -> {out_dir}"
+        )
+        return 0
     _report_issued(app, [issued.record], as_json, out_dir)
     return 0
 

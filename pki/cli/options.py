@@ -120,3 +120,11 @@ class FiniteFloatRange(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return number
+
+
+allow_key_reuse_option = click.option(
+    "--allow-key-reuse",
+    is_flag=True,
+    help="Sign although the CSR's key is bound to another thing's (or profile's) active "
+    "certificate (audited). Without it that is refused: key-reused.",
+)

@@ -256,6 +256,7 @@ def single_request(
     ips: tuple[IPAddress, ...] = (),
     fmt: str = "pem",
     p12_passphrase_file: Path | None = None,
+    allow_key_reuse: bool = False,
 ) -> tuple[IssueRequest, FolderDelivery]:
     """The request and the delivery of ``--csr FILE | --generate-key --out DIR``.
 
@@ -301,5 +302,6 @@ def single_request(
         ip_addresses=ips,
         days=days,
         actor=actor,
+        allow_key_reuse=allow_key_reuse,
     )
     return request, output.deliver(key_pem)

@@ -26,11 +26,13 @@ from pki.errors import (
     FleetPkiError,
     IssuedCertificateMismatch,
     OperatorError,
+    PolicyViolation,
     StorageError,
 )
 from pki.issue import csr as csr_mod
 from pki.issue import policy
 from pki.issue.check import IssuingCa, fingerprint, verify_issued
+from pki.issue.keyreuse import decide, key_id
 from pki.issue.pending import NO_DELIVERY, Delivery, settle
 from pki.issue.policy import CertificatePlan, PolicySettings
 from pki.issue.profiles import get_profile
@@ -116,15 +118,27 @@ class Issuer:
         """
         try:
             signing = self.prepare(request)
+            kid = key_id(signing.public_key)
+            decision = decide(request, self.inventory.active_with_key(kid, self.clock.now()))
+            if decision.violation is not None:
+                raise PolicyViolation(decision.violation.reason, decision.violation.message)
         except OperatorError as exc:
             return Outcome(request.name, error=exc)
+        if decision.existing is not None:  # a retried request: its certificate again
+            return Outcome(request.name, issued=self._existing(decision.existing, kid))
         cert = self.ca.issue(signing)
         try:
             verify_issued(cert, signing, self._issuing, check_signature=self.verify_signature)
         except IssuedCertificateMismatch as exc:
             bad = self._result(cert, signing.plan, Status.QUARANTINED)
             return Outcome(request.name, error=exc, quarantined=bad)
-        return Outcome(request.name, issued=self._result(cert, signing.plan))
+        issued = self._result(cert, signing.plan, key=kid, reused=decision.reused)
+        return Outcome(request.name, issued=issued)
+
+    def _existing(self, record: CertificateRecord, kid: str) -> IssuedCertificate:
+        pem = self.inventory.get_pem(record.serial).encode()
+        return IssuedCertificate(record, pem, self._chain_pem, self._issuing_pem, key_id=kid,
+                                 existing=True)  # fmt: skip
 
     def issue(self, request: IssueRequest, deliver: Delivery = NO_DELIVERY) -> IssuedCertificate:
         result = self.outcome(request)
@@ -213,7 +227,8 @@ class Issuer:
         theirs at the same time), commit the rows with their delivery pending, then
         deliver (rename) and clear the pending rows."""
         now = self.clock.now()
-        rows = [NewCertificate(i.record, i.cert_pem.decode()) for i in issued]
+        rows = [NewCertificate(i.record, i.cert_pem.decode(), i.key_id) for i in issued
+                if not i.existing]  # fmt: skip
         events = [self._audit_event(i, actor, now) for i in issued]
         pending = deliver.stage(issued)
         faults.reach(faults.ISSUE_STAGED)
@@ -248,24 +263,28 @@ class Issuer:
                     f"{len(settled.withdrawn)} certificate(s) recorded but not delivered, "
                     f"withdrawn (revoked as superseded): {why}"
                 )
-        if self.on_issued is not None:
-            for warning in self.on_issued(tuple(i.record for i in issued)):
+        new = tuple(i.record for i in issued if not i.existing)
+        if self.on_issued is not None and new:
+            for warning in self.on_issued(new):
                 log.warning("%s", warning)
 
     def _audit_event(self, issued: IssuedCertificate, actor: str, now: dt.datetime) -> AuditEvent:
         record = issued.record
+        detail: dict[str, object] = {
+            "profile": record.profile,
+            "thing": record.thing,
+            "common_name": record.common_name,
+            "backend": record.backend,
+            "not_after": isoformat(record.not_after),
+        }
+        if issued.key_reused:
+            detail["key_reused"] = True
         return AuditEvent(
             at=now,
             actor=actor,
-            action="issue",
+            action="redeliver" if issued.existing else "issue",
             serial=record.serial_hex,
-            detail={
-                "profile": record.profile,
-                "thing": record.thing,
-                "common_name": record.common_name,
-                "backend": record.backend,
-                "not_after": isoformat(record.not_after),
-            },
+            detail=detail,
         )
 
     def _result(
@@ -273,6 +292,9 @@ class Issuer:
         cert: x509.Certificate,
         plan: CertificatePlan,
         status: Status = Status.ACTIVE,
+        *,
+        key: str | None = None,
+        reused: bool = False,
     ) -> IssuedCertificate:
         record = CertificateRecord(
             serial=cert.serial_number,
@@ -293,6 +315,8 @@ class Issuer:
             cert_pem=cert.public_bytes(PEM),
             chain_pem=self._chain_pem,
             issuing_pem=self._issuing_pem,
+            key_id=key,
+            key_reused=reused,
         )
 
     def _quarantine(self, bad: IssuedCertificate, actor: str) -> None:

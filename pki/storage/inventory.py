@@ -49,6 +49,7 @@ class NewCertificate:
 
     record: CertificateRecord
     pem: str
+    key_id: str | None = None  # SHA-256 of the SubjectPublicKeyInfo (pki.issue.keyreuse)
 
 
 class Inventory(AuditLog, Ledgers, PendingDeliveries):
@@ -241,6 +242,17 @@ class Inventory(AuditLog, Ledgers, PendingDeliveries):
             raise NotFound(f"no certificate with serial {serial_hex(serial)} in the inventory")
         return _record(row)
 
+    def active_with_key(self, key_id: str, now: dt.datetime) -> list[CertificateRecord]:
+        """The active, unexpired certificates whose public key is ``key_id``, oldest first."""
+        c = certificates.c
+        query = (
+            sa.select(certificates)
+            .where(c.spki_sha256 == key_id, c.status == Status.ACTIVE.value, c.not_after > now)
+            .order_by(c.id)
+        )
+        with self._reading() as conn:
+            return [_record(row) for row in conn.execute(query)]
+
     def get_pem(self, serial: int) -> str:
         with self._reading() as conn:
             pem = conn.execute(
@@ -332,6 +344,7 @@ def _row(new: NewCertificate) -> dict[str, Any]:
         "created_at": r.created_at,
         "revoked_at": r.revoked_at,
         "revocation_reason": r.revocation_reason.value if r.revocation_reason else None,
+        "spki_sha256": new.key_id,
     }
 
 

@@ -73,6 +73,8 @@ certificates = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("revoked_at", UtcDateTime, nullable=True),
     sa.Column("revocation_reason", sa.String(32), nullable=True),
+    # SHA-256 of the SubjectPublicKeyInfo: which certificates a key is bound to
+    sa.Column("spki_sha256", sa.String(64), nullable=True, index=True),
     # Serves list --expiring-within and the rotation plan from the index alone (no table
     # look-ups: at a million rows those dominate the plan).
     sa.Index(
