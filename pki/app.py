@@ -9,6 +9,7 @@ registry) and the issuer.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,9 +122,14 @@ class App:
             folders.append(out)
             if per_thing:
                 folders += [p for p in out.iterdir() if p.is_dir() and not p.is_symlink()]
-        return complete_interrupted(
+        settled = complete_interrupted(
             self.inventory(), folders, under=out, now=self.now(), actor=self.actor
         )
+        if per_thing:  # folders a killed batch made and never filled
+            for folder in folders[1:]:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty
+        return settled
 
     def interrupted_issue(
         self, out: Path, name: str, profile: str

@@ -18,11 +18,13 @@ from pki import faults
 from pki.backends import CertificateAuthority, CrlSigner, RootCrlSigner
 from pki.clock import Clock
 from pki.errors import BackendError, FleetPkiError, InvalidInput, OperatorError
+from pki.files import read_regular
 from pki.home import Home
 from pki.issue.policy import BACKDATE
 from pki.model import isoformat
 from pki.revocation.crl import DEFAULT_NEXT_UPDATE, crl_health
 from pki.storage import AuditEvent, Inventory
+from pki.text import escape_controls
 
 if TYPE_CHECKING:
     from pki.app import App
@@ -263,16 +265,28 @@ def sign_on_request(
 def _number_in(
     path: Path, ca: CertificateAuthority, which: str, number: Callable[..., int]
 ) -> int | None:
-    """The CRL number of a CRL of CA ``which`` already at ``path`` (None: none there)."""
+    """The CRL number of a CRL of CA ``which`` already at ``path`` (None: nothing there,
+    or not a CRL). A CRL another CA signed (another name, or the same name and another
+    key) is refused: ``--out`` would replace another CA's CRL."""
     try:
-        data = path.read_bytes()
-        crl = (
-            x509.load_pem_x509_crl(data)
-            if data.startswith(b"-----")
-            else x509.load_der_x509_crl(data)
+        data = read_regular(path, 64 << 20, "--out")
+    except (OSError, InvalidInput):
+        return None
+    try:
+        pem = data.startswith(b"-----")
+        crl = x509.load_pem_x509_crl(data) if pem else x509.load_der_x509_crl(data)
+    except ValueError:
+        return None
+    chain = ca.chain()
+    signer = chain[-1] if which == "root" else chain[0]
+    key = signer.public_key()
+    if crl.issuer != signer.subject or not crl.is_signature_valid(key):  # type: ignore[arg-type]
+        other = escape_controls(crl.issuer.rfc4514_string())
+        raise InvalidInput(
+            f"--out {path} holds a CRL of another CA ({other}); refusing to replace it: "
+            "give another file"
         )
-        chain = ca.chain()
-        issuer = (chain[-1] if which == "root" else chain[0]).subject
-        return number(crl) if crl.issuer == issuer else None
-    except (OSError, ValueError, x509.ExtensionNotFound):
+    try:
+        return number(crl)
+    except x509.ExtensionNotFound:
         return None

@@ -186,3 +186,31 @@ def test_a_zombies_temporary_files_are_stale_a_live_writers_are_not(tmp_path: Pa
     found = stale_temporaries([tmp_path], ())
     assert [p.name for p in found] == [f".cert.pem.{zombie.pid}.abcd.tmp"]
     zombie.wait()
+
+
+def test_a_batch_run_again_removes_the_empty_folders_a_killed_one_left(
+    cli: Cli, ca: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    for name in ("left1", "left2"):
+        (out / name).mkdir(parents=True)
+    (out / "kept").mkdir()
+    (out / "kept" / "notes.txt").write_text("the operator's")
+    batch = tmp_path / "csrs"
+    batch.mkdir()
+    (batch / "n1.csr").write_bytes(make_csr("n1")[0])
+    cli.ok("issue", "device", "--batch", batch, "--out", out)
+    assert sorted(p.name for p in out.iterdir()) == ["kept", "n1"]
+
+
+def test_crl_out_refuses_to_replace_another_cas_crl(
+    cli: Cli, ca: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other"
+    cli.ok("--home", other, "ca", "init")  # same default names, another key
+    target = tmp_path / "served.crl"
+    target.write_bytes((other / "crl" / "issuing.crl.pem").read_bytes())
+    before = target.read_bytes()
+    refused = cli("crl", "--out", target)
+    assert refused.code == 2 and "holds a CRL of another CA" in refused.err
+    assert target.read_bytes() == before
