@@ -184,18 +184,18 @@ def test_an_unforeseen_failure_in_a_worker_stops_the_batch_with_exit_1(
 ) -> None:
     """An exception that is not one of ours (it may not even survive pickling) must not
     hang the parent: the batch stops, says what happened, and exits 1."""
-    real = pki.issue.issuer.Issuer.outcome
+    real = pki.issue.issuer.Issuer.prepare
 
     class Unpicklable(Exception):
         def __init__(self, a: str, b: str) -> None:
             super().__init__(f"{a} {b}")
 
-    def outcome(self: pki.issue.issuer.Issuer, request: pki.issue.issuer.IssueRequest) -> object:
+    def prepare(self: pki.issue.issuer.Issuer, request: pki.issue.issuer.IssueRequest) -> object:
         if request.name == "unit-13":
             raise Unpicklable("boom", "here")
         return real(self, request)
 
-    monkeypatch.setattr(pki.issue.issuer.Issuer, "outcome", outcome)
+    monkeypatch.setattr(pki.issue.issuer.Issuer, "prepare", prepare)
     monkeypatch.setattr("pki.issue.forkpool.FORKED_CHUNK", 5)
     batch = tmp_path / "csrs"
     batch.mkdir()

@@ -74,3 +74,14 @@ def test_a_key_of_another_thing_is_refused_unless_allowed(
                                 tmp_path / "b", "--allow-key-reuse", "--json").out)  # fmt: skip
     audit = json.loads(cli.ok("audit", "--serial", allowed["serial"], "--json").out)
     assert audit[0]["detail"]["key_reused"] is True
+
+
+def test_one_key_twice_in_one_batch_is_issued_once(cli: Cli, ca_home: Path, tmp_path: Path) -> None:
+    batch = tmp_path / "csrs"
+    batch.mkdir()
+    pem, key = make_csr("k1")
+    (batch / "k1.csr").write_bytes(pem)
+    (batch / "k2.csr").write_bytes(make_csr("k2", key)[0])
+    result = cli("issue", "device", "--batch", batch, "--out", tmp_path / "out")
+    assert result.code == 2 and "skipped k2: policy violation (key-reused)" in result.err
+    assert [r["thing"] for r in json.loads(cli.ok("list", "--json").out)] == ["k1"]

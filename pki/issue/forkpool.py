@@ -99,7 +99,7 @@ def _worker_chunk(span: tuple[int, int]) -> ChunkResult:
         return ChunkResult([])
     deliver, actor, requests, keep = commit
     try:
-        outcomes = [issuer.outcome(r) for r in requests[span[0] : span[1]]]
+        outcomes = issuer.outcomes(requests[span[0] : span[1]])
         for o in outcomes:
             if o.quarantined is not None:
                 issuer._quarantine(o.quarantined, actor)

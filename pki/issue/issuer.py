@@ -10,6 +10,7 @@ the next run completes. There is never a handed-out certificate without a row.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import multiprocessing
 import multiprocessing.pool
@@ -32,9 +33,9 @@ from pki.errors import (
 from pki.issue import csr as csr_mod
 from pki.issue import policy
 from pki.issue.check import IssuingCa, fingerprint, verify_issued
-from pki.issue.keyreuse import decide, key_id
+from pki.issue.keyreuse import KeyDecision, decide, key_id
 from pki.issue.pending import NO_DELIVERY, Delivery, settle
-from pki.issue.policy import CertificatePlan, PolicySettings
+from pki.issue.policy import CertificatePlan, PolicySettings, Violation
 from pki.issue.profiles import get_profile
 from pki.issue.results import BatchReport, Failure, Outcome
 from pki.model import CertificateRecord, IssuedCertificate, IssueRequest, Status, isoformat
@@ -44,6 +45,8 @@ PEM = serialization.Encoding.PEM
 log = logging.getLogger("fleetpki.issuance")
 
 BATCH_COMMIT_SIZE = 1000
+# Requests whose keys are looked up in the inventory at once.
+LOOKUP_CHUNK = 200
 
 
 class Issuer:
@@ -116,14 +119,43 @@ class Issuer:
 
         Operator errors become an ``Outcome`` with ``error``; backend failures raise.
         """
-        try:
-            signing = self.prepare(request)
-            kid = key_id(signing.public_key)
-            decision = decide(request, self.inventory.active_with_key(kid, self.clock.now()))
-            if decision.violation is not None:
-                raise PolicyViolation(decision.violation.reason, decision.violation.message)
-        except OperatorError as exc:
-            return Outcome(request.name, error=exc)
+        return self.outcomes([request])[0]
+
+    def outcomes(self, requests: Sequence[IssueRequest]) -> list[Outcome]:
+        """``outcome`` for many: every CSR checked first, then the keys' certificates
+        looked up at once (one query, not one per request), then each signed."""
+        prepared: list[tuple[IssueRequest, SigningRequest | OperatorError, str]] = []
+        for request in requests:
+            try:
+                ready = self.prepare(request)
+                prepared.append((request, ready, key_id(ready.public_key)))
+            except OperatorError as exc:
+                prepared.append((request, exc, ""))
+        kids = [kid for _, _, kid in prepared if kid]
+        bound = self.inventory.active_with_keys(kids, self.clock.now()) if kids else {}
+        seen: dict[str, str] = {}  # keys earlier in this batch (not yet recorded): whose
+        results = []
+        for request, signing, kid in prepared:
+            if isinstance(signing, OperatorError):
+                results.append(Outcome(request.name, error=signing))
+                continue
+            decision = decide(request, bound.get(kid, []))
+            earlier = seen.setdefault(kid, request.name)
+            if earlier != request.name and not decision.existing and not (
+                request.allow_key_reuse
+            ):
+                decision = KeyDecision(violation=Violation(
+                    "key-reused", f"this CSR's key is also {earlier!r}'s, earlier in this batch"
+                ))  # fmt: skip
+            results.append(self._signed(request, signing, kid, decision))
+        return results
+
+    def _signed(
+        self, request: IssueRequest, signing: SigningRequest, kid: str, decision: KeyDecision
+    ) -> Outcome:
+        if decision.violation is not None:
+            error = PolicyViolation(decision.violation.reason, decision.violation.message)
+            return Outcome(request.name, error=error)
         if decision.existing is not None:  # a retried request: its certificate again
             return Outcome(request.name, issued=self._existing(decision.existing, kid))
         cert = self.ca.issue(signing)
@@ -214,7 +246,9 @@ class Issuer:
 
     def _outcomes(self, requests: Iterable[IssueRequest], workers: int) -> Iterator[Outcome]:
         if workers <= 1:
-            yield from (self.outcome(r) for r in requests)
+            it = iter(requests)
+            while chunk := list(itertools.islice(it, LOOKUP_CHUNK)):
+                yield from self.outcomes(chunk)
             return
         # A remote CA (AWS Private CA; the in-process CA forks, see forkpool): the
         # time goes in round trips, so keep several requests in flight; the backend's

@@ -242,16 +242,28 @@ class Inventory(AuditLog, Ledgers, PendingDeliveries):
             raise NotFound(f"no certificate with serial {serial_hex(serial)} in the inventory")
         return _record(row)
 
-    def active_with_key(self, key_id: str, now: dt.datetime) -> list[CertificateRecord]:
-        """The active, unexpired certificates whose public key is ``key_id``, oldest first."""
+    def active_with_keys(
+        self, key_ids: Sequence[str], now: dt.datetime
+    ) -> dict[str, list[CertificateRecord]]:
+        """The active, unexpired certificates of each of ``key_ids`` (their public keys'
+        SHA-256), oldest first; keys without one are left out."""
         c = certificates.c
-        query = (
-            sa.select(certificates)
-            .where(c.spki_sha256 == key_id, c.status == Status.ACTIVE.value, c.not_after > now)
-            .order_by(c.id)
-        )
+        found: dict[str, list[CertificateRecord]] = {}
+        unique = sorted(set(key_ids))
         with self._reading() as conn:
-            return [_record(row) for row in conn.execute(query)]
+            for start in range(0, len(unique), 500):
+                query = (
+                    sa.select(certificates)
+                    .where(
+                        c.spki_sha256.in_(unique[start : start + 500]),
+                        c.status == Status.ACTIVE.value,
+                        c.not_after > now,
+                    )
+                    .order_by(c.id)
+                )
+                for row in conn.execute(query):
+                    found.setdefault(row.spki_sha256, []).append(_record(row))
+        return found
 
     def get_pem(self, serial: int) -> str:
         with self._reading() as conn:
