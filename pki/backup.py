@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
-from pki.errors import AlreadyExists, InvalidInput, StorageError
+from pki.errors import AlreadyExists, FleetPkiError, InvalidInput, StorageError
 from pki.files import ensure_dir, fsync_path, os_error, read_limited
+from pki.text import escape_controls
 
 if TYPE_CHECKING:
     from pki.app import App
@@ -114,9 +115,13 @@ def _copy(source: Path, target: Path) -> None:
             _copy(child, target / child.name)
     elif source.is_file() and not source.is_symlink():
         mode = source.stat().st_mode & 0o644  # a private file (0600) stays private
-        fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
-        with os.fdopen(fd, "wb") as out:
-            out.write(source.read_bytes())
+        _write_new(target, source.read_bytes(), mode)
+
+
+def _write_new(target: Path, data: bytes, mode: int) -> None:
+    fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
 
 
 def _digest(path: Path) -> str:
@@ -152,9 +157,36 @@ def read_manifest(source: Path) -> dict[str, Any]:
         raise problem
     for name, digest in files.items():
         path = source / name
-        if ".." in Path(name).parts or not path.is_file() or _digest(path) != digest:
-            raise InvalidInput(f"backup {source} is damaged: {name} is missing or changed")
+        if not _allowed(name) or not _plain_file(source, name) or _digest(path) != digest:
+            raise InvalidInput(
+                f"backup {source} is damaged: {escape_controls(name)} is missing, changed, "
+                "a link, or not a file a backup holds"
+            )
     return dict(manifest)
+
+
+def _allowed(name: str) -> bool:
+    """The names a backup may hold: the home's files, one level under ca/ and crl/."""
+    parts = Path(name).parts
+    if len(parts) == 1:
+        return name in ("config.json", INVENTORY, PASSPHRASE, MANIFEST)
+    return len(parts) == 2 and parts[0] in ("ca", "crl") and not parts[1].startswith(".")
+
+
+def _plain_file(source: Path, name: str) -> bool:
+    """A regular file reached without following a symlink on the way."""
+    import stat
+
+    probe = source
+    for part in Path(name).parts:
+        probe = probe / part
+        try:
+            info = probe.lstat()
+        except OSError:
+            return False
+        if stat.S_ISLNK(info.st_mode):
+            return False
+    return stat.S_ISREG(info.st_mode)
 
 
 def restore(app: App, source: Path, published: Sequence[Path] = ()) -> RestoreResult:
@@ -169,6 +201,8 @@ def restore(app: App, source: Path, published: Sequence[Path] = ()) -> RestoreRe
             "this backup holds a SQLite inventory; unset FLEETPKI_DATABASE_URL to restore it "
             "into the new home"
         )
+    if postgres:
+        _require_restored_database(app.home.database_url)
     ensure_dir(target.parent, 0o700)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -176,15 +210,34 @@ def restore(app: App, source: Path, published: Sequence[Path] = ()) -> RestoreRe
             if name == MANIFEST:
                 continue
             ensure_dir((work / name).parent, 0o700)
-            _copy(source / name, work / name)
+            private = name in ("config.json", INVENTORY, PASSPHRASE) or name.endswith(".key.pem")
+            _write_new(work / name, (source / name).read_bytes(), 0o600 if private else 0o644)
         if target.exists():
             target.rmdir()
         os.rename(work, target)
     except OSError as exc:
         shutil.rmtree(work, ignore_errors=True)
         raise os_error(exc, f"cannot restore into {target}") from None
-    numbers = {} if postgres else resync_crl_numbers(app, published)
-    return RestoreResult(target, numbers, postgres)
+    return RestoreResult(target, resync_crl_numbers(app, published), postgres)
+
+
+def _require_restored_database(url: str) -> None:
+    """A PostgreSQL backup: its database must be back (pg_restore) before the home is,
+    so that the CRL-number rule can be applied to it."""
+    from pki.storage import Inventory
+
+    if url.startswith("sqlite:///"):
+        raise InvalidInput(
+            "this backup's inventory is PostgreSQL: pg_restore it, point "
+            "FLEETPKI_DATABASE_URL at it, then run restore"
+        )
+    try:
+        Inventory.open(url).close()
+    except FleetPkiError as exc:
+        raise InvalidInput(
+            f"this backup's inventory is PostgreSQL and FLEETPKI_DATABASE_URL does not hold it "
+            f"yet ({exc}): pg_restore it there first, then run restore"
+        ) from None
 
 
 def resync_crl_numbers(app: App, published: Sequence[Path]) -> dict[str, int]:

@@ -80,6 +80,11 @@ def _pending(app: App, outs: Sequence[Path], repair: bool) -> Iterator[Finding]:
         yield Finding("pending deliveries",
                       f"certificate {serial_hex(item.serial)} recorded, never delivered",
                       "delivered", repaired=True)  # fmt: skip
+    for item, why in settled.dropped:
+        yield Finding("pending deliveries",
+                      f"certificate {serial_hex(item.serial)} was to be delivered again",
+                      f"dropped (it stays active where it was delivered before): {why}",
+                      repaired=True)  # fmt: skip
     for item, why in settled.withdrawn:
         yield Finding("pending deliveries",
                       f"certificate {serial_hex(item.serial)} recorded, never delivered",

@@ -68,7 +68,8 @@ def refuse_shared_path(path: Path, what: str) -> None:
         resolved = path.resolve()
     except (OSError, RuntimeError):
         return  # what opening it says is clearer
-    for folder in (resolved, *resolved.parents):
+    given = Path(os.path.abspath(path))  # a symlink on the way counts where it is, too
+    for folder in dict.fromkeys((resolved, *resolved.parents, *given.parents)):
         try:
             info = folder.stat()
         except FileNotFoundError:
@@ -181,12 +182,9 @@ def atomic_write_many(
     written; on a failure none of them is left behind."""
     staged = stage_files(files, overwrite=overwrite)
     try:
-        place_files(staged, overwrite=overwrite)
+        place_files(staged, overwrite=overwrite)  # puts back what it placed if it fails
     except BaseException:
         discard_files(staged)
-        for item in staged:
-            if not item.tmp.exists():
-                remove_quietly(item.final)
         raise
     return [item.final for item in staged]
 
@@ -245,12 +243,50 @@ def place_files(
         by_folder.setdefault(item.final.parent, []).append(item)
     for folder, items in by_folder.items():
         with _folder_lock(folder):
-            for item in items:
-                if os.path.lexists(item.tmp):
-                    _place(item.final, str(item.tmp), overwrite)
-                if after_first is not None:
-                    after_first()
-                    after_first = None
+            undo: list[tuple[Path, Path | None]] = []  # (placed, what it replaced, kept)
+            try:
+                for item in items:
+                    if os.path.lexists(item.tmp):
+                        kept = _keep_aside(item.final, overwrite)
+                        try:
+                            _place(item.final, str(item.tmp), overwrite)
+                        except BaseException:
+                            if kept is not None:
+                                _discard(str(kept))
+                            raise
+                        undo.append((item.final, kept))
+                    if after_first is not None:
+                        after_first()
+                        after_first = None
+            except BaseException as exc:
+                if isinstance(exc, Exception):  # a failure, not a stop: put back what was
+                    _put_back(undo)
+                raise
+            for _, kept in undo:
+                if kept is not None:
+                    _discard(str(kept))
+
+
+def _keep_aside(final: Path, overwrite: bool) -> Path | None:
+    """A second name for the file about to be replaced, so that a placement failing half
+    way can put it back (a hard link: no copy)."""
+    if not overwrite or not os.path.lexists(final):
+        return None
+    aside = final.with_name(f".{final.name}.{os.getpid()}.{os.urandom(4).hex()}{TEMP_SUFFIX}")
+    try:
+        os.link(final, aside, follow_symlinks=False)
+    except OSError:
+        return None
+    return aside
+
+
+def _put_back(undo: list[tuple[Path, Path | None]]) -> None:
+    for final, kept in reversed(undo):
+        with contextlib.suppress(OSError):
+            if kept is not None:
+                os.replace(kept, final)
+            else:
+                final.unlink()
 
 
 def discard_files(staged: Sequence[StagedFile]) -> None:
@@ -316,7 +352,11 @@ def _place(path: Path, tmp_name: str, overwrite: bool) -> None:
         if overwrite:
             os.replace(tmp_name, path)
         else:
-            os.link(tmp_name, path)  # fails if path appeared meanwhile
+            try:
+                os.link(tmp_name, path)  # fails if path appeared meanwhile
+            except FileExistsError:
+                if not os.path.samefile(tmp_name, path):  # linked by a run that then stopped
+                    raise
             os.unlink(tmp_name)
     except FileExistsError:
         raise AlreadyExists(f"{path} already exists; refusing to overwrite it") from None

@@ -85,3 +85,15 @@ def test_one_key_twice_in_one_batch_is_issued_once(cli: Cli, ca_home: Path, tmp_
     result = cli("issue", "device", "--batch", batch, "--out", tmp_path / "out")
     assert result.code == 2 and "skipped k2: policy violation (key-reused)" in result.err
     assert [r["thing"] for r in json.loads(cli.ok("list", "--json").out)] == ["k1"]
+
+
+def test_the_same_key_with_other_names_is_not_taken_for_a_retry(
+    cli: Cli, ca_home: Path, tmp_path: Path
+) -> None:
+    csr = tmp_path / "web.csr"
+    csr.write_bytes(make_csr("web.example.com")[0])
+    cli.ok("issue", "server", "web.example.com", "--csr", csr, "--out", tmp_path / "a")
+    other = cli("issue", "server", "web.example.com", "--csr", csr, "--dns", "web.example.com",
+                "--dns", "api.example.com", "--out", tmp_path / "b")  # fmt: skip
+    assert other.code == 2 and "(key-reused)" in other.err and "other names" in other.err
+    assert not (tmp_path / "b").exists()

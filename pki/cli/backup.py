@@ -32,7 +32,8 @@ def backup_cmd(app: App, dest: Path, with_passphrase: bool) -> None:
         err(
             "the inventory is PostgreSQL: back it up with pg_dump, e.g. "
             f"pg_dump --format=custom --file {result.path}/inventory.pgdump "
-            f"'{result.postgres_url}' (the password from ~/.pgpass or PGPASSFILE)"
+            f"'{result.postgres_url.replace('postgresql+psycopg://', 'postgresql://', 1)}' "
+            "(the password from ~/.pgpass or PGPASSFILE)"
         )
     if not with_passphrase:
         err("the CA passphrase is not in the backup: keep it apart (HOME/ca-passphrase)")
@@ -59,10 +60,4 @@ def restore_cmd(app: App, source: Path, published: tuple[Path, ...]) -> None:
     err(f"restored {source} into {result.home}")
     for which, number in sorted(result.crl_numbers.items()):
         err(f"the {which} CA's next CRL is numbered past #{number}")
-    if result.postgres:
-        err(
-            "the backup's inventory is PostgreSQL: restore it with pg_restore into the "
-            "database FLEETPKI_DATABASE_URL names, then run 'fleetpki doctor'"
-        )
-    else:
-        err("run 'fleetpki crl' (and 'fleetpki crl --root') before serving this home's CRLs")
+    err("run 'fleetpki crl' (and 'fleetpki crl --root') before serving this home's CRLs")

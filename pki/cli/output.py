@@ -61,3 +61,8 @@ def report_settled(settled: Settled) -> None:
             f"withdrew certificate {serial_hex(item.serial)}, recorded by an interrupted run "
             f"but never delivered (revoked as superseded): {escape_controls(why)}"
         )
+    for item, why in settled.dropped:
+        err(
+            f"gave up delivering certificate {serial_hex(item.serial)} again (an "
+            f"interrupted run's; it stays active where it was): {escape_controls(why)}"
+        )

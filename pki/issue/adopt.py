@@ -15,6 +15,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pki.errors import InvalidInput
 from pki.files import read_regular
 from pki.issue.check import fingerprint
+from pki.issue.keyreuse import key_id
 from pki.model import CertificateRecord, Status
 from pki.storage import AuditEvent, NewCertificate
 
@@ -79,5 +80,6 @@ def adopt(app: App, cert: x509.Certificate, issuing: x509.Certificate) -> Certif
                         "reason": "found delivered without a row"})  # fmt: skip
     inventory = app.inventory()
     with inventory.transaction() as conn:
-        inventory.add_certificates(conn, [NewCertificate(record, pem)], [event])
+        new = NewCertificate(record, pem, key_id(cert.public_key()))
+        inventory.add_certificates(conn, [new], [event])
     return record

@@ -160,7 +160,7 @@ def stage_each(
     out, start = [], 0
     for issued, item in items:
         mine = tuple(staged[start : start + len(item)])
-        out.append(PendingDelivery(issued.record.serial, mine, overwrite))
+        out.append(PendingDelivery(issued.record.serial, mine, overwrite, issued.existing))
         start += len(item)
     return out
 

@@ -157,6 +157,16 @@ class Issuer:
             error = PolicyViolation(decision.violation.reason, decision.violation.message)
             return Outcome(request.name, error=error)
         if decision.existing is not None:  # a retried request: its certificate again
+            plan = signing.plan
+            asked = {*plan.dns_names, *(str(i) for i in plan.ip_addresses), *plan.uris}
+            if asked != set(decision.existing.sans):  # not a retry: another request
+                error = PolicyViolation(
+                    "key-reused",
+                    f"this key already has the active certificate "
+                    f"{decision.existing.serial_hex} with other names; make a new key "
+                    "(or --allow-key-reuse for a second certificate)",
+                )
+                return Outcome(request.name, error=error)
             return Outcome(request.name, issued=self._existing(decision.existing, kid))
         cert = self.ca.issue(signing)
         try:
@@ -270,6 +280,9 @@ class Issuer:
         try:
             with self.inventory.transaction() as conn:
                 self.inventory.add_certificates(conn, rows, events)
+                # a delivery again replaces any of the same certificate still pending
+                self.inventory.clear_pending(conn, [i.record.serial for i in issued
+                                                    if i.existing])  # fmt: skip
                 self.inventory.record_pending(
                     conn, [(p.serial, p.to_json()) for p in pending], now
                 )
@@ -297,6 +310,9 @@ class Issuer:
                     f"{len(settled.withdrawn)} certificate(s) recorded but not delivered, "
                     f"withdrawn (revoked as superseded): {why}"
                 )
+            if settled.dropped:
+                _, why = settled.dropped[0]
+                raise DeliveryFailed(f"could not deliver the certificate again: {why}")
         new = tuple(i.record for i in issued if not i.existing)
         if self.on_issued is not None and new:
             for warning in self.on_issued(new):

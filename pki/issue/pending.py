@@ -34,11 +34,15 @@ class PendingDelivery:
     serial: int
     files: tuple[StagedFile, ...]
     overwrite: bool = False
+    # a certificate issued (and maybe delivered) before, delivered again: a failed
+    # delivery of it is dropped, never withdrawn (the certificate may be in use)
+    again: bool = False
 
     def to_json(self) -> str:
         return json.dumps(
             {
                 "overwrite": self.overwrite,
+                "again": self.again,
                 "files": [[str(f.tmp), str(f.final)] for f in self.files],
             }
         )
@@ -47,7 +51,7 @@ class PendingDelivery:
     def from_json(cls, serial: int, text: str) -> PendingDelivery:
         data = json.loads(text)
         files = tuple(StagedFile(Path(tmp), Path(final)) for tmp, final in data["files"])
-        return cls(serial, files, bool(data.get("overwrite")))
+        return cls(serial, files, bool(data.get("overwrite")), bool(data.get("again")))
 
     @property
     def folders(self) -> frozenset[Path]:
@@ -66,15 +70,6 @@ class PendingDelivery:
 
     def discard(self) -> None:
         discard_files(self.files)
-
-    def withdraw_files(self) -> None:
-        """After a failed placement: the staged files go, and so do those of this
-        delivery already placed (a withdrawn certificate is not left in a folder)."""
-        for item in self.files:
-            if not os.path.lexists(item.tmp):
-                with contextlib.suppress(OSError):
-                    item.final.unlink()
-        self.discard()
 
 
 class Delivery(Protocol):
@@ -101,6 +96,7 @@ class Settled:
 
     delivered: list[PendingDelivery] = field(default_factory=list)
     withdrawn: list[tuple[PendingDelivery, str]] = field(default_factory=list)
+    dropped: list[tuple[PendingDelivery, str]] = field(default_factory=list)  # deliveries again
 
 
 def settle(
@@ -117,13 +113,15 @@ def settle(
     for item in pending:
         if not item.deliverable():
             item.discard()
-            settled.withdrawn.append((item, "its staged files are gone"))
+            (settled.dropped if item.again else settled.withdrawn).append(
+                (item, "its staged files are gone")
+            )
             continue
         try:
             item.place()
         except FleetPkiError as exc:
-            item.withdraw_files()
-            settled.withdrawn.append((item, str(exc)))
+            item.discard()
+            (settled.dropped if item.again else settled.withdrawn).append((item, str(exc)))
         else:
             settled.delivered.append(item)
     faults.reach(faults.ISSUE_PLACED)

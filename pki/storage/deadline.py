@@ -79,6 +79,16 @@ class _Watch:
             pass
 
 
+def _disarming(call: Any, watch: _Watch) -> Any:
+    def wrapped() -> Any:
+        try:
+            return call()
+        finally:
+            watch.disarm()
+
+    return wrapped
+
+
 def _watch(conn: Any) -> _Watch | None:
     try:
         watch = conn.info.get(_WATCH)
@@ -94,7 +104,10 @@ def install(engine: Engine, seconds: float) -> None:
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, record: Any) -> None:
-        record.info[_WATCH] = _Watch(dbapi_connection.pgconn.socket, seconds)
+        watch = _Watch(dbapi_connection.pgconn.socket, seconds)
+        record.info[_WATCH] = watch
+        for name in ("commit", "rollback"):  # disarmed as soon as the server answered
+            setattr(dbapi_connection, name, _disarming(getattr(dbapi_connection, name), watch))
 
     def arm(conn: Any, *_: Any) -> None:
         watch = _watch(conn)

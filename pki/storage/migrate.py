@@ -191,14 +191,14 @@ def _config(conn: Connection, known: list[Branch]) -> Config:
 # -- what ``fleetpki db`` does ---------------------------------------------------------------
 
 
-def _existing(url: str) -> Engine:
+def _existing(url: str, timeout: float | None = None) -> Engine:
     """An engine for an inventory that exists: a missing SQLite file is not made here."""
     if _missing_sqlite_file(url):
         raise NotFound(
             f"no inventory at {redact_url(url)}: 'fleetpki ca init' creates one (or set "
             "FLEETPKI_DATABASE_URL to the fleet's database)"
         )
-    return open_engine(url)
+    return open_engine(url, timeout)
 
 
 def _missing_sqlite_file(url: str) -> bool:
@@ -221,10 +221,17 @@ def inspect_database(url: str) -> SchemaState:
         engine.dispose()
 
 
+# A migration may rewrite every row (pki_0004 fills in each certificate's key id): each of
+# its statements gets at least this long, whatever FLEETPKI_DB_TIMEOUT says.
+MIGRATION_TIMEOUT = 3600.0
+
+
 def upgrade_database(url: str) -> tuple[SchemaState, list[str]]:
     """``db upgrade``: the state before, and the revisions after. An empty database is
     refused (``ca init`` makes the schema with the CA); so is a newer one."""
-    engine = _existing(url)
+    from pki.storage.deadline import db_timeout
+
+    engine = _existing(url, max(db_timeout(), MIGRATION_TIMEOUT))
     try:
         before = state(engine)
         if before.empty:

@@ -75,3 +75,31 @@ def test_a_damaged_backup_or_a_taken_home_is_refused_and_nothing_is_written(
     assert taken.code == 2 and "not empty" in taken.err
     again = cli("backup", backed_up)
     assert again.code == 2 and "already exists" in again.err
+
+
+def test_restore_refuses_links_and_files_a_backup_does_not_hold(
+    cli: Cli, backed_up: Path, tmp_path: Path
+) -> None:
+    import hashlib
+    import shutil
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the backup's")
+    for case, (name, make) in enumerate(
+        [
+            ("ca/linked.pem", lambda p: p.symlink_to(outside)),
+            ("dev/state.json", lambda p: p.write_text("{}")),
+        ]
+    ):
+        copy = tmp_path / f"copy{case}"
+        shutil.copytree(backed_up, copy, symlinks=True)
+        target = copy / name
+        target.parent.mkdir(exist_ok=True)
+        make(target)
+        manifest_path = copy / "fleetpki-backup.json"
+        manifest = json.loads(manifest_path.read_text())
+        manifest["files"][name] = hashlib.sha256(target.read_bytes()).hexdigest()
+        manifest_path.write_text(json.dumps(manifest))
+        refused = cli("--home", tmp_path / f"new{case}", "restore", copy)
+        assert refused.code == 2 and "is missing, changed, a link" in refused.err, refused.err
+        assert not (tmp_path / f"new{case}").exists()

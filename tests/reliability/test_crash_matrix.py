@@ -148,3 +148,24 @@ def test_crl_killed_after_its_number_was_taken_goes_on_higher(setup: Path) -> No
     assert crl_number(crl) >= before + 2  # the number the crash spent is never reused
     assert pending(setup) == 0
     assert temporaries(setup / "crl") == []
+
+
+def test_a_delivery_again_that_fails_never_revokes_the_certificate(
+    setup: Path, tmp_path: Path
+) -> None:
+    """The same CSR again (a retry) killed after its commit, its staged files then lost:
+    the certificate it was delivering again stays active (it is in use where it was
+    delivered first); a second retry into another folder works (no stale pending row)."""
+    csr = tmp_path / "d1.csr"
+    csr.write_bytes(make_csr("d1")[0])
+    first = ("issue", "device", "d1", "--csr", str(csr), "--out")
+    assert fleetpki(*first, str(tmp_path / "a")).code == 0
+    assert fleetpki(*first, str(tmp_path / "b"), fault=faults.ISSUE_COMMITTED).code == KILLED
+    assert fleetpki(*first, str(tmp_path / "c")).code == 0  # the pending one replaced
+    import shutil
+
+    shutil.rmtree(tmp_path / "b")
+    repaired = fleetpki("doctor", "--repair")
+    assert repaired.code == 0, repaired.err
+    assert list(leaves(setup).values()) == [Status.ACTIVE]
+    assert pending(setup) == 0

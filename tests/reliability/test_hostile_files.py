@@ -214,3 +214,53 @@ def test_crl_out_refuses_to_replace_another_cas_crl(
     refused = cli("crl", "--out", target)
     assert refused.code == 2 and "holds a CRL of another CA" in refused.err
     assert target.read_bytes() == before
+
+
+def test_a_placement_failing_half_way_puts_the_old_files_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pki.files
+    from pki.errors import StorageError
+
+    for name in ("key.pem", "cert.pem"):
+        (tmp_path / name).write_bytes(b"old " + name.encode())
+    staged = pki.files.stage_files(
+        [(tmp_path / "key.pem", b"new key", 0o600), (tmp_path / "cert.pem", b"new cert", 0o644)],
+        overwrite=True,
+    )
+    real = pki.files._place
+
+    def failing(path: Path, tmp_name: str, overwrite: bool) -> None:
+        if path.name == "cert.pem":
+            raise StorageError("disk on fire")
+        real(path, tmp_name, overwrite)
+
+    monkeypatch.setattr(pki.files, "_place", failing)
+    with pytest.raises(StorageError):
+        pki.files.place_files(staged, overwrite=True)
+    assert (tmp_path / "key.pem").read_bytes() == b"old key.pem"
+    assert (tmp_path / "cert.pem").read_bytes() == b"old cert.pem"
+    pki.files.discard_files(staged)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cert.pem", "key.pem"]
+
+
+def test_a_placement_stopped_between_link_and_unlink_completes(tmp_path: Path) -> None:
+    import pki.files
+
+    staged = pki.files.stage_files([(tmp_path / "cert.pem", b"c", 0o644)], overwrite=False)
+    os.link(staged[0].tmp, tmp_path / "cert.pem")  # where a kill -9 could stop it
+    pki.files.place_files(staged, overwrite=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["cert.pem"]
+
+
+def test_a_home_reached_through_a_link_in_a_shared_folder_is_refused(
+    cli: Cli, tmp_path: Path
+) -> None:
+    real = tmp_path / "real"
+    cli.ok("--home", real, "ca", "init")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    (shared / "home").symlink_to(real)  # anyone could point this link elsewhere
+    refused = cli("--home", shared / "home", "list")
+    assert refused.code == 2 and "writable by every user" in refused.err
