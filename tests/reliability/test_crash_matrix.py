@@ -169,3 +169,31 @@ def test_a_delivery_again_that_fails_never_revokes_the_certificate(
     assert repaired.code == 0, repaired.err
     assert list(leaves(setup).values()) == [Status.ACTIVE]
     assert pending(setup) == 0
+
+
+def test_two_forced_runs_into_one_folder_never_mix_their_files(
+    setup: Path, tmp_path: Path
+) -> None:
+    """Each run places its files under a lock on the folder: whichever comes last, its
+    key and its certificate are there together, never one run's key with the other's
+    certificate."""
+    import subprocess
+    import sys
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "pki", "issue", "device", "f1", "--generate-key", "--out",
+            str(out), "--force"]  # fmt: skip
+    for _ in range(3):
+        runs = [subprocess.Popen(argv, stderr=subprocess.PIPE) for _ in range(2)]
+        for run in runs:
+            run.wait(timeout=120)
+            assert run.returncode == 0, run.stderr.read() if run.stderr else ""
+            if run.stderr:
+                run.stderr.close()
+        key = serialization.load_pem_private_key((out / "key.pem").read_bytes(), None)
+        cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+        assert key.public_key() == cert.public_key()
+    check_complete(setup, [out], leaves(setup))
