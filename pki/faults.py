@@ -49,6 +49,18 @@ CRL_NUMBERED = _point(
     "crl.numbered", "a CRL number recorded, the CRL file not written: the next CRL is higher"
 )
 
+# server rotation (rotation/server_flow.py)
+ROTATION_RECORDED = _point(
+    "rotation.server-recorded",
+    "the new server certificate recorded on its rotation, not installed: once the answer "
+    "timeout is over, the next run withdraws it and the server keeps the old one",
+)
+ROTATION_INSTALLED = _point(
+    "rotation.server-installed",
+    "the new server certificate swapped in on disk, the server not reloaded: the next run "
+    "owes the reload and goes on from what is on disk",
+)
+
 _reached: Counter[str] = Counter()
 
 

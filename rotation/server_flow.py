@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from pki import faults
 from pki.errors import (
     FleetPkiError,
     OperatorError,
@@ -103,6 +104,7 @@ class ServerFlow(Workflow):
         except BaseException:
             self._withdraw([(issued, rotation)])
             raise
+        faults.reach(faults.ROTATION_RECORDED)
         try:
             servers.install(target.directory, key_pem, issued, target.group)
         except BaseException as exc:
@@ -115,6 +117,7 @@ class ServerFlow(Workflow):
             if not isinstance(exc, FleetPkiError):
                 raise
             return replace(rotation, new_serial=new, state=State.FAILED, error=str(exc))
+        faults.reach(faults.ROTATION_INSTALLED)
         self.metrics.issued.inc()
         return self._reloaded(replace(rotation, new_serial=new, state=State.ISSUED), target)
 

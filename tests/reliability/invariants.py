@@ -28,9 +28,11 @@ class Run:
     err: str
 
 
-def fleetpki(*argv: str, fault: str | None = None, timeout: float = 120) -> Run:
-    """The real command in its own process, killed by itself at ``fault``."""
-    env = dict(os.environ)
+def fleetpki(
+    *argv: str, fault: str | None = None, timeout: float = 120, env: dict[str, str] | None = None
+) -> Run:
+    """The real command in its own process (in ``env``), killed by itself at ``fault``."""
+    env = dict(os.environ if env is None else env)
     env.pop("FLEETPKI_FAULT", None)
     if fault:
         env["FLEETPKI_FAULT"] = fault

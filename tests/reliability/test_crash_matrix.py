@@ -34,6 +34,8 @@ MATRIX = {
     **{p: ("single", "force", "batch", "worker") for p in ISSUE_POINTS},
     faults.REVOKE_COMMITTED: ("revoke",),
     faults.CRL_NUMBERED: ("crl",),
+    faults.ROTATION_RECORDED: ("server rotation",),
+    faults.ROTATION_INSTALLED: ("server rotation",),
 }
 
 
@@ -171,9 +173,7 @@ def test_a_delivery_again_that_fails_never_revokes_the_certificate(
     assert pending(setup) == 0
 
 
-def test_two_forced_runs_into_one_folder_never_mix_their_files(
-    setup: Path, tmp_path: Path
-) -> None:
+def test_two_forced_runs_into_one_folder_never_mix_their_files(setup: Path, tmp_path: Path) -> None:
     """Each run places its files under a lock on the folder: whichever comes last, its
     key and its certificate are there together, never one run's key with the other's
     certificate."""
@@ -197,3 +197,35 @@ def test_two_forced_runs_into_one_folder_never_mix_their_files(
         cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
         assert key.public_key() == cert.public_key()
     check_complete(setup, [out], leaves(setup))
+
+
+@pytest.mark.parametrize("point", [faults.ROTATION_RECORDED, faults.ROTATION_INSTALLED])
+def test_a_server_rotation_killed_is_finished_by_running_it_again(
+    setup: Path, tmp_path: Path, point: str
+) -> None:
+    """Killed after the new certificate was recorded (not installed) or installed (not
+    reloaded): every certificate on disk is recorded; once the answer timeout is over
+    (the clock 16 minutes on, under libfaketime), the same command again settles the
+    interrupted rotation from what is on disk (finishing it when the new certificate is
+    installed: then it says a rotation is in progress, to be told apart in the rotation
+    issue), and the next one rotates; the server then holds one active certificate, the
+    others revoked or withdrawn."""
+    from cryptography import x509
+
+    from tests.processes import faketime_env
+
+    folder = tmp_path / "srv"
+    assert fleetpki("rotation", "server", "add", "api.example.test", "--dir", str(folder)).code == 0
+    argv = ("rotation", "server", "rotate", "api.example.test", "--grace", "0")
+    assert fleetpki(*argv, fault=point).code == KILLED
+    check_recorded(setup, [folder])
+    later = faketime_env(-16 * 60)
+    settling = fleetpki(*argv, env=later)  # settles the interrupted rotation from the disk
+    assert settling.code == 0 or "has a rotation in progress" in settling.err, settling.err
+    again = fleetpki(*argv, env=later)
+    assert again.code == 0, again.err
+    current = x509.load_pem_x509_certificate((folder / "current" / "cert.pem").read_bytes())
+    statuses = leaves(setup)
+    assert statuses[current.serial_number] is Status.ACTIVE
+    assert list(statuses.values()).count(Status.ACTIVE) == 1  # the others revoked
+    check_recorded(setup, [folder])
