@@ -97,3 +97,17 @@ def test_the_same_key_with_other_names_is_not_taken_for_a_retry(
                 "--dns", "api.example.com", "--out", tmp_path / "b")  # fmt: skip
     assert other.code == 2 and "(key-reused)" in other.err and "other names" in other.err
     assert not (tmp_path / "b").exists()
+
+
+def test_one_key_in_two_chunks_of_a_forked_batch_is_issued_once(
+    cli: Cli, ca_home: Path, tmp_path: Path
+) -> None:
+    batch = tmp_path / "csrs"
+    batch.mkdir()
+    shared = make_csr("f000")[1]
+    for i in range(220):  # forked (200 or more); the two in chunks signed at the same time
+        key = shared if i in (0, 60) else None
+        (batch / f"f{i:03d}.csr").write_bytes(make_csr(f"f{i:03d}", key)[0])
+    result = cli("issue", "device", "--batch", batch, "--out", tmp_path / "out", "--workers", "2")
+    assert result.code == 2 and "skipped f060: policy violation (key-reused)" in result.err
+    assert len(json.loads(cli.ok("list", "--json", "--limit", "1000").out)) == 219

@@ -138,7 +138,7 @@ def issue_forked(
     report = BatchReport()
     if isinstance(issuer.ca, InProcessSigner):
         issuer.ca.load_signing_key()  # decrypt the CA key once, before forking
-    work = list(requests)
+    work = _one_per_key(list(requests), report, progress)
     size = max(1, min(commit_size, FORKED_CHUNK))
     spans = forked_spans(len(work), size, workers)
     context = multiprocessing.get_context("fork")
@@ -186,3 +186,37 @@ def _add_chunk(
                 report.issued.append(result.issued)
         if progress is not None:
             progress(result.name, result.error)
+
+
+def _one_per_key(
+    requests: list[IssueRequest],
+    report: BatchReport,
+    progress: Callable[[str, FleetPkiError | None], None] | None,
+) -> list[IssueRequest]:
+    """The requests without those whose key an earlier request of the batch has for
+    another identity (refused ``key-reused`` here: the workers' chunks cannot see each
+    other's keys before they are recorded). A CSR that does not parse is left to the
+    worker, which refuses it with the right message."""
+    from pki.errors import PolicyViolation
+    from pki.issue.csr import load_csr
+    from pki.issue.keyreuse import key_id
+
+    seen: dict[str, str] = {}
+    kept: list[IssueRequest] = []
+    for request in requests:
+        try:
+            kid = key_id(load_csr(request.csr_pem).public_key())
+        except Exception:
+            kept.append(request)
+            continue
+        earlier = seen.setdefault(kid, request.name)
+        if earlier != request.name and not request.allow_key_reuse:
+            error = PolicyViolation(
+                "key-reused", f"this CSR's key is also {earlier!r}'s, earlier in this batch"
+            )
+            report.failed.append(Failure(request.name, error))
+            if progress is not None:
+                progress(request.name, error)
+            continue
+        kept.append(request)
+    return kept
