@@ -45,8 +45,11 @@ def _install(formatter: logging.Formatter, level: int) -> None:
 
 
 def for_commands() -> None:
-    """One-shot commands: warnings and errors, one line each (``fleetpki: warning: …``)."""
+    """One-shot commands: warnings and errors, one line each (``fleetpki: warning: …``).
+    The database driver's own warnings about a connection already lost ("error ignored
+    terminating …") stay out: the command's error says it in one line."""
     _install(_OneLine(), logging.WARNING)
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
 
 
 def for_daemon() -> None:

@@ -168,3 +168,35 @@ def _now() -> object:
     import datetime as dt
 
     return dt.datetime.now(dt.UTC)
+
+
+def test_a_connection_lost_in_the_middle_of_a_batch_is_one_line(
+    proxied: tuple[StallingProxy, str],
+    home: Path,
+    tmp_path: Path,
+    pg_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL gone while two workers commit: exit 1, one line (not the driver's own
+    'error ignored terminating <psycopg.Pipeline ...>' as well), no certificate delivered
+    without its row."""
+    proxy, _ = proxied
+    batch = tmp_path / "csrs"
+    batch.mkdir()
+    for i in range(1500):
+        (batch / f"p{i:04d}.csr").write_bytes(make_csr(f"p{i:04d}")[0])
+    out = tmp_path / "out"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pki", "issue", "device", "--batch", batch, "--out", out,
+         "--workers", "2"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not any(out.glob("*/cert.pem")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proxy.close()  # the connection drops mid-batch
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 1
+    assert err.count("\n") == 1 and err.startswith("fleetpki: error:"), err
+    monkeypatch.setenv("FLEETPKI_DATABASE_URL", pg_url)  # the database itself, not the proxy
+    check_recorded(home, [out])
