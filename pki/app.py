@@ -115,13 +115,9 @@ class App:
         """Finish what a crashed run left (``pki.issue.pending``): deliver or withdraw the
         certificates recorded into ``out`` (everywhere when None) and remove stale
         temporary files from ``out`` (and its folders per thing with ``per_thing``)."""
-        from pki.issue.pending import complete_interrupted
+        from pki.issue.pending import complete_interrupted, delivery_folders
 
-        folders: list[Path] = []
-        if out is not None and out.is_dir():
-            folders.append(out)
-            if per_thing:
-                folders += [p for p in out.iterdir() if p.is_dir() and not p.is_symlink()]
+        folders = [] if out is None else delivery_folders(out, per_thing=per_thing)
         settled = complete_interrupted(
             self.inventory(), folders, under=out, now=self.now(), actor=self.actor
         )

@@ -275,8 +275,9 @@ def _load_crl(path: Path) -> x509.CertificateRevocationList:
 
 
 def _number(crl: x509.CertificateRevocationList) -> int | None:
+    from pki.revocation.crl import crl_number
+
     try:
-        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        return crl_number(crl)
     except x509.ExtensionNotFound:
         return None
-

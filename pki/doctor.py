@@ -92,18 +92,15 @@ def _pending(app: App, outs: Sequence[Path], repair: bool) -> Iterator[Finding]:
 
 
 def _folders(outs: Sequence[Path]) -> list[Path]:
-    found: list[Path] = []
-    for out in outs:
-        if out.is_dir():
-            found.append(out)
-            found += [p for p in sorted(out.iterdir()) if p.is_dir() and not p.is_symlink()]
-    return found
+    from pki.issue.pending import delivery_folders
+
+    return [f for out in outs for f in delivery_folders(out, per_thing=True)]
 
 
 def _temporaries(app: App, outs: Sequence[Path], repair: bool) -> Iterator[Finding]:
     from pki.issue.pending import stale_temporaries
 
-    for path in stale_temporaries(_folders(outs), ()):
+    for path in stale_temporaries(_folders(outs)):
         if repair:
             path.unlink(missing_ok=True)
         yield Finding("temporary files", f"{path} was left by a run that stopped",

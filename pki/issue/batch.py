@@ -86,20 +86,19 @@ def read_requests(
 def delivered_for(app: App) -> Delivered:
     """Whether ``folder`` holds the certificate fleetpki recorded for this CSR: the
     thing's, active, for the same public key."""
-    from cryptography import x509
-
-    from pki.files import read_regular
+    from pki.issue.adopt import load_delivered
     from pki.issue.check import spki
     from pki.issue.csr import load_csr
-    from pki.issue.delivery import CERT_FILE
     from pki.model import Status
 
     def check(thing: str, folder: Path, csr_pem: bytes) -> bool:
+        cert = load_delivered(folder)
+        if cert is None:
+            return False
         try:
-            cert = x509.load_pem_x509_certificate(read_regular(folder / CERT_FILE, 65536, "cert"))
             csr = load_csr(csr_pem)
             record = app.inventory().get(cert.serial_number)
-        except (OSError, ValueError, OperatorError):
+        except (ValueError, OperatorError):
             return False
         return (
             record.thing == thing

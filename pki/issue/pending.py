@@ -147,11 +147,10 @@ def recorded(inventory: Inventory, under: Path | None = None) -> list[PendingDel
     return [p for p in found if any(root == d or root in d.parents for d in p.folders)]
 
 
-def stale_temporaries(folders: Iterable[Path], keep: Iterable[Path]) -> list[Path]:
+def stale_temporaries(folders: Iterable[Path]) -> list[Path]:
     """Temporary files fleetpki left in ``folders`` (a crash before their row was
-    committed), except those a recorded delivery still needs (``keep``) and those of a
-    process still running (another run writing into the same folder)."""
-    needed = {p.absolute() for p in keep}
+    committed), except those of a process still running (another run writing into the
+    same folder). Run after the recorded deliveries are settled: theirs are gone then."""
     found = []
     for folder in folders:
         try:
@@ -160,15 +159,22 @@ def stale_temporaries(folders: Iterable[Path], keep: Iterable[Path]) -> list[Pat
             continue
         for entry in entries:
             writer = temporary_writer(entry.name)
-            path = Path(entry.path).absolute()
             if (
                 writer is not None
                 and not _running(writer)
                 and entry.is_file(follow_symlinks=False)
-                and path not in needed
             ):
-                found.append(path)
+                found.append(Path(entry.path).absolute())
     return found
+
+
+def delivery_folders(out: Path, *, per_thing: bool) -> list[Path]:
+    """``out`` (when it is a folder) and, with ``per_thing``, the folders in it (a batch's
+    ``OUT/THING/``): where a run's temporary files can be."""
+    if not out.is_dir():
+        return []
+    inside = [p for p in sorted(out.iterdir()) if p.is_dir() and not p.is_symlink()]
+    return [out, *(inside if per_thing else [])]
 
 
 def _running(pid: int) -> bool:
@@ -199,7 +205,7 @@ def complete_interrupted(
     committed)."""
     waiting = recorded(inventory, under)
     settled = settle(inventory, waiting, now=now, actor=actor) if waiting else Settled()
-    for path in stale_temporaries(folders, ()):
+    for path in stale_temporaries(folders):
         with contextlib.suppress(OSError):
             path.unlink()
     return settled

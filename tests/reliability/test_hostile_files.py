@@ -183,7 +183,7 @@ def test_a_zombies_temporary_files_are_stale_a_live_writers_are_not(tmp_path: Pa
     (tmp_path / f".cert.pem.{zombie.pid}.abcd.tmp").write_bytes(b"x")
     (tmp_path / f".cert.pem.{live}.abcd.tmp").write_bytes(b"x")
     (tmp_path / ".unrelated.tmp").write_bytes(b"x")
-    found = stale_temporaries([tmp_path], ())
+    found = stale_temporaries([tmp_path])
     assert [p.name for p in found] == [f".cert.pem.{zombie.pid}.abcd.tmp"]
     zombie.wait()
 
