@@ -274,6 +274,17 @@ def dev_down() -> None:
     err("stopped " + ", ".join(stopped) if stopped else "no stand-ins were running")
 
 
+@dev.command("restart-broker")
+def dev_restart_broker() -> None:
+    """Restart the stand-ins' Mosquitto on the same ports, as an operator's broker restart:
+    SIGTERM (it saves its sessions and the messages queued for them), then start it again.
+    Connected clients are cut and reconnect."""
+    from devices import standins
+
+    state = standins.restart_broker(_state().home)
+    err(f"mosquitto restarted (pid {state.mosquitto_pid}) on 127.0.0.1:{state.mqtt_port}")
+
+
 @dev.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def dev_status(as_json: bool) -> int:

@@ -9,6 +9,7 @@ devices' messages queued at the broker while the service restarts.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -20,8 +21,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from devices import rotation_protocol as rp
-from pki.errors import BackendError, InvalidInput, OperatorError
+from pki.errors import BackendError, FleetPkiError, InvalidInput, OperatorError
 from pki.home import Home
+
+log = logging.getLogger("fleetpki.rotation.channel")
 
 # (thing, kind, payload, ack): ``ack`` acknowledges the message to the broker; call it
 # once the message has been acted on, so that one lost in a crash is delivered again
@@ -81,16 +84,25 @@ class ServiceChannel:
         listen: bool = True,
         client_id: str = "fleetpki-rotation",
         on_bad_message: Callable[[str, str], None] = lambda _topic, _why: None,
+        source: Callable[[], BrokerAccess] | None = None,
+        on_delivered: Callable[[str], None] = lambda _kind: None,
     ) -> None:
         self.access = access
         self.listen = listen
         self._on_message = on_message
         self._on_bad = on_bad_message
+        self._source = source
+        self._on_delivered = on_delivered
         self._ready = threading.Event()
         self._refused: str | None = None
-        self._sent: list[mqtt.MQTTMessageInfo] = []
+        # messages the broker has not acknowledged yet, by MQTT message id -> kind; an
+        # acknowledgement that beats ``publish()`` returning its id waits in ``_early``
+        self._unacked: dict[int, str] = {}
+        self._early: set[int] = set()
         self._sent_lock = threading.Lock()
         self._closed = False
+        self.connected = False
+        self.disconnected_since: float | None = None  # time.time() of the lost connection
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id if listen else f"{client_id}-{uuid.uuid4().hex[:12]}",
@@ -101,7 +113,11 @@ class ServiceChannel:
         client.max_inflight_messages_set(100)
         client.max_queued_messages_set(0)  # no limit: a wave's requests all wait their turn
         client.manual_ack_set(True)
+        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        client.on_pre_connect = self._pre_connect
         client.on_connect = self._connected
+        client.on_disconnect = self._disconnected
+        client.on_publish = self._published
         client.on_subscribe = self._subscribed
         client.on_message = self._message
         self.client = client
@@ -120,11 +136,32 @@ class ServiceChannel:
             why = self._refused or f"no answer within {timeout:g} s"
             raise BackendError("subscribe to the rotation topics", "mqtt", why)
 
+    def _pre_connect(self, client: Any, _u: Any) -> None:
+        """Before every (re)connection: where the broker is now. The stand-ins restarted
+        by ``dev down``/``dev up`` listen on other ports with other passwords; paho's
+        reconnection would knock on the old port for ever."""
+        if self._source is None or not self._ready.is_set():
+            return
+        try:
+            fresh = self._source()
+        except FleetPkiError as exc:  # not running (yet): paho retries with its backoff
+            log.warning("reconnecting to the broker: %s", exc)
+            return
+        if fresh != self.access:
+            log.warning("the broker moved to %s:%d; reconnecting there", fresh.host, fresh.port)
+            self.access = fresh
+            client._host, client._port = fresh.host, fresh.port  # paho has no public setter
+            client.username_pw_set(fresh.username, fresh.password)
+
     def _connected(self, client: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
             self._refused = f"connection refused: {reason}"
             self._ready.set()
             return
+        self.connected = True
+        if self.disconnected_since is not None:
+            log.warning("reconnected to the broker at %s:%d", self.access.host, self.access.port)
+        self.disconnected_since = None
         if not self.listen:
             self._ready.set()
             return
@@ -148,7 +185,25 @@ class ServiceChannel:
             return
         self._on_message(thing, kind, bytes(message.payload), ack)
 
+    def _disconnected(self, _c: Any, _u: Any, _f: Any, _reason: Any, _p: Any) -> None:
+        self.connected = False
+        if not self._closed and self.disconnected_since is None:
+            self.disconnected_since = time.time()
+            log.warning("lost the connection to the broker; reconnecting")
+
+    def _published(self, _c: Any, _u: Any, mid: int, _reason: Any, _p: Any) -> None:
+        """The broker acknowledged a message (QoS 1 PUBACK): now it counts as sent."""
+        with self._sent_lock:
+            kind = self._unacked.pop(mid, None)
+            if kind is None:
+                self._early.add(mid)
+                return
+        self._on_delivered(kind)
+
     def send(self, thing: str, message: rp.Message) -> None:
+        """Queue one message (QoS 1). Sent while disconnected, it waits in paho's queue and
+        goes out on the reconnection; it counts as sent (``on_delivered``) only once the
+        broker acknowledged it."""
         kind = "request" if isinstance(message, rp.Request) else "certificate"
         info = self.client.publish(
             rp.topic(self.access.topic_prefix, thing, kind), rp.encode(message), qos=1
@@ -157,14 +212,22 @@ class ServiceChannel:
             raise BackendError(
                 f"send a rotation {kind} to {thing}", "mqtt", mqtt.error_string(info.rc)
             )
+        refusal = isinstance(message, rp.CertificateMessage) and not message.ok
+        counted = f"{kind}-error" if refusal else kind
         with self._sent_lock:
-            self._sent.append(info)
-            if len(self._sent) > 1000:
-                self._sent = [i for i in self._sent if not i.is_published()]
+            if info.mid in self._early:
+                self._early.discard(info.mid)
+                early = True
+            else:
+                self._unacked[info.mid] = counted
+                early = False
+        if early:
+            self._on_delivered(counted)
 
     def unsent(self) -> int:
+        """Messages the broker has not acknowledged yet."""
         with self._sent_lock:
-            return sum(1 for i in self._sent if not i.is_published())
+            return len(self._unacked)
 
     def close(self, drain: float = 30.0) -> int:
         """Disconnect once what was sent is acknowledged by the broker (at most ``drain``

@@ -74,6 +74,12 @@ class DeviceFlow(Workflow):
                 room = self.settings.max_open - len(busy)
                 if not force:
                     busy |= store.failed_since(conn, now - self.settings.retry_after)
+                # the plan was read before this lock: a sweep may have completed (revoked)
+                # some of these since; a certificate gets one rotation, never a second
+                active = store.still_active(
+                    conn, [serial_hex(i.serial) for t, i in newest.items() if t not in busy]
+                )
+                busy |= {t for t, i in newest.items() if serial_hex(i.serial) not in active}
                 wanted = [
                     Rotation(
                         id=secrets.token_hex(16),
@@ -94,7 +100,6 @@ class DeviceFlow(Workflow):
             # the rows are committed before a device can answer
             for rotation in new:
                 self.sender.send(rotation.thing, rp.Request(rotation.id, rotation.old_serial))
-            self.metrics.requested.inc(len(new))
             return new
 
     def handle(

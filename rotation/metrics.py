@@ -11,11 +11,20 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requested = Counter(
-            "fleetpki_rotation_requests", "Rotation requests sent to devices", registry=r
+            "fleetpki_rotation_requests",
+            "Rotation requests the broker accepted for delivery to a device (re-sends too)",
+            registry=r,
+        )
+        self.sent = Counter(
+            "fleetpki_rotation_messages_sent",
+            "Messages to devices the broker accepted for delivery, by kind (request, "
+            "certificate, certificate-error)",
+            ["kind"],
+            registry=r,
         )
         self.issued = Counter(
             "fleetpki_rotation_certificates_issued",
-            "Certificates issued for rotation and sent to devices",
+            "Certificates issued for rotation (devices and servers)",
             registry=r,
         )
         self.confirmed = Counter(

@@ -43,11 +43,19 @@ def open_service(
         assert service is not None
         service.handle(thing, kind, payload, ack)
 
+    def on_delivered(kind: str) -> None:
+        assert service is not None
+        service.metrics.sent.labels(kind).inc()
+        if kind == "request":
+            service.metrics.requested.inc()
+
     channel = ServiceChannel(
         access,
         on_message,
         listen=listen,
         on_bad_message=lambda topic, why: log.warning("ignored a message on %s: %s", topic, why),
+        source=lambda: stand_in_access(home),
+        on_delivered=on_delivered,
     )
 
     def reload_crl() -> None:

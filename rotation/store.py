@@ -18,7 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from pki.storage import UtcDateTime, dialect_insert, metadata
+from pki.model import Status
+from pki.storage import UtcDateTime, certificates, dialect_insert, metadata
 from pki.storage.database import writing
 
 
@@ -194,6 +195,24 @@ def confirm(conn: Connection, rotation_id: str, expected: State, now: dt.datetim
 def open_things(conn: Connection) -> set[str]:
     query = sa.select(rotations.c.thing).where(rotations.c.state.in_([s.value for s in OPEN]))
     return {row[0] for row in conn.execute(query)}
+
+
+def still_active(conn: Connection, serials: Sequence[str]) -> set[str]:
+    """Which of ``serials`` (hex) are active certificates now, their rows locked until the
+    transaction ends (PostgreSQL; SQLite's writer is alone anyway): a revocation that a
+    concurrent sweep commits waits for this transaction, so a certificate that rotation
+    already replaced is never asked for again."""
+    c = certificates.c
+    found: set[str] = set()
+    for start in range(0, len(serials), 500):
+        chunk = list(serials[start : start + 500])
+        query = (
+            sa.select(c.serial)
+            .where(c.serial.in_(chunk), c.status == Status.ACTIVE.value)
+            .with_for_update()
+        )
+        found.update(row[0] for row in conn.execute(query))
+    return found
 
 
 def failed_since(conn: Connection, since: dt.datetime) -> set[str]:

@@ -95,10 +95,17 @@ def test_ctrl_c_is_interrupted_with_exit_130(tmp_path: Path) -> None:
     try:
         time.sleep(1.5)  # the command is up and blocked on its input
         proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=30)
+        # wait with standard input still open: communicate() would close it at once, and
+        # a child slow to take the signal would read the end of its input first
+        proc.wait(timeout=30)
+        assert proc.stderr is not None
+        err = proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
     assert (proc.returncode, err) == (130, "fleetpki: interrupted\n")
     assert not (tmp_path / "out").exists()
 

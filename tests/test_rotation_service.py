@@ -17,7 +17,7 @@ from pki.app import App
 from pki.clock import FixedClock
 from pki.errors import OperatorError
 from pki.issue.delivery import make_key_and_csr
-from pki.model import KeyType, Status
+from pki.model import KeyType, Status, serial_hex
 from rotation import store
 from rotation.daemon import Daemon
 from rotation.planner import active_devices
@@ -508,3 +508,26 @@ def test_a_late_confirmation_of_an_older_rotation_never_revokes_the_newer_certif
     assert [r.id for r in service.sweep().completed] == [r2.id]
     active = state.inventory().find(now=clock.now(), thing="t-1", status=Status.ACTIVE)
     assert [r.serial_hex for r in active] == [n2]
+
+
+def test_a_plan_read_before_a_sweep_never_rotates_a_certificate_twice(
+    world: dict[str, Any],
+) -> None:
+    """Defect: the plan was read outside the lock; a sweep completed those rotations
+    meanwhile, and the stale plan asked the same devices again for certificates already
+    revoked (every wave at a short interval, most of a fleet after a long downtime)."""
+    service, clock, sent = world["service"], world["clock"], world["sent"]
+    (rotation,) = _request(world, "t-1")
+    _answer_csr(world, "t-1")
+    _confirm(world, "t-1")
+    clock.advance(dt.timedelta(hours=2))
+    # the daemon's plan job reads what is due, then its sweep job completes the rotation
+    # (due: the certificate the rotation replaces, not its replacement)
+    active = active_devices(world["state"].inventory(), clock.now(), things=["t-1"])
+    stale_plan = [i for i in active if serial_hex(i.serial) == rotation.old_serial]
+    assert len(stale_plan) == 1
+    assert [r.id for r in service.sweep().completed] == [rotation.id]
+    assert service.request(stale_plan) == []  # revoked meanwhile: not asked again
+    assert len([m for t, m in sent.sent if t == "t-1" and isinstance(m, rp.Request)]) == 1
+    with store.transaction(world["state"].inventory().engine) as conn:
+        assert [r.id for r in store.select(conn, things=["t-1"])] == [rotation.id]

@@ -16,13 +16,14 @@
 """
 
 from devices.standins.broker import cut_sessions, register_things, reload_crl
-from devices.standins.lifecycle import down, up
+from devices.standins.lifecycle import down, restart_broker, up
 from devices.standins.state import (
     ADMIN_USER,
     ROTATION_USER,
     TOPIC_PREFIX,
     DevState,
     alive,
+    broker_pid,
     dev_dir,
     load_state,
     ports_path,
@@ -38,6 +39,7 @@ __all__ = [
     "TOPIC_PREFIX",
     "DevState",
     "alive",
+    "broker_pid",
     "cut_sessions",
     "dev_dir",
     "down",
@@ -46,6 +48,7 @@ __all__ = [
     "read_access_log",
     "register_things",
     "reload_crl",
+    "restart_broker",
     "state_path",
     "up",
 ]

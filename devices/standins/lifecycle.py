@@ -14,7 +14,7 @@ import secrets
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +26,7 @@ from devices.standins.state import (
     TOPIC_PREFIX,
     DevState,
     alive,
+    broker_pid,
     dev_dir,
     load_state,
     ports_path,
@@ -85,8 +86,7 @@ def up(home: Home, clock: Clock, app: App) -> DevState:
     try:
         folder = _fill_run_folder(home, app, clock, run, server, crl, published)
         result = _start_all(folder, published, started)
-        atomic_write(state_path(home), json.dumps(asdict(result), indent=2).encode(), 0o600)
-        atomic_write(ports_path(home), json.dumps(result.public(), indent=2).encode(), 0o644)
+        _write_state(home, result)
     except BaseException:
         for pid in reversed(started):
             terminate(pid)
@@ -193,6 +193,27 @@ def _remove_state_files(home: Home) -> None:
             path.unlink()
 
 
+def restart_broker(home: Home) -> DevState:
+    """Stop Mosquitto cleanly (SIGTERM: it saves its sessions and the messages queued for
+    them) and start it again on the same ports, as an operator's broker restart would.
+    Refused when the stand-ins are not running."""
+    state = load_state(home)
+    if state is None or not pid_alive(state.https_pid, state.run_dir):
+        raise OperatorError("the stand-ins are not running: start them with 'fleetpki dev up'")
+    pid = broker_pid(state)
+    if pid is not None:
+        terminate(pid)
+    proc = broker.launch(state.run)
+    restarted = replace(state, mosquitto_pid=proc.pid)
+    _write_state(home, restarted)
+    return restarted
+
+
+def _write_state(home: Home, state: DevState) -> None:
+    atomic_write(state_path(home), json.dumps(asdict(state), indent=2).encode(), 0o600)
+    atomic_write(ports_path(home), json.dumps(state.public(), indent=2).encode(), 0o644)
+
+
 def down(home: Home) -> list[str]:
     """Stop what ``up`` started; returns what was stopped. Idempotent."""
     state = load_state(home)
@@ -202,7 +223,7 @@ def down(home: Home) -> list[str]:
     for name, pid, marker in (
         ("moto_server", state.moto_pid, "moto_server"),
         ("https stand-in", state.https_pid, state.run_dir),
-        ("mosquitto", state.mosquitto_pid, state.run_dir),
+        ("mosquitto", broker_pid(state), state.run_dir),
     ):
         if pid is not None and pid_alive(pid, marker):
             terminate(pid)

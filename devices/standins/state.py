@@ -113,9 +113,24 @@ def load_state(home: Home) -> DevState | None:
 
 
 def alive(state: DevState) -> bool:
-    return pid_alive(state.mosquitto_pid, state.run_dir) and pid_alive(
-        state.https_pid, state.run_dir
-    )
+    return broker_pid(state) is not None and pid_alive(state.https_pid, state.run_dir)
+
+
+def broker_pid(state: DevState) -> int | None:
+    """The Mosquitto serving this run folder: the one ``dev up`` started or, restarted
+    since outside fleetpki (by hand, by a supervisor), the one running its configuration."""
+    config = str(state.run / "mosquitto.conf")
+    if pid_alive(state.mosquitto_pid, config):
+        return state.mosquitto_pid
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and pid_alive(int(entry.name), config):
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if Path(argv[0].decode(errors="replace")).name == "mosquitto":
+                return int(entry.name)
+    return None
 
 
 def read_access_log(state: DevState) -> Iterator[dict[str, Any]]:

@@ -1,0 +1,169 @@
+"""Rotation when the broker goes away: the service's MQTT channel against a real Mosquitto
+(the stand-ins of ``fleetpki dev up``) that is stopped, restarted cleanly, restarted by
+hand outside fleetpki, or replaced by ``dev down``/``dev up`` on other ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devices import rotation_protocol as rp
+from devices import standins
+from pki.home import Home
+from pki.processes import terminate
+from rotation.channel import ServiceChannel, stand_in_access
+from tests.device_fixtures import (
+    Stand,
+    dev_up,
+    fleetpki,
+    make_home,
+    mosquitto_pub,
+    ok,
+    running_stand,
+    wait_for,
+)
+
+DEVICES = ("bf-1", "bf-2", "bf-3")
+
+
+@pytest.fixture
+def stand(tmp_path: Path) -> Iterator[Stand]:
+    home = make_home(tmp_path, DEVICES)
+    with running_stand(home, tmp_path) as s:
+        yield s
+
+
+class Heard:
+    """What a channel delivered (broker acknowledgements) and received (device messages)."""
+
+    def __init__(self) -> None:
+        self.delivered: list[str] = []
+        self.received: list[tuple[str, str, bytes]] = []
+        self.lock = threading.Lock()
+
+    def on_delivered(self, kind: str) -> None:
+        with self.lock:
+            self.delivered.append(kind)
+
+    def on_message(self, thing: str, kind: str, payload: bytes, ack: Any) -> None:
+        with self.lock:
+            self.received.append((thing, kind, payload))
+        ack()
+
+
+def _channel(stand: Stand, heard: Heard, *, listen: bool = False) -> ServiceChannel:
+    home = Home(stand.home)
+    return ServiceChannel(
+        stand_in_access(home),
+        heard.on_message,
+        listen=listen,
+        source=lambda: stand_in_access(home),
+        on_delivered=heard.on_delivered,
+    )
+
+
+def _request(thing: str, n: int) -> rp.Request:
+    return rp.Request(format(n, "032x"), "01")
+
+
+def test_messages_sent_while_the_broker_is_down_go_out_after_it_is_back(stand: Stand) -> None:
+    """Defect: one message sent while disconnected made every later send raise
+    RuntimeError until the process restarted."""
+    heard = Heard()
+    channel = _channel(stand, heard)
+    channel.start()
+    try:
+        state = standins.load_state(Home(stand.home))
+        assert state is not None
+        terminate(state.mosquitto_pid)
+        assert wait_for(lambda: not channel.connected)
+        for n, thing in enumerate(DEVICES):
+            channel.send(thing, _request(thing, n))  # queued: nobody to send them to
+        assert channel.unsent() == 3 and heard.delivered == []
+        ok(stand.home, "dev", "restart-broker")
+        for n, thing in enumerate(DEVICES, start=10):
+            channel.send(thing, _request(thing, n))  # raised RuntimeError before
+        assert wait_for(lambda: channel.unsent() == 0, timeout=30), channel.unsent()
+        assert heard.delivered == ["request"] * 6  # counted once the broker acknowledged
+    finally:
+        assert channel.close(drain=5) == 0
+
+
+def test_a_clean_broker_restart_keeps_what_devices_sent_for_the_service(stand: Stand) -> None:
+    """Defect: the stand-in broker kept no sessions, so a device's confirmation sent after a
+    restart and before the service subscribed again was lost."""
+    heard = Heard()
+    channel = _channel(stand, heard, listen=True)
+    channel.start()
+    channel.close(drain=5)  # the service is away; its persistent session stays
+    ok(stand.home, "dev", "restart-broker")  # SIGTERM: Mosquitto saves the session
+    confirm = rp.encode(rp.Confirm("ab" * 16, "0a"))
+    sent = mosquitto_pub(stand, stand.device("bf-1"), f"{stand.topic_prefix}/bf-1/rotation/confirm",
+                         confirm.decode())  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    again = _channel(stand, heard, listen=True)
+    again.start()
+    try:
+        assert wait_for(lambda: heard.received, timeout=20)
+        assert heard.received == [("bf-1", "confirm", confirm)]
+    finally:
+        again.close(drain=5)
+
+
+def test_the_channel_follows_the_broker_to_its_new_port_after_dev_down_and_up(
+    stand: Stand,
+) -> None:
+    """Defect: after 'dev down'/'dev up' the service knocked on the old port for ever and
+    counted requests that never left."""
+    heard = Heard()
+    channel = _channel(stand, heard)
+    channel.start()
+    old_port = channel.access.port
+    try:
+        ok(stand.home, "dev", "down")
+        assert wait_for(lambda: not channel.connected)
+        channel.send("bf-2", _request("bf-2", 1))
+        assert heard.delivered == []  # never counted while nothing was sent
+        dev_up(stand.home, stand.root)
+        assert wait_for(lambda: channel.unsent() == 0, timeout=40), channel.unsent()
+        assert channel.connected and channel.access.port != old_port
+        assert heard.delivered == ["request"]
+    finally:
+        channel.close(drain=5)
+
+
+def test_a_broker_restarted_outside_fleetpki_still_gets_the_new_crl(stand: Stand) -> None:
+    """Defect: after a restart by hand (another pid), 'revoke' said the revocation was
+    done while the broker went on serving the old CRL."""
+    home = Home(stand.home)
+    state = standins.load_state(home)
+    assert state is not None
+    mosquitto = subprocess.run(["sh", "-c", "command -v mosquitto"], capture_output=True,
+                               text=True, check=True).stdout.strip()  # fmt: skip
+    terminate(state.mosquitto_pid)
+    by_hand = subprocess.Popen(  # as a supervisor would, not through fleetpki
+        [mosquitto, "-c", str(state.run / "mosquitto.conf")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert wait_for(lambda: standins.broker_pid(state) == by_hand.pid)
+        before = state.crl_file.read_bytes()
+        code, _out, err = fleetpki(stand.home, "revoke", stand.serial("bf-3"))
+        assert code == 0, err
+        assert state.crl_file.read_bytes() != before
+        assert state.crl_file.read_bytes() == home.combined_crl_path.read_bytes()
+        # and the broker re-read it: the revoked device is refused
+        refused = mosquitto_pub(stand, stand.device("bf-3"), f"{stand.topic_prefix}/bf-3/t")
+        assert refused.returncode != 0
+        accepted = mosquitto_pub(stand, stand.device("bf-1"), f"{stand.topic_prefix}/bf-1/t")
+        assert accepted.returncode == 0, accepted.stderr
+    finally:
+        os.kill(by_hand.pid, signal.SIGTERM)
+        by_hand.wait(10)
