@@ -288,17 +288,27 @@ def dev_restart_broker() -> None:
 @dev.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def dev_status(as_json: bool) -> int:
-    """Show whether the stand-ins run and where; exit 2 when they do not."""
+    """Show whether the stand-ins run and where, and the CRL they serve (a warning when it
+    is stale, near its nextUpdate or not the home's); exit 2 when they do not run."""
     from devices import standins
+    from devices.standins import served
 
-    current = standins.load_state(_state().home)
+    app = _state()
+    current = standins.load_state(app.home)
     running = current is not None and standins.alive(current)
+    serving = served.served_crl(app.home, current, app.now()) if current and running else None
     if as_json:
-        print_json({"running": running, **(current.public() if current else {})})
+        print_json({
+            "running": running,
+            **(current.public() if current else {}),
+            "served_crl": serving.to_json() if serving else None,
+        })  # fmt: skip
     elif current is not None and running:
         click.echo(json.dumps(current.public(), indent=2))
     else:
         err("the stand-ins are not running")
+    for problem in serving.problems if serving else []:
+        err(f"fleetpki: warning: {problem}")
     return 0 if running else 2
 
 

@@ -86,6 +86,7 @@ class ServiceChannel:
         on_bad_message: Callable[[str, str], None] = lambda _topic, _why: None,
         source: Callable[[], BrokerAccess] | None = None,
         on_delivered: Callable[[str], None] = lambda _kind: None,
+        on_connection: Callable[[bool], None] = lambda _connected: None,
     ) -> None:
         self.access = access
         self.listen = listen
@@ -93,6 +94,7 @@ class ServiceChannel:
         self._on_bad = on_bad_message
         self._source = source
         self._on_delivered = on_delivered
+        self._on_connection = on_connection
         self._ready = threading.Event()
         self._refused: str | None = None
         # messages the broker has not acknowledged yet, by MQTT message id -> kind; an
@@ -159,6 +161,7 @@ class ServiceChannel:
             self._ready.set()
             return
         self.connected = True
+        self._on_connection(True)
         if self.disconnected_since is not None:
             log.warning("reconnected to the broker at %s:%d", self.access.host, self.access.port)
         self.disconnected_since = None
@@ -187,6 +190,7 @@ class ServiceChannel:
 
     def _disconnected(self, _c: Any, _u: Any, _f: Any, _reason: Any, _p: Any) -> None:
         self.connected = False
+        self._on_connection(False)
         if not self._closed and self.disconnected_since is None:
             self.disconnected_since = time.time()
             log.warning("lost the connection to the broker; reconnecting")

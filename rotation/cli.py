@@ -330,27 +330,21 @@ def _report_pass(done: Pass) -> int:
 @rotation.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status_command(as_json: bool) -> None:
-    """Rotations by state, the latest failures, and which daemon holds the lease."""
-    from rotation import store
-    from rotation.daemon import LEASE
+    """Rotations by state, the latest failures, which daemon holds the lease, and warnings:
+    no daemon running, a CRL stale or near its nextUpdate (in the home, or as the running
+    stand-ins serve it)."""
+    from rotation.runtime import status
 
-    state = _state()
-    engine = state.inventory().engine
-    with store.transaction(engine) as conn:
-        counts = store.counts(conn)
-        failed = store.select(conn, [store.State.FAILED], limit=10)
-    data = {
-        "states": counts,
-        "daemon": store.lease_holder(engine, LEASE, state.clock.now()),
-        "recent_failures": [r.to_json() for r in failed],
-    }
+    data = status(_state())
     if as_json:
         print_json(data)
         return
-    click.echo(", ".join(f"{k} {v}" for k, v in counts.items()))
+    click.echo(", ".join(f"{k} {v}" for k, v in data["states"].items()))
     click.echo(f"daemon: {data['daemon'] or 'not running'}")
-    for r in failed:
-        click.echo(f"failed {r.thing} ({r.requested_at:%Y-%m-%d %H:%M}): {r.error}")
+    for r in data["recent_failures"]:
+        click.echo(f"failed {r['name']} ({r['requested_at']}): {r['error']}")
+    for warning in data["warnings"]:
+        err(f"fleetpki: warning: {warning}")
 
 
 rotation.add_command(server_group)

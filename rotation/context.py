@@ -13,7 +13,7 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import sqlalchemy as sa
 
@@ -33,6 +33,9 @@ from rotation import store
 from rotation.metrics import Metrics
 from rotation.planner import PlanItem
 from rotation.store import Rotation, State
+
+if TYPE_CHECKING:
+    from devices.standins.served import CrlRepair
 
 log = logging.getLogger("fleetpki.rotation")
 
@@ -107,6 +110,8 @@ class RotationContext:
     sender: Sender | None = None  # None: server certificates only
     register: Register | None = None  # IoT Core registration of a new device certificate
     on_crl: Callable[[], None] | None = None  # a CRL was re-signed: tell the stand-ins
+    # what the relying parties serve, checked and repaired (``devices.standins.served``)
+    served_crls: Callable[[dt.datetime], CrlRepair | None] | None = None
     inbox: queue.Queue[Inbound] = field(default_factory=queue.Queue)
     failures_in_a_row: int = 0  # of process(): the daemon's loop backs off on them
     lock: threading.RLock = field(default_factory=threading.RLock)

@@ -4,11 +4,14 @@ at hand (else a warning), and the new file handed to the running stand-ins."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
+from pki.errors import FleetPkiError
 from rotation.context import Workflow
 
 log = logging.getLogger("fleetpki.rotation")
+SERVED_LABEL = "stand-ins"  # the relying_party label of the stand-ins' Mosquitto and HTTPS
 
 
 class CrlRefresher(Workflow):
@@ -30,4 +33,32 @@ class CrlRefresher(Workflow):
                     self.metrics.crl_next_update.labels(ca).set(health.next_update.timestamp())
             if done.signed and self.ctx.on_crl is not None:
                 self.ctx.on_crl()
+            self._check_served(now)
             return bool(done.signed)
+
+    def _check_served(self, now: dt.datetime) -> None:
+        """What the relying parties actually serve (a broker given an old file, a reload
+        that never happened): checked on every tick, repaired from the home's CRLs."""
+        if self.ctx.served_crls is None:
+            return
+        try:
+            repair = self.ctx.served_crls(now)
+        except FleetPkiError as exc:
+            log.error("repairing the CRL the relying parties serve: %s", exc)
+            self.metrics.crl_served_ok.labels(SERVED_LABEL).set(0)
+            return
+        if repair is None:  # no stand-ins run
+            return
+        if repair.repaired:
+            for problem in repair.before.problems:
+                log.warning("repaired: %s", problem)
+            self.metrics.crl_repairs.labels(SERVED_LABEL).inc()
+        report = repair.after or repair.before
+        for problem in report.problems:
+            log.error("still after the repair: %s", problem)
+        self.metrics.crl_served_ok.labels(SERVED_LABEL).set(1 if report.healthy else 0)
+        for health in report.crls:
+            if health.next_update is not None:
+                self.metrics.crl_served_next_update.labels(SERVED_LABEL, health.ca).set(
+                    health.next_update.timestamp()
+                )

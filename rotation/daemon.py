@@ -33,7 +33,7 @@ class Daemon:
         *,
         interval: float = 300.0,
         sweep_interval: float = 30.0,
-        crl_interval: float = 600.0,
+        crl_interval: float = 60.0,
         holder: str | None = None,
     ) -> None:
         self.service = service

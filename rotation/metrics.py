@@ -64,6 +64,30 @@ class Metrics:
             ["ca"],
             registry=r,
         )
+        self.crl_served_next_update = Gauge(
+            "fleetpki_crl_served_next_update_timestamp_seconds",
+            "nextUpdate of the CRL each relying party actually serves (POSIX seconds)",
+            ["relying_party", "ca"],
+            registry=r,
+        )
+        self.crl_served_ok = Gauge(
+            "fleetpki_crl_served_ok",
+            "1 when a relying party serves the home's current, unexpired CRLs, else 0",
+            ["relying_party"],
+            registry=r,
+        )
+        self.crl_repairs = Counter(
+            "fleetpki_crl_served_repairs",
+            "Times the daemon found a relying party serving an old or stale CRL and "
+            "handed it the current one",
+            ["relying_party"],
+            registry=r,
+        )
+        self.broker_connected = Gauge(
+            "fleetpki_rotation_broker_connected",
+            "1 while the rotation service is connected to the broker, else 0",
+            registry=r,
+        )
         self.duration = Histogram(
             "fleetpki_rotation_seconds",
             "From the rotation request to the device's confirmation",

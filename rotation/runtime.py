@@ -33,6 +33,7 @@ def open_service(
     """The service and its MQTT channel to the stand-ins' broker (not started). Without
     ``listen`` the channel only sends requests: a running daemon works the answers."""
     from devices import standins
+    from devices.standins import served
     from rotation.channel import ServiceChannel, stand_in_access
 
     home = app.home
@@ -49,6 +50,10 @@ def open_service(
         if kind == "request":
             service.metrics.requested.inc()
 
+    def on_connection(connected: bool) -> None:
+        if service is not None:
+            service.metrics.broker_connected.set(1 if connected else 0)
+
     channel = ServiceChannel(
         access,
         on_message,
@@ -56,6 +61,7 @@ def open_service(
         on_bad_message=lambda topic, why: log.warning("ignored a message on %s: %s", topic, why),
         source=lambda: stand_in_access(home),
         on_delivered=on_delivered,
+        on_connection=on_connection,
     )
 
     def reload_crl() -> None:
@@ -72,6 +78,7 @@ def open_service(
         settings=settings,
         register=iot_register(app),
         on_crl=reload_crl,
+        served_crls=lambda now: served.check_and_repair(home, now),
     )
     return service, channel
 
@@ -268,3 +275,37 @@ def rotate_server_now(app: App, name: str, settings: RotationSettings) -> Rotati
             service.sweep()
     (row,) = service.open_rotations([done.id])
     return row
+
+
+def status(app: App) -> dict[str, Any]:
+    """``rotation status``: rotations by state, the latest failures, the daemon holding the
+    lease, and warnings an operator must see: no daemon, a CRL stale or near its
+    nextUpdate in the home or as the stand-ins serve it."""
+    from devices import standins
+    from devices.standins import served
+    from pki.ca.status import ca_status
+    from rotation.daemon import LEASE
+
+    engine = app.inventory().engine
+    now = app.now()
+    with store.transaction(engine) as conn:
+        counts = store.counts(conn)
+        failed = store.select(conn, [store.State.FAILED], limit=10)
+    daemon = store.lease_holder(engine, LEASE, now)
+    warnings = [] if daemon else [
+        "no rotation daemon is running: nothing is renewed and no CRL re-signed until one "
+        "runs ('fleetpki rotation run')"
+    ]  # fmt: skip
+    warnings += ca_status(app.home, app.inventory(), now).warnings
+    running = standins.load_state(app.home)
+    serving = None
+    if running is not None and standins.alive(running):
+        serving = served.served_crl(app.home, running, now)
+        warnings += serving.problems
+    return {
+        "states": counts,
+        "daemon": daemon,
+        "recent_failures": [r.to_json() for r in failed],
+        "served_crl": serving.to_json() if serving is not None else None,
+        "warnings": warnings,
+    }

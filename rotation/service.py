@@ -8,7 +8,9 @@ its own loop. The clock is injected; nothing here sleeps.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from pki.clock import Clock
 from pki.home import Home
@@ -32,6 +34,9 @@ from rotation.server_flow import ServerFlow
 from rotation.store import Rotation
 from rotation.sweep import Sweeper
 
+if TYPE_CHECKING:
+    from devices.standins.served import CrlRepair
+
 __all__ = ["RotationService", "RotationSettings", "SweepResult"]
 
 
@@ -47,6 +52,7 @@ class RotationService(ContextView):
         settings: RotationSettings | None = None,
         register: Register | None = None,
         on_crl: Callable[[], None] | None = None,
+        served_crls: Callable[[dt.datetime], CrlRepair | None] | None = None,
         metrics: Metrics | None = None,
         actor: str = "rotation",
     ) -> None:
@@ -62,6 +68,7 @@ class RotationService(ContextView):
                 sender=sender,
                 register=register,
                 on_crl=on_crl,
+                served_crls=served_crls,
             )
         )
         self.devices = DeviceFlow(self.ctx)

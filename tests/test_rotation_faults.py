@@ -167,3 +167,53 @@ def test_a_broker_restarted_outside_fleetpki_still_gets_the_new_crl(stand: Stand
     finally:
         os.kill(by_hand.pid, signal.SIGTERM)
         by_hand.wait(10)
+
+
+def _serve(state: standins.DevState, crl: bytes) -> None:
+    """Give the running broker this CRL file, as a restore from an old backup would."""
+    state.crl_file.write_bytes(crl)
+    pid = standins.broker_pid(state)
+    assert pid is not None
+    os.kill(pid, signal.SIGHUP)
+
+
+def test_a_stale_crl_at_the_broker_is_repaired_by_the_daemons_next_tick(stand: Stand) -> None:
+    """Defect: the daemon decided from the home's CRL only; a broker serving an expired
+    CRL refused every device, silently, for ever."""
+    import datetime as dt
+    import json
+
+    from pki.app import App
+    from pki.clock import FixedClock, SystemClock
+    from rotation.runtime import open_service
+    from rotation.service import RotationSettings
+
+    home = Home(stand.home)
+    state = standins.load_state(home)
+    assert state is not None
+    ok(stand.home, "crl", clock=FixedClock(dt.datetime.now(dt.UTC) - dt.timedelta(days=30)))
+    stale = home.combined_crl_path.read_bytes()  # its nextUpdate is 23 days past
+    ok(stand.home, "crl")  # the home is fresh again (and the broker with it)
+    _serve(state, stale)
+    topic = f"{stand.topic_prefix}/bf-1/t"
+    assert wait_for(lambda: mosquitto_pub(stand, stand.device("bf-1"), topic).returncode != 0)
+    # before: every status says so
+    status = json.loads(ok(stand.home, "rotation", "status", "--json"))
+    assert any("expired" in w and "stand-ins" in w for w in status["warnings"]), status
+    code, out, err = fleetpki(stand.home, "dev", "status", "--json")
+    assert code == 0 and "fleetpki: warning: the stand-ins" in err
+    assert json.loads(out)["served_crl"]["matches_home"] is False
+    # one tick of the daemon's CRL job
+    service, _channel = open_service(App(stand.home, SystemClock()), RotationSettings())
+    assert service.refresh_crl() is False  # nothing to re-sign: the home's CRL is fresh
+    assert service.metrics.crl_repairs.labels("stand-ins")._value.get() == 1
+    assert service.metrics.crl_served_ok.labels("stand-ins")._value.get() == 1
+    assert state.crl_file.read_bytes() == home.combined_crl_path.read_bytes()
+    accepted = mosquitto_pub(stand, stand.device("bf-1"), topic)
+    assert accepted.returncode == 0, accepted.stderr
+    # after: nothing to say about the CRL, and a second tick repairs nothing
+    status = json.loads(ok(stand.home, "rotation", "status", "--json"))
+    assert [w for w in status["warnings"] if "CRL #" in w or "stand-ins" in w] == [], status
+    assert status["served_crl"]["matches_home"] is True
+    service.refresh_crl()
+    assert service.metrics.crl_repairs.labels("stand-ins")._value.get() == 1
