@@ -109,3 +109,8 @@ class BatchWorkerDied(FleetPkiError):
 
 class PublishError(FleetPkiError):
     """Publishing a bundle or a CRL failed (exit 1)."""
+
+
+class LeaseLost(FleetPkiError):
+    """A daemon found that its lease is another process's now (it was paused or cut off
+    past its lease); it writes nothing more and stops (exit 1)."""

@@ -297,12 +297,17 @@ def run_command(
             )
         )
         daemon.run()
+        if daemon.lost:  # another daemon holds the lease now: its session, its devices
+            err("fleetpki: error: another rotation daemon took over the lease; stopped")
+            return 1
         if signal.SIGINT in interrupted:  # Ctrl-C: stopped cleanly, as interrupted
             err("fleetpki: interrupted")
             return 130
         return 0
     finally:
-        channel.close()
+        # a daemon that lost its lease leaves at once: the broker session is the new
+        # holder's (the same client id), and its requests are the new holder's to send
+        channel.close(drain=0 if daemon.lost else 30)
         from rotation import store
 
         store.release_lease(state.inventory().engine, "rotation-daemon", daemon.holder)

@@ -7,11 +7,12 @@ certificates nobody will use, tell a bad message). The flows are ``device_flow``
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -112,6 +113,8 @@ class RotationContext:
     on_crl: Callable[[], None] | None = None  # a CRL was re-signed: tell the stand-ins
     # what the relying parties serve, checked and repaired (``devices.standins.served``)
     served_crls: Callable[[dt.datetime], CrlRepair | None] | None = None
+    # in a daemon: checks its lease inside every write transaction (rotation.daemon)
+    fence: Callable[[sa.Connection], None] | None = None
     inbox: queue.Queue[Inbound] = field(default_factory=queue.Queue)
     failures_in_a_row: int = 0  # of process(): the daemon's loop backs off on them
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -159,6 +162,15 @@ class ContextView:
     def _lock(self) -> threading.RLock:
         return self.ctx.lock
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[sa.Connection]:
+        """A transaction on the rotation tables, fenced: in a daemon, the lease is checked
+        in the same transaction (``LeaseLost`` when another process holds it now)."""
+        with store.transaction(self.inventory.engine) as conn:
+            if self.ctx.fence is not None:
+                self.ctx.fence(conn)
+            yield conn
+
     @property
     def sender(self) -> Sender:
         if self.ctx.sender is None:
@@ -180,7 +192,7 @@ class Workflow(ContextView):
         log.warning("ignored a rotation message from %s: %s", thing, why)
 
     def _rotations(self, ids: Sequence[str]) -> dict[str, Rotation]:
-        with store.transaction(self.inventory.engine) as conn:
+        with self._writing() as conn:
             return {r.id: r for r in store.select(conn, ids=ids)}
 
     def _withdraw(self, unused: Sequence[tuple[IssuedCertificate, Rotation]]) -> None:
@@ -232,7 +244,7 @@ class Workflow(ContextView):
         """``values``: e.g. the ``new_serial`` of a certificate issued but not used, so
         that a later rotation of the thing finds and supersedes it if its withdrawal
         failed."""
-        with store.transaction(self.inventory.engine) as conn:
+        with self._writing() as conn:
             store.advance(
                 conn,
                 rotation.id,

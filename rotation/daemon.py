@@ -13,10 +13,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from pki.errors import FleetPkiError, OperatorError
+from pki.errors import FleetPkiError, LeaseLost, OperatorError
 from rotation import store
 from rotation.planner import PlanItem
 from rotation.service import RotationService
@@ -45,30 +46,60 @@ class Daemon:
         self._lease_lock = threading.Lock()
         self.lease_ttl = dt.timedelta(seconds=max(3 * interval, 3 * sweep_interval, 60))
         self.stop = threading.Event()
+        self.epoch: int | None = None
+        self.lost = False  # the lease went to another process: stopped, exit 1
+        self._renewed = 0.0  # time.monotonic() of the last renewal (it runs on while paused)
 
     # -- the lease ------------------------------------------------------------------------
 
     def acquire(self) -> None:
         engine = self.service.inventory.engine
         now = self.service.clock.now()
-        if not store.take_lease(engine, LEASE, self.holder, now, self.lease_ttl):
+        epoch = store.take_lease(engine, LEASE, self.holder, now, self.lease_ttl)
+        if epoch is None:
             other = store.lease_holder(engine, LEASE, now) or "another process"
             raise OperatorError(
                 f"another rotation daemon ({other}) is working this inventory; stop it first "
                 f"(its lease runs out {self.lease_ttl} after its last renewal)"
             )
+        self.epoch = epoch
+        self._renewed = time.monotonic()
+        self.service.ctx.fence = self._fence
+
+    def _fence(self, conn: Any) -> None:
+        """Every write transaction of the service checks the lease first (the epoch of our
+        takeover, unexpired): a daemon paused past its lease and resumed writes nothing."""
+        assert self.epoch is not None
+        try:
+            store.check_lease(conn, LEASE, self.holder, self.epoch, self.service.clock.now())
+        except LeaseLost:
+            self._lost()
+            raise
+
+    def _lost(self) -> None:
+        if not self.lost:
+            log.error("lost the rotation lease to another daemon; stopping")
+        self.lost = True
+        self.stop.set()
 
     def _renew(self) -> bool:
         engine = self.service.inventory.engine
         with self._lease_lock:  # the jobs run on several scheduler threads
-            held = store.take_lease(
-                engine, LEASE, self.holder, self.service.clock.now(), self.lease_ttl
-            )
-        if held:
-            return True
-        log.error("lost the rotation lease to another daemon; stopping")
-        self.stop.set()
+            epoch = store.take_lease(engine, LEASE, self.holder, self.service.clock.now(),
+                                     self.lease_ttl, renewing=self.epoch)  # fmt: skip
+            if epoch is not None and epoch == self.epoch:
+                self._renewed = time.monotonic()
+                return True
+        self._lost()
         return False
+
+    def renew_if_old(self) -> bool:
+        """Before working messages: renew when a third of the lease has passed since the
+        last renewal (monotonic time runs on while the process is paused, so a resumed
+        daemon asks the inventory before it does anything)."""
+        if time.monotonic() - self._renewed < self.lease_ttl.total_seconds() / 3:
+            return not self.stop.is_set()
+        return self._renew()
 
     # -- jobs -----------------------------------------------------------------------------
 
@@ -146,7 +177,7 @@ class Daemon:
             )
         scheduler.start()
         try:
-            while not self.stop.is_set():
+            while not self.stop.is_set() and self.renew_if_old():
                 _guarded_process(self.service, wait=0.2)
         finally:
             scheduler.shutdown(wait=True)

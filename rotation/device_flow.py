@@ -69,7 +69,7 @@ class DeviceFlow(Workflow):
                     "day; renew the CA first"
                 )
             grace = int(self.settings.grace.total_seconds())
-            with store.transaction(self.inventory.engine) as conn:
+            with self._writing() as conn:
                 busy = store.open_things(conn)
                 room = self.settings.max_open - len(busy)
                 if not force:
@@ -288,7 +288,7 @@ class DeviceFlow(Workflow):
         """Record the new certificates on their rotations (still requested: compare and
         set); the ones recorded are the ones to send."""
         sent: list[tuple[Rotation, IssuedCertificate]] = []
-        with store.transaction(self.inventory.engine) as conn:
+        with self._writing() as conn:
             for rotation, item in registered:
                 if store.advance(
                     conn,
@@ -314,7 +314,7 @@ class DeviceFlow(Workflow):
         known = self._rotations([m.rotation_id for _, m in confirms])
         now = self.clock.now()
         done: list[Rotation] = []
-        with store.transaction(self.inventory.engine) as conn:
+        with self._writing() as conn:
             for thing, message in confirms:
                 rotation = known.get(message.rotation_id)
                 if rotation is None or rotation.thing != thing:

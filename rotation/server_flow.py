@@ -46,7 +46,7 @@ class ServerFlow(Workflow):
             self._retry_reloads()
             due = {serial_hex(i.serial) for i in items if i.profile == "server"}
             now = self.clock.now()
-            with store.transaction(engine) as conn:
+            with self._writing() as conn:
                 busy = {r.thing: r for r in store.select(conn, store.OPEN)}
                 recently_failed = store.failed_since(conn, now - self.settings.retry_after)
             done = []
@@ -84,8 +84,7 @@ class ServerFlow(Workflow):
             grace_seconds=int(self.settings.grace.total_seconds()),
             profile="server",
         )
-        engine = self.inventory.engine
-        with store.transaction(engine) as conn:
+        with self._writing() as conn:
             if not store.insert(conn, [rotation]):
                 raise OperatorError(f"{target.name} has a rotation in progress")
         self.metrics.requested.inc()
@@ -98,7 +97,7 @@ class ServerFlow(Workflow):
         # recorded first, on the target and the rotation together; install() either swaps
         # 'current' completely or leaves it as it was
         try:
-            with store.transaction(engine) as conn:
+            with self._writing() as conn:
                 servers.record_serial(conn, target.name, new, now)
                 store.advance(conn, rotation.id, State.REQUESTED, State.ISSUED, new_serial=new)
         except BaseException:
@@ -110,7 +109,7 @@ class ServerFlow(Workflow):
         except BaseException as exc:
             # not in use anywhere: withdrawn, the old one stays (a crash here is put right
             # by the sweep, which looks at what 'current' points to)
-            with store.transaction(engine) as conn:
+            with self._writing() as conn:
                 servers.record_serial(conn, target.name, target.serial, now)
             self._fail(rotation, State.ISSUED, "server-install", str(exc), now)
             self._withdraw([(issued, rotation)])
@@ -133,7 +132,7 @@ class ServerFlow(Workflow):
             message = f"installed {rotation.new_serial} in {target.current}, but {exc}"
             self._fail(rotation, rotation.state, "reload", message, now)
             return replace(rotation, state=State.FAILED, error=f"reload: {message}")
-        with store.transaction(self.inventory.engine) as conn:
+        with self._writing() as conn:
             store.confirm(conn, rotation.id, rotation.state, now)
         self.metrics.confirmed.inc()
         log.info(
@@ -151,7 +150,7 @@ class ServerFlow(Workflow):
 
         engine = self.inventory.engine
         installed = {t.name: t for t in servers.targets(engine)}
-        with store.transaction(engine) as conn:
+        with self._writing() as conn:
             failed = store.select(conn, [State.FAILED], things=list(installed))
             busy = store.open_things(conn)
         for rotation in failed:
@@ -188,7 +187,7 @@ class ServerFlow(Workflow):
             return
         self._fail(rotation, rotation.state, "server-install", "interrupted", now)
         if on_disk and on_disk != target.serial:
-            with store.transaction(self.inventory.engine) as conn:
+            with self._writing() as conn:
                 servers.record_serial(conn, target.name, on_disk, now)
         if rotation.new_serial and self._active(rotation.new_serial):
             from pki.revocation.revoke import revoke_and_publish

@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from pki.errors import LeaseLost
 from pki.model import Status
 from pki.storage import UtcDateTime, certificates, dialect_insert, metadata
 from pki.storage.database import writing
@@ -83,6 +84,8 @@ leases = sa.Table(
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("holder", sa.String(128), nullable=False),
     sa.Column("expires_at", UtcDateTime, nullable=False),
+    # raised on every takeover: the fence a returning former holder runs into (rot_0003)
+    sa.Column("epoch", sa.Integer, nullable=False, server_default="0"),
 )
 
 
@@ -259,40 +262,75 @@ def counts(conn: Connection) -> dict[str, int]:
     return {s.value: found.get(s.value, 0) for s in State}
 
 
-def take_lease(engine: Engine, name: str, holder: str, now: dt.datetime, ttl: dt.timedelta) -> bool:
-    """Hold ``name`` until ``now + ttl`` unless someone else holds it unexpired."""
+def take_lease(
+    engine: Engine,
+    name: str,
+    holder: str,
+    now: dt.datetime,
+    ttl: dt.timedelta,
+    *,
+    renewing: int | None = None,
+) -> int | None:
+    """Hold ``name`` until ``now + ttl`` unless someone else holds it unexpired. Returns
+    the lease's epoch (raised on every takeover), or None when someone else holds it.
+    ``renewing`` (the epoch held): only extend that holding, never take the lease anew;
+    once another process took it over, the former holder stays out."""
     with transaction(engine) as conn:
         row = conn.execute(
-            sa.select(leases.c.holder, leases.c.expires_at).where(leases.c.name == name)
+            sa.select(leases.c.holder, leases.c.expires_at, leases.c.epoch)
+            .where(leases.c.name == name)
+            .with_for_update()
         ).first()
+        if renewing is not None and (
+            row is None or row.holder != holder or row.epoch != renewing
+        ):
+            return None
         if row is None:
             try:
                 with conn.begin_nested():
                     conn.execute(
-                        leases.insert().values(name=name, holder=holder, expires_at=now + ttl)
+                        leases.insert().values(
+                            name=name, holder=holder, expires_at=now + ttl, epoch=1
+                        )
                     )
             except sa.exc.IntegrityError:
-                return False  # another daemon inserted it first
-            return True
+                return None  # another daemon inserted it first
+            return 1
         if row.holder == holder:  # a renewal: only the holder itself writes this row
             done = conn.execute(
                 leases.update()
-                .where(leases.c.name == name, leases.c.holder == holder)
+                .where(leases.c.name == name, leases.c.holder == holder,
+                       leases.c.epoch == row.epoch)
                 .values(expires_at=max(row.expires_at, now + ttl))
-            )
-            return bool(done.rowcount)
+            )  # fmt: skip
+            return int(row.epoch) if done.rowcount else None
         if row.expires_at > now and not _dead_here(row.holder):
-            return False
+            return None
         done = conn.execute(  # a takeover: only if nobody renewed or took it meanwhile
             leases.update()
             .where(
                 leases.c.name == name,
                 leases.c.holder == row.holder,
                 leases.c.expires_at == row.expires_at,
+                leases.c.epoch == row.epoch,
             )
-            .values(holder=holder, expires_at=now + ttl)
+            .values(holder=holder, expires_at=now + ttl, epoch=row.epoch + 1)
         )
-        return bool(done.rowcount)
+        return int(row.epoch) + 1 if done.rowcount else None
+
+
+def check_lease(conn: Connection, name: str, holder: str, epoch: int, now: dt.datetime) -> None:
+    """Inside a write transaction: the lease is still ``holder``'s, in ``epoch`` and
+    unexpired, or ``LeaseLost``. On PostgreSQL the row stays share-locked until the
+    transaction ends, so a takeover waits for it (on SQLite the one writer is alone)."""
+    row = conn.execute(
+        sa.select(leases.c.holder, leases.c.expires_at, leases.c.epoch)
+        .where(leases.c.name == name)
+        .with_for_update(read=True)
+    ).first()
+    if row is None or row.holder != holder or row.epoch != epoch or row.expires_at <= now:
+        who = "nobody" if row is None else f"{row.holder} (epoch {row.epoch})"
+        raise LeaseLost(f"the {name} lease is no longer this process's: held by {who}")
 
 
 def holder_id() -> str:

@@ -36,7 +36,7 @@ class Sweeper(Workflow):
         result = SweepResult()
         with self._lock:
             now = self.clock.now()
-            with store.transaction(self.inventory.engine) as conn:
+            with self._writing() as conn:
                 confirmed = store.select(conn, [State.CONFIRMED])
                 stale = store.select(conn, [State.REQUESTED, State.ISSUED], deadline_before=now)
             due = [r for r in confirmed if r.revoke_old_at is not None and r.revoke_old_at <= now]
@@ -96,7 +96,7 @@ class Sweeper(Workflow):
         result: SweepResult,
     ) -> None:
         """Completed, or still confirmed with the error kept (retried next sweep)."""
-        with store.transaction(self.inventory.engine) as conn:
+        with self._writing() as conn:
             for rotation in due:
                 if rotation.id in unfinished:
                     why = unfinished[rotation.id]
@@ -168,7 +168,7 @@ class Sweeper(Workflow):
         # earlier rotations of the same thing or server that never completed (a failed
         # reload, a late device, an install that failed) left certificates behind: the
         # older ones of the same kind are superseded as well
-        with store.transaction(self.inventory.engine) as conn:
+        with self._writing() as conn:
             earlier = store.select(conn, [State.FAILED], things=[rotation.thing])
         for row in earlier:
             for text in (row.old_serial, row.new_serial):
@@ -195,7 +195,7 @@ class Sweeper(Workflow):
         return serials
 
     def _gauge_open(self) -> None:
-        with store.transaction(self.inventory.engine) as conn:
+        with self._writing() as conn:
             counts = store.counts(conn)
         for state in store.OPEN:
             self.metrics.open.labels(state.value).set(counts[state.value])

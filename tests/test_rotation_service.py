@@ -531,3 +531,35 @@ def test_a_plan_read_before_a_sweep_never_rotates_a_certificate_twice(
     assert len([m for t, m in sent.sent if t == "t-1" and isinstance(m, rp.Request)]) == 1
     with store.transaction(world["state"].inventory().engine) as conn:
         assert [r.id for r in store.select(conn, things=["t-1"])] == [rotation.id]
+
+
+def test_a_daemon_paused_past_its_lease_writes_nothing_when_it_resumes(
+    world: dict[str, Any],
+) -> None:
+    """Defect: a daemon resumed after losing its lease kept working for up to one
+    interval beside the new holder. Every write transaction now checks the lease's epoch."""
+    from pki.errors import LeaseLost
+
+    clock = world["clock"]
+    other = _world(world["home"], clock, dt.timedelta(hours=1))
+    paused = Daemon(world["service"], list, interval=60, holder="host-a:1:1")
+    paused.acquire()
+    assert paused.epoch == 1
+    clock.advance(paused.lease_ttl + dt.timedelta(seconds=1))  # paused (SIGSTOP) meanwhile
+    current = Daemon(other["service"], list, interval=60, holder="host-b:2:2")
+    current.acquire()  # the takeover raises the epoch
+    assert current.epoch == 2
+    # the old daemon comes back: its first write is refused, and it stops
+    with pytest.raises(LeaseLost, match="host-b:2:2"):
+        _request(world, "t-1")
+    assert paused.lost and paused.stop.is_set()
+    assert world["sent"].sent == []  # nothing asked
+    with store.transaction(world["state"].inventory().engine) as conn:
+        assert store.select(conn) == []
+    # even after the new holder's lease ran out, the old epoch stays fenced off
+    clock.advance(current.lease_ttl + dt.timedelta(seconds=1))
+    assert not paused._renew()
+    # while the new holder works as before
+    other["clock"] = clock
+    assert current._renew()
+    assert [r.thing for r in _request(other, "t-1")] == ["t-1"]

@@ -8,7 +8,7 @@ from pki.storage.migrate import Branch
 BRANCH = Branch(
     name="rotation",
     versions=Path(__file__).parent / "versions",
-    head="rot_0002",
+    head="rot_0003",
     baseline="rot_0001",
     legacy_table="rotations",
 )

@@ -1,0 +1,24 @@
+"""Leases carry an epoch, raised on every takeover: a daemon that lost its lease (paused,
+cut off) and comes back finds another epoch in every write transaction and stops, instead
+of working the same devices beside the new holder.
+
+Revision ID: rot_0003
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "rot_0003"
+down_revision = "rot_0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("leases") as batch:
+        batch.add_column(sa.Column("epoch", sa.Integer, nullable=False, server_default="0"))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("leases") as batch:
+        batch.drop_column("epoch")
