@@ -118,6 +118,9 @@ class RotationContext:
     inbox: queue.Queue[Inbound] = field(default_factory=queue.Queue)
     failures_in_a_row: int = 0  # of process(): the daemon's loop backs off on them
     lock: threading.RLock = field(default_factory=threading.RLock)
+    # server rotation's own: a reload command may take a minute, and device rotation and
+    # the sweep must not wait for it
+    server_lock: threading.RLock = field(default_factory=threading.RLock)
 
 
 class ContextView:

@@ -41,7 +41,7 @@ class ServerFlow(Workflow):
         again the reload commands that failed last time."""
         from rotation import servers
 
-        with self._lock:
+        with self.ctx.server_lock:  # not the devices' lock: a reload may take a minute
             engine = self.inventory.engine
             self._retry_reloads()
             due = {serial_hex(i.serial) for i in items if i.profile == "server"}

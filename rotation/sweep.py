@@ -128,8 +128,14 @@ class Sweeper(Workflow):
         for rotation in stale:
             target = targets.get(rotation.thing)
             if target is not None:
-                self.servers.settle(rotation, target, now)
-                result.expired.append(rotation)
+                # a server rotation running now (a slow reload) is not interrupted: the
+                # next sweep settles it if it still needs settling
+                if self.ctx.server_lock.acquire(blocking=False):
+                    try:
+                        self.servers.settle(rotation, target, now)
+                    finally:
+                        self.ctx.server_lock.release()
+                    result.expired.append(rotation)
                 continue
             what = "send its CSR" if rotation.state is State.REQUESTED else "confirm"
             self._fail(

@@ -563,3 +563,50 @@ def test_a_daemon_paused_past_its_lease_writes_nothing_when_it_resumes(
     other["clock"] = clock
     assert current._renew()
     assert [r.thing for r in _request(other, "t-1")] == ["t-1"]
+
+
+def test_a_slow_server_reload_does_not_hold_up_device_rotation(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    """Defect: server rotation ran its reload command under the lock device rotation and
+    the sweep need; a 50-second reload stalled a wave of devices as long."""
+    import threading
+
+    service = world["service"]
+    release = tmp_path / "reload-may-finish"
+    ok(world["home"], "rotation", "server", "add", "slow.example.test", "--dir",
+       tmp_path / "srv", "--dns", "slow.example.test", "--no-reload", "--reload-command",
+       f"sh -c 'until [ -e {release} ]; do sleep 0.05; done'", clock=world["clock"])  # fmt: skip
+    rotated: list[store.Rotation] = []
+    server = threading.Thread(
+        target=lambda: rotated.extend(service.rotate_servers([], names=["slow.example.test"]))
+    )
+    server.start()
+    try:
+        # the reload is running (and cannot end before the file exists)
+        assert _wait(lambda: any(r.state is store.State.ISSUED for r in _rows(world).values()))
+        devices = threading.Thread(target=lambda: _request(world, "t-1"))
+        devices.start()
+        devices.join(30)
+        swept = threading.Thread(target=service.sweep)
+        swept.start()
+        swept.join(30)
+        blocked = devices.is_alive() or swept.is_alive()
+        assert server.is_alive() and not release.exists()  # the reload still runs
+    finally:
+        release.touch()
+        server.join(60)
+    assert not blocked, "device rotation or the sweep waited for the server's reload"
+    assert _rows(world)["t-1"].state is store.State.REQUESTED
+    assert [r.state for r in rotated] == [store.State.CONFIRMED]
+
+
+def _wait(predicate: Any, timeout: float = 30.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
