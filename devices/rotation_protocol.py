@@ -11,6 +11,12 @@ ACL that confines a device to its own topics also covers rotation)::
                                                                   "message"}
     device  -> service  <prefix>/<thing>/rotation/confirm       {"rotation_id", "serial"}
 
+A request is published retained, so that a device connecting later still finds it, and
+sent again (same ``rotation_id``) on a per-device backoff until the device answers; when
+the rotation ends the service clears it with an empty retained message, which devices
+ignore. Answering the same request twice is harmless: a repeated CSR gets the same
+certificate again.
+
 The device makes the new key itself; only the CSR travels. It reconnects with the new
 certificate before it confirms, so a confirmation proves the certificate works. The thing
 a message comes from is the one in its topic: the broker lets a device publish only under

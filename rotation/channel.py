@@ -210,7 +210,10 @@ class ServiceChannel:
         broker acknowledged it."""
         kind = "request" if isinstance(message, rp.Request) else "certificate"
         info = self.client.publish(
-            rp.topic(self.access.topic_prefix, thing, kind), rp.encode(message), qos=1
+            rp.topic(self.access.topic_prefix, thing, kind),
+            rp.encode(message),
+            qos=1,
+            retain=kind == "request",  # a device connecting later still finds it
         )
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise BackendError(
@@ -227,6 +230,22 @@ class ServiceChannel:
                 early = False
         if early:
             self._on_delivered(counted)
+
+    def clear(self, thing: str) -> None:
+        """Remove the thing's retained request (its rotation ended): an empty retained
+        message, which devices ignore."""
+        info = self.client.publish(
+            rp.topic(self.access.topic_prefix, thing, "request"), b"", qos=1, retain=True
+        )
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            raise BackendError(
+                f"clear the rotation request of {thing}", "mqtt", mqtt.error_string(info.rc)
+            )
+        with self._sent_lock:
+            if info.mid in self._early:
+                self._early.discard(info.mid)
+            else:
+                self._unacked[info.mid] = "clear"
 
     def unsent(self) -> int:
         """Messages the broker has not acknowledged yet."""

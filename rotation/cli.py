@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pki.cli.options import err, print_json
-from rotation.cli_common import answer_option, grace_option
+from rotation.cli_common import answer_option, grace_option, retry_options
 from rotation.cli_common import current_app as _state
 from rotation.cli_common import duration as _duration
 from rotation.cli_common import settings as _settings
@@ -110,6 +110,7 @@ def plan_command(horizon: str, limit: int | None, as_json: bool) -> None:
 @click.option("--match", metavar="GLOB", help="Every thing whose name matches (e.g. 'line7-*').")
 @grace_option
 @answer_option
+@retry_options
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Stay until done.")
 @click.option(
     "--timeout",
@@ -203,6 +204,7 @@ def _progress_printer() -> Any:
 )
 @grace_option
 @answer_option
+@retry_options
 @click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
@@ -333,13 +335,18 @@ def _report_pass(done: Pass) -> int:
 
 
 @rotation.command("status")
+@click.argument("thing", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def status_command(as_json: bool) -> None:
+def status_command(thing: str | None, as_json: bool) -> None:
     """Rotations by state, the latest failures, which daemon holds the lease, and warnings:
     no daemon running, a CRL stale or near its nextUpdate (in the home, or as the running
-    stand-ins serve it)."""
-    from rotation.runtime import status
+    stand-ins serve it). With THING: that device's rotations, newest first, its current
+    state, when it is asked again and the last error."""
+    from rotation.runtime import status, thing_status
 
+    if thing is not None:
+        _print_thing(thing_status(_state(), thing), as_json)
+        return
     data = status(_state())
     if as_json:
         print_json(data)
@@ -350,6 +357,26 @@ def status_command(as_json: bool) -> None:
         click.echo(f"failed {r['name']} ({r['requested_at']}): {r['error']}")
     for warning in data["warnings"]:
         err(f"fleetpki: warning: {warning}")
+
+
+def _print_thing(data: dict[str, Any], as_json: bool) -> None:
+    from pki.text import escape_controls
+
+    if as_json:
+        print_json(data)
+        return
+    name = escape_controls(data["thing"])
+    click.echo(f"{name}: {data['state'] or 'never rotated'}")
+    click.echo(f"active certificates: {', '.join(data['active_certificates']) or 'none'}")
+    if data["next_attempt_at"] and data["state"] in ("requested", "issued"):
+        click.echo(f"asked again at: {data['next_attempt_at']}")
+    if data["last_error"]:
+        click.echo(f"last error: {escape_controls(data['last_error'])}")
+    for r in data["rotations"]:
+        click.echo(
+            f"  {r['requested_at']}  {r['state']:<9}  {r['old_serial']} -> "
+            f"{r['new_serial'] or '-'}  (asked {r['attempts']}x)"
+        )
 
 
 rotation.add_command(server_group)

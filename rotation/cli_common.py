@@ -4,7 +4,7 @@ the service, and the options that set them."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -26,16 +26,56 @@ def duration(text: str) -> dt.timedelta:
 
 
 def settings(grace: str, answer_timeout: str) -> RotationSettings:
+    """The service's settings from the command's options (the retry options, when the
+    command has them, are read from the click context)."""
     from pki.errors import InvalidInput
     from rotation.service import RotationSettings
 
+    context = click.get_current_context(silent=True)
+    retries = dict(context.meta.get(_RETRIES, {})) if context is not None else {}
+    defaults = RotationSettings()
     try:
         return RotationSettings(
             grace=duration(grace),
             answer_timeout=duration(answer_timeout),
-        )
+            retry_after=duration(retries.get("retry_after", "")) if "retry_after" in retries
+            else defaults.retry_after,
+            resend_after=duration(retries["resend_after"]) if "resend_after" in retries
+            else defaults.resend_after,
+            resend_max=duration(retries["resend_max"]) if "resend_max" in retries
+            else defaults.resend_max,
+        )  # fmt: skip
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
+
+
+_RETRIES = "fleetpki.rotation.retries"
+
+
+def _keep(name: str) -> Any:
+    def store(context: click.Context, _param: click.Parameter, value: str) -> str:
+        context.meta.setdefault(_RETRIES, {})[name] = value
+        return value
+
+    return store
+
+
+def retry_options(command: Any) -> Any:
+    """--resend-after, --resend-max, --retry-after: how a device that does not answer is
+    asked again, and when a failed rotation is tried anew."""
+    for flag, name, default, text in reversed((
+        ("--resend-after", "resend_after", "1m",
+         "Ask a device that has not answered again after DURATION, then twice as long each "
+         "time (the same rotation; the request is also retained at the broker)."),
+        ("--resend-max", "resend_max", "10m", "The longest pause between two requests."),
+        ("--retry-after", "retry_after", "1h",
+         "After a failed rotation, wait DURATION before the thing is asked anew."),
+    )):  # fmt: skip
+        command = click.option(
+            flag, default=default, show_default=True, metavar="DURATION", help=text,
+            expose_value=False, callback=_keep(name),
+        )(command)  # fmt: skip
+    return command
 
 
 grace_option = click.option(

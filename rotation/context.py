@@ -42,7 +42,11 @@ log = logging.getLogger("fleetpki.rotation")
 
 
 class Sender(Protocol):
-    def send(self, thing: str, message: rp.Message) -> None: ...
+    def send(self, thing: str, message: rp.Message) -> None:
+        """A request goes out retained: a device that connects later still finds it."""
+
+    def clear(self, thing: str) -> None:
+        """The thing's rotation ended: its retained request is removed."""
 
 
 Register = Callable[[IssuedCertificate], None]  # IoT Core registration of a new certificate
@@ -76,12 +80,24 @@ class RotationSettings:
     answer_timeout: dt.timedelta = dt.timedelta(minutes=15)  # for the CSR, then the confirm
     retry_after: dt.timedelta = dt.timedelta(hours=1)  # after a failed rotation of a thing
     max_open: int = 10_000  # rotations in flight at once; the rest wait for the next plan
+    # an unanswered request is sent again after resend_after, then twice as long each time
+    # up to resend_max, until the answer timeout ends the rotation
+    resend_after: dt.timedelta = dt.timedelta(minutes=1)
+    resend_max: dt.timedelta = dt.timedelta(minutes=10)
 
     def __post_init__(self) -> None:
         if self.grace < dt.timedelta(0) or self.answer_timeout <= dt.timedelta(0):
             raise ValueError("grace must be >= 0 and the answer timeout > 0")
         if self.max_open < 1:
             raise ValueError("max_open must be at least 1")
+        if self.retry_after < dt.timedelta(0):
+            raise ValueError("the retry delay must be >= 0")
+        if not dt.timedelta(seconds=1) <= self.resend_after <= self.resend_max:
+            raise ValueError("the resend delay must be at least 1s and at most its maximum")
+
+    def resend_delay(self, attempts: int) -> dt.timedelta:
+        """After the request went out ``attempts`` times: exponential, capped."""
+        return min(self.resend_max, self.resend_after * (1 << min(max(attempts - 1, 0), 30)))
 
 
 @dataclass
@@ -89,6 +105,7 @@ class SweepResult:
     completed: list[Rotation] = field(default_factory=list)
     expired: list[Rotation] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    resent: int = 0  # requests sent again to devices that had not answered
 
 
 def lifetime_days(item: PlanItem) -> int:
@@ -248,14 +265,17 @@ class Workflow(ContextView):
         that a later rotation of the thing finds and supersedes it if its withdrawal
         failed."""
         with self._writing() as conn:
-            store.advance(
+            moved = store.advance(
                 conn,
                 rotation.id,
                 expected,
                 State.FAILED,
                 error=f"{reason}: {message}",
                 updated_at=now,
+                next_attempt_at=None,
                 **values,
             )
+        if moved and rotation.profile == "device" and self.ctx.sender is not None:
+            self.ctx.sender.clear(rotation.thing)
         self.metrics.failed.labels(reason).inc()
         log.warning("rotation of %s failed (%s): %s", rotation.thing, reason, message)

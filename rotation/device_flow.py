@@ -92,6 +92,7 @@ class DeviceFlow(Workflow):
                         updated_at=now,
                         deadline=now + self.settings.answer_timeout,
                         grace_seconds=grace,
+                        next_attempt_at=now + self.settings.resend_delay(1),
                     )
                     for thing, item in newest.items()
                     if thing not in busy
@@ -101,6 +102,30 @@ class DeviceFlow(Workflow):
             for rotation in new:
                 self.sender.send(rotation.thing, rp.Request(rotation.id, rotation.old_serial))
             return new
+
+    def resend(self) -> int:
+        """Send the request again (the same rotation) to the devices that did not answer by
+        their next attempt time, each on its own exponential backoff, until the answer
+        timeout ends the rotation: a device that was offline picks it up when it is back
+        (the request is also retained at the broker). A device waiting for its
+        certificate gets it again when it answers with its CSR. Returns how many."""
+        with self._lock:
+            now = self.clock.now()
+            again: list[Rotation] = []
+            with self._writing() as conn:
+                due = store.select(conn, [State.REQUESTED, State.ISSUED], attempt_due_by=now)
+                for rotation in due:
+                    if rotation.profile != "device" or rotation.deadline <= now:
+                        continue  # the sweep fails it
+                    attempts = rotation.attempts + 1
+                    if store.advance(conn, rotation.id, rotation.state, rotation.state,
+                                     attempts=attempts,
+                                     next_attempt_at=now + self.settings.resend_delay(attempts)):
+                        again.append(rotation)  # fmt: skip
+            for rotation in again:
+                self.sender.send(rotation.thing, rp.Request(rotation.id, rotation.old_serial))
+            self.metrics.resent.inc(len(again))
+            return len(again)
 
     def handle(
         self, thing: str, kind: str, payload: bytes, ack: Callable[[], None] = _nothing
@@ -344,5 +369,6 @@ class DeviceFlow(Workflow):
                 if moved:
                     done.append(rotation)
         for rotation in done:
+            self.sender.clear(rotation.thing)
             self.metrics.duration.observe((now - rotation.requested_at).total_seconds())
         self.metrics.confirmed.inc(len(done))

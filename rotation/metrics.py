@@ -15,6 +15,11 @@ class Metrics:
             "Rotation requests the broker accepted for delivery to a device (re-sends too)",
             registry=r,
         )
+        self.resent = Counter(
+            "fleetpki_rotation_requests_resent",
+            "Requests sent again to devices that had not answered (same rotation, backoff)",
+            registry=r,
+        )
         self.sent = Counter(
             "fleetpki_rotation_messages_sent",
             "Messages to devices the broker accepted for delivery, by kind (request, "

@@ -309,3 +309,25 @@ def status(app: App) -> dict[str, Any]:
         "served_crl": serving.to_json() if serving is not None else None,
         "warnings": warnings,
     }
+
+
+def thing_status(app: App, thing: str) -> dict[str, Any]:
+    """``rotation status THING``: the thing's rotations, newest first (state, next retry
+    time, last error), and its active certificates."""
+    from pki.model import Status
+
+    now = app.now()
+    active = app.inventory().find(now=now, thing=thing, status=Status.ACTIVE)
+    with store.transaction(app.inventory().engine) as conn:
+        rows = store.select(conn, things=[thing], limit=20)
+    if not rows and not app.inventory().find(now=now, thing=thing):
+        raise NotFound(f"no certificate and no rotation of {thing!r}")
+    current = rows[0] if rows else None
+    return {
+        "thing": thing,
+        "state": current.state.value if current else None,
+        "next_attempt_at": current.to_json()["next_attempt_at"] if current else None,
+        "last_error": next((r.error for r in rows if r.error), None),
+        "active_certificates": [r.serial_hex for r in active],
+        "rotations": [r.to_json() for r in rows],
+    }

@@ -90,7 +90,11 @@ class RotationService(ContextView):
         return self.devices.process(wait, max_batch)
 
     def sweep(self) -> SweepResult:
-        return self.sweeper.sweep()
+        """Complete and expire what is due, then send again the requests due for it."""
+        result = self.sweeper.sweep()
+        if self.ctx.sender is not None:
+            result.resent = self.devices.resend()
+        return result
 
     def refresh_crl(self) -> bool:
         return self.crls.refresh_crl()

@@ -56,6 +56,9 @@ rotations = sa.Table(
     sa.Column("profile", sa.String(16), nullable=False, server_default="device"),
     # when revoking the old certificate first failed (its hooks are retried for a while)
     sa.Column("retry_since", UtcDateTime, nullable=True),
+    # how often the request went out, and when it goes out again (rot_0003)
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("next_attempt_at", UtcDateTime, nullable=True),
     # at most one rotation in progress per thing, across every process on the inventory
     sa.Index(
         "ux_rotations_open_thing",
@@ -106,6 +109,8 @@ class Rotation:
     grace_seconds: int = 3600
     retry_since: dt.datetime | None = None
     profile: str = "device"  # device | server: what it replaces
+    attempts: int = 1  # times the request was sent to the device
+    next_attempt_at: dt.datetime | None = None  # when it is sent again, unanswered
 
     @property
     def revoke_old_at(self) -> dt.datetime | None:
@@ -151,6 +156,8 @@ def _rotation(row: Any) -> Rotation:
         grace_seconds=int(m["grace_seconds"]),
         retry_since=m["retry_since"],
         profile=m["profile"],
+        attempts=int(m["attempts"]),
+        next_attempt_at=m["next_attempt_at"],
     )
 
 
@@ -234,6 +241,7 @@ def select(
     updated_before: dt.datetime | None = None,
     deadline_before: dt.datetime | None = None,
     confirmed_before: dt.datetime | None = None,
+    attempt_due_by: dt.datetime | None = None,
     limit: int | None = None,
 ) -> list[Rotation]:
     c = rotations.c
@@ -250,6 +258,8 @@ def select(
         query = query.where(c.deadline < deadline_before)
     if confirmed_before is not None:
         query = query.where(c.confirmed_at <= confirmed_before)
+    if attempt_due_by is not None:
+        query = query.where(c.next_attempt_at <= attempt_due_by)
     query = query.order_by(c.requested_at.desc(), c.id)
     if limit is not None:
         query = query.limit(limit)

@@ -59,6 +59,7 @@ def _same_rows(
         for a, b in zip(old, new, strict=True):
             if table == "rotations":
                 assert b.pop("profile") == "device"  # the fixture's one rotation is a device's
+                assert (b.pop("attempts"), b.pop("next_attempt_at")) == (1, None)  # rot_0003
             if table == "certificates":  # each key's id, from its PEM (pki_0004)
                 assert len(b.pop("spki_sha256")) == 64
             if table == "audit_events":  # chained by pki_0003, in their order

@@ -217,3 +217,39 @@ def test_a_stale_crl_at_the_broker_is_repaired_by_the_daemons_next_tick(stand: S
     assert status["served_crl"]["matches_home"] is True
     service.refresh_crl()
     assert service.metrics.crl_repairs.labels("stand-ins")._value.get() == 1
+
+
+def test_a_device_offline_through_its_request_picks_it_up_when_it_connects(
+    stand: Stand,
+) -> None:
+    """Defect: a device that was offline when asked was never asked again in time; the
+    request is now retained at the broker (and re-sent on a backoff)."""
+    import json
+    import sys
+    import time
+
+    from tests.test_rotation import LiveDevice
+
+    old = stand.serial("bf-2")
+    wave = subprocess.Popen(
+        [sys.executable, "-m", "pki", "--home", str(stand.home), "rotation", "rotate", "bf-2",
+         "--grace", "0", "--timeout", "60s", "--resend-after", "10m", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        # asked while nobody listens for bf-2
+        asked = wait_for(lambda: json.loads(ok(stand.home, "rotation", "status", "--json"))
+                         ["states"]["requested"] == 1, timeout=30)  # fmt: skip
+        assert asked
+        time.sleep(1)  # and a moment later the device comes online
+        with LiveDevice(stand, "bf-2") as device:
+            out, err = wave.communicate(timeout=120)
+            assert wave.returncode == 0, err
+            assert json.loads(out)["states"]["completed"] == 1
+            records = json.loads(ok(stand.home, "list", "--thing", "bf-2", "--json"))
+            active = [r["serial"] for r in records if r["status"] == "active"]
+            assert active == [device.stats.rotated_serial] and old not in active
+    finally:
+        if wave.poll() is None:
+            wave.kill()
+            wave.communicate()

@@ -22,7 +22,7 @@ from rotation import store
 from rotation.daemon import Daemon
 from rotation.planner import active_devices
 from rotation.service import RotationService, RotationSettings
-from tests.device_fixtures import ok
+from tests.device_fixtures import fleetpki, ok
 from tests.helpers import NOW
 
 T0 = NOW - dt.timedelta(days=20)
@@ -31,9 +31,13 @@ T0 = NOW - dt.timedelta(days=20)
 class Recorder:
     def __init__(self) -> None:
         self.sent: list[tuple[str, rp.Message]] = []
+        self.cleared: list[str] = []
 
     def send(self, thing: str, message: rp.Message) -> None:
         self.sent.append((thing, message))
+
+    def clear(self, thing: str) -> None:
+        self.cleared.append(thing)
 
     def last(self, thing: str, kind: type[Any]) -> Any:
         return [m for t, m in self.sent if t == thing and isinstance(m, kind)][-1]
@@ -610,3 +614,79 @@ def _wait(predicate: Any, timeout: float = 30.0) -> bool:
             return True
         time.sleep(0.05)
     return bool(predicate())
+
+
+def test_an_unanswered_request_is_sent_again_on_a_backoff_then_cleared(
+    world: dict[str, Any],
+) -> None:
+    """Defect: a device that missed its request was not asked again for the answer timeout
+    plus a fixed hour. Now the same rotation is asked again on a per-device exponential
+    backoff, the next time is recorded, and the retained request is cleared at the end."""
+    service, clock, sent = world["service"], world["clock"], world["sent"]
+
+    def requests() -> list[str]:
+        return [m.rotation_id for t, m in sent.sent if t == "t-1" and isinstance(m, rp.Request)]
+
+    (rotation,) = _request(world, "t-1")
+    assert _rows(world)["t-1"].next_attempt_at == clock.now() + dt.timedelta(minutes=1)
+    for wait, asked in ((59, 1), (2, 2), (60, 2), (61, 3), (239, 3), (2, 4)):
+        clock.advance(dt.timedelta(seconds=wait))
+        service.sweep()
+        assert requests() == [rotation.id] * asked, (wait, asked)
+    row = _rows(world)["t-1"]
+    assert (row.state, row.attempts) == (store.State.REQUESTED, 4)
+    assert row.next_attempt_at == clock.now() + dt.timedelta(minutes=8)  # 1, 2, 4, 8 ...
+    assert service.metrics.resent._value.get() == 3
+    # the device answers at last: one rotation, one certificate, and the request cleared
+    _answer_csr(world, "t-1")
+    _confirm(world, "t-1")
+    assert _rows(world)["t-1"].state is store.State.CONFIRMED
+    assert sent.cleared == ["t-1"]
+    clock.advance(dt.timedelta(minutes=20))
+    service.sweep()
+    assert requests() == [rotation.id] * 4  # never asked again once answered
+
+
+def test_the_backoff_is_capped_and_the_answer_timeout_still_ends_the_rotation(
+    world: dict[str, Any],
+) -> None:
+    service, clock, sent = world["service"], world["clock"], world["sent"]
+    settings = RotationSettings(answer_timeout=dt.timedelta(hours=2),
+                                resend_max=dt.timedelta(minutes=5))  # fmt: skip
+    service.ctx.settings = settings
+    assert [settings.resend_delay(n).total_seconds() for n in (1, 2, 3, 4, 9)] == [
+        60, 120, 240, 300, 300]  # fmt: skip
+    (rotation,) = _request(world, "t-2")
+    for _ in range(30):
+        clock.advance(dt.timedelta(minutes=5))
+        service.sweep()
+    rows = _rows(world)
+    assert rows["t-2"].state is store.State.FAILED and "deadline" in (rows["t-2"].error or "")
+    asked = [m for t, m in sent.sent if t == "t-2" and isinstance(m, rp.Request)]
+    assert 20 <= len(asked) <= 25 and {m.rotation_id for m in asked} == {rotation.id}
+    assert sent.cleared == ["t-2"]
+
+
+def test_rotation_status_of_a_thing_shows_its_history_next_retry_and_last_error(
+    world: dict[str, Any],
+) -> None:
+    import json
+
+    service, clock = world["service"], world["clock"]
+    (first,) = _request(world, "t-2")
+    clock.advance(dt.timedelta(minutes=16))
+    service.sweep()  # never answered: failed by the deadline
+    clock.advance(dt.timedelta(hours=2))
+    (second,) = _request(world, "t-2")
+    clock.advance(dt.timedelta(seconds=61))
+    service.sweep()  # asked again
+    data = json.loads(ok(world["home"], "rotation", "status", "t-2", "--json", clock=clock))
+    assert [r["id"] for r in data["rotations"]] == [second.id, first.id]
+    assert data["state"] == "requested" and data["rotations"][0]["attempts"] == 2
+    expected = clock.now() + dt.timedelta(minutes=2)
+    assert data["next_attempt_at"] == expected.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert "did not send its CSR" in data["last_error"]
+    text = ok(world["home"], "rotation", "status", "t-2", clock=clock)
+    assert "t-2: requested" in text and "asked again at:" in text and "(asked 2x)" in text
+    code, _out, err = fleetpki(world["home"], "rotation", "status", "nobody", clock=clock)
+    assert code == 2 and "no certificate and no rotation of 'nobody'" in err
