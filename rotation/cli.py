@@ -206,6 +206,23 @@ def _progress_printer() -> Any:
 @answer_option
 @retry_options
 @click.option(
+    "--sweep-interval",
+    default="30s",
+    show_default=True,
+    metavar="DURATION",
+    help="How often the sweep revokes what is past its grace period, ends what timed out "
+    "and asks again the devices that have not answered.",
+)
+@click.option(
+    "--lease",
+    "lease",
+    default="1m",
+    show_default=True,
+    metavar="DURATION",
+    help="How long the daemon's hold on the inventory lasts unrenewed: a daemon on "
+    "another host takes over this long after this one stopped renewing.",
+)
+@click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
     default=9464,
@@ -235,6 +252,8 @@ def run_command(
     horizon: str,
     grace: str,
     answer_timeout: str,
+    sweep_interval: str,
+    lease: str,
     metrics_port: int,
     metrics_host: str,
     once: bool,
@@ -256,6 +275,12 @@ def run_command(
     every = _duration(interval).total_seconds()
     if every < 1:
         raise InvalidInput("--interval must be at least 1s")
+    sweep_every = _duration(sweep_interval).total_seconds()
+    if sweep_every < 1:
+        raise InvalidInput("--sweep-interval must be at least 1s")
+    lease_seconds = _duration(lease).total_seconds()
+    if lease_seconds < 3:
+        raise InvalidInput("--lease must be at least 3s")
     if timeout is not None and not once:
         raise InvalidInput("--timeout goes with --once (the daemon runs until stopped)")
     wait_seconds = _duration(timeout or "10m").total_seconds()
@@ -267,7 +292,8 @@ def run_command(
     def plan() -> list[Any]:
         return plan_inventory(state.inventory(), state.clock.now(), horizon=ahead)
 
-    daemon = Daemon(service, plan, interval=every)
+    daemon = Daemon(service, plan, interval=every, sweep_interval=sweep_every,
+                    lease=lease_seconds)  # fmt: skip
     try:
         daemon.acquire()
         if metrics_port and not once:

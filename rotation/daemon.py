@@ -36,6 +36,7 @@ class Daemon:
         sweep_interval: float = 30.0,
         crl_interval: float = 60.0,
         holder: str | None = None,
+        lease: float | None = None,
     ) -> None:
         self.service = service
         self.plan = plan
@@ -44,7 +45,10 @@ class Daemon:
         self.crl_interval = crl_interval
         self.holder = holder or store.holder_id()
         self._lease_lock = threading.Lock()
-        self.lease_ttl = dt.timedelta(seconds=max(3 * interval, 3 * sweep_interval, 60))
+        # renewed by every job and, every third of it, by the main loop
+        self.lease_ttl = dt.timedelta(
+            seconds=lease if lease is not None else max(3 * interval, 3 * sweep_interval, 60)
+        )
         self.stop = threading.Event()
         self.epoch: int | None = None
         self.lost = False  # the lease went to another process: stopped, exit 1
