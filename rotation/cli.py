@@ -368,6 +368,7 @@ def status_command(thing: str | None, as_json: bool) -> None:
     no daemon running, a CRL stale or near its nextUpdate (in the home, or as the running
     stand-ins serve it). With THING: that device's rotations, newest first, its current
     state, when it is asked again and the last error."""
+    from pki.text import escape_controls
     from rotation.runtime import status, thing_status
 
     if thing is not None:
@@ -379,10 +380,36 @@ def status_command(thing: str | None, as_json: bool) -> None:
         return
     click.echo(", ".join(f"{k} {v}" for k, v in data["states"].items()))
     click.echo(f"daemon: {data['daemon'] or 'not running'}")
+    click.echo(f"paused: {'yes' if data['paused'] else 'no'}")
     for r in data["recent_failures"]:
         click.echo(f"failed {r['name']} ({r['requested_at']}): {r['error']}")
     for warning in data["warnings"]:
-        err(f"fleetpki: warning: {warning}")
+        err(f"fleetpki: warning: {escape_controls(warning)}")
+
+
+@rotation.command("pause")
+@click.option("--reason", metavar="TEXT", help="Why (kept with the pause and in the audit log).")
+def pause_command(reason: str | None) -> None:
+    """Pause rotation on this inventory: no daemon or wave asks a device anything new or
+    again (answers to what was already asked are still worked, and replaced certificates
+    are still revoked after their grace period). Persisted; 'rotation resume' ends it."""
+    from rotation.runtime import set_paused
+
+    if set_paused(_state(), True, reason):
+        err("rotation paused: nothing new is asked until 'fleetpki rotation resume'")
+    else:
+        err("rotation was already paused")
+
+
+@rotation.command("resume")
+def resume_command() -> None:
+    """End a 'rotation pause': the daemon asks what is due at its next plan."""
+    from rotation.runtime import set_paused
+
+    if set_paused(_state(), False):
+        err("rotation resumed")
+    else:
+        err("rotation was not paused")
 
 
 def _print_thing(data: dict[str, Any], as_json: bool) -> None:

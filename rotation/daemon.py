@@ -110,6 +110,12 @@ class Daemon:
     def plan_and_request(self) -> int:
         if not self._renew():
             return 0
+        with store.transaction(self.service.inventory.engine) as conn:
+            held = store.paused(conn)
+        self.service.metrics.paused.set(0 if held is None else 1)
+        if held is not None:
+            log.info("rotation is paused (since %s): nothing asked", held["since"])
+            return 0
         items = self.plan()
         self.service.metrics.due.set(len(items))
         self.service.metrics.last_plan.set(time.time())

@@ -70,6 +70,8 @@ class DeviceFlow(Workflow):
                 )
             grace = int(self.settings.grace.total_seconds())
             with self._writing() as conn:
+                if store.paused(conn) is not None:
+                    return []  # 'rotation pause': nothing new is asked
                 busy = store.open_things(conn)
                 room = self.settings.max_open - len(busy)
                 if not force:
@@ -113,6 +115,8 @@ class DeviceFlow(Workflow):
             now = self.clock.now()
             again: list[Rotation] = []
             with self._writing() as conn:
+                if store.paused(conn) is not None:
+                    return 0  # paused: nobody is asked again either
                 due = store.select(conn, [State.REQUESTED, State.ISSUED], attempt_due_by=now)
                 for rotation in due:
                     if rotation.profile != "device" or rotation.deadline <= now:

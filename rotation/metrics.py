@@ -93,6 +93,11 @@ class Metrics:
             "1 while the rotation service is connected to the broker, else 0",
             registry=r,
         )
+        self.paused = Gauge(
+            "fleetpki_rotation_paused",
+            "1 while rotation is paused ('fleetpki rotation pause'), else 0",
+            registry=r,
+        )
         self.duration = Histogram(
             "fleetpki_rotation_seconds",
             "From the rotation request to the device's confirmation",

@@ -175,6 +175,13 @@ def rotate_now(
     if not items:
         raise NotFound(f"no active device certificate of a thing matching {match!r}")
     engine = app.inventory().engine
+    held = paused(app)
+    if held is not None:
+        raise OperatorError(
+            f"rotation is paused (since {held['since']} by {held['by']}"
+            + (f": {held['reason']}" if held.get("reason") else "")
+            + "); 'fleetpki rotation resume' first"
+        )
     daemon = store.lease_holder(engine, LEASE, app.now())
     service, channel = open_service(app, settings, listen=daemon is None)
     holder = None
@@ -292,6 +299,8 @@ def status(app: App) -> dict[str, Any]:
         counts = store.counts(conn)
         failed = store.select(conn, [store.State.FAILED], limit=10)
     daemon = store.lease_holder(engine, LEASE, now)
+    with store.transaction(engine) as conn:
+        held = store.paused(conn)
     warnings = [] if daemon else [
         "no rotation daemon is running: nothing is renewed and no CRL re-signed until one "
         "runs ('fleetpki rotation run')"
@@ -302,8 +311,12 @@ def status(app: App) -> dict[str, Any]:
     if running is not None and standins.alive(running):
         serving = served.served_crl(app.home, running, now)
         warnings += serving.problems
+    if held is not None:
+        warnings.insert(0, f"rotation is paused since {held['since']} by {held['by']}"
+                        + (f": {held['reason']}" if held.get("reason") else ""))  # fmt: skip
     return {
         "states": counts,
+        "paused": held,
         "daemon": daemon,
         "recent_failures": [r.to_json() for r in failed],
         "served_crl": serving.to_json() if serving is not None else None,
@@ -331,3 +344,27 @@ def thing_status(app: App, thing: str) -> dict[str, Any]:
         "active_certificates": [r.serial_hex for r in active],
         "rotations": [r.to_json() for r in rows],
     }
+
+
+def set_paused(app: App, pause: bool, reason: str | None = None) -> bool:
+    """``rotation pause`` / ``resume``: persisted in the inventory (every daemon and wave on
+    it obeys), audited. Paused, nothing new is asked and nobody is asked again; answers to
+    what was already asked are still worked. Returns whether it changed anything."""
+    from pki.model import iso_event
+    from pki.storage import AuditEvent
+
+    now = app.now()
+    inventory = app.inventory()
+    info = {"since": iso_event(now), "by": app.actor, "reason": reason or ""} if pause else None
+    with store.transaction(inventory.engine) as conn:
+        changed = store.set_paused(conn, info)
+        if changed:
+            action = "rotation-pause" if pause else "rotation-resume"
+            inventory.audit(conn, [AuditEvent(now, app.actor, action, None,
+                                              {"reason": reason or ""})])  # fmt: skip
+    return changed
+
+
+def paused(app: App) -> dict[str, Any] | None:
+    with store.transaction(app.inventory().engine) as conn:
+        return store.paused(conn)

@@ -49,6 +49,8 @@ class ServerFlow(Workflow):
             with self._writing() as conn:
                 busy = {r.thing: r for r in store.select(conn, store.OPEN)}
                 recently_failed = store.failed_since(conn, now - self.settings.retry_after)
+                if store.paused(conn) is not None:
+                    due = set()  # paused: only a server named by the operator is rotated
             done = []
             for target in servers.targets(engine):
                 if target.name in busy:

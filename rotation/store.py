@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import json
 import os
 import socket
 from collections.abc import Sequence
@@ -386,3 +387,30 @@ def lease_holder(engine: Engine, name: str, now: dt.datetime) -> str | None:
 def release_lease(engine: Engine, name: str, holder: str) -> None:
     with transaction(engine) as conn:
         conn.execute(leases.delete().where(leases.c.name == name, leases.c.holder == holder))
+
+
+# -- pause ------------------------------------------------------------------------------
+
+PAUSED = "rotation_paused"  # a fleetpki_meta row while rotation is paused (JSON)
+
+
+def paused(conn: Connection) -> dict[str, Any] | None:
+    """Who paused rotation, when and why; None when it is not paused."""
+    from pki.storage.schema import meta
+
+    value = conn.execute(sa.select(meta.c.value).where(meta.c.key == PAUSED)).scalar()
+    return dict(json.loads(value)) if value else None
+
+
+def set_paused(conn: Connection, info: dict[str, Any] | None) -> bool:
+    """Pause (``info``) or resume (None); False when it already was so."""
+    from pki.storage.schema import meta
+
+    before = paused(conn)
+    if info is None:
+        conn.execute(meta.delete().where(meta.c.key == PAUSED))
+        return before is not None
+    if before is not None:
+        return False
+    conn.execute(meta.insert().values(key=PAUSED, value=json.dumps(info, sort_keys=True)))
+    return True

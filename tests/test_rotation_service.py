@@ -690,3 +690,36 @@ def test_rotation_status_of_a_thing_shows_its_history_next_retry_and_last_error(
     assert "t-2: requested" in text and "asked again at:" in text and "(asked 2x)" in text
     code, _out, err = fleetpki(world["home"], "rotation", "status", "nobody", clock=clock)
     assert code == 2 and "no certificate and no rotation of 'nobody'" in err
+
+
+def test_a_paused_rotation_asks_nothing_new_or_again_until_resumed(
+    world: dict[str, Any],
+) -> None:
+    import json
+
+    service, clock, sent, home = world["service"], world["clock"], world["sent"], world["home"]
+    (asked,) = _request(world, "t-1")
+    ok(home, "rotation", "pause", "--reason", "change freeze", clock=clock)
+    status = json.loads(ok(home, "rotation", "status", "--json", clock=clock))
+    assert status["paused"]["reason"] == "change freeze"
+    assert status["warnings"][0].startswith("rotation is paused since")
+    # the daemon's plan asks nothing, a wave is refused, nobody is asked again
+    daemon = Daemon(service, lambda: active_devices(world["state"].inventory(), clock.now()),
+                    interval=60, holder="host-a:1:1")  # fmt: skip
+    daemon.acquire()
+    assert daemon.plan_and_request() == 0 and service.metrics.paused._value.get() == 1
+    code, _out, err = fleetpki(home, "rotation", "rotate", "t-2", "--no-wait", clock=clock)
+    assert code == 2 and "rotation is paused" in err and "change freeze" in err
+    clock.advance(dt.timedelta(minutes=2))
+    assert daemon._renew()
+    assert service.sweep().resent == 0
+    # what was asked before is still worked
+    _answer_csr(world, "t-1")
+    assert _rows(world)["t-1"].state is store.State.ISSUED
+    ok(home, "rotation", "resume", clock=clock)
+    assert daemon.plan_and_request() == 1  # t-2 now (t-1 has its rotation in progress)
+    assert {t for t, m in sent.sent if isinstance(m, rp.Request)} == {"t-1", "t-2"}
+    assert [r.id for r in _request(world, "t-1")] == []  # still one rotation for t-1
+    actions = [e.action for e in world["state"].inventory().audit_log()]
+    assert "rotation-pause" in actions and "rotation-resume" in actions
+    assert asked.id == _rows(world)["t-1"].id
