@@ -146,6 +146,8 @@ class DeviceRotation:
         except Exception:  # a device ignores what it cannot read
             return None
         if isinstance(message, rp.Request):
+            if message.rotation_id == self.rotation_id and self.stats.rotation_confirmed_at:
+                return None  # this rotation is done here (the retained request, seen again)
             return self._answer(message)
         if isinstance(message, rp.CertificateMessage):
             self._accept(message)

@@ -17,6 +17,7 @@ from rotation.cli_common import current_app as _state
 from rotation.cli_common import duration as _duration
 from rotation.cli_common import settings as _settings
 from rotation.cli_server import server_group
+from rotation.cli_status import pause_command, resume_command, status_command
 
 if TYPE_CHECKING:
     from rotation.runtime import Pass
@@ -120,6 +121,17 @@ def plan_command(horizon: str, limit: int | None, as_json: bool) -> None:
     help="With --wait: give up waiting after DURATION (the rotations go on with the daemon).",
 )
 @click.option("--force", is_flag=True, help="Also things whose rotation failed recently.")
+@click.option("--max-in-flight", type=int, metavar="N",
+              help="Pace the wave: at most N devices asked and not yet confirmed at once.")
+@click.option("--rate", type=float, metavar="N",
+              help="Pace the wave: ask at most N devices per second.")
+@click.option("--canary", type=int, default=0, metavar="N",
+              help="Ask N devices first; the rest only once all N rotated (a failed canary "
+              "stops the wave).")
+@click.option("--abort-above", type=float, metavar="PERCENT",
+              help="Stop asking once more than PERCENT of the finished rotations failed.")
+@click.option("--dry-run", is_flag=True,
+              help="Print which devices would be asked, ask nobody.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def rotate_command(
     things: tuple[str, ...],
@@ -129,15 +141,37 @@ def rotate_command(
     wait: bool,
     timeout: str,
     force: bool,
+    max_in_flight: int | None,
+    rate: float | None,
+    canary: int,
+    abort_above: float | None,
+    dry_run: bool,
     as_json: bool,
 ) -> int:
     """Rotate the device certificates of THINGS (or of things matching --match) now,
     whatever their renewal time: a rotation wave. The devices must be online; with
     --wait this command works their answers until every rotation is confirmed (and, with
     --grace 0, the old certificates revoked) or failed. Exit 1 when one failed."""
-    from rotation.runtime import rotate_now
+    from pki.errors import InvalidInput
+    from rotation.pacing import Pacing
+    from rotation.runtime import rotate_now, wave_preview
 
     settings = _settings(grace, answer_timeout)
+    try:
+        pacing = Pacing(max_in_flight, rate, canary, abort_above)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+    if dry_run:
+        preview = wave_preview(_state(), things, match, settings, force=force)
+        if as_json:
+            print_json(preview)
+        else:
+            for item in preview["would_ask"]:
+                click.echo(f"would ask {item['thing']} (certificate {item['serial']})")
+            for item in preview["skipped"]:
+                click.echo(f"would skip {item['thing']}: {item['why']}")
+        err(f"dry run: {len(preview['would_ask'])} devices would be asked, nobody was")
+        return 0
 
     def asked(count: int, daemon: str | None) -> None:
         if not as_json:
@@ -146,7 +180,7 @@ def rotate_command(
 
     wave = rotate_now(
         _state(), things, match, settings, wait=wait, timeout=_duration(timeout).total_seconds(),
-        force=force, on_asked=asked,
+        force=force, pacing=pacing, on_asked=asked,
         on_progress=(lambda _counts: None) if as_json else _progress_printer(),
     )  # fmt: skip
     if not wait:
@@ -163,6 +197,9 @@ def rotate_command(
         )
         for failed in summary["failed"][:20]:
             click.echo(f"failed {failed['thing']}: {failed['error']}")
+        if wave.aborted or wave.not_asked:
+            click.echo(f"wave stopped: {wave.aborted or 'out of time'}; "
+                       f"{wave.not_asked} devices not asked")  # fmt: skip
         if settings.grace > dt.timedelta(0) and wave.counts.get("confirmed"):
             click.echo(
                 f"old certificates are revoked {grace} after confirmation by "
@@ -247,6 +284,12 @@ def _progress_printer() -> Any:
     metavar="DURATION",
     help="With --once: how long to wait for the devices asked in this pass (default 10m).",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print what one pass would do now (CRLs to re-sign, rotations to complete or end, "
+    "devices to ask, servers to replace) as JSON; change nothing.",
+)
 def run_command(
     interval: str,
     horizon: str,
@@ -258,6 +301,7 @@ def run_command(
     metrics_host: str,
     once: bool,
     timeout: str | None,
+    dry_run: bool,
 ) -> int:
     """The rotation daemon: plans every --interval, asks the devices whose certificates
     are past their renewal time to rotate, works their CSRs and confirmations, revokes
@@ -272,19 +316,18 @@ def run_command(
     logs.for_daemon()
     state = _state()
     settings = _settings(grace, answer_timeout)
-    every = _duration(interval).total_seconds()
-    if every < 1:
-        raise InvalidInput("--interval must be at least 1s")
-    sweep_every = _duration(sweep_interval).total_seconds()
-    if sweep_every < 1:
-        raise InvalidInput("--sweep-interval must be at least 1s")
-    lease_seconds = _duration(lease).total_seconds()
-    if lease_seconds < 3:
-        raise InvalidInput("--lease must be at least 3s")
+    every = _seconds(interval, "--interval", 1)
+    sweep_every = _seconds(sweep_interval, "--sweep-interval", 1)
+    lease_seconds = _seconds(lease, "--lease", 3)
     if timeout is not None and not once:
         raise InvalidInput("--timeout goes with --once (the daemon runs until stopped)")
     wait_seconds = _duration(timeout or "10m").total_seconds()
     ahead = _duration(horizon)
+    if dry_run:
+        from rotation.runtime import pass_preview
+
+        print_json(pass_preview(state, settings, ahead))
+        return 0
     from rotation.runtime import open_service
 
     service, channel = open_service(state, settings)
@@ -316,14 +359,8 @@ def run_command(
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, stop)
-        err(
-            f"rotation daemon running (plan every {interval}, grace {grace}"
-            + (
-                f", metrics on http://{metrics_host}:{metrics_port}/metrics)"
-                if metrics_port
-                else ")"
-            )
-        )
+        where = f", metrics on http://{metrics_host}:{metrics_port}/metrics" if metrics_port else ""
+        err(f"rotation daemon running (plan every {interval}, grace {grace}{where})")
         daemon.run()
         if daemon.lost:  # another daemon holds the lease now: its session, its devices
             err("fleetpki: error: another rotation daemon took over the lease; stopped")
@@ -339,6 +376,15 @@ def run_command(
         from rotation import store
 
         store.release_lease(state.inventory().engine, "rotation-daemon", daemon.holder)
+
+
+def _seconds(text: str, option: str, least: float) -> float:
+    from pki.errors import InvalidInput
+
+    seconds = _duration(text).total_seconds()
+    if seconds < least:
+        raise InvalidInput(f"{option} must be at least {least:g}s")
+    return seconds
 
 
 def _report_pass(done: Pass) -> int:
@@ -357,79 +403,7 @@ def _report_pass(done: Pass) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------ status
-
-
-@rotation.command("status")
-@click.argument("thing", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def status_command(thing: str | None, as_json: bool) -> None:
-    """Rotations by state, the latest failures, which daemon holds the lease, and warnings:
-    no daemon running, a CRL stale or near its nextUpdate (in the home, or as the running
-    stand-ins serve it). With THING: that device's rotations, newest first, its current
-    state, when it is asked again and the last error."""
-    from pki.text import escape_controls
-    from rotation.runtime import status, thing_status
-
-    if thing is not None:
-        _print_thing(thing_status(_state(), thing), as_json)
-        return
-    data = status(_state())
-    if as_json:
-        print_json(data)
-        return
-    click.echo(", ".join(f"{k} {v}" for k, v in data["states"].items()))
-    click.echo(f"daemon: {data['daemon'] or 'not running'}")
-    click.echo(f"paused: {'yes' if data['paused'] else 'no'}")
-    for r in data["recent_failures"]:
-        click.echo(f"failed {r['name']} ({r['requested_at']}): {r['error']}")
-    for warning in data["warnings"]:
-        err(f"fleetpki: warning: {escape_controls(warning)}")
-
-
-@rotation.command("pause")
-@click.option("--reason", metavar="TEXT", help="Why (kept with the pause and in the audit log).")
-def pause_command(reason: str | None) -> None:
-    """Pause rotation on this inventory: no daemon or wave asks a device anything new or
-    again (answers to what was already asked are still worked, and replaced certificates
-    are still revoked after their grace period). Persisted; 'rotation resume' ends it."""
-    from rotation.runtime import set_paused
-
-    if set_paused(_state(), True, reason):
-        err("rotation paused: nothing new is asked until 'fleetpki rotation resume'")
-    else:
-        err("rotation was already paused")
-
-
-@rotation.command("resume")
-def resume_command() -> None:
-    """End a 'rotation pause': the daemon asks what is due at its next plan."""
-    from rotation.runtime import set_paused
-
-    if set_paused(_state(), False):
-        err("rotation resumed")
-    else:
-        err("rotation was not paused")
-
-
-def _print_thing(data: dict[str, Any], as_json: bool) -> None:
-    from pki.text import escape_controls
-
-    if as_json:
-        print_json(data)
-        return
-    name = escape_controls(data["thing"])
-    click.echo(f"{name}: {data['state'] or 'never rotated'}")
-    click.echo(f"active certificates: {', '.join(data['active_certificates']) or 'none'}")
-    if data["next_attempt_at"] and data["state"] in ("requested", "issued"):
-        click.echo(f"asked again at: {data['next_attempt_at']}")
-    if data["last_error"]:
-        click.echo(f"last error: {escape_controls(data['last_error'])}")
-    for r in data["rotations"]:
-        click.echo(
-            f"  {r['requested_at']}  {r['state']:<9}  {r['old_serial']} -> "
-            f"{r['new_serial'] or '-'}  (asked {r['attempts']}x)"
-        )
-
-
 rotation.add_command(server_group)
+rotation.add_command(status_command)
+rotation.add_command(pause_command)
+rotation.add_command(resume_command)

@@ -203,12 +203,14 @@ def wait_for(
     work: bool = True,
     sweep_every: float = 1.0,
     on_progress: Callable[[dict[str, int]], None] = lambda _counts: None,
+    feed: Callable[[list[store.Rotation]], list[str]] | None = None,
+    fed: Callable[[], bool] = lambda: True,
 ) -> dict[str, int]:
     """Until the rotations ``ids`` are confirmed (or, with ``until_completed``, their old
     certificates revoked), failed, or ``timeout`` s pass: work the devices' messages and
     sweep (``work``), or only watch while a running daemon does. Returns how many are in
     each state."""
-    if not ids:  # nothing was asked: nothing to wait for
+    if not ids and feed is None:  # nothing was asked: nothing to wait for
         return {s.value: 0 for s in store.State}
     done_states = {store.State.FAILED, store.State.COMPLETED}
     if not until_completed:
@@ -227,11 +229,14 @@ def wait_for(
                 Daemon._guarded(service.sweep, "sweep")()
             next_sweep = now + sweep_every
             rows = service.open_rotations(ids)
+            if feed is not None:  # a paced wave: ask the next devices, as rows stand
+                ids = [*ids, *feed(rows)]
+                rows = service.open_rotations(ids)
             counts = {s.value: 0 for s in store.State}
             for row in rows:
                 counts[row.state.value] += 1
             on_progress(counts)
-            if all(row.state in done_states for row in rows) or now >= deadline:
+            if (all(row.state in done_states for row in rows) and fed()) or now >= deadline:
                 return counts
 
 

@@ -37,7 +37,7 @@ from rotation.context import (
     _nothing,
     lifetime_days,
 )
-from rotation.planner import PlanItem
+from rotation.planner import PlanItem, newest_per_device
 from rotation.store import Rotation, State
 
 log = logging.getLogger("fleetpki.rotation")
@@ -51,13 +51,7 @@ class DeviceFlow(Workflow):
         ``max_open`` rotations are in flight."""
         with self._lock:
             now = self.clock.now()
-            newest: dict[str, PlanItem] = {}
-            for item in items:
-                if item.profile != "device" or not item.thing:
-                    continue  # server certificates are not rotated over MQTT
-                seen = newest.get(item.thing)
-                if seen is None or item.not_after > seen.not_after:
-                    newest[item.thing] = item
+            newest = newest_per_device(items)
             if not newest:
                 return []
             ceiling = self._days_ceiling(now)
@@ -248,6 +242,8 @@ class DeviceFlow(Workflow):
             if rotation.state is State.ISSUED and rotation.new_serial:
                 self._resend(rotation)  # the device did not get the certificate
                 continue
+            if rotation.state in (State.CONFIRMED, State.COMPLETED):
+                continue  # a device that saw its (retained) request again: done already
             if rotation.state is not State.REQUESTED:
                 self._bad(thing, f"CSR for a rotation that is {rotation.state.value}")
                 continue

@@ -63,6 +63,16 @@ class Metrics:
             "When the daemon last planned (POSIX seconds)",
             registry=r,
         )
+        self._crl_and_state(r)
+        self.duration = Histogram(
+            "fleetpki_rotation_seconds",
+            "From the rotation request to the device's confirmation",
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
+            registry=r,
+        )
+
+    def _crl_and_state(self, r: CollectorRegistry) -> None:
+        """The CRLs as published and as served, the broker connection, the pause."""
         self.crl_next_update = Gauge(
             "fleetpki_crl_next_update_timestamp_seconds",
             "nextUpdate of each CA's published CRL (POSIX seconds), by CA (issuing, root)",
@@ -96,11 +106,5 @@ class Metrics:
         self.paused = Gauge(
             "fleetpki_rotation_paused",
             "1 while rotation is paused ('fleetpki rotation pause'), else 0",
-            registry=r,
-        )
-        self.duration = Histogram(
-            "fleetpki_rotation_seconds",
-            "From the rotation request to the device's confirmation",
-            buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
             registry=r,
         )

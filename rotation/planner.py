@@ -173,3 +173,16 @@ def active_devices(
                 items.append(PlanItem(int(serial, 16), thing, profile, now, not_after, not_before))
     items.sort(key=lambda item: (item.not_after, item.serial))
     return items
+
+
+def newest_per_device(items: Iterable[PlanItem]) -> dict[str, PlanItem]:
+    """One item per thing, the certificate expiring last (a thing asked to rotate rotates
+    once, whatever number of certificates it holds); server items are left out."""
+    newest: dict[str, PlanItem] = {}
+    for item in items:
+        if item.profile != "device" or not item.thing:
+            continue  # server certificates are not rotated over MQTT
+        seen = newest.get(item.thing)
+        if seen is None or item.not_after > seen.not_after:
+            newest[item.thing] = item
+    return newest

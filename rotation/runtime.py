@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pki.errors import NotFound, OperatorError
 from pki.stats import percentile
 from rotation import store
+from rotation.pacing import Pacing
 from rotation.service import RotationService, RotationSettings
 from rotation.store import Rotation
 
@@ -114,11 +115,19 @@ class Wave:
     counts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     unsent: int = 0  # with --no-wait: requests the channel could not send
+    aborted: str | None = None  # a paced wave stopped asking: why
+    not_asked: int = 0  # a paced wave's devices never asked (aborted, or out of time)
 
     @property
     def ok(self) -> bool:
         unfinished = sum(self.counts.get(s, 0) for s in ("requested", "issued"))
-        return not self.counts.get("failed") and not unfinished and not self.unsent
+        return (
+            not self.counts.get("failed")
+            and not unfinished
+            and not self.unsent
+            and self.aborted is None
+            and not self.not_asked
+        )
 
     def summary(self) -> dict[str, Any]:
         took = sorted(
@@ -140,27 +149,15 @@ class Wave:
                 for r in self.rows
                 if r.state is store.State.FAILED
             ],
+            "aborted": self.aborted,
+            "not_asked": self.not_asked,
         }
 
 
-def rotate_now(
-    app: App,
-    things: Sequence[str],
-    match: str | None,
-    settings: RotationSettings,
-    *,
-    wait: bool,
-    timeout: float,
-    force: bool,
-    on_asked: Callable[[int, str | None], None] = lambda _n, _daemon: None,
-    on_progress: Callable[[dict[str, int]], None] = lambda _counts: None,
-) -> Wave:
-    """Ask THINGS (or the things matching ``match``) to rotate now, whatever their renewal
-    time. With a daemon running it works the answers and this only asks; otherwise this
-    holds the daemon's lease meanwhile and, with ``wait``, works the answers until every
-    rotation is confirmed (with grace 0: completed) or failed, or ``timeout`` s."""
+def wave_items(app: App, things: Sequence[str], match: str | None) -> list[Any]:
+    """The active device certificates of THINGS (or of the things matching ``match``), as
+    plan items due now; every named thing must have one."""
     from pki.errors import InvalidInput
-    from rotation.daemon import LEASE, Daemon, wait_for
     from rotation.planner import active_devices
 
     if not things and match is None:
@@ -174,7 +171,6 @@ def rotate_now(
         raise NotFound(f"no active device certificate for {', '.join(missing[:5])}{more}")
     if not items:
         raise NotFound(f"no active device certificate of a thing matching {match!r}")
-    engine = app.inventory().engine
     held = paused(app)
     if held is not None:
         raise OperatorError(
@@ -182,6 +178,104 @@ def rotate_now(
             + (f": {held['reason']}" if held.get("reason") else "")
             + "); 'fleetpki rotation resume' first"
         )
+    return items
+
+
+def wave_preview(
+    app: App, things: Sequence[str], match: str | None, settings: RotationSettings,
+    *, force: bool,
+) -> dict[str, Any]:
+    """``rotate --dry-run``: who would be asked and who skipped (and why); asks nobody."""
+    return _ask_preview(app, wave_items(app, things, match), settings, force=force)
+
+
+def _ask_preview(
+    app: App, items: Sequence[Any], settings: RotationSettings, *, force: bool
+) -> dict[str, Any]:
+    from pki.model import serial_hex
+    from rotation.planner import newest_per_device
+
+    newest = newest_per_device(items)
+    since = app.now() - settings.retry_after
+    with store.transaction(app.inventory().engine) as conn:
+        busy = store.open_things(conn)
+        failed = set() if force else store.failed_since(conn, since)
+    would, skipped = [], []
+    for thing, item in sorted(newest.items()):
+        why = ("a rotation in progress" if thing in busy else
+               "failed recently (--force asks it anyway)" if thing in failed else None)  # fmt: skip
+        if why is None:
+            would.append({"thing": thing, "serial": serial_hex(item.serial)})
+        else:
+            skipped.append({"thing": thing, "why": why})
+    return {"would_ask": would, "skipped": skipped}
+
+
+def pass_preview(app: App, settings: RotationSettings, horizon: dt.timedelta) -> dict[str, Any]:
+    """``rotation run --dry-run``: what one pass would do now — the CRLs it would re-sign,
+    the rotations its sweep would complete or end, the devices it would ask and the
+    server certificates it would replace; changes nothing and needs no broker."""
+    from pki.ca.status import ca_status
+    from pki.model import serial_hex
+    from rotation import servers
+    from rotation.planner import plan_inventory
+
+    now = app.now()
+    crls = ca_status(app.home, app.inventory(), now).crls
+    with store.transaction(app.inventory().engine) as conn:
+        held = store.paused(conn)
+        confirmed = store.select(conn, [store.State.CONFIRMED])
+        stale = store.select(conn, [store.State.REQUESTED, store.State.ISSUED],
+                             deadline_before=now)  # fmt: skip
+        busy = store.open_things(conn)
+    items = plan_inventory(app.inventory(), now, horizon=horizon)
+    due_servers = {serial_hex(i.serial) for i in items if i.profile == "server"}
+    replace = [t.name for t in servers.targets(app.inventory().engine)
+               if t.serial in due_servers and t.name not in busy]  # fmt: skip
+    asks = _ask_preview(app, items, settings, force=False)
+    if held is not None:
+        asks, replace = {"would_ask": [], "skipped": asks["would_ask"] + asks["skipped"]}, []
+    return {
+        "paused": held,
+        "crls_to_sign": [h.ca for h in crls if h.needs_signing],
+        "would_complete": sorted(r.thing for r in confirmed
+                                 if r.revoke_old_at is not None and r.revoke_old_at <= now),
+        "would_end": sorted(r.thing for r in stale),
+        **asks,
+        "would_replace_servers": sorted(replace),
+    }  # fmt: skip
+
+
+def rotate_now(
+    app: App,
+    things: Sequence[str],
+    match: str | None,
+    settings: RotationSettings,
+    *,
+    wait: bool,
+    timeout: float,
+    force: bool,
+    pacing: Pacing | None = None,
+    on_asked: Callable[[int, str | None], None] = lambda _n, _daemon: None,
+    on_progress: Callable[[dict[str, int]], None] = lambda _counts: None,
+) -> Wave:
+    """Ask THINGS (or the things matching ``match``) to rotate now, whatever their renewal
+    time. With a daemon running it works the answers and this only asks; otherwise this
+    holds the daemon's lease meanwhile and, with ``wait``, works the answers until every
+    rotation is confirmed (with grace 0: completed) or failed, or ``timeout`` s. With
+    ``pacing`` (which needs ``wait``) the devices are asked a few at a time."""
+    from pki.errors import InvalidInput
+    from rotation.daemon import LEASE, Daemon, wait_for
+    from rotation.pacing import WavePacer
+
+    pacing = pacing or Pacing()
+    if pacing.paced and not wait:
+        raise InvalidInput(
+            "a paced wave (--max-in-flight, --rate, --canary, --abort-above) needs --wait: "
+            "this command asks the devices as the wave goes"
+        )
+    items = wave_items(app, things, match)
+    engine = app.inventory().engine
     daemon = store.lease_holder(engine, LEASE, app.now())
     service, channel = open_service(app, settings, listen=daemon is None)
     holder = None
@@ -189,28 +283,39 @@ def rotate_now(
         holder = Daemon(service, list, interval=max(60.0, timeout))
         holder.acquire()
     started = time.monotonic()
+    pacer = WavePacer(items, pacing)
     try:
         channel.start()
-        requested = service.request(items, force=force)
+        requested = service.request(pacer.next([], 0.0), force=force)
+        pacer.record(requested)
         if not requested:
             raise OperatorError(
                 "nothing requested: every thing already has a rotation in progress or "
-                "failed within the hour (--force retries those)"
+                "failed recently (--force retries those)"
             )
         on_asked(len(requested), daemon)
         if not wait:
             return Wave(tuple(requested), daemon, unsent=channel.close())
+
+        def feed(rows: list[Rotation]) -> list[str]:
+            more = service.request(pacer.next(rows, time.monotonic() - started), force=force)
+            pacer.record(more)
+            requested.extend(more)
+            return [r.id for r in more]
+
         ids = [r.id for r in requested]
         counts = wait_for(
             service, ids, timeout=timeout, until_completed=settings.grace == dt.timedelta(0),
             work=daemon is None, on_progress=on_progress,
+            feed=feed if pacing.paced else None, fed=lambda: pacer.exhausted,
         )  # fmt: skip
-        rows = service.open_rotations(ids)
+        rows = service.open_rotations([r.id for r in requested])
     finally:
         channel.close()
         if holder is not None:
             store.release_lease(engine, LEASE, holder.holder)
-    return Wave(tuple(requested), daemon, tuple(rows), counts, time.monotonic() - started)
+    return Wave(tuple(requested), daemon, tuple(rows), counts, time.monotonic() - started,
+                aborted=pacer.aborted, not_asked=len(pacer.remaining))  # fmt: skip
 
 
 @dataclass(frozen=True)

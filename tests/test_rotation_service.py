@@ -723,3 +723,27 @@ def test_a_paused_rotation_asks_nothing_new_or_again_until_resumed(
     actions = [e.action for e in world["state"].inventory().audit_log()]
     assert "rotation-pause" in actions and "rotation-resume" in actions
     assert asked.id == _rows(world)["t-1"].id
+
+
+def test_dry_runs_say_what_would_happen_and_change_nothing(world: dict[str, Any]) -> None:
+    import json
+
+    clock, home = world["clock"], world["home"]
+    out = ok(home, "rotation", "rotate", "t-1", "t-2", "--dry-run", "--json", clock=clock)
+    assert [w["thing"] for w in json.loads(out)["would_ask"]] == ["t-1", "t-2"]
+    assert _rows(world) == {}  # nobody asked
+    (rotation,) = _request(world, "t-1")
+    _answer_csr(world, "t-1")
+    _confirm(world, "t-1")
+    clock.advance(dt.timedelta(hours=2))
+    before = _rows(world)
+    out = ok(home, "rotation", "run", "--dry-run", "--horizon", "3650d", clock=clock)
+    preview = json.loads(out)
+    assert preview["would_complete"] == ["t-1"]
+    assert [w["thing"] for w in preview["would_ask"]] == ["t-2"]
+    assert preview["skipped"] == [{"thing": "t-1", "why": "a rotation in progress"}]
+    assert _rows(world) == before  # nothing completed, nobody asked
+    old = world["state"].inventory().get(int(rotation.old_serial, 16))
+    assert old.status is Status.ACTIVE
+    text = ok(home, "rotation", "rotate", "t-1", "t-2", "--dry-run", clock=clock)
+    assert "would ask t-2" in text and "would skip t-1: a rotation in progress" in text

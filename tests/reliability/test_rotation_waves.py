@@ -31,7 +31,15 @@ from pki.app import App
 from pki.clock import SystemClock
 from pki.model import Status
 from rotation import store
-from tests.device_fixtures import Stand, make_home, mosquitto_pub, ok, running_stand, wait_for
+from tests.device_fixtures import (
+    Stand,
+    fleetpki,
+    make_home,
+    mosquitto_pub,
+    ok,
+    running_stand,
+    wait_for,
+)
 
 FLEET = 24
 NAMES = tuple(f"fw-{n:02d}" for n in range(FLEET))
@@ -322,3 +330,46 @@ def test_a_daemon_paused_past_its_lease_stops_when_resumed(stand: Stand, tmp_pat
         "fleetpki-rotation already connected, closing old connection"
     )
     assert takeovers <= 2, takeovers
+
+
+def _max_overlap(rows: list[store.Rotation]) -> int:
+    """The most rotations asked and not yet confirmed at the same moment."""
+    edges = []
+    for r in rows:
+        assert r.confirmed_at is not None
+        edges += [(r.requested_at, 1), (r.confirmed_at, -1)]
+    most = now = 0
+    for _at, step in sorted(edges, key=lambda e: (e[0], e[1])):
+        now += step
+        most = max(most, now)
+    return most
+
+
+def test_a_paced_wave_with_canaries_never_has_more_in_flight(stand: Stand) -> None:
+    with Fleet(stand, NAMES) as fleet:
+        out = ok(stand.home, "rotation", "rotate", "--match", "fw-*", "--grace", "0",
+                 "--canary", "2", "--max-in-flight", "5", "--rate", "20", "--abort-above",
+                 "10", "--timeout", "2m", "--json")  # fmt: skip
+        summary = json.loads(out)
+        assert summary["states"]["completed"] == FLEET and summary["aborted"] is None
+        check_invariants(stand, fleet)
+    with store.transaction(App(stand.home, SystemClock()).inventory().engine) as conn:
+        rows = store.select(conn, things=list(NAMES))
+    assert _max_overlap(rows) <= 5
+    first = sorted(rows, key=lambda r: r.requested_at)
+    canaries, rest = first[:2], first[2:]
+    assert max(r.confirmed_at for r in canaries if r.confirmed_at) <= min(
+        r.requested_at for r in rest
+    )
+
+
+def test_a_wave_whose_canary_fails_asks_nobody_else(stand: Stand) -> None:
+    """No device online: the canaries time out, the wave stops there (exit 1)."""
+    code, out, err = fleetpki(
+        stand.home, "rotation", "rotate", "--match", "fw-*", "--canary", "2",
+        "--answer-timeout", "2s", "--timeout", "1m", "--json",
+    )  # fmt: skip
+    summary = json.loads(out)
+    assert code == 1, err
+    assert summary["aborted"] == "2 of 2 canaries failed"
+    assert summary["not_asked"] == FLEET - 2 and summary["rotations"] == 2

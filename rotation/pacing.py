@@ -1,0 +1,103 @@
+"""Pacing a rotation wave: at most so many devices in flight and so many asked per second,
+a canary group asked first (the wave goes on only once every canary rotated), and an abort
+threshold (stop asking once too large a share of the finished rotations failed). Pure: the
+caller passes the wave's rotations as they stand and the seconds since the wave began."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rotation.planner import PlanItem
+from rotation.store import Rotation, State
+
+SUCCEEDED = (State.CONFIRMED, State.COMPLETED)
+IN_FLIGHT = (State.REQUESTED, State.ISSUED)
+
+
+@dataclass(frozen=True)
+class Pacing:
+    max_in_flight: int | None = None  # devices asked and not yet confirmed, at once
+    per_second: float | None = None  # devices asked per second, on average since the start
+    canary: int = 0  # the first N asked alone; the rest only once all N rotated
+    abort_above: float | None = None  # percent of finished rotations failed: stop asking
+
+    def __post_init__(self) -> None:
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise ValueError("--max-in-flight must be at least 1")
+        if self.per_second is not None and self.per_second <= 0:
+            raise ValueError("--rate must be more than 0 per second")
+        if self.canary < 0:
+            raise ValueError("--canary must be 0 or more")
+        if self.abort_above is not None and not 0 <= self.abort_above < 100:
+            raise ValueError("--abort-above must be a percentage from 0 to below 100")
+
+    @property
+    def paced(self) -> bool:
+        return bool(
+            self.max_in_flight or self.per_second or self.canary or self.abort_above is not None
+        )
+
+
+class WavePacer:
+    """Which of a wave's items to ask next. ``next`` is called with the rotations asked so
+    far (their current state); it returns the items to ask now (possibly none), and
+    ``record`` is told which of them were asked."""
+
+    def __init__(self, items: Sequence[PlanItem], pacing: Pacing) -> None:
+        self.pacing = pacing
+        self.remaining = list(items)
+        self.asked = 0
+        self.canary_count = min(pacing.canary, len(items))  # the first N items
+        self.canaries: set[str] = set()  # the canaries actually asked
+        self._canary_batch = False
+        self.aborted: str | None = None
+
+    @property
+    def exhausted(self) -> bool:
+        return not self.remaining or self.aborted is not None
+
+    def next(self, rows: Sequence[Rotation], elapsed: float) -> list[PlanItem]:
+        if self.exhausted:
+            return []
+        p = self.pacing
+        canary_phase = self.asked < self.canary_count
+        if not canary_phase and self.canary_count and not self._canaries_rotated(rows):
+            return []
+        finished = [r for r in rows if r.state is State.FAILED or r.state in SUCCEEDED]
+        failed = sum(1 for r in finished if r.state is State.FAILED)
+        if p.abort_above is not None and finished and failed * 100 > p.abort_above * len(finished):
+            self.aborted = (
+                f"{failed} of {len(finished)} finished rotations failed "
+                f"(more than {p.abort_above:g} %)"
+            )
+            return []
+        room = len(self.remaining)
+        if canary_phase:
+            room = min(room, self.canary_count - self.asked)
+        if p.max_in_flight is not None:
+            in_flight = sum(1 for r in rows if r.state in IN_FLIGHT)
+            room = min(room, p.max_in_flight - in_flight)
+        if p.per_second is not None:
+            room = min(room, max(1, int(p.per_second * elapsed) + 1) - self.asked)
+        if room <= 0:
+            return []
+        taken, self.remaining = self.remaining[:room], self.remaining[room:]
+        self.asked += len(taken)
+        self._canary_batch = canary_phase
+        return taken
+
+    def _canaries_rotated(self, rows: Sequence[Rotation]) -> bool:
+        """Every canary asked has rotated; a failed one stops the wave."""
+        canary = [r for r in rows if r.thing in self.canaries]
+        lost = sum(1 for r in canary if r.state is State.FAILED)
+        if lost:
+            self.aborted = f"{lost} of {len(canary)} canaries failed"
+            return False
+        return all(r.state in SUCCEEDED for r in canary)
+
+    def record(self, requested: Sequence[Rotation]) -> None:
+        """What the last batch actually asked (a thing busy with another rotation is
+        skipped): in the canary phase, those are canaries."""
+        if self._canary_batch:
+            self.canaries |= {r.thing for r in requested}

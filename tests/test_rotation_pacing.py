@@ -1,0 +1,106 @@
+"""Wave pacing decisions (pure): in flight, per second, canaries, abort threshold."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from rotation.pacing import Pacing, WavePacer
+from rotation.planner import PlanItem
+from rotation.store import Rotation, State
+from tests.helpers import NOW
+
+ITEMS = [PlanItem(n, f"d-{n:02d}", "device", NOW, NOW + dt.timedelta(days=30), NOW)
+         for n in range(20)]  # fmt: skip
+
+
+def rows(items: list[PlanItem], state: State) -> list[Rotation]:
+    """The rotations of ``items``, all in ``state``."""
+    return [
+        Rotation(f"{i.serial:032x}", str(i.thing), format(i.serial, "x"), None, state, 30,
+                 NOW, NOW, NOW)
+        for i in items
+    ]
+
+
+def test_unpaced_asks_everything_at_once() -> None:
+    pacer = WavePacer(ITEMS, Pacing())
+    assert pacer.next([], 0.0) == ITEMS and pacer.exhausted
+
+
+def test_at_most_n_in_flight() -> None:
+    pacer = WavePacer(ITEMS, Pacing(max_in_flight=5))
+    first = pacer.next([], 0.0)
+    assert len(first) == 5
+    asked = rows(first, State.REQUESTED)
+    assert pacer.next(asked, 1.0) == []  # all five still in flight
+    asked = rows(first[:2], State.CONFIRMED) + rows(first[2:], State.ISSUED)
+    assert len(pacer.next(asked, 2.0)) == 2  # two confirmed: two more
+
+
+def test_at_most_n_per_second_on_average() -> None:
+    pacer = WavePacer(ITEMS, Pacing(per_second=2))
+    assert len(pacer.next([], 0.0)) == 1
+    assert len(pacer.next([], 0.4)) == 0
+    assert len(pacer.next([], 2.0)) == 4  # 2/s over 2 s, and the first: 5 in all
+    assert pacer.asked == 5
+
+
+def test_the_canaries_go_first_and_the_rest_only_once_they_rotated() -> None:
+    pacer = WavePacer(ITEMS, Pacing(canary=3))
+    canaries = pacer.next([], 0.0)
+    assert len(canaries) == 3
+    pacer.record(rows(canaries, State.REQUESTED))
+    assert pacer.next(rows(canaries, State.ISSUED), 1.0) == []
+    rest = pacer.next(rows(canaries, State.COMPLETED), 2.0)
+    assert rest == ITEMS[3:] and pacer.exhausted
+
+
+def test_the_canaries_are_the_first_n_even_when_the_rate_asks_them_one_by_one() -> None:
+    pacer = WavePacer(ITEMS, Pacing(canary=2, per_second=1))
+    first = pacer.next([], 0.0)
+    pacer.record(rows(first, State.REQUESTED))
+    second = pacer.next(rows(first, State.COMPLETED), 1.0)
+    pacer.record(rows(second, State.REQUESTED))
+    assert len(first) == len(second) == 1 and pacer.canaries == {"d-00", "d-01"}
+    asked = rows(first, State.COMPLETED) + rows(second, State.ISSUED)
+    assert pacer.next(asked, 5.0) == []  # the second canary has not rotated yet
+    asked = rows(first + second, State.COMPLETED)
+    assert len(pacer.next(asked, 5.0)) == 4  # 1/s: six by now
+
+
+def test_a_failed_canary_stops_the_wave() -> None:
+    pacer = WavePacer(ITEMS, Pacing(canary=2))
+    canaries = pacer.next([], 0.0)
+    pacer.record(rows(canaries, State.REQUESTED))
+    state = rows(canaries[:1], State.COMPLETED) + rows(canaries[1:], State.FAILED)
+    assert pacer.next(state, 1.0) == []
+    assert pacer.exhausted and pacer.aborted == "1 of 2 canaries failed"
+    assert len(pacer.remaining) == 18
+
+
+def test_the_wave_stops_above_the_failure_threshold() -> None:
+    pacer = WavePacer(ITEMS, Pacing(max_in_flight=5, abort_above=20))
+    first = pacer.next([], 0.0)
+    one_failed = rows(first[:4], State.COMPLETED) + rows(first[4:], State.FAILED)
+    second = pacer.next(one_failed, 1.0)
+    assert len(second) == 5  # 1 of 5: not more than 20 %
+    three_failed = one_failed + rows(second[:3], State.COMPLETED) + rows(second[3:], State.FAILED)
+    assert pacer.next(three_failed, 2.0) == [] and pacer.aborted is not None
+    assert "3 of 10 finished rotations failed" in pacer.aborted
+    assert pacer.exhausted and len(pacer.remaining) == 10
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_in_flight": 0}, "--max-in-flight"),
+        ({"per_second": 0}, "--rate"),
+        ({"canary": -1}, "--canary"),
+        ({"abort_above": 100}, "--abort-above"),
+    ],
+)
+def test_pacing_refuses_nonsense(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Pacing(**kwargs)  # type: ignore[arg-type]
