@@ -162,15 +162,7 @@ def rotate_command(
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
     if dry_run:
-        preview = wave_preview(_state(), things, match, settings, force=force)
-        if as_json:
-            print_json(preview)
-        else:
-            for item in preview["would_ask"]:
-                click.echo(f"would ask {item['thing']} (certificate {item['serial']})")
-            for item in preview["skipped"]:
-                click.echo(f"would skip {item['thing']}: {item['why']}")
-        err(f"dry run: {len(preview['would_ask'])} devices would be asked, nobody was")
+        _print_preview(wave_preview(_state(), things, match, settings, force=force), as_json)
         return 0
 
     def asked(count: int, daemon: str | None) -> None:
@@ -206,6 +198,17 @@ def rotate_command(
                 "'fleetpki rotation run' (the daemon, or '--once')"
             )
     return 0 if wave.ok else 1
+
+
+def _print_preview(preview: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(preview)
+    else:
+        for item in preview["would_ask"]:
+            click.echo(f"would ask {item['thing']} (certificate {item['serial']})")
+        for item in preview["skipped"]:
+            click.echo(f"would skip {item['thing']}: {item['why']}")
+    err(f"dry run: {len(preview['would_ask'])} devices would be asked, nobody was")
 
 
 def _progress_printer() -> Any:
@@ -337,45 +340,68 @@ def run_command(
 
     daemon = Daemon(service, plan, interval=every, sweep_interval=sweep_every,
                     lease=lease_seconds)  # fmt: skip
+    if once:
+        return _serve(state, service, channel, daemon, lambda: _report_pass(
+            run_once(service, daemon, plan, wait_seconds)), metrics=None)  # fmt: skip
+    where = f", metrics on http://{metrics_host}:{metrics_port}/metrics" if metrics_port else ""
+    announce = f"rotation daemon running (plan every {interval}, grace {grace}{where})"
+    return _serve(state, service, channel, daemon, lambda: _until_stopped(daemon, announce),
+                  metrics=(metrics_host, metrics_port) if metrics_port else None)  # fmt: skip
+
+
+def _serve(
+    state: Any, service: Any, channel: Any, daemon: Any, work: Any,
+    metrics: tuple[str, int] | None,
+) -> int:
+    """Hold the lease, serve the metrics, connect to the broker, ``work``; then let go of
+    all of it (a daemon that lost its lease leaves the broker at once)."""
+    from pki.errors import InvalidInput
+    from rotation import store
+
+    metrics_server: Any = None
     try:
         daemon.acquire()
-        if metrics_port and not once:
+        if metrics is not None:
             from prometheus_client import start_http_server
 
             try:
-                start_http_server(metrics_port, metrics_host, registry=service.metrics.registry)
+                metrics_server, _thread = start_http_server(
+                    metrics[1], metrics[0], registry=service.metrics.registry
+                )
             except OSError as exc:
                 raise InvalidInput(
-                    f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror}"
+                    f"cannot serve metrics on {metrics[0]}:{metrics[1]}: {exc.strerror}"
                 ) from None
         channel.start()
-        if once:
-            return _report_pass(run_once(service, daemon, plan, wait_seconds))
-        interrupted: list[int] = []
-
-        def stop(signum: int, _frame: Any) -> None:
-            interrupted.append(signum)
-            daemon.stop.set()
-
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, stop)
-        where = f", metrics on http://{metrics_host}:{metrics_port}/metrics" if metrics_port else ""
-        err(f"rotation daemon running (plan every {interval}, grace {grace}{where})")
-        daemon.run()
-        if daemon.lost:  # another daemon holds the lease now: its session, its devices
-            err("fleetpki: error: another rotation daemon took over the lease; stopped")
-            return 1
-        if signal.SIGINT in interrupted:  # Ctrl-C: stopped cleanly, as interrupted
-            err("fleetpki: interrupted")
-            return 130
-        return 0
+        return int(work())
     finally:
-        # a daemon that lost its lease leaves at once: the broker session is the new
-        # holder's (the same client id), and its requests are the new holder's to send
+        if metrics_server is not None:  # the port is free for a restart at once
+            metrics_server.shutdown()
+            metrics_server.server_close()
+        # the broker session is the new holder's (the same client id) once the lease is
         channel.close(drain=0 if daemon.lost else 30)
-        from rotation import store
-
         store.release_lease(state.inventory().engine, "rotation-daemon", daemon.holder)
+
+
+def _until_stopped(daemon: Any, announce: str) -> int:
+    """Run the daemon until SIGTERM (exit 0), Ctrl-C (130) or a lost lease (1)."""
+    interrupted: list[int] = []
+
+    def stop(signum: int, _frame: Any) -> None:
+        interrupted.append(signum)
+        daemon.stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    err(announce)
+    daemon.run()
+    if daemon.lost:  # another daemon holds the lease now: its session, its devices
+        err("fleetpki: error: another rotation daemon took over the lease; stopped")
+        return 1
+    if signal.SIGINT in interrupted:  # Ctrl-C: stopped cleanly, as interrupted
+        err("fleetpki: interrupted")
+        return 130
+    return 0
 
 
 def _seconds(text: str, option: str, least: float) -> float:

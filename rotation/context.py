@@ -259,11 +259,14 @@ class Workflow(ContextView):
         reason: str,
         message: str,
         now: dt.datetime,
+        *,
+        counted_as: str | None = None,
         **values: object,
     ) -> None:
         """``values``: e.g. the ``new_serial`` of a certificate issued but not used, so
         that a later rotation of the thing finds and supersedes it if its withdrawal
-        failed."""
+        failed. ``counted_as``: the metric's reason when it is not ``reason`` (a rotation
+        interrupted by a crash is settled as owing a reload, but it is no reload failure)."""
         with self._writing() as conn:
             moved = store.advance(
                 conn,
@@ -277,5 +280,13 @@ class Workflow(ContextView):
             )
         if moved and rotation.profile == "device" and self.ctx.sender is not None:
             self.ctx.sender.clear(rotation.thing)
-        self.metrics.failed.labels(reason).inc()
+        self.metrics.failed.labels(counted_as or reason).inc()
         log.warning("rotation of %s failed (%s): %s", rotation.thing, reason, message)
+        self._gauge_open()
+
+    def _gauge_open(self) -> None:
+        """The in-progress gauge, refreshed whenever a rotation changes state."""
+        with store.transaction(self.inventory.engine) as conn:
+            counts = store.counts(conn)
+        for state in store.OPEN:
+            self.metrics.open.labels(state.value).set(counts[state.value])

@@ -24,6 +24,9 @@ from rotation.service import RotationService
 
 log = logging.getLogger("fleetpki.rotation")
 LEASE = "rotation-daemon"
+_PLAN = logging.getLogger("fleetpki.rotation.plan")
+_SWEEP = logging.getLogger("fleetpki.rotation.sweep")
+_CRL = logging.getLogger("fleetpki.rotation.crl")
 
 
 class Daemon:
@@ -114,22 +117,25 @@ class Daemon:
             held = store.paused(conn)
         self.service.metrics.paused.set(0 if held is None else 1)
         if held is not None:
-            log.info("rotation is paused (since %s): nothing asked", held["since"])
+            _PLAN.info("rotation is paused (since %s): nothing asked", held["since"])
             return 0
         items = self.plan()
-        self.service.metrics.due.set(len(items))
+        with store.transaction(self.service.inventory.engine) as conn:
+            busy = store.open_things(conn)
+        # due and waiting to be asked: a certificate whose rotation is under way is not
+        self.service.metrics.due.set(sum(1 for i in items if i.thing not in busy))
         self.service.metrics.last_plan.set(time.time())
         requested, servers = [], []
         try:  # each on its own: a failure of one must not skip the other
             requested = self.service.request(items)
         except FleetPkiError as exc:
-            log.error("requesting device rotations: %s", exc)
+            _PLAN.error("requesting device rotations: %s", exc)
         try:
             servers = self.service.rotate_servers(items)
         except FleetPkiError as exc:
-            log.error("replacing server certificates: %s", exc)
+            _PLAN.error("replacing server certificates: %s", exc)
         if requested or servers:
-            log.info(
+            _PLAN.info(
                 "%d certificates due: %d device rotations requested, %d server certificates "
                 "replaced",
                 len(items),
@@ -142,7 +148,7 @@ class Daemon:
         if self._renew():
             result = self.service.sweep()
             if result.completed or result.expired:
-                log.info(
+                _SWEEP.info(
                     "%d rotations completed (old certificates revoked), %d timed out",
                     len(result.completed),
                     len(result.expired),
@@ -150,17 +156,20 @@ class Daemon:
 
     def refresh_crl(self) -> None:
         if self._renew() and self.service.refresh_crl():
-            log.info("CRL re-signed before its nextUpdate")
+            _CRL.info("CRL re-signed before its nextUpdate")
 
     @staticmethod
     def _guarded(job: Callable[[], object], name: str) -> Callable[[], None]:
+        """The job, its failures logged under its own name (fleetpki.rotation.plan...)."""
+        job_log = logging.getLogger(f"fleetpki.rotation.{name}")
+
         def run() -> None:
             try:
                 job()
             except FleetPkiError as exc:
-                log.error("%s: %s", name, exc)
+                job_log.error("%s", exc)
             except Exception:  # a bug must not end the job for good
-                log.exception("%s failed", name)
+                job_log.exception("%s failed", name)
 
         return run
 

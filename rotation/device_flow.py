@@ -97,6 +97,8 @@ class DeviceFlow(Workflow):
             # the rows are committed before a device can answer
             for rotation in new:
                 self.sender.send(rotation.thing, rp.Request(rotation.id, rotation.old_serial))
+            if new:
+                self._gauge_open()
             return new
 
     def resend(self) -> int:
@@ -224,6 +226,7 @@ class DeviceFlow(Workflow):
                 rp.CertificateMessage(rotation.id, item.record.serial_hex, item.fullchain_pem),
             )
         self.metrics.issued.inc(len(sent))
+        self._gauge_open()
 
     def _issuable(
         self, csrs: list[tuple[str, rp.CsrMessage]]
@@ -372,3 +375,4 @@ class DeviceFlow(Workflow):
             self.sender.clear(rotation.thing)
             self.metrics.duration.observe((now - rotation.requested_at).total_seconds())
         self.metrics.confirmed.inc(len(done))
+        self._gauge_open()

@@ -185,9 +185,11 @@ class ServerFlow(Workflow):
         except OSError:
             on_disk = ""
         if rotation.new_serial and on_disk == rotation.new_serial:
-            self._fail(rotation, rotation.state, "reload", "interrupted before the reload", now)
+            self._fail(rotation, rotation.state, "reload", "interrupted before the reload", now,
+                       counted_as="interrupted")  # fmt: skip
             return
-        self._fail(rotation, rotation.state, "server-install", "interrupted", now)
+        self._fail(rotation, rotation.state, "server-install", "interrupted", now,
+                   counted_as="interrupted")  # fmt: skip
         if on_disk and on_disk != target.serial:
             with self._writing() as conn:
                 servers.record_serial(conn, target.name, on_disk, now)

@@ -80,7 +80,8 @@ class Sweeper(Workflow):
                 self.metrics.failed.labels("hook").inc()
                 gave_up[rotation.id] = why
                 del unfinished[rotation.id]
-        self._record(due, unfinished, gave_up, now, result)
+        # completed when the revocation is done: never before it
+        self._record(due, unfinished, gave_up, max(now, self.clock.now()), result)
         for error in result.errors:
             log.error("revoking a superseded certificate: %s", error)
         self.metrics.completed.inc(len(result.completed))
@@ -199,9 +200,3 @@ class Sweeper(Workflow):
                 and r.created_at <= issued[new]
             ]  # fmt: skip
         return serials
-
-    def _gauge_open(self) -> None:
-        with self._writing() as conn:
-            counts = store.counts(conn)
-        for state in store.OPEN:
-            self.metrics.open.labels(state.value).set(counts[state.value])

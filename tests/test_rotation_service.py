@@ -747,3 +747,34 @@ def test_dry_runs_say_what_would_happen_and_change_nothing(world: dict[str, Any]
     assert old.status is Status.ACTIVE
     text = ok(home, "rotation", "rotate", "t-1", "t-2", "--dry-run", clock=clock)
     assert "would ask t-2" in text and "would skip t-1: a rotation in progress" in text
+
+
+def test_the_numbers_tell_the_truth(
+    world: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defect 12 of the rotation issue: the in-progress gauge lagged until the next sweep,
+    the due gauge counted rotations already under way, completion was stamped before the
+    revocation, and every job logged under one name."""
+    import logging
+
+    service, clock = world["service"], world["clock"]
+    gauge = service.metrics.open
+    (rotation,) = _request(world, "t-1")
+    assert gauge.labels("requested")._value.get() == 1  # at once, not at the next sweep
+    _answer_csr(world, "t-1")
+    assert (gauge.labels("requested")._value.get(), gauge.labels("issued")._value.get()) == (0, 1)
+    everything = lambda: active_devices(world["state"].inventory(), clock.now())  # noqa: E731
+    daemon = Daemon(service, everything, interval=60, holder="host-a:1:1")
+    daemon.acquire()
+    daemon.plan_and_request()  # t-1 is under way: only t-2 is due and waiting
+    assert service.metrics.due._value.get() == 1
+    _confirm(world, "t-1")
+    clock.advance(dt.timedelta(hours=2))
+    daemon._renew()
+    with caplog.at_level(logging.INFO, logger="fleetpki.rotation"):
+        daemon.sweep()
+    row = _rows(world)["t-1"]
+    old = world["state"].inventory().get(int(rotation.old_serial, 16))
+    assert old.revoked_at is not None and row.completed_at is not None
+    assert row.completed_at >= old.revoked_at
+    assert "fleetpki.rotation.sweep" in {r.name for r in caplog.records}

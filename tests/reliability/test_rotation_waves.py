@@ -181,6 +181,8 @@ def check_invariants(stand: Stand, fleet: Fleet, failed: tuple[str, ...] = ()) -
         if old.status is Status.REVOKED:
             assert row.confirmed_at is not None and old.revoked_at is not None, row
             assert old.revoked_at >= row.confirmed_at, row
+            if row.completed_at is not None:  # completed once revoked, never before
+                assert row.completed_at >= old.revoked_at, row
     with store.transaction(inventory.engine) as conn:
         by_thing = {r.thing: r for r in store.select(conn, things=list(NAMES))}
     expected = {name: "failed" if name in failed else "completed" for name in NAMES}
