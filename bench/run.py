@@ -729,9 +729,9 @@ def handshake_child(port: int, cert: str, key: str, ca: str, count: int) -> None
     print(json.dumps({"seconds": time.perf_counter() - start, "count": count}))
 
 
-def _simulate(home: Path, devices: int, scenario: str) -> dict[str, Any]:
+def _simulate(home: Path, devices: int, scenario: str, *more: str) -> dict[str, Any]:
     out = _cli(home, "fleet", "simulate", "--devices", str(devices), "--duration", "2",
-               "--scenario", scenario, "--json")  # fmt: skip
+               "--scenario", scenario, "--json", *more)  # fmt: skip
     return dict(json.loads(out))
 
 
@@ -774,6 +774,9 @@ def bench_fleet(sizes: dict[str, int], work: Path) -> list[Figure]:
         summary = _simulate(home, devices, "steady")
         log(f"fleet: rotation wave of {devices} devices over MQTT")
         wave = _simulate(home, devices, "rotation")
+        in_flight = max(1, devices // 5)
+        log(f"fleet: the same wave paced, at most {in_flight} devices in flight")
+        paced = _simulate(home, devices, "rotation", "--wave-in-flight", str(in_flight))
     finally:
         _cli(home, "dev", "down")
     rate = summary["connect_phase"]["connects_per_s"] or 0.0
@@ -803,6 +806,7 @@ def bench_fleet(sizes: dict[str, int], work: Path) -> list[Figure]:
                 "checks_passed": wave["checks"]["passed"],
             },
         ),
+        _paced_figure(devices, in_flight, paced, wave_seconds),
         Figure(
             "fleet_connects",
             f"MQTT mTLS connects, {devices} simulated devices",
@@ -821,6 +825,32 @@ def bench_fleet(sizes: dict[str, int], work: Path) -> list[Figure]:
             },
         ),
     ]
+
+
+def _paced_figure(
+    devices: int, in_flight: int, paced: dict[str, Any], unpaced_seconds: float
+) -> Figure:
+    rotation = paced["rotation"]
+    seconds = rotation["wave_seconds"] or float("nan")
+    service = rotation["service"] or {}
+    return Figure(
+        "rotation_wave_paced",
+        f"the same rotation wave paced, at most {in_flight} of {devices} devices in flight",
+        seconds,
+        "s",
+        unpaced_seconds,
+        "the unpaced wave (every device asked at once, s)",
+        seconds / unpaced_seconds,
+        "report (every device rotated)",
+        None if paced["checks"]["passed"] else False,
+        {
+            "confirmed": rotation["devices_confirmed"],
+            "completed": service.get("states", {}).get("completed"),
+            "per_device_p50_s": rotation["per_device_seconds"]["p50"],
+            "per_device_p99_s": rotation["per_device_seconds"]["p99"],
+            "checks_passed": paced["checks"]["passed"],
+        },
+    )
 
 
 def bench_aws_part(sizes: dict[str, int], work: Path) -> list[Figure]:

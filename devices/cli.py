@@ -373,6 +373,13 @@ def fleet() -> None:
     default=0,
     help="Worker processes (default: one per CPU, at most 4).",
 )
+@click.option(
+    "--wave-in-flight",
+    type=click.IntRange(0, None),
+    default=0,
+    help="Rotation scenario: pace the wave with 'rotation rotate --max-in-flight N' "
+    "(0: every device asked at once).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def fleet_simulate(
     devices: int,
@@ -382,6 +389,7 @@ def fleet_simulate(
     revoke_count: int,
     sdk_share: float,
     workers: int,
+    wave_in_flight: int,
     as_json: bool,
 ) -> int:
     """Simulate a fleet against the local stand-ins (started for the run when they are
@@ -402,7 +410,8 @@ def fleet_simulate(
     root = click.get_current_context().find_root()
     explicit = root.get_parameter_source("home") is click.core.ParameterSource.COMMANDLINE
     config = SimConfig(devices=devices, duration=duration, rate=rate, scenario=scenario,
-                       sdk_share=sdk_share, revoke=revoke_count, workers=workers)  # fmt: skip
+                       sdk_share=sdk_share, revoke=revoke_count, workers=workers,
+                       wave_in_flight=wave_in_flight)  # fmt: skip
     with contextlib.ExitStack() as stack:
         if explicit:
             app.home.config()  # the named home must hold a CA

@@ -18,6 +18,7 @@ class SimConfig:
     revoke: int = 1
     workers: int = 0  # 0: one per CPU, at most 4
     connect_rate: float = 0.0  # new connections per second across the fleet; 0: as fast as possible
+    wave_in_flight: int = 0  # rotation scenario: the wave's --max-in-flight (0: unpaced)
 
     def has(self, scenario: str) -> bool:
         return self.scenario in (scenario, "all")

@@ -167,7 +167,11 @@ class Conductor:
         self.cut_seen_by = math.inf
         # the devices that are online (an expired device also has the valid certificate it
         # was first issued in the inventory, but it cannot connect to answer)
-        self.wave = RotationWave(app.home.path, fleet.valid) if config.has("rotation") else None
+        self.wave = (
+            RotationWave(app.home.path, fleet.valid, config.wave_in_flight)
+            if config.has("rotation")
+            else None
+        )
         # a worker that hangs must not hang the run: connect, steady phase, drains, margins
         self.deadline = time.monotonic() + config.duration + 120 + config.devices * 0.1
 

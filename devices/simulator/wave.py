@@ -17,9 +17,10 @@ from pki.stats import percentile
 
 
 class RotationWave:
-    def __init__(self, home: Path, things: list[str]) -> None:
+    def __init__(self, home: Path, things: list[str], in_flight: int = 0) -> None:
         self.home = home
         self.things = things
+        self.in_flight = in_flight  # the wave's --max-in-flight (0: every device at once)
         self.started = False
         self.proc: subprocess.Popen[bytes] | None = None
         self.result: dict[str, Any] | None = None
@@ -44,7 +45,8 @@ class RotationWave:
         self._err = tempfile.TemporaryFile()  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pki", "--home", str(self.home), "rotation", "rotate",
-             *self.things, "--grace", "0", "--timeout", "5m", "--json"],
+             *self.things, "--grace", "0", "--timeout", "5m", "--json",
+             *(["--max-in-flight", str(self.in_flight)] if self.in_flight else [])],
             stdout=self._out,
             stderr=self._err,
         )  # fmt: skip
