@@ -113,6 +113,7 @@ class Daemon:
     def plan_and_request(self) -> int:
         if not self._renew():
             return 0
+        self._gauge_fleet()
         with store.transaction(self.service.inventory.engine) as conn:
             held = store.paused(conn)
         self.service.metrics.paused.set(0 if held is None else 1)
@@ -143,6 +144,18 @@ class Daemon:
                 len(servers),
             )
         return len(requested) + len(servers)
+
+    def _gauge_fleet(self) -> None:
+        from rotation.planner import expiry_summary
+
+        metrics, now = self.service.metrics, self.service.clock.now()
+        metrics.ca_expiry.labels("issuing").set(self.service.issuer.issuing_not_after.timestamp())
+        for row in expiry_summary(self.service.inventory, now):
+            metrics.active.labels(row.profile).set(row.active)
+            if row.earliest is not None:
+                metrics.earliest_expiry.labels(row.profile).set(row.earliest.timestamp())
+            for window, count in row.within.items():
+                metrics.expiring.labels(row.profile, window).set(count)
 
     def sweep(self) -> None:
         if self._renew():

@@ -64,10 +64,40 @@ class Metrics:
             registry=r,
         )
         self._crl_and_state(r)
+        self._fleet(r)
         self.duration = Histogram(
             "fleetpki_rotation_seconds",
             "From the rotation request to the device's confirmation",
             buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
+            registry=r,
+        )
+
+    def _fleet(self, r: CollectorRegistry) -> None:
+        """The fleet's expiry as aggregates per profile, not one series per certificate:
+        cert-manager's per-certificate gauges would be a million series for a million
+        devices. The earliest expiry and the counts per window answer the same alerts."""
+        self.active = Gauge(
+            "fleetpki_certificates_active",
+            "Active, unexpired device and server certificates, by profile",
+            ["profile"],
+            registry=r,
+        )
+        self.earliest_expiry = Gauge(
+            "fleetpki_certificate_earliest_expiration_timestamp_seconds",
+            "The earliest notAfter among active certificates, by profile (POSIX seconds)",
+            ["profile"],
+            registry=r,
+        )
+        self.expiring = Gauge(
+            "fleetpki_certificates_expiring",
+            "Active certificates expiring within a window (1d, 7d, 30d, 90d), by profile",
+            ["profile", "within"],
+            registry=r,
+        )
+        self.ca_expiry = Gauge(
+            "fleetpki_ca_expiration_timestamp_seconds",
+            "notAfter of the issuing CA (POSIX seconds): no certificate may outlive it",
+            ["ca"],
             registry=r,
         )
 

@@ -186,3 +186,37 @@ def newest_per_device(items: Iterable[PlanItem]) -> dict[str, PlanItem]:
         if seen is None or item.not_after > seen.not_after:
             newest[item.thing] = item
     return newest
+
+
+EXPIRY_WINDOWS = (("1d", 1), ("7d", 7), ("30d", 30), ("90d", 90))
+
+
+class ExpirySummary(NamedTuple):
+    profile: str
+    active: int
+    earliest: dt.datetime | None
+    within: dict[str, int]  # window -> active certificates expiring within it
+
+
+def expiry_summary(inventory: Inventory, now: dt.datetime) -> list[ExpirySummary]:
+    """Per rotated profile: active unexpired certificates, the earliest expiry, and how many
+    expire within each window — one aggregate query, whatever the fleet's size (a series
+    per certificate would be a million series for a million devices)."""
+    c = certificates.c
+    columns = [c.profile, sa.func.count(), sa.func.min(c.not_after)]
+    for _name, days in EXPIRY_WINDOWS:
+        edge = now + dt.timedelta(days=days)
+        columns.append(sa.func.sum(sa.case((c.not_after <= edge, 1), else_=0)))
+    query = (
+        sa.select(*columns)
+        .where(c.status == Status.ACTIVE.value, c.not_after > now,
+               c.profile.in_(ROTATED_PROFILES))
+        .group_by(c.profile)
+    )  # fmt: skip
+    found = []
+    with inventory.engine.connect() as conn:
+        for profile, count, earliest, *sums in conn.execute(query):
+            windows = {name: int(n or 0) for (name, _d), n in zip(EXPIRY_WINDOWS, sums,
+                                                                   strict=True)}  # fmt: skip
+            found.append(ExpirySummary(profile, int(count), earliest, windows))
+    return found

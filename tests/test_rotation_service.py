@@ -778,3 +778,35 @@ def test_the_numbers_tell_the_truth(
     assert old.revoked_at is not None and row.completed_at is not None
     assert row.completed_at >= old.revoked_at
     assert "fleetpki.rotation.sweep" in {r.name for r in caplog.records}
+
+
+def test_the_fleet_expiry_metrics_and_the_documented_alerts(world: dict[str, Any]) -> None:
+    """The fleet's expiry as aggregates per profile; every metric the example alert rules
+    and the rotation docs name exists."""
+    import re
+
+    import yaml
+
+    service, clock = world["service"], world["clock"]
+    daemon = Daemon(service, list, interval=60, holder="host-a:1:1")
+    daemon.acquire()
+    daemon.plan_and_request()
+    m = service.metrics
+    assert m.active.labels("device")._value.get() == 2
+    issued = world["state"].inventory().find(now=clock.now(), thing="t-1")[0]
+    assert m.earliest_expiry.labels("device")._value.get() <= issued.not_after.timestamp()
+    for window, days in (("7d", 7), ("90d", 90)):
+        inside = issued.not_after <= clock.now() + dt.timedelta(days=days)
+        assert m.expiring.labels("device", window)._value.get() == (2 if inside else 0)
+    ca_expires = service.issuer.issuing_not_after.timestamp()
+    assert m.ca_expiry.labels("issuing")._value.get() == ca_expires
+    families = {family.name for family in m.registry.collect()}  # counters without _total
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    rules = yaml.safe_load((docs / "prometheus-alerts.yml").read_text())
+    exprs = " ".join(r["expr"] for g in rules["groups"] for r in g["rules"])
+    prose = (docs / "rotation.md").read_text()
+    for named in set(re.findall(r"fleetpki_[a-z_]+[a-z]", exprs + prose)):
+        base = named.removesuffix("_total")
+        for suffix in ("_bucket", "_count", "_sum"):  # a histogram's series
+            base = base.removesuffix(suffix) if base.removesuffix(suffix) in families else base
+        assert base in families, named
