@@ -146,8 +146,18 @@ class DeviceRotation:
         except Exception:  # a device ignores what it cannot read
             return None
         if isinstance(message, rp.Request):
-            if message.rotation_id == self.rotation_id and self.stats.rotation_confirmed_at:
-                return None  # this rotation is done here (the retained request, seen again)
+            if (
+                message.rotation_id == self.rotation_id
+                and self.stats.rotated_serial is not None
+                and not self.switch_pending
+                and not self.confirm_pending
+            ):
+                # asked again for a rotation done here: the service has not heard the
+                # confirmation (lost with a broker), so it goes out again; the service
+                # clearing the retained request is the acknowledgement
+                return self.topic("confirm"), rp.encode(
+                    rp.Confirm(self.rotation_id, self.stats.rotated_serial)
+                )
             return self._answer(message)
         if isinstance(message, rp.CertificateMessage):
             self._accept(message)

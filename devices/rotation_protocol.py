@@ -15,7 +15,9 @@ A request is published retained, so that a device connecting later still finds i
 sent again (same ``rotation_id``) on a per-device backoff until the device answers; when
 the rotation ends the service clears it with an empty retained message, which devices
 ignore. Answering the same request twice is harmless: a repeated CSR gets the same
-certificate again.
+certificate again. A device asked again for a rotation it already finished (its
+confirmation was lost, say with a broker killed before it saved it) sends its confirmation
+again; the cleared request is the acknowledgement.
 
 The device makes the new key itself; only the CSR travels. It reconnects with the new
 certificate before it confirms, so a confirmation proves the certificate works. The thing

@@ -93,11 +93,14 @@ def test_ctrl_c_is_interrupted_with_exit_130(tmp_path: Path) -> None:
         text=True,
     )  # fmt: skip
     try:
-        time.sleep(1.5)  # the command is up and blocked on its input
+        _blocked_reading(proc.pid)  # the command is up and blocked on its input
         proc.send_signal(signal.SIGINT)
         # wait with standard input still open: communicate() would close it at once, and
         # a child slow to take the signal would read the end of its input first
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running after SIGINT: {_where(proc.pid)}")
         assert proc.stderr is not None
         err = proc.stderr.read()
     finally:
@@ -108,6 +111,31 @@ def test_ctrl_c_is_interrupted_with_exit_130(tmp_path: Path) -> None:
                 stream.close()
     assert (proc.returncode, err) == (130, "fleetpki: interrupted\n")
     assert not (tmp_path / "out").exists()
+
+
+def _where(pid: int) -> str:
+    """What a process is blocked on, thread by thread (for a failure message)."""
+    found = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        try:
+            found.append(f"{task.name}:{(task / 'wchan').read_text() or 'running'}")
+        except OSError:
+            continue
+    return ", ".join(found) or "gone"
+
+
+def _blocked_reading(pid: int, timeout: float = 60.0) -> None:
+    """Until the process waits in a read of its standard input (a pipe), not a fixed
+    sleep that a loaded machine outruns."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if "pipe" in Path(f"/proc/{pid}/wchan").read_text():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    pytest.fail(f"the command never waited for its input: {_where(pid)}")
 
 
 # -- 4. the simulator never writes into the operator's inventory --------------------------

@@ -810,3 +810,38 @@ def test_the_fleet_expiry_metrics_and_the_documented_alerts(world: dict[str, Any
         for suffix in ("_bucket", "_count", "_sum"):  # a histogram's series
             base = base.removesuffix(suffix) if base.removesuffix(suffix) in families else base
         assert base in families, named
+
+
+def test_a_lost_confirmation_is_recovered_by_asking_the_device_again(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    """Defect 3: a confirmation lost with the broker left the device on its new
+    certificate and the rotation unconfirmed until it failed. The service asks again; a
+    device that already rotated answers with its confirmation again."""
+    from devices.device import Credentials, DeviceRotation, DeviceStats
+
+    service, clock, sent = world["service"], world["clock"], world["sent"]
+    creds = Credentials.in_folder("t-1", tmp_path / "t-1", tmp_path / "unused-ca.pem")
+    device = DeviceRotation(creds, DeviceStats("t-1"), "things")
+
+    def deliver(message: rp.Message) -> tuple[str, bytes] | None:
+        kind = "request" if isinstance(message, rp.Request) else "certificate"
+        return device.on_message(f"things/t-1/rotation/{kind}", rp.encode(message))
+
+    def to_service(answer: tuple[str, bytes] | None) -> None:
+        assert answer is not None
+        service.handle("t-1", answer[0].rsplit("/", 1)[1], answer[1])
+        service.process(wait=0)
+
+    (rotation,) = _request(world, "t-1")
+    to_service(deliver(sent.last("t-1", rp.Request)))  # the CSR, for a key made there
+    assert deliver(sent.last("t-1", rp.CertificateMessage)) is None  # stored, switching
+    device.switched()  # reconnected with it; its confirmation is lost with the broker
+    assert _rows(world)["t-1"].state is store.State.ISSUED
+    clock.advance(dt.timedelta(seconds=61))
+    assert service.sweep().resent == 1  # asked again
+    to_service(deliver(sent.last("t-1", rp.Request)))  # the device confirms again
+    row = _rows(world)["t-1"]
+    assert (row.id, row.state) == (rotation.id, store.State.CONFIRMED)
+    assert row.new_serial == device.stats.rotated_serial
+    assert sent.cleared == ["t-1"]  # the acknowledgement: the request is gone
