@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pki.errors import BackendError, FleetPkiError
 from pki.home import Home
-from pki.hooks import CrlEvent, IssuanceEvent, RevocationEvent
+from pki.hooks import CrlEvent, IssuanceEvent, RevocationEvent, StatusQuery
 
 
 def on_revoked(event: RevocationEvent) -> None:
@@ -77,3 +77,15 @@ def on_crl(event: CrlEvent) -> None:
     if state is None or not standins.alive(state):
         return
     standins.reload_crl(home, state)
+
+
+def status_warnings(query: StatusQuery) -> list[str]:
+    """For ``ca show``: what the running stand-ins serve (a stale CRL, or not the home's)."""
+    from devices import standins
+    from devices.standins import served
+
+    home = Home(query.home)
+    state = standins.load_state(home)
+    if state is None or not standins.alive(state):
+        return []
+    return served.served_crl(home, state, query.now).problems

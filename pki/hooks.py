@@ -7,6 +7,7 @@ sessions), they register a callable under an entry-point group here.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,4 +127,30 @@ def run_crl_hooks(event: CrlEvent) -> list[str]:
             ep.load()(event)
         except Exception as exc:  # reported, never raised
             warnings.append(f"CRL hook {ep.name}: {type(exc).__name__}: {exc}")
+    return warnings
+
+
+STATUS_HOOKS = "fleetpki.status_warnings"
+
+
+@dataclass(frozen=True)
+class StatusQuery:
+    """Passed to every status hook by ``ca show``: the other packages' warnings (what the
+    stand-ins serve, whether a rotation daemon runs) join the CA's own."""
+
+    home: Path
+    inventory: object  # pki.storage.Inventory (kept loose: hooks only read through it)
+    now: dt.datetime
+
+
+def status_warnings(query: StatusQuery) -> list[str]:
+    """The warnings every status hook has for the operator; a failing hook is one more."""
+    from importlib.metadata import entry_points
+
+    warnings: list[str] = []
+    for ep in entry_points(group=STATUS_HOOKS):
+        try:
+            warnings += list(ep.load()(query))
+        except Exception as exc:  # reported, never raised
+            warnings.append(f"status hook {ep.name}: {type(exc).__name__}: {exc}")
     return warnings

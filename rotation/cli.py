@@ -5,6 +5,7 @@ Imports stay inside the commands: ``fleetpki --help`` must not pay for paho or A
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import signal
 from typing import TYPE_CHECKING, Any
@@ -254,6 +255,15 @@ def _progress_printer() -> Any:
     "and asks again the devices that have not answered.",
 )
 @click.option(
+    "--max-in-flight",
+    type=click.IntRange(1, None),
+    default=10_000,
+    show_default=True,
+    metavar="N",
+    help="At most N device rotations in progress at once; the rest of what is due is asked "
+    "as they finish (checked on every sweep).",
+)
+@click.option(
     "--lease",
     "lease",
     default="1m",
@@ -299,6 +309,7 @@ def run_command(
     grace: str,
     answer_timeout: str,
     sweep_interval: str,
+    max_in_flight: int,
     lease: str,
     metrics_port: int,
     metrics_host: str,
@@ -318,7 +329,7 @@ def run_command(
 
     logs.for_daemon()
     state = _state()
-    settings = _settings(grace, answer_timeout)
+    settings = dataclasses.replace(_settings(grace, answer_timeout), max_open=max_in_flight)
     every = _seconds(interval, "--interval", 1)
     sweep_every = _seconds(sweep_interval, "--sweep-interval", 1)
     lease_seconds = _seconds(lease, "--lease", 3)

@@ -53,6 +53,7 @@ class Daemon:
             seconds=lease if lease is not None else max(3 * interval, 3 * sweep_interval, 60)
         )
         self.stop = threading.Event()
+        self.backlog: list[PlanItem] = []  # the last plan: asked as room frees up
         self.epoch: int | None = None
         self.lost = False  # the lease went to another process: stopped, exit 1
         self._renewed = 0.0  # time.monotonic() of the last renewal (it runs on while paused)
@@ -127,6 +128,7 @@ class Daemon:
         self.service.metrics.due.set(sum(1 for i in items if i.thing not in busy))
         self.service.metrics.last_plan.set(time.time())
         requested, servers = [], []
+        self.backlog = [i for i in items if i.profile == "device"]
         try:  # each on its own: a failure of one must not skip the other
             requested = self.service.request(items)
         except FleetPkiError as exc:
@@ -160,6 +162,10 @@ class Daemon:
     def sweep(self) -> None:
         if self._renew():
             result = self.service.sweep()
+            if self.backlog:  # room freed up (--max-in-flight): the rest of the last plan
+                asked = self.service.request(self.backlog)
+                if asked:
+                    _PLAN.info("%d more device rotations requested", len(asked))
             if result.completed or result.expired:
                 _SWEEP.info(
                     "%d rotations completed (old certificates revoked), %d timed out",

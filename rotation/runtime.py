@@ -221,7 +221,7 @@ def pass_preview(app: App, settings: RotationSettings, horizon: dt.timedelta) ->
     from rotation.planner import plan_inventory
 
     now = app.now()
-    crls = ca_status(app.home, app.inventory(), now).crls
+    crls = ca_status(app.home, app.inventory(), now, hooks=False).crls
     with store.transaction(app.inventory().engine) as conn:
         held = store.paused(conn)
         confirmed = store.select(conn, [store.State.CONFIRMED])
@@ -410,7 +410,7 @@ def status(app: App) -> dict[str, Any]:
         "no rotation daemon is running: nothing is renewed and no CRL re-signed until one "
         "runs ('fleetpki rotation run')"
     ]  # fmt: skip
-    warnings += ca_status(app.home, app.inventory(), now).warnings
+    warnings += ca_status(app.home, app.inventory(), now, hooks=False).warnings
     running = standins.load_state(app.home)
     serving = None
     if running is not None and standins.alive(running):

@@ -203,6 +203,8 @@ def test_a_stale_crl_at_the_broker_is_repaired_by_the_daemons_next_tick(stand: S
     code, out, err = fleetpki(stand.home, "dev", "status", "--json")
     assert code == 0 and "fleetpki: warning: the stand-ins" in err
     assert json.loads(out)["served_crl"]["matches_home"] is False
+    shown = json.loads(ok(stand.home, "ca", "show", "--json"))
+    assert any("stand-ins" in w and "expired" in w for w in shown["warnings"]), shown
     # one tick of the daemon's CRL job
     service, _channel = open_service(App(stand.home, SystemClock()), RotationSettings())
     assert service.refresh_crl() is False  # nothing to re-sign: the home's CRL is fresh
@@ -215,6 +217,8 @@ def test_a_stale_crl_at_the_broker_is_repaired_by_the_daemons_next_tick(stand: S
     status = json.loads(ok(stand.home, "rotation", "status", "--json"))
     assert [w for w in status["warnings"] if "CRL #" in w or "stand-ins" in w] == [], status
     assert status["served_crl"]["matches_home"] is True
+    shown = json.loads(ok(stand.home, "ca", "show", "--json"))
+    assert not [w for w in shown["warnings"] if "stand-ins" in w], shown
     service.refresh_crl()
     assert service.metrics.crl_repairs.labels("stand-ins")._value.get() == 1
 

@@ -845,3 +845,64 @@ def test_a_lost_confirmation_is_recovered_by_asking_the_device_again(
     assert (row.id, row.state) == (rotation.id, store.State.CONFIRMED)
     assert row.new_serial == device.stats.rotated_serial
     assert sent.cleared == ["t-1"]  # the acknowledgement: the request is gone
+
+
+@pytest.mark.parametrize("whose", ["t-1", "t-2"])
+def test_a_rotation_csr_on_a_key_already_bound_is_refused_as_key_reused(
+    world: dict[str, Any], whose: str
+) -> None:
+    """Defect 6: rotation accepted a CSR for the device's current key, or for another
+    thing's key. A rotation needs a new key, bound to no active certificate."""
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.helpers import make_csr
+
+    service, clock, sent = world["service"], world["clock"], world["sent"]
+    key_file = Path(world["home"]).parent / whose / "key.pem"
+    key = serialization.load_pem_private_key(key_file.read_bytes(), None)
+    (rotation,) = _request(world, "t-1")
+    csr, _key = make_csr("t-1", key)
+    before = len(world["state"].inventory().find(now=clock.now()))
+    service.handle("t-1", "csr", rp.encode(rp.CsrMessage(rotation.id, csr)))
+    service.process(wait=0)
+    refusal = sent.last("t-1", rp.CertificateMessage)
+    assert (refusal.ok, refusal.error) == (False, "key-reused")
+    row = _rows(world)["t-1"]
+    assert row.state is store.State.FAILED and (row.error or "").startswith("key-reused")
+    assert len(world["state"].inventory().find(now=clock.now())) == before  # nothing issued
+
+
+def test_ca_show_warns_when_no_daemon_keeps_the_fleet_current(world: dict[str, Any]) -> None:
+    import json
+
+    clock, home = world["clock"], world["home"]
+    shown = json.loads(ok(home, "ca", "show", "--json", clock=clock))
+    assert any("no rotation daemon is running" in w for w in shown["warnings"]), shown
+    daemon = Daemon(world["service"], list, interval=60, holder="host-a:1:1")
+    daemon.acquire()
+    ok(home, "rotation", "pause", clock=clock)
+    shown = json.loads(ok(home, "ca", "show", "--json", clock=clock))
+    assert not [w for w in shown["warnings"] if "daemon" in w], shown
+    assert any("rotation is paused" in w for w in shown["warnings"]), shown
+
+
+def test_the_daemon_keeps_at_most_n_in_flight_and_asks_the_rest_as_they_finish(
+    world: dict[str, Any],
+) -> None:
+    service, clock, sent = world["service"], world["clock"], world["sent"]
+    service.ctx.settings = RotationSettings(max_open=1)
+    everything = lambda: active_devices(world["state"].inventory(), clock.now())  # noqa: E731
+    daemon = Daemon(service, everything, interval=60, holder="host-a:1:1")
+    daemon.acquire()
+    assert daemon.plan_and_request() == 1
+    (first,) = [t for t, m in sent.sent if isinstance(m, rp.Request)]
+    daemon.sweep()
+    assert len([m for _t, m in sent.sent if isinstance(m, rp.Request)]) == 1  # still full
+    _answer_csr(world, first)
+    _confirm(world, first)
+    clock.advance(dt.timedelta(hours=2))
+    daemon._renew()
+    daemon.sweep()  # completes the first, then asks the other: room freed up
+    asked = {t for t, m in sent.sent if isinstance(m, rp.Request)}
+    assert asked == {"t-1", "t-2"}
+    assert _rows(world)[first].state is store.State.COMPLETED

@@ -20,10 +20,11 @@ class CaStatus:
     certificates: tuple[CertificateRecord, ...]
     crls: tuple[CrlHealth, ...]  # empty for a backend that publishes its own
     now: dt.datetime
+    others: tuple[str, ...] = ()  # the status hooks' warnings (stand-ins, rotation daemon)
 
     @property
     def warnings(self) -> list[str]:
-        return [m for m in (h.message(self.now) for h in self.crls) if m]
+        return [m for m in (h.message(self.now) for h in self.crls) if m] + list(self.others)
 
     def to_json(self) -> dict[str, Any]:
         files = self.home.crl_files
@@ -48,11 +49,18 @@ class CaStatus:
         }
 
 
-def ca_status(home: Home, inventory: Inventory, now: dt.datetime) -> CaStatus:
+def ca_status(
+    home: Home, inventory: Inventory, now: dt.datetime, *, hooks: bool = True
+) -> CaStatus:
     records = inventory.find(now=now, include_ca=True, profile=ROOT_CA_PROFILE)
     records += inventory.find(now=now, include_ca=True, profile=ISSUING_CA_PROFILE)
     crls: tuple[CrlHealth, ...] = ()
     if home.config().backend == "local":
         files = home.crl_files
         crls = tuple(crl_health(ca, files.load(ca), now) for ca in ("issuing", "root"))
-    return CaStatus(home, tuple(records), crls, now)
+    others: tuple[str, ...] = ()
+    if hooks:
+        from pki.hooks import StatusQuery, status_warnings
+
+        others = tuple(status_warnings(StatusQuery(home.path, inventory, now)))
+    return CaStatus(home, tuple(records), crls, now, others)
