@@ -41,6 +41,7 @@ from rotation.planner import PlanItem, newest_per_device
 from rotation.store import Rotation, State
 
 log = logging.getLogger("fleetpki.rotation")
+LATE = "confirmed late"  # the start of the note a late confirmation leaves on its rotation
 
 
 class DeviceFlow(Workflow):
@@ -364,13 +365,16 @@ class DeviceFlow(Workflow):
                 try:
                     # a late confirmation (after the answer timeout) still counts: the
                     # device runs on the certificate it was sent
+                    note = f"{LATE}, after it had failed ({rotation.error})" if late else None
                     with conn.begin_nested():
-                        moved = store.confirm(conn, rotation.id, rotation.state, now)
+                        moved = store.confirm(conn, rotation.id, rotation.state, now, note)
                 except sa.exc.IntegrityError:  # a newer rotation of the thing is open
                     self._bad(thing, "late confirmation: a newer rotation is in progress")
                     continue
                 if moved:
                     done.append(rotation)
+                    if late:  # counted apart: its failure was counted when it failed
+                        self.metrics.late_confirmed.inc()
         for rotation in done:
             self.sender.clear(rotation.thing)
             self.metrics.duration.observe((now - rotation.requested_at).total_seconds())

@@ -37,6 +37,12 @@ class Metrics:
             "Rotations the device confirmed after reconnecting with the new certificate",
             registry=r,
         )
+        self.late_confirmed = Counter(
+            "fleetpki_rotation_confirmed_late",
+            "Rotations confirmed after they had failed (the device was late): each was also "
+            "counted in fleetpki_rotation_failed_total when it failed",
+            registry=r,
+        )
         self.completed = Counter(
             "fleetpki_rotation_completed",
             "Rotations finished: the old certificate revoked as superseded",

@@ -195,11 +195,18 @@ def advance(conn: Connection, rotation_id: str, expected: State, to: State, **va
     return bool(done.rowcount)
 
 
-def confirm(conn: Connection, rotation_id: str, expected: State, now: dt.datetime) -> bool:
+def confirm(
+    conn: Connection,
+    rotation_id: str,
+    expected: State,
+    now: dt.datetime,
+    note: str | None = None,
+) -> bool:
     """The new certificate is in use (the device reconnected with it, or the server was
-    reloaded): the grace period of the old one starts now."""
+    reloaded): the grace period of the old one starts now. ``note`` stays on the row (a
+    rotation confirmed after it had failed says so)."""
     return advance(
-        conn, rotation_id, expected, State.CONFIRMED, confirmed_at=now, updated_at=now, error=None
+        conn, rotation_id, expected, State.CONFIRMED, confirmed_at=now, updated_at=now, error=note
     )
 
 

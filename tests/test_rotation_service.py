@@ -330,6 +330,12 @@ def test_a_late_confirmation_still_completes_the_rotation(world: dict[str, Any])
     reply = _confirm(world, "t-1")  # the device did switch; its confirmation came late
     row = _rows(world)["t-1"]
     assert (row.state, row.new_serial) == (store.State.CONFIRMED, reply.serial)
+    # and the record says so: the failure counted then, the late success counted apart
+    assert (row.error or "").startswith("confirmed late, after it had failed (timeout:")
+    assert service.metrics.late_confirmed._value.get() == 1
+    clock.advance(dt.timedelta(hours=2))
+    assert [r.id for r in service.sweep().completed] == [rotation.id]
+    assert (_rows(world)["t-1"].error or "").startswith("confirmed late")
 
 
 def test_a_failed_registration_withdraws_the_new_certificate(world: dict[str, Any]) -> None:
