@@ -264,6 +264,14 @@ def _progress_printer() -> Any:
     "as they finish (checked on every sweep).",
 )
 @click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="N",
+    help="Ask at most N devices per second (the rest of what is due follows as the rate "
+    "allows).",
+)
+@click.option(
     "--lease",
     "lease",
     default="1m",
@@ -310,6 +318,7 @@ def run_command(
     answer_timeout: str,
     sweep_interval: str,
     max_in_flight: int,
+    rate: float | None,
     lease: str,
     metrics_port: int,
     metrics_host: str,
@@ -350,7 +359,7 @@ def run_command(
         return plan_inventory(state.inventory(), state.clock.now(), horizon=ahead)
 
     daemon = Daemon(service, plan, interval=every, sweep_interval=sweep_every,
-                    lease=lease_seconds)  # fmt: skip
+                    lease=lease_seconds, rate=rate)  # fmt: skip
     if once:
         return _serve(state, service, channel, daemon, lambda: _report_pass(
             run_once(service, daemon, plan, wait_seconds)), metrics=None)  # fmt: skip

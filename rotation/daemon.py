@@ -40,6 +40,7 @@ class Daemon:
         crl_interval: float = 60.0,
         holder: str | None = None,
         lease: float | None = None,
+        rate: float | None = None,
     ) -> None:
         self.service = service
         self.plan = plan
@@ -54,6 +55,10 @@ class Daemon:
         )
         self.stop = threading.Event()
         self.backlog: list[PlanItem] = []  # the last plan: asked as room frees up
+        self.rate = rate  # devices asked per second at most (None: as room allows)
+        self._tokens = 1.0
+        self._filled = time.monotonic()
+        self._topped = 0.0
         self.epoch: int | None = None
         self.lost = False  # the lease went to another process: stopped, exit 1
         self._renewed = 0.0  # time.monotonic() of the last renewal (it runs on while paused)
@@ -130,7 +135,9 @@ class Daemon:
         requested, servers = [], []
         self.backlog = [i for i in items if i.profile == "device"]
         try:  # each on its own: a failure of one must not skip the other
-            requested = self.service.request(items)
+            requested = self._ask(items)
+            asked = {r.thing for r in requested}
+            self.backlog = [i for i in self.backlog if i.thing not in asked]
         except FleetPkiError as exc:
             _PLAN.error("requesting device rotations: %s", exc)
         try:
@@ -147,6 +154,28 @@ class Daemon:
             )
         return len(requested) + len(servers)
 
+    def _ask(self, items: list[PlanItem]) -> list[Any]:
+        """Ask what the rate allows now (a token bucket holding one second's worth)."""
+        if self.rate is None:
+            return self.service.request(items)
+        now = time.monotonic()
+        self._tokens = min(max(1.0, self.rate), self._tokens + (now - self._filled) * self.rate)
+        self._filled = now
+        asked = self.service.request(items, limit=int(self._tokens))
+        self._tokens -= len(asked)
+        return asked
+
+    def top_up(self) -> None:
+        """The rest of the last plan, as room (--max-in-flight) and the rate allow: from the
+        sweep and, once a second, from the main loop."""
+        self._topped = time.monotonic()
+        if self.backlog:
+            asked = self._ask(self.backlog)
+            if asked:
+                done = {r.thing for r in asked}
+                self.backlog = [i for i in self.backlog if i.thing not in done]
+                _PLAN.info("%d more device rotations requested", len(asked))
+
     def _gauge_fleet(self) -> None:
         from rotation.planner import expiry_summary
 
@@ -162,10 +191,7 @@ class Daemon:
     def sweep(self) -> None:
         if self._renew():
             result = self.service.sweep()
-            if self.backlog:  # room freed up (--max-in-flight): the rest of the last plan
-                asked = self.service.request(self.backlog)
-                if asked:
-                    _PLAN.info("%d more device rotations requested", len(asked))
+            self.top_up()
             if result.completed or result.expired:
                 _SWEEP.info(
                     "%d rotations completed (old certificates revoked), %d timed out",
@@ -217,6 +243,8 @@ class Daemon:
         try:
             while not self.stop.is_set() and self.renew_if_old():
                 _guarded_process(self.service, wait=0.2)
+                if self.rate and self.backlog and time.monotonic() - self._topped >= 1.0:
+                    self._guarded(self.top_up, "plan")()
         finally:
             scheduler.shutdown(wait=True)
             store.release_lease(self.service.inventory.engine, LEASE, self.holder)

@@ -45,10 +45,12 @@ LATE = "confirmed late"  # the start of the note a late confirmation leaves on i
 
 
 class DeviceFlow(Workflow):
-    def request(self, items: Sequence[PlanItem], *, force: bool = False) -> list[Rotation]:
-        """Ask the devices behind ``items`` to rotate. Skips things with a rotation in
-        progress (in any process: the inventory allows one per thing) and, unless
-        ``force``, things whose rotation failed within ``retry_after``; at most
+    def request(
+        self, items: Sequence[PlanItem], *, force: bool = False, limit: int | None = None
+    ) -> list[Rotation]:
+        """Ask the devices behind ``items`` to rotate (at most ``limit`` of them). Skips
+        things with a rotation in progress (in any process: the inventory allows one per
+        thing) and, unless ``force``, things whose rotation failed within ``retry_after``; at most
         ``max_open`` rotations are in flight."""
         with self._lock:
             now = self.clock.now()
@@ -93,7 +95,7 @@ class DeviceFlow(Workflow):
                     )
                     for thing, item in newest.items()
                     if thing not in busy
-                ][: max(0, room)]
+                ][: max(0, room if limit is None else min(room, limit))]
                 new = store.insert(conn, wanted)
             # the rows are committed before a device can answer
             for rotation in new:

@@ -78,8 +78,10 @@ class RotationService(ContextView):
 
     # -- what the flows do ------------------------------------------------------------------
 
-    def request(self, items: Sequence[PlanItem], *, force: bool = False) -> list[Rotation]:
-        return self.devices.request(items, force=force)
+    def request(
+        self, items: Sequence[PlanItem], *, force: bool = False, limit: int | None = None
+    ) -> list[Rotation]:
+        return self.devices.request(items, force=force, limit=limit)
 
     def handle(
         self, thing: str, kind: str, payload: bytes, ack: Callable[[], None] = _nothing

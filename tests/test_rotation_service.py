@@ -912,3 +912,26 @@ def test_the_daemon_keeps_at_most_n_in_flight_and_asks_the_rest_as_they_finish(
     asked = {t for t, m in sent.sent if isinstance(m, rp.Request)}
     assert asked == {"t-1", "t-2"}
     assert _rows(world)[first].state is store.State.COMPLETED
+
+
+def test_the_daemons_rate_asks_a_few_a_second_and_the_rest_as_it_allows(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    clock, sent = world["clock"], world["sent"]
+    for n in range(3, 9):
+        ok(world["home"], "issue", "device", f"t-{n}", "--generate-key", "--out",
+           tmp_path / f"t-{n}", clock=clock)  # fmt: skip
+    everything = lambda: active_devices(world["state"].inventory(), clock.now())  # noqa: E731
+    daemon = Daemon(world["service"], everything, interval=60, holder="host-a:1:1", rate=2)
+    daemon.acquire()
+
+    def asked() -> int:
+        return len({t for t, m in sent.sent if isinstance(m, rp.Request)})
+
+    assert daemon.plan_and_request() == 1  # a second's worth at most: the bucket starts at 1
+    daemon._filled -= 1.0  # a second later (monotonic time, not the inventory's clock)
+    daemon.top_up()
+    assert asked() == 3
+    daemon._filled -= 10.0  # ten seconds later: still no more than one second's worth
+    daemon.top_up()
+    assert asked() == 5 and len(daemon.backlog) == 3
