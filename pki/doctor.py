@@ -5,7 +5,8 @@ Checks: deliveries recorded and never done; temporary files left in ``--out`` fo
 delivered certificates (``--out`` folders) the inventory has no row for; revoked
 certificates the published CRL does not list yet; CRL numbers in the inventory behind the
 published file; CRLs near or past ``nextUpdate``; active certificates of a CA the home no
-longer issues from; the audit log's hash chain.
+longer issues from; active certificates no published trust bundle covers (from the
+ledger); the audit log's hash chain.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def examine(app: App, outs: Sequence[Path], *, repair: bool) -> Examination:
         ("unrecorded certificates", _unrecorded),
         ("CRLs", _crls),
         ("issuing CA", _issuers),
+        ("trust stores", _trust_stores),
         ("audit log", _audit),
     ):
         result.checked.append(name)
@@ -215,6 +217,60 @@ def _issuers(app: App, outs: Sequence[Path], repair: bool) -> Iterator[Finding]:
                       "home no longer issues from: relying parties must still trust it",
                       "keep that CA in the trust bundles until they expire, or re-issue "
                       "them (fleetpki rotation rotate)")  # fmt: skip
+
+
+def _trust_stores(app: App, outs: Sequence[Path], repair: bool) -> Iterator[Finding]:
+    """Active certificates that the bundle an endpoint was last pointed at does not cover:
+    none of the CAs they chain to is in it (from the ledger: offline, no AWS call)."""
+    from pki.aws.bundles import Target
+
+    latest: dict[str, Any] = {}
+    for version in app.inventory().bundle_history():
+        if version.target in {t.value for t in Target}:
+            latest[version.endpoint or f"s3://{version.bucket}/{version.key}"] = version
+    if not latest:
+        return
+    chains = _ca_chains(app)
+    issuers: dict[str, int] = {}
+    # client certificates: what an mTLS endpoint's trust store verifies
+    for record in app.inventory().find(now=app.now(), status=Status.ACTIVE, profile="device"):
+        issuers[record.issuer] = issuers.get(record.issuer, 0) + 1
+    for where, version in sorted(latest.items()):
+        label = f"the {version.target} bundle of {where} (ledger #{version.id})"
+        if version.cas is None:
+            yield Finding("trust stores", f"{label} was published before fleetpki recorded "
+                          "what a bundle holds: its coverage is unknown",
+                          "publish it again (fleetpki bundle publish …) to record it")  # fmt: skip
+            continue
+        for issuer, count in sorted(issuers.items()):
+            if not set(chains.get(issuer, ())) & set(version.cas):
+                yield Finding("trust stores", f"{count} active device certificate(s) from {issuer} "
+                              f"chain to no CA in {label}: that endpoint refuses them",
+                              "publish a bundle that holds their CA (fleetpki bundle publish; "
+                              "--include FILE for another CA generation)")  # fmt: skip
+
+
+def _ca_chains(app: App) -> dict[str, list[str]]:
+    """Each CA subject the inventory knows -> the SHA-256 of it and of the CAs above it."""
+    from cryptography import x509
+
+    from pki.aws.bundles import der_sha256
+
+    inventory = app.inventory()
+    by_subject: dict[str, x509.Certificate] = {}
+    for profile in ("root-ca", "issuing-ca"):
+        for record in inventory.find(now=app.now(), include_ca=True, profile=profile):
+            cert = x509.load_pem_x509_certificate(inventory.get_pem(record.serial).encode())
+            by_subject[cert.subject.rfc4514_string()] = cert
+    chains: dict[str, list[str]] = {}
+    for subject in by_subject:
+        chain, seen, at = [], set(), subject
+        while at in by_subject and at not in seen:  # up to the self-signed root
+            seen.add(at)
+            chain.append(der_sha256(by_subject[at]))
+            at = by_subject[at].issuer.rfc4514_string()
+        chains[subject] = chain
+    return chains
 
 
 def _audit(app: App, outs: Sequence[Path], repair: bool) -> Iterator[Finding]:

@@ -60,6 +60,8 @@ def _same_rows(
             if table == "rotations":
                 assert b.pop("profile") == "device"  # the fixture's one rotation is a device's
                 assert (b.pop("attempts"), b.pop("next_attempt_at")) == (1, None)  # rot_0003
+            if table == "bundle_versions":  # what a bundle held: unknown before (pki_0005)
+                assert b.pop("cas") is None
             if table == "certificates":  # each key's id, from its PEM (pki_0004)
                 assert len(b.pop("spki_sha256")) == 64
             if table == "audit_events":  # chained by pki_0003, in their order
@@ -94,7 +96,7 @@ def test_an_inventory_from_before_migrations_is_upgraded_with_its_rows(
     assert current.code == 1 and json.loads(current.out)["state"] == "legacy"
     assert _rows(url) == before
     upgraded = cli.ok("--home", old_home, "db", "upgrade")
-    assert "upgraded" in upgraded.err and "to dev_0002, pki_0004, rot_0003" in upgraded.err
+    assert "upgraded" in upgraded.err and "to dev_0002, pki_0005, rot_0003" in upgraded.err
     _same_rows(before, _rows(url))
     assert "intact" in cli.ok("--home", old_home, "audit", "--verify").err
     assert (
@@ -160,7 +162,7 @@ def test_ca_init_makes_the_schema_at_head(cli: Cli, home: Path) -> None:
         found = migrate.state(engine)
     finally:
         engine.dispose()
-    assert found.at_head and found.revisions == {"pki_0004", "rot_0003", "dev_0002"}
+    assert found.at_head and found.revisions == {"pki_0005", "rot_0003", "dev_0002"}
 
 
 def test_the_expected_heads_are_the_migrations_heads() -> None:

@@ -18,6 +18,7 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from pki.aws import publish
 from pki.clock import FixedClock, SystemClock
@@ -161,6 +162,11 @@ def test_publish_unchanged_changed_and_rollback(
         ("rollback", v1, DOMAIN),
     ]
     assert history[3]["sha256"] == hashlib.sha256(built).hexdigest()
+    # what each bundle held is recorded (doctor checks coverage offline from it)
+    held = [sorted(hashlib.sha256(c.public_bytes(serialization.Encoding.DER)).hexdigest()
+                   for c in x509.load_pem_x509_certificates(body("trust/bundle.pem", v)))
+            for v in (v1, v2)]  # fmt: skip
+    assert [sorted(h["cas"]) for h in history] == [held[0], held[0], held[1], held[0]]
     text = cli.ok("bundle", "history").out
     assert "#4 " in text and f"rollback apigw      {DOMAIN}" in text
     # the ledger is in the database the run was pointed at (PostgreSQL or the home's SQLite)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pki.aws import client as awsclient
-from pki.aws.bundles import TrustBundle
+from pki.aws.bundles import TrustBundle, der_sha256
 from pki.aws.client import AWS_FAILURES
 from pki.aws.client import publish_error as _aws_error
 from pki.aws.endpoints import (
@@ -108,6 +108,7 @@ def publish_bundle(
         uploaded=upload.uploaded,
         applied_at=clock.now(),
         actor=actor,
+        cas=tuple(der_sha256(c) for c in bundle.certificates),
     )
     return _record(
         inventory,
@@ -156,6 +157,7 @@ def rollback_bundle(
         uploaded=restored.uploaded,
         applied_at=clock.now(),
         actor=actor,
+        cas=to.cas,
     )
     return _record(
         inventory,

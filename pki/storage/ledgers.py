@@ -4,6 +4,7 @@ rollback), and which certificate an AWS Private CA request returned (safe retrie
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ class BundleVersion:
     actor: str
     revocation_id: int | None = None  # ALB trust-store revocation list (target alb-crl)
     id: int | None = None
+    cas: tuple[str, ...] | None = None  # SHA-256 of each CA certificate in it (None: unknown)
 
     def to_json(self) -> dict[str, Any]:
         from pki.model import iso_event
@@ -51,6 +53,7 @@ class BundleVersion:
             "applied_at": iso_event(self.applied_at),
             "actor": self.actor,
             "revocation_id": self.revocation_id,
+            "cas": list(self.cas) if self.cas is not None else None,
         }
 
 
@@ -61,6 +64,7 @@ class Ledgers:
 
     def record_bundle_version(self, conn: Connection, version: BundleVersion) -> int:
         values = {k: v for k, v in version.__dict__.items() if k != "id"}
+        values["cas"] = None if version.cas is None else json.dumps(list(version.cas))
         result = conn.execute(bundle_versions.insert().values(**values))
         key = result.inserted_primary_key
         return int(key[0]) if key else 0
@@ -156,4 +160,5 @@ def _bundle_version(row: Any) -> BundleVersion:
         actor=row.actor,
         revocation_id=None if row.revocation_id is None else int(row.revocation_id),
         id=int(row.id),
+        cas=None if row.cas is None else tuple(json.loads(row.cas)),
     )

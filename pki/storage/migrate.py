@@ -46,7 +46,7 @@ class Branch:
 PKI = Branch(
     name="pki",
     versions=Path(__file__).parent / "migrations" / "versions",
-    head="pki_0004",
+    head="pki_0005",
     baseline="pki_0001",
     legacy_table="certificates",
 )

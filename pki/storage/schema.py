@@ -140,6 +140,8 @@ bundle_versions = sa.Table(
     sa.Column("revocation_id", sa.BigInteger, nullable=True),
     sa.Column("applied_at", UtcDateTime, nullable=False),
     sa.Column("actor", sa.String(128), nullable=False),
+    # the CA certificates in the bundle: a JSON list of SHA-256 fingerprints (pki_0005)
+    sa.Column("cas", sa.Text, nullable=True),
 )
 
 pca_requests = sa.Table(

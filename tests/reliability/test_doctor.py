@@ -98,3 +98,40 @@ def test_a_revocation_not_on_the_crl_yet_is_found_and_re_signed(
     assert code == 1 and "not on the published CRL" in str(findings[0]["problem"])
     assert _checks(cli, "--repair")[0] == 0
     assert _checks(cli) == (0, [])
+
+
+def test_active_certificates_no_published_bundle_covers_are_found(
+    cli: Cli, ca: str, home: Path, tmp_path: Path
+) -> None:
+    """From the ledger, offline: the bundle an endpoint was last pointed at must hold a CA
+    each active certificate chains to."""
+    import datetime as dt
+
+    from cryptography import x509
+
+    from pki.aws.bundles import der_sha256
+    from pki.storage import BundleVersion, Inventory
+
+    cli.ok("issue", "device", "t1", "--generate-key", "--out", tmp_path / "t1")
+    root = x509.load_pem_x509_certificate((home / "ca" / "root.pem").read_bytes())
+    inventory = Inventory.open(ca)
+
+    def published(endpoint: str, cas: tuple[str, ...] | None) -> None:
+        version = BundleVersion("apigw", endpoint, "b", "k", "v1", "0" * 64, 1, "publish", True,
+                                dt.datetime.now(dt.UTC), "test", cas=cas)  # fmt: skip
+        with inventory.engine.begin() as conn:
+            inventory.record_bundle_version(conn, version)
+
+    try:
+        published("api.example.test", (der_sha256(root),))
+        assert _checks(cli) == (0, [])  # the root is in it: covered
+        published("api.example.test", ("ab" * 32,))  # then pointed at a bundle without it
+        published("old.example.test", None)  # published before the ledger recorded contents
+    finally:
+        inventory.close()
+    code, findings = _checks(cli)
+    assert code == 1 and {f["check"] for f in findings} == {"trust stores"}
+    problems = sorted(str(f["problem"]) for f in findings)
+    assert "1 active device certificate(s) from CN=fleetpki Issuing CA" in problems[0]
+    assert "chain to no CA in the apigw bundle of api.example.test (ledger #2)" in problems[0]
+    assert "old.example.test (ledger #3) was published before" in problems[1]
