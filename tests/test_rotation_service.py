@@ -22,7 +22,7 @@ from rotation import store
 from rotation.daemon import Daemon
 from rotation.planner import active_devices
 from rotation.service import RotationService, RotationSettings
-from tests.device_fixtures import fleetpki, ok
+from tests.device_fixtures import fleetpki, ok, wait_for
 from tests.helpers import NOW
 
 T0 = NOW - dt.timedelta(days=20)
@@ -594,7 +594,9 @@ def test_a_slow_server_reload_does_not_hold_up_device_rotation(
     server.start()
     try:
         # the reload is running (and cannot end before the file exists)
-        assert _wait(lambda: any(r.state is store.State.ISSUED for r in _rows(world).values()))
+        assert wait_for(
+            lambda: any(r.state is store.State.ISSUED for r in _rows(world).values()), 30
+        )
         devices = threading.Thread(target=lambda: _request(world, "t-1"))
         devices.start()
         devices.join(30)
@@ -609,17 +611,6 @@ def test_a_slow_server_reload_does_not_hold_up_device_rotation(
     assert not blocked, "device rotation or the sweep waited for the server's reload"
     assert _rows(world)["t-1"].state is store.State.REQUESTED
     assert [r.state for r in rotated] == [store.State.CONFIRMED]
-
-
-def _wait(predicate: Any, timeout: float = 30.0) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
 
 
 def test_an_unanswered_request_is_sent_again_on_a_backoff_then_cleared(
