@@ -24,6 +24,7 @@ from pki.cli.options import (
     out_option,
     print_json,
 )
+from pki.text import escape_controls
 
 if TYPE_CHECKING:
     from pki.app import App
@@ -308,7 +309,7 @@ def dev_status(as_json: bool) -> int:
     else:
         err("the stand-ins are not running")
     for problem in serving.problems if serving else []:
-        err(f"fleetpki: warning: {problem}")
+        err(f"fleetpki: warning: {escape_controls(problem)}")
     return 0 if running else 2
 
 

@@ -149,6 +149,9 @@ class ServiceChannel:
         except FleetPkiError as exc:  # not running (yet): paho retries with its backoff
             log.warning("reconnecting to the broker: %s", exc)
             return
+        except Exception:  # raised here it would end paho's network thread for good
+            log.exception("reading where the broker is; reconnecting to the same place")
+            return
         if fresh != self.access:
             log.warning("the broker moved to %s:%d; reconnecting there", fresh.host, fresh.port)
             self.access = fresh

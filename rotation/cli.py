@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pki.cli.options import err, print_json
+from pki.text import escape_controls
 from rotation.cli_common import answer_option, grace_option, retry_options
 from rotation.cli_common import current_app as _state
 from rotation.cli_common import duration as _duration
@@ -189,7 +190,8 @@ def rotate_command(
             + ", ".join(f"{k} {v}" for k, v in wave.counts.items() if v)
         )
         for failed in summary["failed"][:20]:
-            click.echo(f"failed {failed['thing']}: {failed['error']}")
+            click.echo(f"failed {escape_controls(failed['thing'])}: "
+                       f"{escape_controls(str(failed['error']))}")  # fmt: skip
         if wave.aborted or wave.not_asked:
             click.echo(f"wave stopped: {wave.aborted or 'out of time'}; "
                        f"{wave.not_asked} devices not asked")  # fmt: skip
@@ -206,9 +208,9 @@ def _print_preview(preview: dict[str, Any], as_json: bool) -> None:
         print_json(preview)
     else:
         for item in preview["would_ask"]:
-            click.echo(f"would ask {item['thing']} (certificate {item['serial']})")
+            click.echo(f"would ask {escape_controls(item['thing'])} (certificate {item['serial']})")
         for item in preview["skipped"]:
-            click.echo(f"would skip {item['thing']}: {item['why']}")
+            click.echo(f"would skip {escape_controls(item['thing'])}: {item['why']}")
     err(f"dry run: {len(preview['would_ask'])} devices would be asked, nobody was")
 
 
@@ -265,7 +267,7 @@ def _progress_printer() -> Any:
 )
 @click.option(
     "--rate",
-    type=click.FloatRange(min=0, min_open=True),
+    type=click.FloatRange(min=0, min_open=True, max=1e6),
     default=None,
     metavar="N",
     help="Ask at most N devices per second (the rest of what is due follows as the rate "
@@ -342,6 +344,13 @@ def run_command(
     every = _seconds(interval, "--interval", 1)
     sweep_every = _seconds(sweep_interval, "--sweep-interval", 1)
     lease_seconds = _seconds(lease, "--lease", 3)
+    if rate is not None:
+        from rotation.pacing import Pacing
+
+        try:
+            Pacing(per_second=rate)  # the same limits as a wave's (not a number: refused)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
     if timeout is not None and not once:
         raise InvalidInput("--timeout goes with --once (the daemon runs until stopped)")
     wait_seconds = _duration(timeout or "10m").total_seconds()

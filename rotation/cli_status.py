@@ -34,7 +34,8 @@ def status_command(thing: str | None, as_json: bool) -> None:
     click.echo(f"daemon: {data['daemon'] or 'not running'}")
     click.echo(f"paused: {'yes' if data['paused'] else 'no'}")
     for r in data["recent_failures"]:
-        click.echo(f"failed {r['name']} ({r['requested_at']}): {r['error']}")
+        click.echo(f"failed {escape_controls(r['name'])} ({r['requested_at']}): "
+                   f"{escape_controls(str(r['error']))}")  # fmt: skip
     for warning in data["warnings"]:
         err(f"fleetpki: warning: {escape_controls(warning)}")
 

@@ -56,6 +56,7 @@ class Daemon:
         self.stop = threading.Event()
         self.backlog: list[PlanItem] = []  # the last plan: asked as room frees up
         self.rate = rate  # devices asked per second at most (None: as room allows)
+        self._asking = threading.Lock()  # the bucket and backlog: main loop and jobs
         self._tokens = 1.0
         self._filled = time.monotonic()
         self._topped = 0.0
@@ -156,6 +157,10 @@ class Daemon:
 
     def _ask(self, items: list[PlanItem]) -> list[Any]:
         """Ask what the rate allows now (a token bucket holding one second's worth)."""
+        with self._asking:
+            return self._ask_locked(items)
+
+    def _ask_locked(self, items: list[PlanItem]) -> list[Any]:
         if self.rate is None:
             return self.service.request(items)
         now = time.monotonic()
@@ -169,8 +174,10 @@ class Daemon:
         """The rest of the last plan, as room (--max-in-flight) and the rate allow: from the
         sweep and, once a second, from the main loop."""
         self._topped = time.monotonic()
-        if self.backlog:
-            asked = self._ask(self.backlog)
+        with self._asking:
+            backlog = list(self.backlog)
+        if backlog:
+            asked = self._ask(backlog)
             if asked:
                 done = {r.thing for r in asked}
                 self.backlog = [i for i in self.backlog if i.thing not in done]
@@ -226,6 +233,7 @@ class Daemon:
         scheduler = BackgroundScheduler(timezone=dt.UTC)
         now = dt.datetime.now(dt.UTC)
         for job, seconds, name in (
+            (self._renew, max(1.0, self.lease_ttl.total_seconds() / 3), "lease"),
             (self.refresh_crl, self.crl_interval, "crl"),
             (self.plan_and_request, self.interval, "plan"),
             (self.sweep, self.sweep_interval, "sweep"),
@@ -241,8 +249,8 @@ class Daemon:
             )
         scheduler.start()
         try:
-            while not self.stop.is_set() and self.renew_if_old():
-                _guarded_process(self.service, wait=0.2)
+            while not self.stop.is_set() and _renewed(self):
+                _guarded_process(self.service, wait=0.2, stop=self.stop)
                 if self.rate and self.backlog and time.monotonic() - self._topped >= 1.0:
                     self._guarded(self.top_up, "plan")()
         finally:
@@ -261,6 +269,7 @@ def wait_for(
     on_progress: Callable[[dict[str, int]], None] = lambda _counts: None,
     feed: Callable[[list[store.Rotation]], list[str]] | None = None,
     fed: Callable[[], bool] = lambda: True,
+    holder: Daemon | None = None,
 ) -> dict[str, int]:
     """Until the rotations ``ids`` are confirmed (or, with ``until_completed``, their old
     certificates revoked), failed, or ``timeout`` s pass: work the devices' messages and
@@ -275,6 +284,9 @@ def wait_for(
     next_sweep = 0.0
     counts: dict[str, int] = {}
     while True:
+        # the lease is held while waiting: renewed, and a lost one ends the wait
+        if holder is not None and not _renewed(holder):
+            return counts or {s.value: 0 for s in store.State}
         if work:
             _guarded_process(service, wait=0.1)
         else:
@@ -296,7 +308,20 @@ def wait_for(
                 return counts
 
 
-def _guarded_process(service: RotationService, wait: float) -> None:
+def _renewed(daemon: Daemon) -> bool:
+    """Renew if due; a storage failure is logged and waited out (the lease lasts), a lease
+    lost to another process is False."""
+    try:
+        return daemon.renew_if_old()
+    except FleetPkiError as exc:
+        log.error("renewing the rotation lease: %s", exc)
+        daemon.stop.wait(1.0)
+        return not daemon.lost
+
+
+def _guarded_process(
+    service: RotationService, wait: float, stop: threading.Event | None = None
+) -> None:
     """One batch of device messages; nothing a device sends, and no failure of ours,
     stops the loop (the batch goes back into the queue). Failures in a row make the pause
     grow, up to 30 s, so a database or CA that is down is not hammered."""
@@ -309,4 +334,8 @@ def _guarded_process(service: RotationService, wait: float) -> None:
     except Exception:
         log.exception("processing device messages failed")
     service.failures_in_a_row += 1
-    time.sleep(min(30.0, 0.5 * 2 ** min(service.failures_in_a_row, 6)))
+    pause = min(30.0, 0.5 * 2 ** min(service.failures_in_a_row, 6))
+    if stop is not None:
+        stop.wait(pause)  # SIGTERM does not wait for the back-off
+    else:
+        time.sleep(pause)

@@ -208,9 +208,9 @@ class DeviceFlow(Workflow):
         report = self.issuer.issue_batch(requests, actor=self.actor)
         issued = report.issued
         now = self.clock.now()
-        self._refused(report.failed, waiting, now)
         unused: list[tuple[IssuedCertificate, Rotation]] = []
         try:
+            self._refused(report.failed, waiting, now)
             registered = self._registered(issued, waiting, unused, now)
             sent = self._advance(registered, now)
         except BaseException:
@@ -249,7 +249,8 @@ class DeviceFlow(Workflow):
                 self._resend(rotation)  # the device did not get the certificate
                 continue
             if rotation.state in (State.CONFIRMED, State.COMPLETED):
-                continue  # a device that saw its (retained) request again: done already
+                self.sender.clear(thing)  # it saw its retained request again: done already
+                continue
             if rotation.state is not State.REQUESTED:
                 self._bad(thing, f"CSR for a rotation that is {rotation.state.value}")
                 continue
@@ -352,7 +353,8 @@ class DeviceFlow(Workflow):
                     self._bad(thing, "confirmation for no rotation of this thing")
                     continue
                 if rotation.state in (State.CONFIRMED, State.COMPLETED):
-                    continue  # a repeat
+                    self.sender.clear(thing)  # a repeat: the first clearing may be lost
+                    continue
                 late = (
                     rotation.state is State.FAILED
                     and rotation.new_serial is not None

@@ -12,6 +12,7 @@ from rotation.planner import PlanItem
 from rotation.store import Rotation, State
 
 SUCCEEDED = (State.CONFIRMED, State.COMPLETED)
+MAX_RATE = 1e6  # devices per second: more is no pacing (and not a number is refused)
 IN_FLIGHT = (State.REQUESTED, State.ISSUED)
 
 
@@ -25,11 +26,11 @@ class Pacing:
     def __post_init__(self) -> None:
         if self.max_in_flight is not None and self.max_in_flight < 1:
             raise ValueError("--max-in-flight must be at least 1")
-        if self.per_second is not None and self.per_second <= 0:
-            raise ValueError("--rate must be more than 0 per second")
+        if self.per_second is not None and not 0 < self.per_second <= MAX_RATE:
+            raise ValueError(f"--rate must be more than 0 and at most {MAX_RATE:g} per second")
         if self.canary < 0:
             raise ValueError("--canary must be 0 or more")
-        if self.abort_above is not None and not 0 <= self.abort_above < 100:
+        if self.abort_above is not None and not 0 <= self.abort_above < 100:  # nan: refused
             raise ValueError("--abort-above must be a percentage from 0 to below 100")
 
     @property
@@ -52,6 +53,7 @@ class WavePacer:
         self.canaries: set[str] = set()  # the canaries actually asked
         self._canary_batch = False
         self.aborted: str | None = None
+        self.skipped = 0  # offered but not asked: a rotation in progress, failed recently
 
     @property
     def exhausted(self) -> bool:
@@ -96,8 +98,11 @@ class WavePacer:
             return False
         return all(r.state in SUCCEEDED for r in canary)
 
-    def record(self, requested: Sequence[Rotation]) -> None:
-        """What the last batch actually asked (a thing busy with another rotation is
-        skipped): in the canary phase, those are canaries."""
+    def record(self, requested: Sequence[Rotation], offered: int | None = None) -> None:
+        """What the last batch actually asked of the ``offered`` items (a thing busy with
+        another rotation is skipped, and counted): in the canary phase, those are
+        canaries."""
+        if offered is not None:
+            self.skipped += max(0, offered - len(requested))
         if self._canary_batch:
             self.canaries |= {r.thing for r in requested}

@@ -117,6 +117,7 @@ class Wave:
     unsent: int = 0  # with --no-wait: requests the channel could not send
     aborted: str | None = None  # a paced wave stopped asking: why
     not_asked: int = 0  # a paced wave's devices never asked (aborted, or out of time)
+    skipped: int = 0  # offered but not asked: a rotation in progress, or failed recently
 
     @property
     def ok(self) -> bool:
@@ -151,6 +152,7 @@ class Wave:
             ],
             "aborted": self.aborted,
             "not_asked": self.not_asked,
+            "skipped": self.skipped,
         }
 
 
@@ -286,8 +288,9 @@ def rotate_now(
     pacer = WavePacer(items, pacing)
     try:
         channel.start()
-        requested = service.request(pacer.next([], 0.0), force=force)
-        pacer.record(requested)
+        first = pacer.next([], 0.0)
+        requested = service.request(first, force=force)
+        pacer.record(requested, len(first))
         if not requested:
             raise OperatorError(
                 "nothing requested: every thing already has a rotation in progress or "
@@ -298,8 +301,11 @@ def rotate_now(
             return Wave(tuple(requested), daemon, unsent=channel.close())
 
         def feed(rows: list[Rotation]) -> list[str]:
-            more = service.request(pacer.next(rows, time.monotonic() - started), force=force)
-            pacer.record(more)
+            offered = pacer.next(rows, time.monotonic() - started)
+            more = service.request(offered, force=force)
+            pacer.record(more, len(offered))
+            if offered and not more and paused(app) is not None:
+                pacer.aborted = "rotation was paused ('fleetpki rotation resume')"
             requested.extend(more)
             return [r.id for r in more]
 
@@ -315,7 +321,8 @@ def rotate_now(
         if holder is not None:
             store.release_lease(engine, LEASE, holder.holder)
     return Wave(tuple(requested), daemon, tuple(rows), counts, time.monotonic() - started,
-                aborted=pacer.aborted, not_asked=len(pacer.remaining))  # fmt: skip
+                aborted=pacer.aborted, not_asked=len(pacer.remaining),
+                skipped=pacer.skipped)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -365,6 +372,7 @@ def run_once(
         [r.id for r in requested],
         timeout=timeout,
         until_completed=service.settings.grace == dt.timedelta(0),
+        holder=daemon,
     )
     return Pass(len(requested), tuple(servers), counts)
 

@@ -222,11 +222,13 @@ def still_active(conn: Connection, serials: Sequence[str]) -> set[str]:
     already replaced is never asked for again."""
     c = certificates.c
     found: set[str] = set()
-    for start in range(0, len(serials), 500):
-        chunk = list(serials[start : start + 500])
+    ordered = sorted(set(serials))
+    for start in range(0, len(ordered), 500):
+        chunk = ordered[start : start + 500]
         query = (
             sa.select(c.serial)
             .where(c.serial.in_(chunk), c.status == Status.ACTIVE.value)
+            .order_by(c.serial)  # rows locked in one order: two processes never deadlock
             .with_for_update()
         )
         found.update(row[0] for row in conn.execute(query))

@@ -257,3 +257,18 @@ def test_a_device_offline_through_its_request_picks_it_up_when_it_connects(
         if wave.poll() is None:
             wave.kill()
             wave.communicate()
+
+
+def test_a_failure_to_read_where_the_broker_is_never_kills_the_reconnection() -> None:
+    """Found in review: an exception other than fleetpki's own in the reconnect callback
+    would end paho's network thread for good."""
+    from rotation.channel import BrokerAccess
+
+    def broken() -> BrokerAccess:
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "a process with a strange name")
+
+    access = BrokerAccess("127.0.0.1", 1, "u", "p", "things")
+    channel = ServiceChannel(access, Heard().on_message, listen=False, source=broken)
+    channel._ready.set()  # a reconnection, not the first connection
+    channel._pre_connect(channel.client, None)  # must not raise
+    assert channel.access == access

@@ -97,6 +97,9 @@ def test_the_wave_stops_above_the_failure_threshold() -> None:
     [
         ({"max_in_flight": 0}, "--max-in-flight"),
         ({"per_second": 0}, "--rate"),
+        ({"per_second": float("nan")}, "--rate"),
+        ({"per_second": float("inf")}, "--rate"),
+        ({"abort_above": float("nan")}, "--abort-above"),
         ({"canary": -1}, "--canary"),
         ({"abort_above": 100}, "--abort-above"),
     ],

@@ -768,8 +768,16 @@ def test_the_numbers_tell_the_truth(
     _confirm(world, "t-1")
     clock.advance(dt.timedelta(hours=2))
     daemon._renew()
+    ticking = clock.now
+
+    def tick() -> dt.datetime:  # every reading a second later: the revocation takes time
+        clock.advance(dt.timedelta(seconds=1))
+        return ticking()
+
+    clock.now = tick  # type: ignore[method-assign]
     with caplog.at_level(logging.INFO, logger="fleetpki.rotation"):
         daemon.sweep()
+    clock.now = ticking  # type: ignore[method-assign]
     row = _rows(world)["t-1"]
     old = world["state"].inventory().get(int(rotation.old_serial, 16))
     assert old.revoked_at is not None and row.completed_at is not None
@@ -926,3 +934,23 @@ def test_the_daemons_rate_asks_a_few_a_second_and_the_rest_as_it_allows(
     daemon._filled -= 10.0  # ten seconds later: still no more than one second's worth
     daemon.top_up()
     assert asked() == 5 and len(daemon.backlog) == 3
+
+
+def test_a_pass_waiting_longer_than_its_lease_keeps_it_and_goes_on_recording(
+    world: dict[str, Any],
+) -> None:
+    """Found in review: 'rotation run --once' waits up to --timeout (10m) on a 1-minute
+    lease that nothing renewed: every answer after a minute was refused as LeaseLost."""
+    from rotation.daemon import wait_for
+
+    service, clock = world["service"], world["clock"]
+    daemon = Daemon(service, list, interval=60, holder="host-a:1:1", lease=60)
+    daemon.acquire()
+    (rotation,) = _request(world, "t-1")
+    clock.advance(dt.timedelta(seconds=90))  # the pass has been waiting 90 s
+    daemon._renewed -= 90
+    request = world["sent"].last("t-1", rp.Request)
+    _key, csr = make_key_and_csr(KeyType.EC_P256, "t-1")
+    service.handle("t-1", "csr", rp.encode(rp.CsrMessage(request.rotation_id, csr)))
+    counts = wait_for(service, [rotation.id], timeout=2, until_completed=False, holder=daemon)
+    assert counts["issued"] == 1 and not daemon.lost

@@ -16,6 +16,7 @@ from pki.cli.options import (
 )
 from pki.cli.output import print_records
 from pki.cli.root import cli, pass_app
+from pki.text import escape_controls
 
 if TYPE_CHECKING:
     pass
@@ -190,4 +191,4 @@ def ca_show(app: App, as_json: bool) -> None:
     if status.crls:
         click.echo(f"all CRLs: {app.home.combined_crl_path}")
     for warning in status.warnings:
-        err(f"fleetpki: warning: {warning}")
+        err(f"fleetpki: warning: {escape_controls(warning)}")

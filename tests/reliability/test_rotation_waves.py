@@ -104,8 +104,8 @@ def stand(tmp_path: Path) -> Iterator[Stand]:
 
 
 @contextlib.contextmanager
-def daemon(stand: Stand, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    proc = start_daemon(stand, log)
+def daemon(stand: Stand, log: Path, *more: str) -> Iterator[subprocess.Popen[bytes]]:
+    proc = start_daemon(stand, log, *more)
     try:
         yield proc
     finally:
@@ -134,9 +134,9 @@ def counts(stand: Stand) -> dict[str, int]:
     return dict(json.loads(ok(stand.home, "rotation", "status", "--json"))["states"])
 
 
-def ask_wave(stand: Stand) -> None:
+def ask_wave(stand: Stand, *more: str) -> None:
     out = ok(stand.home, "rotation", "rotate", "--match", "fw-*", "--grace", "0",
-             "--no-wait", "--json")  # fmt: skip
+             "--no-wait", "--json", *more)  # fmt: skip
     assert len(json.loads(out)["requested"]) == FLEET
 
 
@@ -147,7 +147,7 @@ def settled(stand: Stand, timeout: float = 120) -> dict[str, int]:
             now[s] for s in ("requested", "issued", "confirmed")
         ) == 0
 
-    wait_for(done, timeout)
+    assert wait_for(done, timeout), counts(stand)
     return counts(stand)
 
 
@@ -228,14 +228,18 @@ def test_a_daemon_killed_mid_wave_and_restarted_finishes_it(stand: Stand, tmp_pa
 
 
 def test_a_broker_restart_mid_wave_loses_no_confirmation(stand: Stand, tmp_path: Path) -> None:
+    """What the broker holds for the wave (the retained requests, the service's session
+    and what devices send it meanwhile) survives a clean restart: no re-send comes to the
+    rescue here (--resend-after 10m, longer than the test)."""
     log = tmp_path / "daemon.log"
-    with Fleet(stand, NAMES) as fleet, daemon(stand, log):
+    with Fleet(stand, NAMES) as fleet:
         _hold_back(fleet)
-        ask_wave(stand)
-        _mid_wave(stand)
-        ok(stand.home, "dev", "restart-broker")
-        fleet.offline.clear()  # they come back to the restarted broker
-        final = settled(stand)
+        ask_wave(stand, "--resend-after", "10m")
+        with daemon(stand, log, "--resend-after", "10m", "--resend-max", "10m"):
+            _mid_wave(stand)
+            ok(stand.home, "dev", "restart-broker")
+            fleet.offline.clear()  # they come back to the restarted broker
+            final = settled(stand)
         assert final["completed"] == FLEET, (final, log.read_text()[-3000:])
         check_invariants(stand, fleet)
 
@@ -375,3 +379,28 @@ def test_a_wave_whose_canary_fails_asks_nobody_else(stand: Stand) -> None:
     assert code == 1, err
     assert summary["aborted"] == "2 of 2 canaries failed"
     assert summary["not_asked"] == FLEET - 2 and summary["rotations"] == 2
+
+
+def test_a_paced_wave_stops_when_rotation_is_paused(stand: Stand) -> None:
+    """Found in review: a paced wave that met a pause dropped the rest silently and could
+    exit 0. It stops, says why and how many were never asked, exit 1."""
+    with Fleet(stand, NAMES):
+        wave = subprocess.Popen(
+            [sys.executable, "-m", "pki", "--home", str(stand.home), "rotation", "rotate",
+             "--match", "fw-*", "--grace", "0", "--rate", "1", "--timeout", "2m", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert wait_for(lambda: _confirmed_at_least(stand, 2), 60), counts(stand)
+            ok(stand.home, "rotation", "pause", "--reason", "test")
+            out, err = wave.communicate(timeout=120)
+        finally:
+            if wave.poll() is None:
+                wave.kill()
+                wave.communicate()
+    summary = json.loads(out)
+    assert wave.returncode == 1, err
+    assert summary["aborted"] == "rotation was paused ('fleetpki rotation resume')"
+    asked = summary["rotations"]
+    assert 2 <= asked < FLEET and summary["not_asked"] + summary["skipped"] + asked == FLEET
+    assert summary["states"]["completed"] == asked  # what was asked still finished

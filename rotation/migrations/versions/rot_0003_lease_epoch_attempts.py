@@ -23,6 +23,11 @@ def upgrade() -> None:
     with op.batch_alter_table("rotations") as batch:
         batch.add_column(sa.Column("attempts", sa.Integer, nullable=False, server_default="1"))
         batch.add_column(sa.Column("next_attempt_at", UtcDateTime, nullable=True))
+    # rotations waiting for their device now are asked again by the next sweep
+    op.execute(
+        "UPDATE rotations SET next_attempt_at = updated_at "
+        "WHERE state IN ('requested', 'issued')"
+    )
 
 
 def downgrade() -> None:
