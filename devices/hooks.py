@@ -55,8 +55,11 @@ def on_issued(event: IssuanceEvent) -> None:
     """Called after device certificates are committed: when the local stand-ins run, the
     broker authorizes their things for their own topics (as the IoT policy would)."""
     from devices import standins
+    from pki.issue.policy import PROBE_THING
 
-    things = [r.thing for r in event.records if r.profile == "device" and r.thing]
+    # fleetpki's own probe connects, and may do nothing else: no role on the broker
+    things = [r.thing for r in event.records
+              if r.profile == "device" and r.thing and r.thing != PROBE_THING]  # fmt: skip
     if not things:
         return
     home = Home(event.home)

@@ -153,6 +153,8 @@ class IssueRequest:
     # reused); see pki.issue.keyreuse
     replacing: int | None = None
     allow_key_reuse: bool = False  # a key bound to another identity's certificate: audited
+    # fleetpki's own probe identity (PROBE_THING): set by fleetpki's code, never an option
+    probe: bool = False
 
 
 @dataclass(frozen=True)

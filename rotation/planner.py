@@ -9,13 +9,15 @@ from typing import NamedTuple
 
 import sqlalchemy as sa
 
-from pki.issue.policy import BACKDATE
+from pki.issue.policy import BACKDATE, PROBE_THING
 from pki.issue.profiles import PROFILES
 from pki.model import Status
 from pki.storage import Inventory, UtcDateTime, certificates
 from rotation.schedule import RenewalPolicy, renewal_timestamp
 
 DEFAULT_POLICY = RenewalPolicy()
+# fleetpki's own probe identity is not part of the fleet: never planned, rotated or counted
+NOT_PROBE = sa.or_(certificates.c.thing.is_(None), certificates.c.thing != PROBE_THING)
 ROTATED_PROFILES = ("device", "server")
 # The longest lifetime a rotated certificate can have.
 MAX_LIFETIME = max(p.max_days for p in PROFILES.values()) * dt.timedelta(days=1) + BACKDATE
@@ -78,6 +80,7 @@ def candidates(
         c.status == Status.ACTIVE.value,
         c.not_after > now,
         c.profile.in_(ROTATED_PROFILES),
+        NOT_PROBE,
     )
     with inventory.engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=batch).execute(query)
@@ -108,7 +111,10 @@ def plan_inventory(
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
         # The database turns the times into POSIX seconds (C speed, no datetime objects).
         nb, na = (_EPOCH_SQL[dialect.name].format(column=c) for c in ("not_before", "not_after"))
-        where = f"status = {mark} AND not_after > {mark} AND not_after <= {mark}"
+        where = (
+            f"status = {mark} AND not_after > {mark} AND not_after <= {mark} "
+            f"AND (thing IS NULL OR thing <> {mark})"
+        )
         # Constant text and placeholders only.
         sql = (
             f"SELECT serial, thing, profile, {nb}, {na} FROM certificates "  # noqa: S608
@@ -119,6 +125,7 @@ def plan_inventory(
             Status.ACTIVE.value,
             to_db(now, dialect),
             to_db(bound, dialect),
+            PROBE_THING,
             *ROTATED_PROFILES,
         )
         cursor = conn.exec_driver_sql(sql, params)
@@ -163,6 +170,7 @@ def active_devices(
         c.not_after > now,
         c.profile == "device",
         c.thing.is_not(None),
+        NOT_PROBE,
     )
     if things:
         query = query.where(c.thing.in_(list(things)))
@@ -210,7 +218,7 @@ def expiry_summary(inventory: Inventory, now: dt.datetime) -> list[ExpirySummary
     query = (
         sa.select(*columns)
         .where(c.status == Status.ACTIVE.value, c.not_after > now,
-               c.profile.in_(ROTATED_PROFILES))
+               c.profile.in_(ROTATED_PROFILES), NOT_PROBE)
         .group_by(c.profile)
     )  # fmt: skip
     found = []

@@ -34,7 +34,7 @@ def open_service(
     """The service and its MQTT channel to the stand-ins' broker (not started). Without
     ``listen`` the channel only sends requests: a running daemon works the answers."""
     from devices import standins
-    from devices.standins import served
+    from devices.standins import probe, served
     from rotation.channel import ServiceChannel, stand_in_access
 
     home = app.home
@@ -79,7 +79,9 @@ def open_service(
         settings=settings,
         register=iot_register(app),
         on_crl=reload_crl,
-        served_crls=lambda now: served.check_and_repair(home, now),
+        served_crls=lambda now: served.check_and_repair(
+            home, now, probe=lambda: probe.current(app)
+        ),
     )
     return service, channel
 

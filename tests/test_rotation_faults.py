@@ -272,3 +272,67 @@ def test_a_failure_to_read_where_the_broker_is_never_kills_the_reconnection() ->
     channel._ready.set()  # a reconnection, not the first connection
     channel._pre_connect(channel.client, None)  # must not raise
     assert channel.access == access
+
+
+def test_a_broker_holding_a_stale_crl_behind_a_fresh_file_is_found_by_a_canary(
+    stand: Stand,
+) -> None:
+    """The file the broker reads is the home's current one, but the broker never re-read it
+    (a SIGHUP that never arrived): only a handshake of fleetpki's own shows that it refuses
+    everyone. The daemon's next tick finds it and repairs it."""
+    import datetime as dt
+    import json
+
+    from pki.app import App
+    from pki.clock import FixedClock, SystemClock
+    from rotation.runtime import open_service
+    from rotation.service import RotationSettings
+
+    home = Home(stand.home)
+    state = standins.load_state(home)
+    assert state is not None
+    ok(stand.home, "crl", clock=FixedClock(dt.datetime.now(dt.UTC) - dt.timedelta(days=30)))
+    stale = home.combined_crl_path.read_bytes()
+    ok(stand.home, "crl")
+    _serve(state, stale)  # the broker loads the stale CRL...
+    topic = f"{stand.topic_prefix}/bf-1/t"
+    assert wait_for(lambda: mosquitto_pub(stand, stand.device("bf-1"), topic).returncode != 0)
+    state.crl_file.write_bytes(home.combined_crl_path.read_bytes())  # ...the file is fixed
+    status = json.loads(ok(stand.home, "rotation", "status", "--json"))
+    assert status["served_crl"]["matches_home"] is True  # the file alone looks fine
+    assert mosquitto_pub(stand, stand.device("bf-1"), topic).returncode != 0  # still refused
+    service, _channel = open_service(App(stand.home, SystemClock()), RotationSettings())
+    service.refresh_crl()  # one tick
+    assert service.metrics.crl_repairs.labels("stand-ins")._value.get() == 1
+    assert service.metrics.crl_served_ok.labels("stand-ins")._value.get() == 1
+    accepted = mosquitto_pub(stand, stand.device("bf-1"), topic)
+    assert accepted.returncode == 0, accepted.stderr
+    # the probe is recorded, and not part of the fleet
+    probes = json.loads(ok(stand.home, "list", "--thing", "fleetpki-probe", "--json"))
+    assert [p["status"] for p in probes] == ["active"]
+    plan = json.loads(ok(stand.home, "rotation", "plan", "--horizon", "3650d", "--json"))
+    assert "fleetpki-probe" not in json.dumps(plan)
+    service.refresh_crl()  # a second tick: the same probe, nothing to repair
+    assert service.metrics.crl_repairs.labels("stand-ins")._value.get() == 1
+    assert len(json.loads(ok(stand.home, "list", "--thing", "fleetpki-probe", "--json"))) == 1
+
+
+def test_only_fleetpki_itself_issues_its_probe_identity(tmp_path: Path) -> None:
+    from pki.app import App
+    from pki.clock import SystemClock
+    from pki.errors import PolicyViolation
+    from pki.issue.delivery import make_key_and_csr
+    from pki.model import IssueRequest, KeyType
+
+    home = tmp_path / "home"
+    ok(home, "ca", "init")
+    code, _out, err = fleetpki(home, "issue", "device", "fleetpki-probe", "--generate-key",
+                               "--out", tmp_path / "p")  # fmt: skip
+    assert code == 2 and "(reserved-thing-name)" in err  # an operator cannot take it
+    _key, csr = make_key_and_csr(KeyType.EC_P256, "fleetpki-rotation")
+    app = App(home, SystemClock())
+    try:
+        with pytest.raises(PolicyViolation, match="fleetpki-probe"):  # nor any other name
+            app.issuer().issue(IssueRequest("device", "fleetpki-rotation", csr, probe=True))
+    finally:
+        app.close()

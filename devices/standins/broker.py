@@ -191,15 +191,16 @@ def dynsec_init(path: Path, password: str) -> None:
         )
 
 
-def reload_crl(home: Home, state: DevState) -> None:
+def reload_crl(home: Home, state: DevState, *, force: bool = False) -> None:
     """Copy the home's combined CRL file into the run folder and make Mosquitto re-read it
     (SIGHUP). The HTTPS stand-in notices the new file by itself before its next handshake.
-    """
+    ``force``: signal the broker even when the file is in place (it may never have re-read
+    it)."""
     data = home.combined_crl_path.read_bytes()
     if state.pki_port:
         write_published(home, state.run)
     try:
-        if state.crl_file.read_bytes() == data:
+        if state.crl_file.read_bytes() == data and not force:
             return  # already in place (a batch revocation calls this per certificate)
     except OSError:
         pass

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cryptography import x509
 
 from devices.standins.broker import reload_crl
+from devices.standins.probe import Probe, handshake
 from devices.standins.state import DevState, alive, load_state
 from pki.home import Home
 from pki.model import isoformat
@@ -31,6 +34,7 @@ class ServedCrl:
     matches_home: bool
     crls: tuple[CrlHealth, ...]
     now: dt.datetime
+    refused: str | None = None  # the canary handshake refused: why (None: accepted or not tried)
 
     @property
     def problems(self) -> list[str]:
@@ -38,6 +42,11 @@ class ServedCrl:
         or a file that is not the home's."""
         messages = (h.message(self.now) for h in self.crls)
         found = [f"{self.relying_party}: {m}" for m in messages if m]
+        if self.refused is not None:
+            found.append(
+                f"{self.relying_party}: the broker refuses a fresh certificate of fleetpki's "
+                f"own ({self.refused}): the CRL it has loaded is stale, or its CA file is wrong"
+            )
         if not self.matches_home:
             found.append(
                 f"{self.relying_party}: the CRL file they read ({self.path}) is not the "
@@ -47,13 +56,18 @@ class ServedCrl:
 
     @property
     def healthy(self) -> bool:
-        return self.matches_home and all(h.state in ("fresh", "due") for h in self.crls)
+        return (
+            self.matches_home
+            and self.refused is None
+            and all(h.state in ("fresh", "due") for h in self.crls)
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
             "relying_party": self.relying_party,
             "path": self.path,
             "matches_home": self.matches_home,
+            "canary_refused": self.refused,
             "crls": [
                 {
                     "ca": h.ca,
@@ -100,16 +114,33 @@ class CrlRepair:
         return self.after is not None
 
 
-def check_and_repair(home: Home, now: dt.datetime) -> CrlRepair | None:
-    """When the stand-ins run: check what they serve and, when it is not the home's
-    current CRL file or is stale, hand them the home's file again (the broker re-reads
-    it on SIGHUP). None when no stand-ins run. A failure to repair is raised
-    (``BackendError``)."""
+def check_and_repair(
+    home: Home, now: dt.datetime, probe: Callable[[], Probe] | None = None
+) -> CrlRepair | None:
+    """When the stand-ins run: check what they serve — the file they read, and with
+    ``probe`` a canary handshake with the broker — and, when the file is not the home's
+    current CRL or the broker refuses a fresh certificate, hand them the home's file again
+    and make the broker re-read it. None when no stand-ins run. A failure to repair is
+    raised (``BackendError``)."""
     state = load_state(home)
     if state is None or not alive(state):
         return None
-    before = served_crl(home, state, now)
-    if before.matches_home:  # nothing to hand over (a stale home CRL is re-signed, not here)
-        return CrlRepair(before, None)
-    reload_crl(home, state)
-    return CrlRepair(before, served_crl(home, state, now))
+    identity = probe() if probe is not None else None
+    before = _judged(home, state, now, identity)
+    if before.matches_home and before.refused is None:
+        return CrlRepair(before, None)  # (a stale home CRL is re-signed, not repaired here)
+    reload_crl(home, state, force=True)
+    after = _judged(home, state, now, identity)
+    deadline = time.monotonic() + 10  # the broker re-reads on SIGHUP, a moment later
+    while after.refused is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        after = _judged(home, state, now, identity)
+    return CrlRepair(before, after)
+
+
+def _judged(home: Home, state: DevState, now: dt.datetime, identity: Probe | None) -> ServedCrl:
+    served = served_crl(home, state, now)
+    if identity is None:
+        return served
+    refused = handshake(identity, state.mqtt_port, state.ca_file)
+    return replace(served, refused=refused)

@@ -28,6 +28,9 @@ MAX_COMMON_NAME = 64
 # The broker takes a device's CN as its username; fleetpki's own service users (admin,
 # rotation) have this prefix, so no device may be named like them.
 RESERVED_THING_PREFIX = "fleetpki-"
+# fleetpki's own short-lived client identity for canary handshakes against the relying
+# parties (no broker permissions; left out of the fleet's counts and plans)
+PROBE_THING = "fleetpki-probe"
 
 # Certificates start a few minutes in the past so devices with a slightly slow clock accept them.
 BACKDATE = dt.timedelta(minutes=5)
@@ -99,6 +102,10 @@ Check = Callable[[PolicyContext], Violation | None]
 
 
 def check_name(ctx: PolicyContext) -> Violation | None:
+    if ctx.request.probe:  # fleetpki's own probe: that one reserved name, nothing else
+        if (ctx.profile.name, ctx.request.name) != (DEVICE.name, PROBE_THING):
+            return Violation("reserved-thing-name", "a probe is the device 'fleetpki-probe'")
+        return None
     return name_violation(ctx.profile.name, ctx.request.name)
 
 
