@@ -130,6 +130,8 @@ class RotationContext:
     on_crl: Callable[[], None] | None = None  # a CRL was re-signed: tell the stand-ins
     # what the relying parties serve, checked and repaired (``devices.standins.served``)
     served_crls: Callable[[dt.datetime], CrlRepair | None] | None = None
+    # proof of use: which of these new certificates (hex serials) a relying party accepted
+    proof_of_use: Callable[[set[str]], set[str]] | None = None
     # in a daemon: checks its lease inside every write transaction (rotation.daemon)
     fence: Callable[[sa.Connection], None] | None = None
     inbox: queue.Queue[Inbound] = field(default_factory=queue.Queue)

@@ -104,6 +104,34 @@ class DeviceFlow(Workflow):
                 self._gauge_open()
             return new
 
+    def confirm_by_use(self) -> int:
+        """Rotations whose device was sent its certificate and never confirmed (its
+        confirmation lost), but which a relying party saw in use: confirmed from that
+        proof, with a note. Returns how many."""
+        if self.ctx.proof_of_use is None:
+            return 0
+        with self._lock:
+            with self._writing() as conn:
+                waiting = store.select(conn, [State.ISSUED])
+            serials = {r.new_serial for r in waiting if r.new_serial}
+            seen = self.ctx.proof_of_use(serials) if serials else set()
+            now = self.clock.now()
+            done = []
+            with self._writing() as conn:
+                for rotation in waiting:
+                    if rotation.new_serial in seen and store.confirm(
+                        conn, rotation.id, State.ISSUED, now,
+                        "confirmed by use: a relying party accepted the new certificate",
+                    ):  # fmt: skip
+                        done.append(rotation)
+            for rotation in done:
+                self.sender.clear(rotation.thing)
+            self.metrics.confirmed.inc(len(done))
+            self.metrics.confirmed_by_use.inc(len(done))
+            if done:
+                self._gauge_open()
+            return len(done)
+
     def resend(self) -> int:
         """Send the request again (the same rotation) to the devices that did not answer by
         their next attempt time, each on its own exponential backoff, until the answer

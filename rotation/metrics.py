@@ -37,6 +37,12 @@ class Metrics:
             "Rotations the device confirmed after reconnecting with the new certificate",
             registry=r,
         )
+        self.confirmed_by_use = Counter(
+            "fleetpki_rotation_confirmed_by_use",
+            "Rotations confirmed because a relying party accepted the new certificate (the "
+            "device's confirmation was lost); also counted in fleetpki_rotation_confirmed_total",
+            registry=r,
+        )
         self.late_confirmed = Counter(
             "fleetpki_rotation_confirmed_late",
             "Rotations confirmed after they had failed (the device was late): each was also "

@@ -82,6 +82,7 @@ def open_service(
         served_crls=lambda now: served.check_and_repair(
             home, now, probe=lambda: probe.current(app)
         ),
+        proof_of_use=lambda serials: served.used(home, serials),
     )
     return service, channel
 

@@ -53,6 +53,7 @@ class RotationService(ContextView):
         register: Register | None = None,
         on_crl: Callable[[], None] | None = None,
         served_crls: Callable[[dt.datetime], CrlRepair | None] | None = None,
+        proof_of_use: Callable[[set[str]], set[str]] | None = None,
         metrics: Metrics | None = None,
         actor: str = "rotation",
     ) -> None:
@@ -69,6 +70,7 @@ class RotationService(ContextView):
                 register=register,
                 on_crl=on_crl,
                 served_crls=served_crls,
+                proof_of_use=proof_of_use,
             )
         )
         self.devices = DeviceFlow(self.ctx)
@@ -93,6 +95,8 @@ class RotationService(ContextView):
 
     def sweep(self) -> SweepResult:
         """Complete and expire what is due, then send again the requests due for it."""
+        if self.ctx.sender is not None:
+            self.devices.confirm_by_use()  # before the sweep ends them as unconfirmed
         result = self.sweeper.sweep()
         if self.ctx.sender is not None:
             result.resent = self.devices.resend()

@@ -336,3 +336,43 @@ def test_only_fleetpki_itself_issues_its_probe_identity(tmp_path: Path) -> None:
             app.issuer().issue(IssueRequest("device", "fleetpki-rotation", csr, probe=True))
     finally:
         app.close()
+
+
+def test_a_lost_confirmation_is_made_good_by_proof_of_use(stand: Stand, tmp_path: Path) -> None:
+    """The device got its certificate and uses it, but its confirmation never arrived: the
+    HTTPS endpoint accepting the new certificate is proof enough (its access log names the
+    serial), and the next sweep confirms the rotation with a note."""
+    from pki.app import App
+    from pki.clock import SystemClock
+    from pki.issue.delivery import make_key_and_csr
+    from pki.model import KeyType
+    from rotation import store
+    from rotation.planner import active_devices
+    from rotation.runtime import open_service
+    from rotation.service import RotationSettings
+    from tests.device_fixtures import curl
+
+    app = App(stand.home, SystemClock())
+    service, _channel = open_service(app, RotationSettings())  # not connected: sends queue
+    (rotation,) = service.request(active_devices(app.inventory(), app.now(), things=["bf-2"]))
+    key, csr = make_key_and_csr(KeyType.EC_P256, "bf-2")
+    service.handle("bf-2", "csr", rp.encode(rp.CsrMessage(rotation.id, csr)))
+    service.process(wait=0)
+    (issued,) = service.open_rotations([rotation.id])
+    assert issued.state is store.State.ISSUED and issued.new_serial is not None
+    device = tmp_path / "bf-2-new"
+    device.mkdir()
+    (device / "key.pem").write_bytes(key)
+    pem = app.inventory().get_pem(int(issued.new_serial, 16)).encode()
+    (device / "fullchain.pem").write_bytes(pem + app.issuer().issuing_pem)
+    assert service.sweep().resent == 0 and service.open_rotations([rotation.id])[0].state is (
+        store.State.ISSUED
+    )  # not seen in use yet
+    answer = curl(stand, device)  # the device uses its new certificate
+    assert answer.returncode == 0, answer.stderr
+    service.sweep()
+    (row,) = service.open_rotations([rotation.id])
+    assert row.state is store.State.CONFIRMED
+    assert row.error == "confirmed by use: a relying party accepted the new certificate"
+    assert service.metrics.confirmed_by_use._value.get() == 1
+    app.close()

@@ -16,7 +16,7 @@ from cryptography import x509
 
 from devices.standins.broker import reload_crl
 from devices.standins.probe import Probe, handshake
-from devices.standins.state import DevState, alive, load_state
+from devices.standins.state import DevState, alive, load_state, read_access_log
 from pki.home import Home
 from pki.model import isoformat
 from pki.revocation.crl import CrlHealth, crl_health
@@ -144,3 +144,24 @@ def _judged(home: Home, state: DevState, now: dt.datetime, identity: Probe | Non
         return served
     refused = handshake(identity, state.mqtt_port, state.ca_file)
     return replace(served, refused=refused)
+
+
+def used(home: Home, serials: set[str]) -> set[str]:
+    """Proof of use: which of ``serials`` (hex) the running HTTPS stand-in accepted in a
+    mutual TLS handshake (its access log names each client certificate's serial).
+    Mosquitto logs a client's name, never its certificate, so it proves nothing here."""
+    state = load_state(home)
+    if not serials or state is None or not alive(state):
+        return set()
+    wanted = {int(s, 16): s for s in serials}
+    found: set[str] = set()
+    for entry in read_access_log(state):
+        if entry.get("result") != "accepted":
+            continue
+        try:
+            serial = int(str(entry.get("serial") or ""), 16)
+        except ValueError:
+            continue
+        if serial in wanted:
+            found.add(wanted[serial])
+    return found
