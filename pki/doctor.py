@@ -223,18 +223,21 @@ def _trust_stores(app: App, outs: Sequence[Path], repair: bool) -> Iterator[Find
     """Active certificates that the bundle an endpoint was last pointed at does not cover:
     none of the CAs they chain to is in it (from the ledger: offline, no AWS call)."""
     from pki.aws.bundles import Target
+    from pki.issue.policy import PROBE_THING
 
     latest: dict[str, Any] = {}
-    for version in app.inventory().bundle_history():
-        if version.target in {t.value for t in Target}:
-            latest[version.endpoint or f"s3://{version.bucket}/{version.key}"] = version
+    for version in app.inventory().bundle_history():  # oldest first: the last one stays
+        # an endpoint's trust store; an upload alone (no endpoint reads it yet) is none
+        if version.target in {t.value for t in Target} and version.endpoint:
+            latest[version.endpoint] = version
     if not latest:
         return
     chains = _ca_chains(app)
     issuers: dict[str, int] = {}
     # client certificates: what an mTLS endpoint's trust store verifies
     for record in app.inventory().find(now=app.now(), status=Status.ACTIVE, profile="device"):
-        issuers[record.issuer] = issuers.get(record.issuer, 0) + 1
+        if record.thing != PROBE_THING:  # fleetpki's own canary is not the fleet
+            issuers[record.issuer] = issuers.get(record.issuer, 0) + 1
     for where, version in sorted(latest.items()):
         label = f"the {version.target} bundle of {where} (ledger #{version.id})"
         if version.cas is None:

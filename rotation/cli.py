@@ -402,7 +402,11 @@ def _serve(
                     f"cannot serve metrics on {metrics[0]}:{metrics[1]}: {exc.strerror}"
                 ) from None
         channel.start()
-        return int(work())
+        code = int(work())
+        if daemon.lost:  # another process holds the lease now: whatever was done, not all
+            err("fleetpki: error: another rotation daemon took over the lease; stopped")
+            return 1
+        return code
     finally:
         if metrics_server is not None:  # the port is free for a restart at once
             metrics_server.shutdown()
@@ -424,8 +428,7 @@ def _until_stopped(daemon: Any, announce: str) -> int:
         signal.signal(signum, stop)
     err(announce)
     daemon.run()
-    if daemon.lost:  # another daemon holds the lease now: its session, its devices
-        err("fleetpki: error: another rotation daemon took over the lease; stopped")
+    if daemon.lost:  # said by _serve
         return 1
     if signal.SIGINT in interrupted:  # Ctrl-C: stopped cleanly, as interrupted
         err("fleetpki: interrupted")

@@ -33,8 +33,9 @@ class CrlRefresher(Workflow):
                     self.metrics.crl_next_update.labels(ca).set(health.next_update.timestamp())
             if done.signed and self.ctx.on_crl is not None:
                 self.ctx.on_crl()
-            self._check_served(now)
-            return bool(done.signed)
+        # outside the lock: handshakes and a probe renewal must not hold up device messages
+        self._check_served(now)
+        return bool(done.signed)
 
     def _check_served(self, now: dt.datetime) -> None:
         """What the relying parties actually serve (a broker given an old file, a reload
@@ -45,6 +46,10 @@ class CrlRefresher(Workflow):
             repair = self.ctx.served_crls(now)
         except FleetPkiError as exc:
             log.error("repairing the CRL the relying parties serve: %s", exc)
+            self.metrics.crl_served_ok.labels(SERVED_LABEL).set(0)
+            return
+        except Exception:  # a bug must not end the CRL job (nor a --once pass)
+            log.exception("checking the CRL the relying parties serve failed")
             self.metrics.crl_served_ok.labels(SERVED_LABEL).set(0)
             return
         if repair is None:  # no stand-ins run

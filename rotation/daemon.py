@@ -49,7 +49,7 @@ class Daemon:
         self.crl_interval = crl_interval
         self.holder = holder or store.holder_id()
         self._lease_lock = threading.Lock()
-        # renewed by every job and, every third of it, by the main loop
+        # renewed by a job of its own every third of it, and before the main loop works
         self.lease_ttl = dt.timedelta(
             seconds=lease if lease is not None else max(3 * interval, 3 * sweep_interval, 60)
         )
@@ -134,11 +134,11 @@ class Daemon:
         self.service.metrics.due.set(sum(1 for i in items if i.thing not in busy))
         self.service.metrics.last_plan.set(time.time())
         requested, servers = [], []
-        self.backlog = [i for i in items if i.profile == "device"]
+        with self._asking:
+            self.backlog = [i for i in items if i.profile == "device"]
         try:  # each on its own: a failure of one must not skip the other
             requested = self._ask(items)
-            asked = {r.thing for r in requested}
-            self.backlog = [i for i in self.backlog if i.thing not in asked]
+            self._drop_asked(requested)
         except FleetPkiError as exc:
             _PLAN.error("requesting device rotations: %s", exc)
         try:
@@ -179,9 +179,13 @@ class Daemon:
         if backlog:
             asked = self._ask(backlog)
             if asked:
-                done = {r.thing for r in asked}
-                self.backlog = [i for i in self.backlog if i.thing not in done]
+                self._drop_asked(asked)
                 _PLAN.info("%d more device rotations requested", len(asked))
+
+    def _drop_asked(self, asked: list[Any]) -> None:
+        done = {r.thing for r in asked}
+        with self._asking:
+            self.backlog = [i for i in self.backlog if i.thing not in done]
 
     def _gauge_fleet(self) -> None:
         from rotation.planner import expiry_summary

@@ -277,7 +277,7 @@ class DeviceFlow(Workflow):
                 self._resend(rotation)  # the device did not get the certificate
                 continue
             if rotation.state in (State.CONFIRMED, State.COMPLETED):
-                self.sender.clear(thing)  # it saw its retained request again: done already
+                self._clear_if_idle(thing)  # it saw its retained request again: done already
                 continue
             if rotation.state is not State.REQUESTED:
                 self._bad(thing, f"CSR for a rotation that is {rotation.state.value}")
@@ -295,6 +295,14 @@ class DeviceFlow(Workflow):
             )
             waiting[thing] = rotation
         return requests, waiting
+
+    def _clear_if_idle(self, thing: str) -> None:
+        """Clear the thing's retained request again, unless a newer rotation of it is open
+        (the retained request is that one's now)."""
+        with store.transaction(self.inventory.engine) as conn:
+            if store.select(conn, store.OPEN, things=[thing]):
+                return
+        self.sender.clear(thing)
 
     def _refused(
         self, failed: Sequence[Failure], waiting: dict[str, Rotation], now: dt.datetime
@@ -381,7 +389,8 @@ class DeviceFlow(Workflow):
                     self._bad(thing, "confirmation for no rotation of this thing")
                     continue
                 if rotation.state in (State.CONFIRMED, State.COMPLETED):
-                    self.sender.clear(thing)  # a repeat: the first clearing may be lost
+                    if not store.select(conn, store.OPEN, things=[thing]):
+                        self.sender.clear(thing)  # a repeat: the first clearing may be lost
                     continue
                 late = (
                     rotation.state is State.FAILED

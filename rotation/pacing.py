@@ -103,6 +103,9 @@ class WavePacer:
         another rotation is skipped, and counted): in the canary phase, those are
         canaries."""
         if offered is not None:
-            self.skipped += max(0, offered - len(requested))
+            skipped = max(0, offered - len(requested))
+            self.skipped += skipped
+            if self._canary_batch:  # a busy canary is no canary: the next items stand in
+                self.asked -= skipped
         if self._canary_batch:
             self.canaries |= {r.thing for r in requested}

@@ -365,8 +365,8 @@ def run_once(
     for the rotations this pass started."""
     from rotation.daemon import wait_for
 
-    daemon.refresh_crl()
-    daemon.sweep()
+    daemon._guarded(daemon.refresh_crl, "crl")()  # a failure of one never skips the others
+    daemon._guarded(daemon.sweep, "sweep")()
     items = plan()
     requested = service.request(items)
     servers = service.rotate_servers(items)

@@ -376,3 +376,56 @@ def test_a_lost_confirmation_is_made_good_by_proof_of_use(stand: Stand, tmp_path
     assert row.error == "confirmed by use: a relying party accepted the new certificate"
     assert service.metrics.confirmed_by_use._value.get() == 1
     app.close()
+
+
+def test_the_canary_says_when_it_cannot_tell_and_renews_a_broken_probe(
+    stand: Stand, tmp_path: Path
+) -> None:
+    import trustme
+
+    from devices.standins import probe
+    from pki.app import App
+    from pki.clock import SystemClock
+
+    app = App(stand.home, SystemClock())
+    try:
+        first = probe.current(app)
+        assert probe.current(app) == first  # kept while valid
+        state = standins.load_state(Home(stand.home))
+        assert state is not None
+        assert probe.handshake(first, state.mqtt_port, state.ca_file) is None  # accepted
+        other_ca = tmp_path / "other-ca.pem"
+        other_ca.write_bytes(trustme.CA().cert_pem.bytes())
+        with pytest.raises(probe.CanaryNotRun, match="not trusted"):  # says nothing of the CRL
+            probe.handshake(first, state.mqtt_port, other_ca)
+        closed = _free_port()
+        with pytest.raises(probe.CanaryNotRun):
+            probe.handshake(first, closed, state.ca_file)
+        # a key that does not go with the certificate (a crash between the two writes)
+        probe.folder(app.home).joinpath("key.pem").write_bytes(
+            (stand.device("bf-1") / "key.pem").read_bytes()
+        )
+        second = probe.current(app)
+        assert second.serial != first.serial
+        assert probe.handshake(second, state.mqtt_port, state.ca_file) is None
+        statuses = {r.serial: r.status.value for r in app.inventory().find(
+            now=app.now(), thing="fleetpki-probe")}  # fmt: skip
+        assert statuses == {first.serial: "revoked", second.serial: "active"}
+    finally:
+        app.close()
+
+
+def _free_port() -> int:
+    from pki.processes import free_port
+
+    return free_port()
+
+
+def test_server_names_cannot_take_the_reserved_prefix_either(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    ok(home, "ca", "init")
+    code, _out, err = fleetpki(
+        home, "issue", "server", "fleetpki-probe", "--dns", "probe.example.test",
+        "--generate-key", "--out", tmp_path / "s",
+    )  # fmt: skip
+    assert code == 2 and "(reserved-thing-name)" in err

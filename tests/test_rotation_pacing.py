@@ -107,3 +107,15 @@ def test_the_wave_stops_above_the_failure_threshold() -> None:
 def test_pacing_refuses_nonsense(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Pacing(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_canary_that_could_not_be_asked_is_replaced_by_the_next_item() -> None:
+    pacer = WavePacer(ITEMS, Pacing(canary=2))
+    first = pacer.next([], 0.0)
+    pacer.record(rows(first[:1], State.REQUESTED), offered=len(first))  # one was busy
+    assert pacer.skipped == 1 and pacer.canaries == {"d-00"}
+    second = pacer.next(rows(first[:1], State.COMPLETED), 1.0)
+    assert second == ITEMS[2:3]  # the stand-in canary, not the rest of the wave
+    pacer.record(rows(second, State.REQUESTED), offered=len(second))
+    assert pacer.canaries == {"d-00", "d-02"}
+    assert pacer.next(rows(first[:1], State.COMPLETED) + rows(second, State.ISSUED), 2.0) == []

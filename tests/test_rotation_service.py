@@ -954,3 +954,22 @@ def test_a_pass_waiting_longer_than_its_lease_keeps_it_and_goes_on_recording(
     service.handle("t-1", "csr", rp.encode(rp.CsrMessage(request.rotation_id, csr)))
     counts = wait_for(service, [rotation.id], timeout=2, until_completed=False, holder=daemon)
     assert counts["issued"] == 1 and not daemon.lost
+
+
+def test_a_repeat_for_a_finished_rotation_never_clears_a_newer_ones_request(
+    world: dict[str, Any],
+) -> None:
+    service, clock, sent = world["service"], world["clock"], world["sent"]
+    (first,) = _request(world, "t-1")
+    _answer_csr(world, "t-1")
+    reply = _confirm(world, "t-1")
+    clock.advance(dt.timedelta(hours=2))
+    service.sweep()  # completed
+    assert sent.cleared == ["t-1"]
+    (second,) = _request(world, "t-1")  # the next rotation of t-1: its request is retained
+    service.handle("t-1", "confirm", rp.encode(rp.Confirm(first.id, reply.serial)))
+    service.process(wait=0)  # a late repeat of the first one's confirmation
+    assert sent.cleared == ["t-1"]  # not cleared: that would remove the second's request
+    with store.transaction(world["state"].inventory().engine) as conn:
+        newest = store.select(conn, things=["t-1"])[0]
+    assert (newest.id, newest.state) == (second.id, store.State.REQUESTED)

@@ -125,8 +125,10 @@ def write_published(home: Home, run: Path) -> None:
 
 
 def active_things(app: App, clock: Clock) -> list[str]:
-    """The things with an active device certificate in the inventory."""
+    """The things with an active device certificate in the inventory (not fleetpki's own
+    probe: it may connect, and do nothing else)."""
+    from pki.issue.policy import PROBE_THING
     from pki.model import Status
 
     records = app.inventory().find(now=clock.now(), status=Status.ACTIVE, profile="device")
-    return sorted({r.thing for r in records if r.thing})
+    return sorted({r.thing for r in records if r.thing and r.thing != PROBE_THING})

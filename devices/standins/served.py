@@ -15,8 +15,9 @@ from typing import Any
 from cryptography import x509
 
 from devices.standins.broker import reload_crl
-from devices.standins.probe import Probe, handshake
+from devices.standins.probe import CanaryNotRun, Probe, handshake
 from devices.standins.state import DevState, alive, load_state, read_access_log
+from pki.errors import FleetPkiError
 from pki.home import Home
 from pki.model import isoformat
 from pki.revocation.crl import CrlHealth, crl_health
@@ -35,6 +36,7 @@ class ServedCrl:
     crls: tuple[CrlHealth, ...]
     now: dt.datetime
     refused: str | None = None  # the canary handshake refused: why (None: accepted or not tried)
+    canary_error: str | None = None  # the canary could not tell (not a CRL matter)
 
     @property
     def problems(self) -> list[str]:
@@ -47,6 +49,8 @@ class ServedCrl:
                 f"{self.relying_party}: the broker refuses a fresh certificate of fleetpki's "
                 f"own ({self.refused}): the CRL it has loaded is stale, or its CA file is wrong"
             )
+        if self.canary_error is not None:
+            found.append(f"{self.relying_party}: no canary handshake: {self.canary_error}")
         if not self.matches_home:
             found.append(
                 f"{self.relying_party}: the CRL file they read ({self.path}) is not the "
@@ -59,6 +63,7 @@ class ServedCrl:
         return (
             self.matches_home
             and self.refused is None
+            and self.canary_error is None
             and all(h.state in ("fresh", "due") for h in self.crls)
         )
 
@@ -68,6 +73,7 @@ class ServedCrl:
             "path": self.path,
             "matches_home": self.matches_home,
             "canary_refused": self.refused,
+            "canary_error": self.canary_error,
             "crls": [
                 {
                     "ca": h.ca,
@@ -125,25 +131,36 @@ def check_and_repair(
     state = load_state(home)
     if state is None or not alive(state):
         return None
-    identity = probe() if probe is not None else None
+    identity: Probe | str | None = None
+    if probe is not None:
+        try:
+            identity = probe()
+        except FleetPkiError as exc:  # the file is still checked and repaired
+            identity = f"no probe certificate: {exc}"
     before = _judged(home, state, now, identity)
     if before.matches_home and before.refused is None:
         return CrlRepair(before, None)  # (a stale home CRL is re-signed, not repaired here)
     reload_crl(home, state, force=True)
     after = _judged(home, state, now, identity)
-    deadline = time.monotonic() + 10  # the broker re-reads on SIGHUP, a moment later
+    deadline = time.monotonic() + 5  # the broker re-reads on SIGHUP, a moment later
     while after.refused is not None and time.monotonic() < deadline:
         time.sleep(0.2)
         after = _judged(home, state, now, identity)
     return CrlRepair(before, after)
 
 
-def _judged(home: Home, state: DevState, now: dt.datetime, identity: Probe | None) -> ServedCrl:
+def _judged(
+    home: Home, state: DevState, now: dt.datetime, identity: Probe | str | None
+) -> ServedCrl:
     served = served_crl(home, state, now)
     if identity is None:
         return served
-    refused = handshake(identity, state.mqtt_port, state.ca_file)
-    return replace(served, refused=refused)
+    if isinstance(identity, str):
+        return replace(served, canary_error=identity)
+    try:
+        return replace(served, refused=handshake(identity, state.mqtt_port, state.ca_file))
+    except CanaryNotRun as exc:
+        return replace(served, canary_error=str(exc))
 
 
 def used(home: Home, serials: set[str]) -> set[str]:

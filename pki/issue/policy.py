@@ -132,6 +132,12 @@ def name_violation(profile: str, name: str) -> Violation | None:
             )
     elif not name or len(name) > 64 or not name.isprintable():
         return Violation("invalid-name", f"server name {name!r} must be 1-64 printable characters")
+    elif name.lower().startswith(RESERVED_THING_PREFIX):
+        return Violation(
+            "reserved-thing-name",
+            f"server name {name!r} starts with {RESERVED_THING_PREFIX!r}, which is reserved "
+            "for fleetpki's own identities",
+        )
     return None
 
 
