@@ -273,6 +273,12 @@ def _progress_printer() -> Any:
     help="Ask at most N devices per second (the rest of what is due follows as the rate "
     "allows).",
 )
+@click.option("--canary", type=click.IntRange(0, None), default=0, metavar="N",
+              help="Each plan asks N devices first, the rest only once all N rotated (a failed "
+              "canary stops that plan's asking).")  # fmt: skip
+@click.option("--abort-above", type=float, metavar="PERCENT",
+              help="Stop asking a plan's devices once more than PERCENT of its finished "
+              "rotations failed.")  # fmt: skip
 @click.option(
     "--lease",
     "lease",
@@ -321,6 +327,8 @@ def run_command(
     sweep_interval: str,
     max_in_flight: int,
     rate: float | None,
+    canary: int,
+    abort_above: float | None,
     lease: str,
     metrics_port: int,
     metrics_host: str,
@@ -344,13 +352,12 @@ def run_command(
     every = _seconds(interval, "--interval", 1)
     sweep_every = _seconds(sweep_interval, "--sweep-interval", 1)
     lease_seconds = _seconds(lease, "--lease", 3)
-    if rate is not None:
-        from rotation.pacing import Pacing
+    from rotation.pacing import Pacing
 
-        try:
-            Pacing(per_second=rate)  # the same limits as a wave's (not a number: refused)
-        except ValueError as exc:
-            raise InvalidInput(str(exc)) from None
+    try:  # the same limits as a wave's (not a number: refused); in flight: max_open
+        pacing = Pacing(None, rate, canary, abort_above)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
     if timeout is not None and not once:
         raise InvalidInput("--timeout goes with --once (the daemon runs until stopped)")
     wait_seconds = _duration(timeout or "10m").total_seconds()
@@ -368,7 +375,7 @@ def run_command(
         return plan_inventory(state.inventory(), state.clock.now(), horizon=ahead)
 
     daemon = Daemon(service, plan, interval=every, sweep_interval=sweep_every,
-                    lease=lease_seconds, rate=rate)  # fmt: skip
+                    lease=lease_seconds, pacing=pacing)  # fmt: skip
     if once:
         return _serve(state, service, channel, daemon, lambda: _report_pass(
             run_once(service, daemon, plan, wait_seconds)), metrics=None)  # fmt: skip

@@ -19,6 +19,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from pki.errors import FleetPkiError, LeaseLost, OperatorError
 from rotation import store
+from rotation.pacing import Pacing, WavePacer
 from rotation.planner import PlanItem
 from rotation.service import RotationService
 
@@ -40,7 +41,7 @@ class Daemon:
         crl_interval: float = 60.0,
         holder: str | None = None,
         lease: float | None = None,
-        rate: float | None = None,
+        pacing: Pacing | None = None,
     ) -> None:
         self.service = service
         self.plan = plan
@@ -54,11 +55,12 @@ class Daemon:
             seconds=lease if lease is not None else max(3 * interval, 3 * sweep_interval, 60)
         )
         self.stop = threading.Event()
-        self.backlog: list[PlanItem] = []  # the last plan: asked as room frees up
-        self.rate = rate  # devices asked per second at most (None: as room allows)
-        self._asking = threading.Lock()  # the bucket and backlog: main loop and jobs
-        self._tokens = 1.0
-        self._filled = time.monotonic()
+        self.pacing = pacing or Pacing()  # how each plan's devices are asked
+        self._asking = threading.Lock()  # the plan's wave: main loop and jobs
+        self._wave: WavePacer | None = None
+        self._wave_ids: list[str] = []
+        self._wave_started = 0.0
+        self._wave_reported = False
         self._topped = 0.0
         self.epoch: int | None = None
         self.lost = False  # the lease went to another process: stopped, exit 1
@@ -134,11 +136,12 @@ class Daemon:
         self.service.metrics.due.set(sum(1 for i in items if i.thing not in busy))
         self.service.metrics.last_plan.set(time.time())
         requested, servers = [], []
-        with self._asking:
-            self.backlog = [i for i in items if i.profile == "device"]
+        with self._asking:  # a new plan: its own wave (the last one's rest is in it again)
+            self._wave = WavePacer([i for i in items if i.profile == "device"], self.pacing)
+            self._wave_ids, self._wave_started = [], time.monotonic()
+            self._wave_reported = False
         try:  # each on its own: a failure of one must not skip the other
-            requested = self._ask(items)
-            self._drop_asked(requested)
+            requested = self._feed()
         except FleetPkiError as exc:
             _PLAN.error("requesting device rotations: %s", exc)
         try:
@@ -155,37 +158,34 @@ class Daemon:
             )
         return len(requested) + len(servers)
 
-    def _ask(self, items: list[PlanItem]) -> list[Any]:
-        """Ask what the rate allows now (a token bucket holding one second's worth)."""
+    def _feed(self) -> list[Any]:
+        """Ask the next devices of the last plan, as its pacing allows (in flight, rate,
+        canaries, abort threshold) and as room is left across every wave (``max_open``)."""
         with self._asking:
-            return self._ask_locked(items)
-
-    def _ask_locked(self, items: list[PlanItem]) -> list[Any]:
-        if self.rate is None:
-            return self.service.request(items)
-        now = time.monotonic()
-        self._tokens = min(max(1.0, self.rate), self._tokens + (now - self._filled) * self.rate)
-        self._filled = now
-        asked = self.service.request(items, limit=int(self._tokens))
-        self._tokens -= len(asked)
-        return asked
+            wave = self._wave
+            if wave is None or wave.exhausted:
+                return []
+            rows = self.service.open_rotations(self._wave_ids)
+            with store.transaction(self.service.inventory.engine) as conn:
+                room = self.service.settings.max_open - len(store.open_things(conn))
+            offered = wave.next(rows, time.monotonic() - self._wave_started, limit=room)
+            asked = self.service.request(offered) if offered else []
+            wave.record(asked, len(offered))
+            self._wave_ids += [r.id for r in asked]
+            if wave.aborted is not None and not self._wave_reported:
+                self._wave_reported = True
+                _PLAN.error("stopped asking this plan's devices: %s (%d not asked)",
+                            wave.aborted, len(wave.remaining))  # fmt: skip
+                self.service.metrics.waves_stopped.inc()
+            return asked
 
     def top_up(self) -> None:
-        """The rest of the last plan, as room (--max-in-flight) and the rate allow: from the
-        sweep and, once a second, from the main loop."""
+        """The rest of the last plan, as its pacing allows: from the sweep and, once a
+        second, from the main loop."""
         self._topped = time.monotonic()
-        with self._asking:
-            backlog = list(self.backlog)
-        if backlog:
-            asked = self._ask(backlog)
-            if asked:
-                self._drop_asked(asked)
-                _PLAN.info("%d more device rotations requested", len(asked))
-
-    def _drop_asked(self, asked: list[Any]) -> None:
-        done = {r.thing for r in asked}
-        with self._asking:
-            self.backlog = [i for i in self.backlog if i.thing not in done]
+        asked = self._feed()
+        if asked:
+            _PLAN.info("%d more device rotations requested", len(asked))
 
     def _gauge_fleet(self) -> None:
         from rotation.planner import expiry_summary
@@ -255,7 +255,7 @@ class Daemon:
         try:
             while not self.stop.is_set() and _renewed(self):
                 _guarded_process(self.service, wait=0.2, stop=self.stop)
-                if self.rate and self.backlog and time.monotonic() - self._topped >= 1.0:
+                if self.pacing.paced and time.monotonic() - self._topped >= 1.0:
                     self._guarded(self.top_up, "plan")()
         finally:
             scheduler.shutdown(wait=True)

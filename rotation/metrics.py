@@ -15,11 +15,6 @@ class Metrics:
             "Rotation requests the broker accepted for delivery to a device (re-sends too)",
             registry=r,
         )
-        self.resent = Counter(
-            "fleetpki_rotation_requests_resent",
-            "Requests sent again to devices that had not answered (same rotation, backoff)",
-            registry=r,
-        )
         self.sent = Counter(
             "fleetpki_rotation_messages_sent",
             "Messages to devices the broker accepted for delivery, by kind (request, "
@@ -77,10 +72,24 @@ class Metrics:
         )
         self._crl_and_state(r)
         self._fleet(r)
+        self._asking(r)
         self.duration = Histogram(
             "fleetpki_rotation_seconds",
             "From the rotation request to the device's confirmation",
             buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
+            registry=r,
+        )
+
+    def _asking(self, r: CollectorRegistry) -> None:
+        """How the asking goes: re-sends, and plans whose asking stopped."""
+        self.waves_stopped = Counter(
+            "fleetpki_rotation_waves_stopped",
+            "Plans (daemon) whose asking stopped: a canary failed or too many failed",
+            registry=r,
+        )
+        self.resent = Counter(
+            "fleetpki_rotation_requests_resent",
+            "Requests sent again to devices that had not answered (same rotation, backoff)",
             registry=r,
         )
 

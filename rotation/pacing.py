@@ -19,7 +19,7 @@ IN_FLIGHT = (State.REQUESTED, State.ISSUED)
 @dataclass(frozen=True)
 class Pacing:
     max_in_flight: int | None = None  # devices asked and not yet confirmed, at once
-    per_second: float | None = None  # devices asked per second, on average since the start
+    per_second: float | None = None  # devices asked per second (bursts of a second at most)
     canary: int = 0  # the first N asked alone; the rest only once all N rotated
     abort_above: float | None = None  # percent of finished rotations failed: stop asking
 
@@ -54,12 +54,18 @@ class WavePacer:
         self._canary_batch = False
         self.aborted: str | None = None
         self.skipped = 0  # offered but not asked: a rotation in progress, failed recently
+        self._tokens = 1.0  # --rate: a bucket holding one second's worth, one to start
+        self._filled_at = 0.0
 
     @property
     def exhausted(self) -> bool:
         return not self.remaining or self.aborted is not None
 
-    def next(self, rows: Sequence[Rotation], elapsed: float) -> list[PlanItem]:
+    def next(
+        self, rows: Sequence[Rotation], elapsed: float, limit: int | None = None
+    ) -> list[PlanItem]:
+        """``elapsed``: seconds since the wave began; ``limit``: room the caller has (the
+        rotations in flight across every wave)."""
         if self.exhausted:
             return []
         p = self.pacing
@@ -74,18 +80,22 @@ class WavePacer:
                 f"(more than {p.abort_above:g} %)"
             )
             return []
-        room = len(self.remaining)
+        room = len(self.remaining) if limit is None else min(len(self.remaining), limit)
         if canary_phase:
             room = min(room, self.canary_count - self.asked)
         if p.max_in_flight is not None:
             in_flight = sum(1 for r in rows if r.state in IN_FLIGHT)
             room = min(room, p.max_in_flight - in_flight)
-        if p.per_second is not None:
-            room = min(room, max(1, int(p.per_second * elapsed) + 1) - self.asked)
+        if p.per_second is not None:  # never more than a second's worth at once
+            burst = max(1.0, p.per_second)
+            self._tokens = min(burst, self._tokens + (elapsed - self._filled_at) * p.per_second)
+            self._filled_at = elapsed
+            room = min(room, int(self._tokens))
         if room <= 0:
             return []
         taken, self.remaining = self.remaining[:room], self.remaining[room:]
         self.asked += len(taken)
+        self._tokens -= len(taken)
         self._canary_batch = canary_phase
         return taken
 

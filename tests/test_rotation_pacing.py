@@ -39,11 +39,12 @@ def test_at_most_n_in_flight() -> None:
     assert len(pacer.next(asked, 2.0)) == 2  # two confirmed: two more
 
 
-def test_at_most_n_per_second_on_average() -> None:
+def test_at_most_n_per_second_and_never_more_than_a_seconds_worth_at_once() -> None:
     pacer = WavePacer(ITEMS, Pacing(per_second=2))
     assert len(pacer.next([], 0.0)) == 1
-    assert len(pacer.next([], 0.4)) == 0
-    assert len(pacer.next([], 2.0)) == 4  # 2/s over 2 s, and the first: 5 in all
+    assert len(pacer.next([], 0.4)) == 0  # 0.8 of a device by now
+    assert len(pacer.next([], 1.0)) == 2  # 2/s
+    assert len(pacer.next([], 30.0)) == 2  # idle for half a minute: still one second's worth
     assert pacer.asked == 5
 
 
@@ -67,7 +68,7 @@ def test_the_canaries_are_the_first_n_even_when_the_rate_asks_them_one_by_one() 
     asked = rows(first, State.COMPLETED) + rows(second, State.ISSUED)
     assert pacer.next(asked, 5.0) == []  # the second canary has not rotated yet
     asked = rows(first + second, State.COMPLETED)
-    assert len(pacer.next(asked, 5.0)) == 4  # 1/s: six by now
+    assert len(pacer.next(asked, 5.0)) == 1  # 1/s, a second's worth at most
 
 
 def test_a_failed_canary_stops_the_wave() -> None:

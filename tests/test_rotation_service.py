@@ -913,27 +913,35 @@ def test_the_daemon_keeps_at_most_n_in_flight_and_asks_the_rest_as_they_finish(
     assert _rows(world)[first].state is store.State.COMPLETED
 
 
-def test_the_daemons_rate_asks_a_few_a_second_and_the_rest_as_it_allows(
+def test_the_daemon_paces_each_plan_with_a_rate_and_canaries(
     world: dict[str, Any], tmp_path: Path
 ) -> None:
+    from rotation.pacing import Pacing
+
     clock, sent = world["clock"], world["sent"]
     for n in range(3, 9):
         ok(world["home"], "issue", "device", f"t-{n}", "--generate-key", "--out",
            tmp_path / f"t-{n}", clock=clock)  # fmt: skip
     everything = lambda: active_devices(world["state"].inventory(), clock.now())  # noqa: E731
-    daemon = Daemon(world["service"], everything, interval=60, holder="host-a:1:1", rate=2)
+    daemon = Daemon(world["service"], everything, interval=60, holder="host-a:1:1",
+                    pacing=Pacing(per_second=2, canary=1))  # fmt: skip
+
+    def asked() -> list[str]:
+        return [t for t, m in sent.sent if isinstance(m, rp.Request)]
+
     daemon.acquire()
-
-    def asked() -> int:
-        return len({t for t, m in sent.sent if isinstance(m, rp.Request)})
-
-    assert daemon.plan_and_request() == 1  # a second's worth at most: the bucket starts at 1
-    daemon._filled -= 1.0  # a second later (monotonic time, not the inventory's clock)
+    assert daemon.plan_and_request() == 1  # the canary alone
+    (canary,) = asked()
+    daemon._wave_started -= 5.0  # seconds later (monotonic time)
     daemon.top_up()
-    assert asked() == 3
-    daemon._filled -= 10.0  # ten seconds later: still no more than one second's worth
+    assert len(asked()) == 1  # the rest waits for the canary to rotate
+    _answer_csr(world, canary)
+    _confirm(world, canary)
     daemon.top_up()
-    assert asked() == 5 and len(daemon.backlog) == 3
+    assert len(asked()) == 3  # then two a second, a second's worth at once
+    daemon._wave_started -= 10.0
+    daemon.top_up()
+    assert len(asked()) == 5 and len(set(asked())) == 5
 
 
 def test_a_pass_waiting_longer_than_its_lease_keeps_it_and_goes_on_recording(
@@ -973,3 +981,19 @@ def test_a_repeat_for_a_finished_rotation_never_clears_a_newer_ones_request(
     with store.transaction(world["state"].inventory().engine) as conn:
         newest = store.select(conn, things=["t-1"])[0]
     assert (newest.id, newest.state) == (second.id, store.State.REQUESTED)
+
+
+def test_a_daemon_plan_whose_canary_fails_asks_nobody_else(world: dict[str, Any]) -> None:
+    from rotation.pacing import Pacing
+
+    service, clock, sent = world["service"], world["clock"], world["sent"]
+    everything = lambda: active_devices(world["state"].inventory(), clock.now())  # noqa: E731
+    daemon = Daemon(service, everything, interval=60, holder="host-a:1:1",
+                    pacing=Pacing(canary=1))  # fmt: skip
+    daemon.acquire()
+    assert daemon.plan_and_request() == 1
+    clock.advance(dt.timedelta(minutes=16))  # the canary never answers
+    daemon._renew()
+    daemon.sweep()  # fails it, and the plan stops there
+    assert len([m for _t, m in sent.sent if isinstance(m, rp.Request)]) == 1
+    assert service.metrics.waves_stopped._value.get() == 1
