@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pki.errors import BackendError, FleetPkiError
 from pki.home import Home
 from pki.hooks import CrlEvent, IssuanceEvent, RevocationEvent, StatusQuery
+
+
+def _may_run(home: Path) -> bool:
+    """Whether stand-ins may run for ``home`` (their state file exists): checked before
+    their modules are imported, which a one-shot command without stand-ins never needs."""
+    from devices.paths import state_file
+
+    return state_file(home).exists()
 
 
 def on_revoked(event: RevocationEvent) -> None:
@@ -34,6 +44,8 @@ def on_revoked(event: RevocationEvent) -> None:
 
 
 def _cut_local(event: RevocationEvent) -> None:
+    if not _may_run(event.home):
+        return
     from devices import standins
 
     home = Home(event.home)
@@ -54,6 +66,8 @@ def _cut_local(event: RevocationEvent) -> None:
 def on_issued(event: IssuanceEvent) -> None:
     """Called after device certificates are committed: when the local stand-ins run, the
     broker authorizes their things for their own topics (as the IoT policy would)."""
+    if not _may_run(event.home):
+        return
     from devices import standins
     from pki.issue.policy import PROBE_THING
 
@@ -73,6 +87,8 @@ def on_crl(event: CrlEvent) -> None:
     """Called whenever a CA's CRL is published in the home (``revoke``, ``crl``, the
     daemon): the running stand-ins read the new CRLs at once (the broker on SIGHUP, the
     HTTPS endpoint and the distribution points from their files)."""
+    if not _may_run(event.home):
+        return
     from devices import standins
 
     home = Home(event.home)
@@ -84,6 +100,8 @@ def on_crl(event: CrlEvent) -> None:
 
 def status_warnings(query: StatusQuery) -> list[str]:
     """For ``ca show``: what the running stand-ins serve (a stale CRL, or not the home's)."""
+    if not _may_run(query.home):
+        return []
     from devices import standins
     from devices.standins import served
 

@@ -193,3 +193,32 @@ def test_checkers_catch_violations(tmp_path: Path) -> None:
     assert cycles(import_graph()) == [] and "pki.app" in import_graph()["pki.cli.root"]
     assert cycles({"a": {"b"}, "b": set()}) == []
     assert not is_cli_module("pki/app.py") and is_cli_module("rotation/cli_server.py")
+
+
+def test_a_one_shot_issue_without_stand_ins_does_not_load_them(tmp_path: Path) -> None:
+    """Factory lines call 'fleetpki issue' once per device: what it imports is its latency.
+    Without running stand-ins, their modules (and the processes helpers) stay unloaded."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import make_csr
+
+    env = dict(os.environ, FLEETPKI_HOME=str(tmp_path / "home"))
+    env.pop("FLEETPKI_DATABASE_URL", None)
+    run = [sys.executable, "-X", "importtime", "-m", "pki"]
+    subprocess.run([*run, "ca", "init"], env=env, check=True, capture_output=True, timeout=120)
+    csr, _key = make_csr("line-1")
+    (tmp_path / "d.csr").write_bytes(csr)
+    done = subprocess.run(
+        [*run, "issue", "device", "line-1", "--csr", str(tmp_path / "d.csr"), "--out",
+         str(tmp_path / "out")],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()
+                if line.startswith("import time:")}  # fmt: skip
+    assert "pki.issue.issuer" in imported  # the log is what we think it is
+    unneeded = ("devices.standins", "rotation", "multiprocessing", "pki.processes")
+    loaded = sorted(m for m in imported if m.startswith(unneeded))
+    assert loaded == []

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devices import paths
 from pki.errors import OperatorError
 from pki.home import Home
 from pki.processes import HOST, pid_alive
@@ -90,11 +91,11 @@ class DevState:
 
 
 def dev_dir(home: Home) -> Path:
-    return home.path / "dev"
+    return paths.dev_dir(home.path)
 
 
 def state_path(home: Home) -> Path:
-    return dev_dir(home) / "state.json"
+    return paths.state_file(home.path)
 
 
 def ports_path(home: Home) -> Path:

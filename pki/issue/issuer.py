@@ -12,8 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import logging
-import multiprocessing
-import multiprocessing.pool
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from cryptography import x509
@@ -263,6 +261,8 @@ class Issuer:
         # A remote CA (AWS Private CA; the in-process CA forks, see forkpool): the
         # time goes in round trips, so keep several requests in flight; the backend's
         # rate limiter keeps them within the quota.
+        import multiprocessing.pool  # here: a single issuance never needs it
+
         with multiprocessing.pool.ThreadPool(workers) as threads:
             yield from threads.imap(self.outcome, requests)
 
