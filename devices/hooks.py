@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pki.errors import BackendError, FleetPkiError
 from pki.home import Home
 from pki.hooks import CrlEvent, IssuanceEvent, RevocationEvent, StatusQuery
 
+if TYPE_CHECKING:
+    from devices.standins.state import DevState
 
-def _may_run(home: Path) -> bool:
-    """Whether stand-ins may run for ``home`` (their state file exists): checked before
-    their modules are imported, which a one-shot command without stand-ins never needs."""
+
+def _running(path: Path) -> tuple[Home, DevState] | None:
+    """The home's stand-ins when they run. Their state file is looked for before their
+    modules are imported, which a one-shot command without stand-ins never needs."""
     from devices.paths import state_file
 
-    return state_file(home).exists()
+    if not state_file(path).exists():
+        return None
+    from devices import standins
+
+    home = Home(path)
+    state = standins.running(home)
+    return None if state is None else (home, state)
 
 
 def on_revoked(event: RevocationEvent) -> None:
@@ -44,14 +54,12 @@ def on_revoked(event: RevocationEvent) -> None:
 
 
 def _cut_local(event: RevocationEvent) -> None:
-    if not _may_run(event.home):
+    found = _running(event.home)
+    if found is None:
         return
     from devices import standins
 
-    home = Home(event.home)
-    state = standins.load_state(home)
-    if state is None or not standins.alive(state):
-        return
+    home, state = found
     if event.crl_path is not None:
         standins.reload_crl(home, state)
     name = event.record.thing or event.record.common_name
@@ -66,47 +74,36 @@ def _cut_local(event: RevocationEvent) -> None:
 def on_issued(event: IssuanceEvent) -> None:
     """Called after device certificates are committed: when the local stand-ins run, the
     broker authorizes their things for their own topics (as the IoT policy would)."""
-    if not _may_run(event.home):
-        return
-    from devices import standins
     from pki.issue.policy import PROBE_THING
 
     # fleetpki's own probe connects, and may do nothing else: no role on the broker
     things = [r.thing for r in event.records
               if r.profile == "device" and r.thing and r.thing != PROBE_THING]  # fmt: skip
-    if not things:
+    found = _running(event.home) if things else None
+    if found is None:
         return
-    home = Home(event.home)
-    state = standins.load_state(home)
-    if state is None or not standins.alive(state):
-        return
-    standins.register_things(state, things)
+    from devices import standins
+
+    standins.register_things(found[1], things)
 
 
 def on_crl(event: CrlEvent) -> None:
     """Called whenever a CA's CRL is published in the home (``revoke``, ``crl``, the
     daemon): the running stand-ins read the new CRLs at once (the broker on SIGHUP, the
     HTTPS endpoint and the distribution points from their files)."""
-    if not _may_run(event.home):
+    found = _running(event.home)
+    if found is None:
         return
     from devices import standins
 
-    home = Home(event.home)
-    state = standins.load_state(home)
-    if state is None or not standins.alive(state):
-        return
-    standins.reload_crl(home, state)
+    standins.reload_crl(*found)
 
 
 def status_warnings(query: StatusQuery) -> list[str]:
     """For ``ca show``: what the running stand-ins serve (a stale CRL, or not the home's)."""
-    if not _may_run(query.home):
+    found = _running(query.home)
+    if found is None:
         return []
-    from devices import standins
     from devices.standins import served
 
-    home = Home(query.home)
-    state = standins.load_state(home)
-    if state is None or not standins.alive(state):
-        return []
-    return served.served_crl(home, state, query.now).problems
+    return served.served_crl(*found, query.now).problems

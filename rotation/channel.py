@@ -47,8 +47,8 @@ def stand_in_access(home: Home) -> BrokerAccess:
     """The local stand-ins' broker, or an operator error saying how to start it."""
     from devices import standins
 
-    state = standins.load_state(home)
-    if state is None or not standins.alive(state):
+    state = standins.running(home)
+    if state is None:
         raise OperatorError(
             "rotation talks to the devices over MQTT, and the local broker is not running: "
             "start it with 'fleetpki dev up'"

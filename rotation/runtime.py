@@ -66,8 +66,8 @@ def open_service(
     )
 
     def reload_crl() -> None:
-        running = standins.load_state(home)
-        if running is not None and standins.alive(running):
+        running = standins.running(home)
+        if running is not None:
             standins.reload_crl(home, running)
 
     service = RotationService(
@@ -422,9 +422,9 @@ def status(app: App) -> dict[str, Any]:
         "runs ('fleetpki rotation run')"
     ]  # fmt: skip
     warnings += ca_status(app.home, app.inventory(), now, hooks=False).warnings
-    running = standins.load_state(app.home)
+    running = standins.running(app.home)
     serving = None
-    if running is not None and standins.alive(running):
+    if running is not None:
         serving = served.served_crl(app.home, running, now)
         warnings += serving.problems
     if held is not None:

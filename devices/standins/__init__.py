@@ -28,6 +28,7 @@ from devices.standins.state import (
     load_state,
     ports_path,
     read_access_log,
+    running,
     state_path,
 )
 from pki.processes import HOST
@@ -49,6 +50,7 @@ __all__ = [
     "register_things",
     "reload_crl",
     "restart_broker",
+    "running",
     "state_path",
     "up",
 ]

@@ -16,7 +16,7 @@ from cryptography import x509
 
 from devices.standins.broker import reload_crl
 from devices.standins.probe import CanaryNotRun, Probe, handshake
-from devices.standins.state import DevState, alive, load_state, read_access_log
+from devices.standins.state import DevState, read_access_log, running
 from pki.errors import FleetPkiError
 from pki.home import Home
 from pki.model import isoformat
@@ -128,8 +128,8 @@ def check_and_repair(
     current CRL or the broker refuses a fresh certificate, hand them the home's file again
     and make the broker re-read it. None when no stand-ins run. A failure to repair is
     raised (``BackendError``)."""
-    state = load_state(home)
-    if state is None or not alive(state):
+    state = running(home)
+    if state is None:
         return None
     identity: Probe | str | None = None
     if probe is not None:
@@ -167,8 +167,8 @@ def used(home: Home, serials: set[str]) -> set[str]:
     """Proof of use: which of ``serials`` (hex) the running HTTPS stand-in accepted in a
     mutual TLS handshake (its access log names each client certificate's serial).
     Mosquitto logs a client's name, never its certificate, so it proves nothing here."""
-    state = load_state(home)
-    if not serials or state is None or not alive(state):
+    state = running(home) if serials else None
+    if state is None:
         return set()
     wanted = {int(s, 16): s for s in serials}
     found: set[str] = set()

@@ -113,6 +113,13 @@ def load_state(home: Home) -> DevState | None:
         ) from None
 
 
+def running(home: Home) -> DevState | None:
+    """The stand-ins of ``home`` when they run (their state recorded and their processes
+    alive), else None."""
+    state = load_state(home)
+    return state if state is not None and alive(state) else None
+
+
 def alive(state: DevState) -> bool:
     return broker_pid(state) is not None and pid_alive(state.https_pid, state.run_dir)
 
