@@ -19,7 +19,7 @@ def status_warnings(query: StatusQuery) -> list[str]:
         held = store.paused(conn)
     found = []
     if held is not None:
-        found.append(f"rotation is paused since {held['since']} ('fleetpki rotation resume')")
+        found.append(f"{store.describe_pause(held)} ('fleetpki rotation resume')")
     if store.lease_holder(engine, LEASE, query.now) is None and any(
         row.active for row in expiry_summary(query.inventory, query.now)
     ):

@@ -178,11 +178,7 @@ def wave_items(app: App, things: Sequence[str], match: str | None) -> list[Any]:
         raise NotFound(f"no active device certificate of a thing matching {match!r}")
     held = paused(app)
     if held is not None:
-        raise OperatorError(
-            f"rotation is paused (since {held['since']} by {held['by']}"
-            + (f": {held['reason']}" if held.get("reason") else "")
-            + "); 'fleetpki rotation resume' first"
-        )
+        raise OperatorError(f"{store.describe_pause(held)}; 'fleetpki rotation resume' first")
     return items
 
 
@@ -414,9 +410,8 @@ def status(app: App) -> dict[str, Any]:
     with store.transaction(engine) as conn:
         counts = store.counts(conn)
         failed = store.select(conn, [store.State.FAILED], limit=10)
-    daemon = store.lease_holder(engine, LEASE, now)
-    with store.transaction(engine) as conn:
         held = store.paused(conn)
+    daemon = store.lease_holder(engine, LEASE, now)
     warnings = [] if daemon else [
         "no rotation daemon is running: nothing is renewed and no CRL re-signed until one "
         "runs ('fleetpki rotation run')"
@@ -428,8 +423,7 @@ def status(app: App) -> dict[str, Any]:
         serving = served.served_crl(app.home, running, now)
         warnings += serving.problems
     if held is not None:
-        warnings.insert(0, f"rotation is paused since {held['since']} by {held['by']}"
-                        + (f": {held['reason']}" if held.get("reason") else ""))  # fmt: skip
+        warnings.insert(0, store.describe_pause(held))
     return {
         "states": counts,
         "paused": held,

@@ -411,6 +411,12 @@ def paused(conn: Connection) -> dict[str, Any] | None:
     return dict(json.loads(value)) if value else None
 
 
+def describe_pause(held: dict[str, Any]) -> str:
+    """One line for the operator: since when, by whom, why."""
+    reason = f": {held['reason']}" if held.get("reason") else ""
+    return f"rotation is paused since {held['since']} by {held['by']}{reason}"
+
+
 def set_paused(conn: Connection, info: dict[str, Any] | None) -> bool:
     """Pause (``info``) or resume (None); False when it already was so."""
     from pki.storage.schema import meta
