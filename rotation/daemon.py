@@ -168,9 +168,8 @@ class Daemon:
             rows = self.service.open_rotations(self._wave_ids)
             with store.transaction(self.service.inventory.engine) as conn:
                 room = self.service.settings.max_open - len(store.open_things(conn))
-            offered = wave.next(rows, time.monotonic() - self._wave_started, limit=room)
-            asked = self.service.request(offered) if offered else []
-            wave.record(asked, len(offered))
+            elapsed = time.monotonic() - self._wave_started
+            asked = self.service.ask_next(wave, rows, elapsed, limit=room)
             self._wave_ids += [r.id for r in asked]
             if wave.aborted is not None and not self._wave_reported:
                 self._wave_reported = True

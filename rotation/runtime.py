@@ -287,9 +287,7 @@ def rotate_now(
     pacer = WavePacer(items, pacing)
     try:
         channel.start()
-        first = pacer.next([], 0.0)
-        requested = service.request(first, force=force)
-        pacer.record(requested, len(first))
+        requested = service.ask_next(pacer, [], 0.0, force=force)
         if not requested:
             raise OperatorError(
                 "nothing requested: every thing already has a rotation in progress or "
@@ -300,10 +298,9 @@ def rotate_now(
             return Wave(tuple(requested), daemon, unsent=channel.close())
 
         def feed(rows: list[Rotation]) -> list[str]:
-            offered = pacer.next(rows, time.monotonic() - started)
-            more = service.request(offered, force=force)
-            pacer.record(more, len(offered))
-            if offered and not more and paused(app) is not None:
+            before = len(pacer.remaining)
+            more = service.ask_next(pacer, rows, time.monotonic() - started, force=force)
+            if len(pacer.remaining) < before and not more and paused(app) is not None:
                 pacer.aborted = "rotation was paused ('fleetpki rotation resume')"
             requested.extend(more)
             return [r.id for r in more]

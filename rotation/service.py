@@ -29,6 +29,7 @@ from rotation.context import (
 from rotation.crl_refresh import CrlRefresher
 from rotation.device_flow import DeviceFlow
 from rotation.metrics import Metrics
+from rotation.pacing import WavePacer
 from rotation.planner import PlanItem
 from rotation.server_flow import ServerFlow
 from rotation.store import Rotation
@@ -84,6 +85,22 @@ class RotationService(ContextView):
         self, items: Sequence[PlanItem], *, force: bool = False, limit: int | None = None
     ) -> list[Rotation]:
         return self.devices.request(items, force=force, limit=limit)
+
+    def ask_next(
+        self,
+        wave: WavePacer,
+        rows: Sequence[Rotation],
+        elapsed: float,
+        *,
+        limit: int | None = None,
+        force: bool = False,
+    ) -> list[Rotation]:
+        """Ask the devices a paced wave offers now (as ``rows``, its rotations so far,
+        stand), and tell it which were asked: a wave by hand and the daemon's plans alike."""
+        offered = wave.next(rows, elapsed, limit)
+        asked = self.request(offered, force=force) if offered else []
+        wave.record(asked, len(offered))
+        return asked
 
     def handle(
         self, thing: str, kind: str, payload: bytes, ack: Callable[[], None] = _nothing
