@@ -382,6 +382,7 @@ class DeviceFlow(Workflow):
         known = self._rotations([m.rotation_id for _, m in confirms])
         now = self.clock.now()
         done: list[Rotation] = []
+        repeats: set[str] = set()
         with self._writing() as conn:
             for thing, message in confirms:
                 rotation = known.get(message.rotation_id)
@@ -389,8 +390,7 @@ class DeviceFlow(Workflow):
                     self._bad(thing, "confirmation for no rotation of this thing")
                     continue
                 if rotation.state in (State.CONFIRMED, State.COMPLETED):
-                    if not store.select(conn, store.OPEN, things=[thing]):
-                        self.sender.clear(thing)  # a repeat: the first clearing may be lost
+                    repeats.add(thing)  # a repeat: the first clearing may be lost
                     continue
                 late = (
                     rotation.state is State.FAILED
@@ -416,6 +416,8 @@ class DeviceFlow(Workflow):
                     done.append(rotation)
                     if late:  # counted apart: its failure was counted when it failed
                         self.metrics.late_confirmed.inc()
+        for thing in sorted(repeats):
+            self._clear_if_idle(thing)
         for rotation in done:
             self.sender.clear(rotation.thing)
             self.metrics.duration.observe((now - rotation.requested_at).total_seconds())
