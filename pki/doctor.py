@@ -255,16 +255,10 @@ def _trust_stores(app: App, outs: Sequence[Path], repair: bool) -> Iterator[Find
 
 def _ca_chains(app: App) -> dict[str, list[str]]:
     """Each CA subject the inventory knows -> the SHA-256 of it and of the CAs above it."""
-    from cryptography import x509
-
     from pki.aws.bundles import der_sha256
+    from pki.aws.trust import ca_certificates
 
-    inventory = app.inventory()
-    by_subject: dict[str, x509.Certificate] = {}
-    for profile in ("root-ca", "issuing-ca"):
-        for record in inventory.find(now=app.now(), include_ca=True, profile=profile):
-            cert = x509.load_pem_x509_certificate(inventory.get_pem(record.serial).encode())
-            by_subject[cert.subject.rfc4514_string()] = cert
+    by_subject = {cert.subject.rfc4514_string(): cert for cert in ca_certificates(app, None)}
     chains: dict[str, list[str]] = {}
     for subject in by_subject:
         chain, seen, at = [], set(), subject

@@ -26,13 +26,14 @@ if TYPE_CHECKING:
 MAX_INCLUDE_BYTES = 1024 * 1024
 
 
-def active_ca_certificates(app: App) -> list[x509.Certificate]:
-    """The active (unexpired) root and issuing CA certificates recorded in the inventory."""
+def ca_certificates(app: App, status: Status | None = Status.ACTIVE) -> list[x509.Certificate]:
+    """The root and issuing CA certificates recorded in the inventory: the active
+    (unexpired) ones, or those of ``status`` (None: all)."""
     inventory = app.inventory()
     certs = []
     for profile in ("root-ca", "issuing-ca"):
         for record in inventory.find(
-            now=app.now(), include_ca=True, profile=profile, status=Status.ACTIVE
+            now=app.now(), include_ca=True, profile=profile, status=status
         ):
             certs.append(x509.load_pem_x509_certificate(inventory.get_pem(record.serial).encode()))
     return certs
@@ -43,7 +44,7 @@ def compile_bundle(
 ) -> TrustBundle:
     """The bundle ``target`` would load: the active CAs plus the ``includes`` (another CA
     generation, say), strict and deterministic, every limit of the target checked."""
-    certs = active_ca_certificates(app)
+    certs = ca_certificates(app)
     for path in includes:
         found = parse_strict(read_limited(path, MAX_INCLUDE_BYTES, "--include"), str(path))
         if not found:  # a failed download must not publish a bundle without the new CA
