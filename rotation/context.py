@@ -284,10 +284,10 @@ class Workflow(ContextView):
             self.ctx.sender.clear(rotation.thing)
         self.metrics.failed.labels(counted_as or reason).inc()
         log.warning("rotation of %s failed (%s): %s", rotation.thing, reason, message)
-        self._gauge_open()
 
     def _gauge_open(self) -> None:
-        """The in-progress gauge, refreshed whenever a rotation changes state."""
+        """The in-progress gauge, refreshed at the end of whatever changed rotations (once
+        per batch or sweep, not once per rotation: a sweep may end a thousand)."""
         with store.transaction(self.inventory.engine) as conn:
             counts = store.counts(conn)
         for state in store.OPEN:

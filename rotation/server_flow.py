@@ -67,6 +67,8 @@ class ServerFlow(Workflow):
                     target.serial in due and target.name not in recently_failed
                 ):
                     done.append(self._rotate_server(target))
+            if done:
+                self._gauge_open()
             return done
 
     def _rotate_server(self, target: servers_mod.ServerTarget) -> Rotation:
