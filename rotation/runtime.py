@@ -239,8 +239,7 @@ def pass_preview(app: App, settings: RotationSettings, horizon: dt.timedelta) ->
     return {
         "paused": held,
         "crls_to_sign": [h.ca for h in crls if h.needs_signing],
-        "would_complete": sorted(r.thing for r in confirmed
-                                 if r.revoke_old_at is not None and r.revoke_old_at <= now),
+        "would_complete": sorted(r.thing for r in confirmed if r.grace_over(now)),
         "would_end": sorted(r.thing for r in stale),
         **asks,
         "would_replace_servers": sorted(replace),

@@ -119,6 +119,10 @@ class Rotation:
             return None
         return self.confirmed_at + dt.timedelta(seconds=self.grace_seconds)
 
+    def grace_over(self, now: dt.datetime) -> bool:
+        """Confirmed, and its old certificate's grace period over: the sweep completes it."""
+        return self.revoke_old_at is not None and self.revoke_old_at <= now
+
     def to_json(self) -> dict[str, Any]:
         """The rotation as JSON: event times in RFC 3339 UTC with ``Z``; ``name`` is the
         thing or server, ``thing`` only a device's (as in certificate records)."""

@@ -40,7 +40,7 @@ class Sweeper(Workflow):
             with self._writing() as conn:
                 confirmed = store.select(conn, [State.CONFIRMED])
                 stale = store.select(conn, [State.REQUESTED, State.ISSUED], deadline_before=now)
-            due = [r for r in confirmed if r.revoke_old_at is not None and r.revoke_old_at <= now]
+            due = [r for r in confirmed if r.grace_over(now)]
             if due:
                 self._complete(due, now, result)
             self._expire(stale, now, result)
