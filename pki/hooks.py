@@ -8,9 +8,10 @@ sessions), they register a callable under an entry-point group here.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pki.errors import BackendError, FleetPkiError
 from pki.model import CertificateRecord, RevocationReason
@@ -35,10 +36,38 @@ class RevocationEvent:
 RevocationHook = Callable[[RevocationEvent], None]
 
 
-def revocation_hooks() -> list[tuple[str, RevocationHook]]:
+def _hooks(group: str) -> list[tuple[str, Any]]:
+    """The callables registered under an entry-point ``group``, by name."""
     from importlib.metadata import entry_points
 
-    return [(ep.name, ep.load()) for ep in entry_points(group=REVOCATION_HOOKS)]
+    return [(ep.name, ep.load()) for ep in entry_points(group=group)]
+
+
+def _warnings_of(
+    hooks: str | list[tuple[str, Any]], label: str, call: Callable[[Any], Iterable[str] | None]
+) -> list[str]:
+    """Call every hook (of an entry-point group, each loaded in turn, or those given);
+    what they return and what failed, a hook that does not even load included, come back
+    as warnings: reported, never raised, since the work that called them is done whatever
+    a hook does."""
+    from importlib.metadata import entry_points
+
+    loaders = (
+        [(ep.name, ep.load) for ep in entry_points(group=hooks)]
+        if isinstance(hooks, str)
+        else [(name, lambda hook=hook: hook) for name, hook in hooks]
+    )
+    warnings: list[str] = []
+    for name, load in loaders:
+        try:
+            warnings += list(call(load()) or ())
+        except Exception as exc:
+            warnings.append(f"{label} {name}: {type(exc).__name__}: {exc}")
+    return warnings
+
+
+def revocation_hooks() -> list[tuple[str, RevocationHook]]:
+    return _hooks(REVOCATION_HOOKS)
 
 
 def run_revocation_hooks(
@@ -76,9 +105,7 @@ IssuanceHook = Callable[[IssuanceEvent], None]
 
 
 def issuance_hooks() -> list[tuple[str, IssuanceHook]]:
-    from importlib.metadata import entry_points
-
-    return [(ep.name, ep.load()) for ep in entry_points(group=ISSUANCE_HOOKS)]
+    return _hooks(ISSUANCE_HOOKS)
 
 
 def issuance_notifier(home: Path) -> Callable[[tuple[CertificateRecord, ...]], list[str]]:
@@ -90,13 +117,8 @@ def issuance_notifier(home: Path) -> Callable[[tuple[CertificateRecord, ...]], l
     def notify(records: tuple[CertificateRecord, ...]) -> list[str]:
         if not found:
             found.append(issuance_hooks())
-        warnings: list[str] = []
-        for name, hook in found[0]:
-            try:
-                hook(IssuanceEvent(records, home))
-            except Exception as exc:  # reported, never raised
-                warnings.append(f"issuance hook {name}: {type(exc).__name__}: {exc}")
-        return warnings
+        event = IssuanceEvent(records, home)
+        return _warnings_of(found[0], "issuance hook", lambda hook: hook(event))
 
     return notify
 
@@ -119,15 +141,7 @@ CrlHook = Callable[[CrlEvent], None]
 def run_crl_hooks(event: CrlEvent) -> list[str]:
     """Tell the CRL hooks (the running stand-ins reload it); what failed comes back as
     warnings: the CRL is published whatever a hook does."""
-    from importlib.metadata import entry_points
-
-    warnings: list[str] = []
-    for ep in entry_points(group=CRL_HOOKS):
-        try:
-            ep.load()(event)
-        except Exception as exc:  # reported, never raised
-            warnings.append(f"CRL hook {ep.name}: {type(exc).__name__}: {exc}")
-    return warnings
+    return _warnings_of(CRL_HOOKS, "CRL hook", lambda hook: hook(event))
 
 
 STATUS_HOOKS = "fleetpki.status_warnings"
@@ -145,12 +159,4 @@ class StatusQuery:
 
 def status_warnings(query: StatusQuery) -> list[str]:
     """The warnings every status hook has for the operator; a failing hook is one more."""
-    from importlib.metadata import entry_points
-
-    warnings: list[str] = []
-    for ep in entry_points(group=STATUS_HOOKS):
-        try:
-            warnings += list(ep.load()(query))
-        except Exception as exc:  # reported, never raised
-            warnings.append(f"status hook {ep.name}: {type(exc).__name__}: {exc}")
-    return warnings
+    return _warnings_of(STATUS_HOOKS, "status hook", lambda hook: hook(query))
