@@ -3,6 +3,7 @@ the service, and the options that set them."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
@@ -33,18 +34,10 @@ def settings(grace: str, answer_timeout: str) -> RotationSettings:
 
     context = click.get_current_context(silent=True)
     retries = dict(context.meta.get(_RETRIES, {})) if context is not None else {}
-    defaults = RotationSettings()
     try:
-        return RotationSettings(
-            grace=duration(grace),
-            answer_timeout=duration(answer_timeout),
-            retry_after=duration(retries.get("retry_after", "")) if "retry_after" in retries
-            else defaults.retry_after,
-            resend_after=duration(retries["resend_after"]) if "resend_after" in retries
-            else defaults.resend_after,
-            resend_max=duration(retries["resend_max"]) if "resend_max" in retries
-            else defaults.resend_max,
-        )  # fmt: skip
+        chosen = RotationSettings(grace=duration(grace), answer_timeout=duration(answer_timeout))
+        changes: dict[str, Any] = {name: duration(text) for name, text in retries.items()}
+        return dataclasses.replace(chosen, **changes)
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
 
