@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +121,34 @@ def test_a_canary_that_could_not_be_asked_is_replaced_by_the_next_item() -> None
     pacer.record(rows(second, State.REQUESTED), offered=len(second))
     assert pacer.canaries == {"d-00", "d-02"}
     assert pacer.next(rows(first[:1], State.COMPLETED) + rows(second, State.ISSUED), 2.0) == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("rotate", "t-1", "--rate", "nan"),
+        ("rotate", "t-1", "--canary", "-1"),
+        ("rotate", "t-1", "--abort-above", "100"),
+        ("rotate", "t-1", "--max-in-flight", "0"),
+        ("rotate", "t-1", "--resend-after", "0s"),
+        ("rotate", "t-1", "--resend-after", "20m", "--resend-max", "10m"),
+        ("run", "--rate", "nan"),
+        ("run", "--rate", "inf"),
+        ("run", "--abort-above", "-1"),
+        ("run", "--lease", "1s"),
+        ("run", "--sweep-interval", "0s"),
+        ("pause", "--reason"),
+    ],
+)
+def test_bad_pacing_and_timing_options_are_one_line_and_change_nothing(
+    tmp_path: Path, argv: tuple[str, ...]
+) -> None:
+    from tests.device_fixtures import fleetpki, ok
+
+    home = tmp_path / "home"
+    ok(home, "ca", "init")
+    before = ok(home, "rotation", "status", "--json")
+    code, out, err = fleetpki(home, "rotation", *argv)
+    assert code == 2 and out == "" and err.startswith("fleetpki: error: "), err
+    assert len(err.strip().splitlines()) == 1
+    assert ok(home, "rotation", "status", "--json") == before  # nothing asked, nothing paused
