@@ -199,3 +199,18 @@ def test_db_commands_write_nothing_where_there_is_no_inventory(
     assert "has no fleetpki schema to upgrade" in result.err
     with sqlite3.connect(empty) as conn:
         assert conn.execute("select name from sqlite_master").fetchall() == []
+
+
+def test_a_rotation_waiting_for_its_device_is_asked_again_after_the_upgrade(
+    cli: Cli, old_home: Path
+) -> None:
+    """rot_0003 gives rotations a next attempt time: one still waiting for its device
+    when fleetpki is upgraded gets it at once (the next sweep asks again), not never."""
+    db = old_home / "inventory.db"
+    with sqlite3.connect(db) as conn:  # the fixture's rotation, as if still under way
+        conn.execute("UPDATE rotations SET state = 'requested'")
+    cli.ok("--home", old_home, "db", "upgrade")
+    with sqlite3.connect(db) as conn:
+        query = "SELECT attempts, next_attempt_at, updated_at FROM rotations"
+        rows = conn.execute(query).fetchall()
+    assert rows and all(a == 1 and due == updated for a, due, updated in rows), rows
