@@ -221,6 +221,40 @@ def iot_set_status(serial: str, status: str) -> None:
     err(f"{number}: {status}" + ("" if changed else " (unchanged)"))
 
 
+@iot.command("lifecycle-rule")
+@click.option("--queue-url", metavar="URL", help="The SQS queue the events go to.")
+@click.option(
+    "--role-arn", metavar="ARN", help="The IAM role IoT Core sends to the queue with."
+)
+@click.option("--remove", is_flag=True, help="Delete the rule and forget the queue.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def iot_lifecycle_rule(
+    queue_url: str | None, role_arn: str | None, remove: bool, as_json: bool
+) -> None:
+    """Route IoT Core's `connected` lifecycle events to an SQS queue, as proof of use.
+
+    The rule `FleetpkiConnected` sends every `connected` event to the queue; before every
+    sweep the rotation daemon reads it, and a device seen connecting with its new
+    certificate confirms its rotation even when its confirmation was lost. The queue must
+    exist and the role must allow `sqs:SendMessage` on it. Idempotent.
+    """
+    from pki.errors import InvalidInput
+
+    if remove:
+        if queue_url or role_arn:
+            raise InvalidInput("--remove takes neither --queue-url nor --role-arn")
+        existed = _iot_core().remove_lifecycle_rule()
+        outcome = "removed" if existed else "absent"
+    else:
+        if not queue_url or not role_arn:
+            raise InvalidInput("give --queue-url and --role-arn (or --remove)")
+        outcome = _iot_core().set_lifecycle_rule(queue_url, role_arn)
+    if as_json:
+        print_json({"rule": "FleetpkiConnected", "outcome": outcome, "queue_url": queue_url})
+        return
+    err(f"lifecycle rule FleetpkiConnected: {outcome}")
+
+
 @iot.command("endpoint")
 def iot_endpoint() -> None:
     """Print the IoT Core data endpoint (iot:Data-ATS)."""

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 from devices import store
 
 POLICY_NAME = "fleetpki-device"
+_NO_QUEUE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
 TOPIC_PREFIX = "things"
 BACKEND = "IoT Core"
 
@@ -368,11 +369,123 @@ class IotCore:
                 c.delete_thing(thingName=thing)
         return removed
 
+    # -- lifecycle events: proof of use --------------------------------------------------
+
+    def set_lifecycle_rule(self, queue_url: str, role_arn: str) -> str:
+        """Route every ``connected`` lifecycle event to the SQS queue (the rule
+        ``FleetpkiConnected``, made or corrected) and record the queue for the rotation
+        service. Returns ``created``, ``replaced`` or ``unchanged``."""
+        from devices import iot_events as ev
+
+        ev.check_queue_url(queue_url)
+        ev.check_role_arn(role_arn)
+        with _aws(f"read the queue {queue_url}"):
+            try:
+                _client("sqs").get_queue_attributes(
+                    QueueUrl=queue_url, AttributeNames=["QueueArn"]
+                )
+            except Exception as exc:
+                if error_code(exc) in _NO_QUEUE:
+                    raise NotFound(f"no SQS queue {queue_url!r}") from None
+                raise
+        wanted = ev.rule_payload(queue_url, role_arn)
+        current = self._lifecycle_rule()
+        if current is None:
+            with _aws("create the lifecycle rule"):
+                self.client.create_topic_rule(ruleName=ev.RULE_NAME, topicRulePayload=wanted)
+            outcome = "created"
+        elif _same_rule(current, wanted):
+            outcome = "unchanged"
+        else:
+            with _aws("replace the lifecycle rule"):
+                self.client.replace_topic_rule(ruleName=ev.RULE_NAME, topicRulePayload=wanted)
+            outcome = "replaced"
+        store.set_lifecycle_queue(self.engine, queue_url)
+        return outcome
+
+    def remove_lifecycle_rule(self) -> bool:
+        """Delete the rule and forget the queue; False when there was no rule."""
+        from devices import iot_events as ev
+
+        existed = self._lifecycle_rule() is not None
+        if existed:
+            with _aws("delete the lifecycle rule"):
+                self.client.delete_topic_rule(ruleName=ev.RULE_NAME)
+        store.set_lifecycle_queue(self.engine, None)
+        return existed
+
+    def _lifecycle_rule(self) -> dict[str, Any] | None:
+        from devices import iot_events as ev
+
+        with _aws("read the lifecycle rule"):
+            try:
+                return dict(self.client.get_topic_rule(ruleName=ev.RULE_NAME)["rule"])
+            except Exception as exc:
+                # IoT Core answers UnauthorizedException for a rule that does not exist
+                if error_code(exc) in ("ResourceNotFoundException", "UnauthorizedException"):
+                    return None
+                raise
+
     def endpoint(self) -> str:
         with _aws("describe the data endpoint"):
             return str(
                 self.client.describe_endpoint(endpointType="iot:Data-ATS")["endpointAddress"]
             )
+
+
+def _same_rule(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    def sqs(rule: dict[str, Any]) -> list[tuple[str, str, bool]]:
+        return [
+            (str(a["sqs"].get("queueUrl")), str(a["sqs"].get("roleArn")),
+             bool(a["sqs"].get("useBase64")))
+            for a in rule.get("actions") or [] if "sqs" in a
+        ]  # fmt: skip
+
+    return (
+        current.get("sql") == wanted["sql"]
+        and not current.get("ruleDisabled")
+        and len(current.get("actions") or []) == 1
+        and sqs(current) == sqs(wanted)
+    )
+
+
+class IotProofOfUse:
+    """``proof_of_use`` for the rotation service: which of the serials asked about
+    connected to IoT Core, from the lifecycle events of the queue ``iot lifecycle-rule``
+    recorded (read on every call, so a rule set while the daemon runs counts at its next
+    sweep). The queue is drained on every call, also when nothing waits, so its backlog
+    stays small. A failure to read it is reported to ``warn`` and proves nothing."""
+
+    def __init__(
+        self,
+        engine: Any,
+        warn: Callable[[str], None],
+        client: Callable[[], Any] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.warn = warn
+        self._client = client
+        self.events: Any = None  # LifecycleEvents, made on first use
+
+    def __call__(self, serials: set[str]) -> set[str]:
+        from devices.iot_events import LifecycleEvents
+        from pki.errors import FleetPkiError
+
+        queue = store.lifecycle_queue(self.engine)
+        if queue is None:
+            self.events = None
+            return set()
+        if self.events is None or self.events.queue_url != queue:
+            self.events = LifecycleEvents(queue, (self._client or (lambda: _client("sqs")))())
+        try:
+            with _aws("read the lifecycle events queue"):
+                self.events.drain()
+        except FleetPkiError as exc:
+            self.warn(f"proof of use on IoT Core: {exc}")
+        if not serials:
+            return set()
+        ids = store.certificate_ids(self.engine, serials)
+        return {serial for serial, cert_id in ids.items() if self.events.seen(cert_id)}
 
 
 def provision_many(

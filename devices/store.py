@@ -124,3 +124,42 @@ def set_status(engine: Engine, serial: str, status: str) -> None:
 def forget_certificate(engine: Engine, serial: str) -> None:
     with writing(engine, "device tables") as conn:
         conn.execute(iot_certificates.delete().where(iot_certificates.c.serial == serial))
+
+
+def certificate_ids(engine: Engine, serials: set[str]) -> dict[str, str]:
+    """The IoT Core certificate id of each of ``serials`` registered there."""
+    found: dict[str, str] = {}
+    wanted = sorted(serials)
+    with reading(engine, "device tables") as conn:
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            rows = conn.execute(
+                sa.select(iot_certificates.c.serial, iot_certificates.c.certificate_id).where(
+                    iot_certificates.c.serial.in_(chunk)
+                )
+            ).all()
+            found.update({str(serial): str(cert_id) for serial, cert_id in rows})
+    return found
+
+
+# -- the queue IoT Core's lifecycle events are routed to (a fleetpki_meta row) ----------
+
+LIFECYCLE_QUEUE = "iot_lifecycle_queue"
+
+
+def lifecycle_queue(engine: Engine) -> str | None:
+    """The SQS queue URL ``iot lifecycle-rule`` routed the ``connected`` events to."""
+    from pki.storage.schema import meta
+
+    with reading(engine, "device tables") as conn:
+        value = conn.execute(sa.select(meta.c.value).where(meta.c.key == LIFECYCLE_QUEUE)).scalar()
+    return None if value is None else str(value)
+
+
+def set_lifecycle_queue(engine: Engine, queue_url: str | None) -> None:
+    from pki.storage.schema import meta
+
+    with writing(engine, "device tables") as conn:
+        conn.execute(meta.delete().where(meta.c.key == LIFECYCLE_QUEUE))
+        if queue_url is not None:
+            conn.execute(meta.insert().values(key=LIFECYCLE_QUEUE, value=queue_url))

@@ -42,6 +42,7 @@ from rotation.store import Rotation, State
 
 log = logging.getLogger("fleetpki.rotation")
 LATE = "confirmed late"  # the start of the note a late confirmation leaves on its rotation
+BY_USE = "confirmed by use"  # ... and of the note of one a relying party saw in use
 
 
 class DeviceFlow(Workflow):
@@ -110,18 +111,20 @@ class DeviceFlow(Workflow):
         proof, with a note. Returns how many."""
         if self.ctx.proof_of_use is None:
             return 0
+        with self._lock, self._writing() as conn:
+            waiting = store.select(conn, [State.ISSUED])
+        serials = {r.new_serial for r in waiting if r.new_serial}
+        # outside the lock (reading a queue may take seconds), also with nothing waiting:
+        # a source may drain a queue; the confirmation below is conditional on the state
+        seen = self.ctx.proof_of_use(serials)
         with self._lock:
-            with self._writing() as conn:
-                waiting = store.select(conn, [State.ISSUED])
-            serials = {r.new_serial for r in waiting if r.new_serial}
-            seen = self.ctx.proof_of_use(serials) if serials else set()
             now = self.clock.now()
             done = []
             with self._writing() as conn:
                 for rotation in waiting:
                     if rotation.new_serial in seen and store.confirm(
                         conn, rotation.id, State.ISSUED, now,
-                        "confirmed by use: a relying party accepted the new certificate",
+                        f"{BY_USE}: a relying party accepted the new certificate",
                     ):  # fmt: skip
                         done.append(rotation)
             for rotation in done:

@@ -82,9 +82,26 @@ def open_service(
         served_crls=lambda now: served.check_and_repair(
             home, now, probe=lambda: probe.current(app)
         ),
-        proof_of_use=lambda serials: served.used(home, serials),
+        proof_of_use=proof_of_use(app),
     )
     return service, channel
+
+
+def proof_of_use(app: App) -> Callable[[set[str]], set[str]]:
+    """Which new certificates a relying party saw in use: the HTTPS stand-in's access log
+    and, when ``iot lifecycle-rule`` set it up, IoT Core's ``connected`` events."""
+    from devices.iot import IotProofOfUse
+    from devices.standins.served import UsedSerials
+
+    sources = (UsedSerials(app.home), IotProofOfUse(app.inventory().engine, log.warning))
+
+    def used(serials: set[str]) -> set[str]:
+        found: set[str] = set()
+        for source in sources:
+            found |= source(serials)
+        return found
+
+    return used
 
 
 def iot_register(app: App) -> Callable[[IssuedCertificate], None]:

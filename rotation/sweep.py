@@ -17,7 +17,7 @@ from rotation.context import (
     SweepResult,
     Workflow,
 )
-from rotation.device_flow import LATE
+from rotation.device_flow import BY_USE, LATE
 from rotation.server_flow import ServerFlow
 from rotation.store import Rotation, State
 
@@ -113,12 +113,13 @@ class Sweeper(Workflow):
                         updated_at=now,
                     )
                     continue
-                late = rotation.error if (rotation.error or "").startswith(LATE) else None
+                kept = (rotation.error or "").startswith((LATE, BY_USE))
+                late = rotation.error if kept else None
                 error = (
                     f"completed, but a revocation hook kept failing since "
                     f"{rotation.retry_since}: {gave_up[rotation.id]}"
                     if rotation.id in gave_up
-                    else late  # a late confirmation stays on the record
+                    else late  # how it was confirmed stays on the record
                 )
                 if store.advance(conn, rotation.id, State.CONFIRMED, State.COMPLETED,
                                  completed_at=now, updated_at=now, error=error):  # fmt: skip

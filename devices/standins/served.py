@@ -6,17 +6,20 @@ against the home's combined CRL, and repaired by handing the home's file over ag
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 
 from devices.standins.broker import reload_crl
 from devices.standins.probe import CanaryNotRun, Probe, handshake
-from devices.standins.state import DevState, read_access_log, running
+from devices.standins.state import DevState, running
 from pki.errors import FleetPkiError
 from pki.home import Home
 from pki.model import isoformat
@@ -163,22 +166,65 @@ def _judged(
         return replace(served, canary_error=str(exc))
 
 
-def used(home: Home, serials: set[str]) -> set[str]:
-    """Proof of use: which of ``serials`` (hex) the running HTTPS stand-in accepted in a
-    mutual TLS handshake (its access log names each client certificate's serial).
-    Mosquitto logs a client's name, never its certificate, so it proves nothing here."""
-    state = running(home) if serials else None
-    if state is None:
-        return set()
-    wanted = {int(s, 16): s for s in serials}
-    found: set[str] = set()
-    for entry in read_access_log(state):
-        if entry.get("result") != "accepted":
-            continue
+class UsedSerials:
+    """Proof of use: which of the serials asked about (hex) the running HTTPS stand-in
+    accepted in a mutual TLS handshake (its access log names each client certificate's
+    serial). The log is read on from where the last call stopped (a new or truncated file
+    is read from its start), whole lines only, and the serials seen accepted are
+    remembered (the last ``memory`` of them). Mosquitto logs a client's name, never its
+    certificate, so it proves nothing here."""
+
+    CHUNK = 16 * 1024 * 1024  # read at most this much per call; the rest at the next
+
+    def __init__(self, home: Home, memory: int = 200_000) -> None:
+        self.home = home
+        self.memory = memory
+        self._file: tuple[int, int] | None = None  # (device, inode) of the log being read
+        self._offset = 0
+        self._seen: dict[int, None] = {}  # insertion-ordered: the oldest is forgotten first
+
+    def __call__(self, serials: set[str]) -> set[str]:
+        state = running(self.home)
+        if state is None:
+            return set()
+        self.scan(state.access_log)
+        return {s for s in serials if self.seen(int(s, 16))}
+
+    @property
+    def offset(self) -> int:
+        return self._offset
+
+    def seen(self, serial: int) -> bool:
+        return serial in self._seen
+
+    def scan(self, path: Path) -> None:
+        """Read what was appended to the log at ``path`` since the last scan."""
         try:
-            serial = int(str(entry.get("serial") or ""), 16)
-        except ValueError:
-            continue
-        if serial in wanted:
-            found.add(wanted[serial])
-    return found
+            log = path.open("rb")
+        except FileNotFoundError:
+            return
+        with log:
+            info = os.fstat(log.fileno())
+            if (info.st_dev, info.st_ino) != self._file or info.st_size < self._offset:
+                self._file, self._offset = (info.st_dev, info.st_ino), 0
+            log.seek(self._offset)
+            data = log.read(self.CHUNK)
+        whole = data[: data.rfind(b"\n") + 1]  # a line still being written waits
+        self._offset += len(whole)
+        for line in whole.splitlines():
+            serial = _accepted_serial(line)
+            if serial is not None:
+                self._seen.pop(serial, None)
+                self._seen[serial] = None
+        while len(self._seen) > self.memory:
+            del self._seen[next(iter(self._seen))]
+
+
+def _accepted_serial(line: bytes) -> int | None:
+    try:
+        entry = json.loads(line)
+        if not isinstance(entry, dict) or entry.get("result") != "accepted":
+            return None
+        return int(str(entry.get("serial") or ""), 16)
+    except (ValueError, RecursionError):
+        return None
