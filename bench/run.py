@@ -52,6 +52,7 @@ SIZES = {
         "devices": 1_000,
         "handshakes": 2_000,
         "aws": 500,
+        "cli_runs": 20,
     },
     "quick": {
         "issue": 2_000,
@@ -62,6 +63,7 @@ SIZES = {
         "devices": 200,
         "handshakes": 400,
         "aws": 100,
+        "cli_runs": 10,
     },
 }
 
@@ -865,6 +867,51 @@ def bench_aws_part(sizes: dict[str, int], work: Path) -> list[Figure]:
 # ---------------------------------------------------------------------------------- main
 
 
+def bench_cli(sizes: dict[str, int], work: Path) -> list[Figure]:
+    from bench.cli import one_shot
+
+    runs = sizes["cli_runs"]
+    log(f"one-shot CLI: {runs} alternating runs of fleetpki, the bare floor and openssl")
+    usage = one_shot(work / "cli", runs)
+    fleet, floor, ossl = usage["fleetpki"], usage["floor"], usage["openssl"]
+    helps, version, click = usage["help"], usage["version"], usage["click"]
+    one = fleet.per_run / floor.per_run
+    help_ratio = helps.per_run / click.per_run
+    version_ratio = version.per_run / click.per_run
+    return [
+        Figure(
+            "cli_one_shot",
+            "one 'fleetpki issue device' process: CPU (user + system)",
+            fleet.per_run,
+            "s",
+            floor.per_run,
+            "bare Python floor: CSR check + sign with cryptography + PEM",
+            one,
+            "<= 4.0",
+            one <= 4.0,
+            {
+                "runs": runs,
+                "openssl_s": round(ossl.per_run, 4),
+                "vs_openssl": round(fleet.per_run / ossl.per_run, 2),
+                "floor_vs_openssl": round(floor.per_run / ossl.per_run, 2),
+                "max_rss_mib": {k: round(u.rss_kib / 1024, 1) for k, u in usage.items()},
+            },
+        ),
+        Figure(
+            "cli_help",
+            "'fleetpki --help' (and --version): CPU (user + system)",
+            helps.per_run,
+            "s",
+            click.per_run,
+            "python -c 'import click'",
+            help_ratio,
+            "<= 2.0 (both)",
+            help_ratio <= 2.0 and version_ratio <= 2.0,
+            {"version_s": round(version.per_run, 4), "version_ratio": round(version_ratio, 2)},
+        ),
+    ]
+
+
 def machine() -> dict[str, Any]:
     cpu = ""
     try:
@@ -904,7 +951,7 @@ def print_table(figures: list[Figure]) -> None:
     Console(width=200).print(table)
 
 
-PARTS = ["issuance", "crl", "inventory", "fleet", "aws"]
+PARTS = ["issuance", "crl", "inventory", "fleet", "aws", "cli"]
 README = ROOT / "bench" / "README.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
@@ -973,6 +1020,8 @@ def main() -> int:
             figures += bench_fleet(sizes, work)
         if "aws" in parts:
             figures += bench_aws_part(sizes, work)
+        if "cli" in parts:
+            figures += bench_cli(sizes, work)
     elapsed = time.perf_counter() - started
     print_table(figures)
     missed = [f for f in figures if f.met is False]

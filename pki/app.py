@@ -16,16 +16,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pki.clock import Clock, SystemClock
-from pki.home import DEFAULT_HOME, Home
 
 if TYPE_CHECKING:
     from cryptography import x509
 
     from pki.backends import CertificateAuthority
+    from pki.home import Home
     from pki.issue.issuer import Issuer
     from pki.issue.pending import Settled
     from pki.model import CertificateRecord
     from pki.storage import Inventory
+
+DEFAULT_HOME = ".fleetpki"  # as pki.home's (imported lazily: the CLI starts without it)
 
 
 @dataclass
@@ -42,6 +44,8 @@ class App:
 
     @property
     def home(self) -> Home:
+        from pki.home import Home
+
         return Home(self.home_path, self.database)
 
     def elsewhere(self, home_path: Path, database: str | None = None) -> App:

@@ -26,7 +26,7 @@ ROOT_PASSPHRASE_ENV = "FLEETPKI_ROOT_PASSPHRASE"  # noqa: S105
 MIN_PASSPHRASE = 12
 DATABASE_ENV = "FLEETPKI_DATABASE_URL"
 HOME_ENV = "FLEETPKI_HOME"
-DEFAULT_HOME = ".fleetpki"
+DEFAULT_HOME = ".fleetpki"  # pki.app repeats it, to start without this module
 MAX_CONFIG_BYTES = 1024 * 1024
 
 

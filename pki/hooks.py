@@ -38,9 +38,9 @@ RevocationHook = Callable[[RevocationEvent], None]
 
 def _hooks(group: str) -> list[tuple[str, Any]]:
     """The callables registered under an entry-point ``group``, by name."""
-    from importlib.metadata import entry_points
+    from pki import plugins
 
-    return [(ep.name, ep.load()) for ep in entry_points(group=group)]
+    return [(ep.name, ep.load()) for ep in plugins.entry_points(group)]
 
 
 def _warnings_of(
@@ -50,10 +50,10 @@ def _warnings_of(
     what they return and what failed, a hook that does not even load included, come back
     as warnings: reported, never raised, since the work that called them is done whatever
     a hook does."""
-    from importlib.metadata import entry_points
+    from pki import plugins
 
     loaders = (
-        [(ep.name, ep.load) for ep in entry_points(group=hooks)]
+        [(ep.name, ep.load) for ep in plugins.entry_points(hooks)]
         if isinstance(hooks, str)
         else [(name, lambda hook=hook: hook) for name, hook in hooks]
     )

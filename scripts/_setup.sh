@@ -14,6 +14,7 @@ ensure_debs() {
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
     command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+    [ -x /usr/bin/time ] || missing+=(time)  # scripts/bench: the one-shot CLI's CPU
     if [ "${FLEETPKI_DEBS:-test}" = "test" ]; then
         # the relying parties operators run, for the interoperability tests
         command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)

@@ -155,7 +155,7 @@ def test_help_lists_commands(cli: Cli) -> None:
 
 def test_plugin_command_groups_are_loaded(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     """Other packages add commands through the fleetpki.commands entry-point group."""
-    import importlib.metadata
+    import pki.plugins
 
     @click.command("hello")
     def hello() -> None:
@@ -167,14 +167,12 @@ def test_plugin_command_groups_are_loaded(cli: Cli, monkeypatch: pytest.MonkeyPa
         def load(self) -> click.Command:
             return hello
 
-    real = importlib.metadata.entry_points
+    real = pki.plugins.entry_points
 
-    def fake(**kwargs: str) -> object:
-        if kwargs.get("group") == "fleetpki.commands":
-            return [FakeEntryPoint()]
-        return real(**kwargs)
+    def fake(group: str) -> object:
+        return [FakeEntryPoint()] if group == "fleetpki.commands" else real(group)
 
-    monkeypatch.setattr(importlib.metadata, "entry_points", fake)
+    monkeypatch.setattr(pki.plugins, "entry_points", fake)
     assert cli.ok("hello").out == "hello from a plugin\n"
     assert "  hello" in cli.ok("--help").out
 
@@ -231,7 +229,7 @@ def test_revocation_hooks_get_the_event_and_failures_are_reported(
 
 
 def test_broken_plugin_does_not_break_the_cli(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib.metadata
+    import pki.plugins
 
     class Broken:
         name = "broken"
@@ -240,11 +238,11 @@ def test_broken_plugin_does_not_break_the_cli(cli: Cli, monkeypatch: pytest.Monk
         def load(self) -> object:
             raise ImportError("No module named 'nowhere'")
 
-    real = importlib.metadata.entry_points
+    real = pki.plugins.entry_points
     monkeypatch.setattr(
-        importlib.metadata,
+        pki.plugins,
         "entry_points",
-        lambda **kw: [Broken()] if kw.get("group") == "fleetpki.commands" else real(**kw),
+        lambda group: [Broken()] if group == "fleetpki.commands" else real(group),
     )
     assert re.search(r"\n  broken +\(unavailable: command group", cli.ok("--help").out)
     result = cli("broken")

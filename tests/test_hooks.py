@@ -19,10 +19,10 @@ def _points(*values: str) -> list[EntryPoint]:
 def test_a_hook_that_does_not_load_or_fails_is_a_warning(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import importlib.metadata
+    import pki.plugins
 
     found = _points("no_such_module_here:nothing", "builtins:len", "os.path:basename")
-    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: found)
+    monkeypatch.setattr(pki.plugins, "entry_points", lambda group: found)
     query = hooks.StatusQuery(Path("/nonexistent"), object(), NOW)
     warnings = hooks.status_warnings(query)
     assert warnings[0].startswith("status hook h0: ModuleNotFoundError")

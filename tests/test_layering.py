@@ -222,3 +222,52 @@ def test_a_one_shot_issue_without_stand_ins_does_not_load_them(tmp_path: Path) -
     unneeded = ("devices.standins", "rotation", "multiprocessing", "pki.processes")
     loaded = sorted(m for m in imported if m.startswith(unneeded))
     assert loaded == []
+
+
+def test_fleetpki_plugins_are_found_as_importlib_metadata_finds_them() -> None:
+    """pki.plugins reads entry_points.txt itself (importing importlib.metadata would cost
+    fleetpki --help a quarter of its time): it must find exactly what the library finds."""
+    import importlib.metadata
+
+    from pki import plugins
+
+    everything = importlib.metadata.entry_points()
+    theirs = sorted(
+        (point.group, point.name, point.value)
+        for group in everything.groups
+        if group.startswith("fleetpki.")
+        for point in everything.select(group=group)
+    )
+    ours = sorted((p.group, p.name, p.value) for p in plugins.installed())
+    assert ours == theirs and ("fleetpki.commands", "rotation", "rotation.cli:rotation") in ours
+    loaded = plugins.entry_points("fleetpki.migrations")[0].load()
+    assert type(loaded).__name__ == "Branch"
+
+
+def test_an_entry_points_file_is_read_as_ini() -> None:
+    from pki import plugins
+
+    text = (
+        "# comment\n[console_scripts]\nx = y:z\n\n[fleetpki.commands]\n"
+        " hello = some.module:group.sub [extra]\n; other\nbroken\n=nothing\n"
+        "[fleetpki.migrations]\nmine=pkg.migrations:BRANCH\n"
+    )
+    assert plugins.parse(text) == [
+        plugins.EntryPoint("hello", "some.module:group.sub [extra]", "fleetpki.commands"),
+        plugins.EntryPoint("mine", "pkg.migrations:BRANCH", "fleetpki.migrations"),
+    ]
+    point = plugins.EntryPoint("j", "json:decoder.JSONDecoder [x]", "fleetpki.t")
+    assert point.load().__name__ == "JSONDecoder"
+
+
+def test_version_and_default_home_agree_with_their_sources() -> None:
+    """--version prints pki.__version__ without a metadata lookup; pki.app repeats the
+    default home so that the command line starts without importing pki.home."""
+    import importlib.metadata
+
+    import pki
+    import pki.app
+    import pki.home
+
+    assert pki.__version__ == importlib.metadata.version("fleetpki")
+    assert pki.app.DEFAULT_HOME == pki.home.DEFAULT_HOME

@@ -12,6 +12,5 @@ pki's batch issuance, connected to the stand-ins over mTLS, publishing QoS 1 tel
 """
 
 from devices.simulator.config import SCENARIOS, Shard, SimConfig
-from devices.simulator.summary import FleetSummary
 
-__all__ = ["SCENARIOS", "FleetSummary", "Shard", "SimConfig"]
+__all__ = ["SCENARIOS", "Shard", "SimConfig"]  # FleetSummary: devices.simulator.summary

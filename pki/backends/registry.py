@@ -42,9 +42,9 @@ BackendFactory = Callable[[BackendContext], "CertificateAuthority"]
 def factory(name: str) -> BackendFactory:
     target = BUILT_IN.get(name)
     if target is None:
-        from importlib.metadata import entry_points
+        from pki import plugins
 
-        found = {ep.name: ep for ep in entry_points(group=GROUP)}
+        found = {ep.name: ep for ep in plugins.entry_points(GROUP)}
         if name not in found:
             known = ", ".join(sorted({*BUILT_IN, *found}))
             raise InvalidInput(f"unknown CA backend {name!r} (known: {known})")

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from pki import __version__
 from pki.app import App
 
 ENTRY_POINT_GROUP = "fleetpki.commands"
@@ -26,9 +27,9 @@ class PluginGroup(click.Group):
     """Adds the command groups other packages register under ``fleetpki.commands``."""
 
     def _plugins(self) -> dict[str, Any]:
-        from importlib.metadata import entry_points
+        from pki import plugins
 
-        return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+        return {ep.name: ep for ep in plugins.entry_points(ENTRY_POINT_GROUP)}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self._plugins()))
@@ -73,7 +74,7 @@ def _broken_plugin(name: str, target: str, exc: Exception) -> click.Command:
     help="Directory holding the CA, its configuration and the SQLite inventory "
     "(env FLEETPKI_HOME).",
 )
-@click.version_option(package_name="fleetpki")
+@click.version_option(__version__, prog_name="fleetpki")  # no metadata lookup: a fast --version
 @click.pass_context
 def cli(ctx: click.Context, home: Path) -> None:
     """fleetpki: certificates and mTLS for device fleets.
