@@ -67,8 +67,15 @@ def _run_module() -> ModuleType:
 # -- the server process ---------------------------------------------------------------------
 
 
-def serve(port: int, quota: float) -> None:
-    """moto's server with a template-honouring, quota-enforcing IssueCertificate."""
+LATENCY = (0.05, 0.15)  # seconds the stand-in adds to every IssueCertificate/GetCertificate
+
+
+def serve(port: int, quota: float, latency: tuple[float, float] = LATENCY) -> None:
+    """moto's server with a template-honouring, quota-enforcing IssueCertificate, and
+    50-150 ms of latency on IssueCertificate and GetCertificate, as a real service has
+    (the figure then measures fleetpki against a realistic service, not its own pacing
+    alone: it must keep enough requests in flight)."""
+    import random
     sys.path.insert(0, str(ROOT))
     from moto.acmpca.models import CertificateAuthority
     from moto.acmpca.responses import ACMPCAResponse
@@ -104,9 +111,17 @@ def serve(port: int, quota: float) -> None:
             if bucket["tokens"] < 1:
                 raise JsonRESTError("ThrottlingException", "Rate exceeded")
             bucket["tokens"] -= 1
+        time.sleep(random.uniform(*latency))  # noqa: S311 (a delay, not a secret)
         return honour_templates(self)
 
+    get_certificate = ACMPCAResponse.get_certificate
+
+    def slow_get_certificate(self: Any) -> Any:
+        time.sleep(random.uniform(*latency))  # noqa: S311
+        return get_certificate(self)
+
     ACMPCAResponse.issue_certificate = issue_certificate  # type: ignore[method-assign]
+    ACMPCAResponse.get_certificate = slow_get_certificate  # type: ignore[method-assign]
     main(["-H", "127.0.0.1", "-p", str(port)])
 
 
@@ -151,11 +166,49 @@ def aws_environment(endpoint: str) -> Iterator[None]:
 
 def bench_aws(sizes: dict[str, int], work: Path) -> list[Figure]:
     run = _run_module()
-    from pki.aws.pacing import THROTTLING, RateLimits
+    from pki.aws.pacing import THROTTLING
     from pki.backends.aws_pca import AwsPrivateCA, make_client
     from pki.backends.aws_pca_setup import create_hierarchy
-    from pki.ca.setup import init_aws_ca
     from pki.clock import SystemClock
+
+    big = sizes.get("aws", 250)
+    small = 120 if big >= 100 else max(1, big // 2)  # a small batch: below the fork threshold
+    quota = QUOTA
+    csrs = run.make_csrs(big + small)
+    clock = SystemClock()
+    throttled = {"responses": 0}
+
+    def count_throttles(response: Any = None, **_: Any) -> None:
+        if response is not None:
+            code = response[1].get("Error", {}).get("Code")
+            if code in THROTTLING:
+                throttled["responses"] += 1
+
+    run.log(f"aws: moto_server on loopback, IssueCertificate quota {quota:g}/s, "
+            f"{LATENCY[0] * 1000:g}-{LATENCY[1] * 1000:g} ms per call, {small} then {big} issues")
+    figures = []
+    with moto_server(quota) as endpoint, aws_environment(endpoint):
+        client = make_client(REGION)
+        client.meta.events.register("needs-retry.acm-pca.IssueCertificate", count_throttles)
+        maker = AwsPrivateCA("arn:aws:acm-pca:::certificate-authority/creating", client,
+                             clock=clock)  # fmt: skip
+        arn = create_hierarchy(maker, "bench", "ec-p256", 3650, 1825)
+        for key, count, chosen in (("aws_issue_quota_small", small, csrs[:small]),
+                                   ("aws_issue_quota", big, csrs[small:])):  # fmt: skip
+            throttled["responses"] = 0
+            figures.append(_one_batch(run, key, count, chosen, work / key, client, arn, clock,
+                                      throttled))  # fmt: skip
+    return figures
+
+
+def _one_batch(
+    run: ModuleType, key: str, count: int, csrs: list[tuple[str, bytes]], work: Path,
+    client: Any, arn: str, clock: Any, throttled: dict[str, int],
+) -> Figure:  # fmt: skip
+    """One batch of ``count`` CSRs on a home of its own adopting the same Private CA."""
+    from pki.aws.pacing import RateLimits
+    from pki.backends.aws_pca import AwsPrivateCA
+    from pki.ca.setup import init_aws_ca
     from pki.errors import FleetPkiError
     from pki.home import Home
     from pki.issue.batch import default_workers
@@ -163,58 +216,40 @@ def bench_aws(sizes: dict[str, int], work: Path) -> list[Figure]:
     from pki.model import IssueRequest
     from pki.storage import Inventory
 
-    count = sizes.get("aws", 250)
     quota = QUOTA
-    csrs = run.make_csrs(count)
-    clock = SystemClock()
+    work.mkdir(parents=True, exist_ok=True)
     home = Home(work / "aws-home")
-    throttled_responses = 0
+    inventory = Inventory.create(f"sqlite:///{work / 'aws-inventory.db'}")
+    try:
+        ca = AwsPrivateCA(arn, client, clock=clock, ledger=inventory,
+                          limits=RateLimits(issue=quota))  # fmt: skip
+        init_aws_ca(home, inventory, clock, ca, REGION)  # adopt: status and chain checked
+        issuer = Issuer(ca, inventory, clock)
+        requests = [IssueRequest("device", name, pem, actor="bench") for name, pem in csrs]
+        caller_errors: list[str] = []
 
-    def count_throttles(response: Any = None, **_: Any) -> None:
-        nonlocal throttled_responses
-        if response is not None:
-            code = response[1].get("Error", {}).get("Code")
-            if code in THROTTLING:
-                throttled_responses += 1
+        def issue_all() -> int:
+            try:
+                report = issuer.issue_batch(
+                    requests, actor="bench", workers=default_workers(len(requests), remote=True)
+                )
+            except FleetPkiError as exc:  # a backend error stops a batch
+                caller_errors.append(str(exc))
+                return 0
+            caller_errors.extend(f"{f.name}: {f.error}" for f in report.failed)
+            return len(report.issued)
 
-    run.log(f"aws: moto_server on loopback, IssueCertificate quota {quota:g}/s, {count} issues")
-    with moto_server(quota) as endpoint, aws_environment(endpoint):
-        client = make_client(REGION)
-        client.meta.events.register("needs-retry.acm-pca.IssueCertificate", count_throttles)
-        maker = AwsPrivateCA("arn:aws:acm-pca:::certificate-authority/creating", client,
-                             clock=clock)  # fmt: skip
-        arn = create_hierarchy(maker, "bench", "ec-p256", 3650, 1825)
-        inventory = Inventory.create(f"sqlite:///{work / 'aws-inventory.db'}")
-        try:
-            ca = AwsPrivateCA(arn, client, clock=clock, ledger=inventory,
-                              limits=RateLimits(issue=quota))  # fmt: skip
-            init_aws_ca(home, inventory, clock, ca, REGION)  # adopt: status and chain checked
-            issuer = Issuer(ca, inventory, clock)
-            requests = [IssueRequest("device", name, pem, actor="bench") for name, pem in csrs]
-            caller_errors: list[str] = []
-
-            def issue_all() -> int:
-                try:
-                    report = issuer.issue_batch(
-                        requests, actor="bench", workers=default_workers(len(requests), remote=True)
-                    )
-                except FleetPkiError as exc:  # a backend error stops a batch
-                    caller_errors.append(str(exc))
-                    return 0
-                caller_errors.extend(f"{f.name}: {f.error}" for f in report.failed)
-                return len(report.issued)
-
-            seconds, issued = run.timed(issue_all)
-        finally:
-            inventory.close()
+        seconds, issued = run.timed(issue_all)
+    finally:
+        inventory.close()
     rate = issued / seconds
     ratio = rate / quota
     throttling_errors = sum("throttl" in e for e in caller_errors)
     met = ratio >= 0.9 and issued == count and not caller_errors
-    return [
-        run.Figure(
-            "aws_issue_quota",
-            f"AWS Private CA path (moto on loopback): {count} device certificates",
+    return run.Figure(  # type: ignore[no-any-return]
+            key,
+            f"AWS Private CA path (moto on loopback, {LATENCY[0] * 1000:g}-"
+            f"{LATENCY[1] * 1000:g} ms a call): {count} device certificates",
             rate,
             "certs/s",
             quota,
@@ -225,7 +260,7 @@ def bench_aws(sizes: dict[str, int], work: Path) -> list[Figure]:
             {
                 "issued": issued,
                 "seconds": round(seconds, 3),
-                "throttled_responses": throttled_responses,
+                "throttled_responses": throttled["responses"],
                 "throttles_past_boto_retries": ca.stats.throttled,
                 "throttling_errors_to_caller": throttling_errors,
                 "errors_to_caller": caller_errors[:3],
@@ -233,10 +268,9 @@ def bench_aws(sizes: dict[str, int], work: Path) -> list[Figure]:
                 "limiter_wait_s_all_threads": round(ca.stats.waited, 3),
                 "requests_in_flight": default_workers(len(requests), remote=True),
                 "server": "moto.server.main + template-honouring, quota-enforcing "
-                "IssueCertificate (see bench/aws.py)",
+                "IssueCertificate, added latency (see bench/aws.py)",
             },
         )
-    ]
 
 
 if __name__ == "__main__":

@@ -40,9 +40,12 @@ def test_server_throttles_above_the_quota() -> None:
 
 
 def test_small_run_issues_through_the_backend(tmp_path: Path) -> None:
-    [figure] = bench_aws({"aws": 5}, tmp_path)
-    assert figure.key == "aws_issue_quota" and figure.baseline == 25.0
-    notes = figure.notes
-    assert notes["issued"] == 5 and notes["errors_to_caller"] == []
-    assert notes["calls"]["IssueCertificate"] == 5 and notes["throttling_errors_to_caller"] == 0
-    assert figure.ratio == pytest.approx(figure.value / 25.0)
+    small, big = bench_aws({"aws": 6}, tmp_path)
+    assert (small.key, big.key) == ("aws_issue_quota_small", "aws_issue_quota")
+    for figure, count in ((small, 3), (big, 6)):
+        assert figure.baseline == 25.0
+        notes = figure.notes
+        assert notes["issued"] == count and notes["errors_to_caller"] == []
+        assert notes["calls"]["IssueCertificate"] == count
+        assert notes["throttling_errors_to_caller"] == 0
+        assert figure.ratio == pytest.approx(figure.value / 25.0)
