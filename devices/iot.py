@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -415,16 +416,24 @@ class IotCore:
         return existed
 
     def _lifecycle_rule(self) -> dict[str, Any] | None:
+        """The rule, or None when the account has none of that name (from the list of
+        rules: IoT Core answers a GetTopicRule for a missing rule as if access were
+        denied, so that answer cannot tell the two apart)."""
         from devices import iot_events as ev
 
+        names: set[str] = set()
+        request: dict[str, Any] = {}
+        with _aws("list the topic rules"):
+            for _page in range(10_000):  # bounded: an endpoint that always hands a token
+                page = self.client.list_topic_rules(**request)
+                names.update(str(r.get("ruleName")) for r in page.get("rules") or [])
+                if not page.get("nextToken"):
+                    break
+                request["nextToken"] = page["nextToken"]
+        if ev.RULE_NAME not in names:
+            return None
         with _aws("read the lifecycle rule"):
-            try:
-                return dict(self.client.get_topic_rule(ruleName=ev.RULE_NAME)["rule"])
-            except Exception as exc:
-                # IoT Core answers UnauthorizedException for a rule that does not exist
-                if error_code(exc) in ("ResourceNotFoundException", "UnauthorizedException"):
-                    return None
-                raise
+            return dict(self.client.get_topic_rule(ruleName=ev.RULE_NAME)["rule"])
 
     def endpoint(self) -> str:
         with _aws("describe the data endpoint"):
@@ -451,10 +460,12 @@ def _same_rule(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
 
 class IotProofOfUse:
     """``proof_of_use`` for the rotation service: which of the serials asked about
-    connected to IoT Core, from the lifecycle events of the queue ``iot lifecycle-rule``
-    recorded (read on every call, so a rule set while the daemon runs counts at its next
-    sweep). The queue is drained on every call, also when nothing waits, so its backlog
-    stays small. A failure to read it is reported to ``warn`` and proves nothing."""
+    connected to IoT Core as their own thing, from the lifecycle events of the queue
+    ``iot lifecycle-rule`` recorded (read on every call, so a rule set while the daemon
+    runs counts at its next sweep). The queue is drained on every call, also when nothing
+    waits, so its backlog stays small, within a few seconds: the SQS client gives up on a
+    call after 2 s to connect or 5 s to answer, and one drain stops after 5 s. A failure
+    to read it is reported to ``warn`` and proves nothing."""
 
     def __init__(
         self,
@@ -464,28 +475,42 @@ class IotProofOfUse:
     ) -> None:
         self.engine = engine
         self.warn = warn
-        self._client = client
+        self._client = client  # default: _events_client
         self.events: Any = None  # LifecycleEvents, made on first use
+        self._lock = threading.Lock()
 
     def __call__(self, serials: set[str]) -> set[str]:
         from devices.iot_events import LifecycleEvents
         from pki.errors import FleetPkiError
 
-        queue = store.lifecycle_queue(self.engine)
-        if queue is None:
-            self.events = None
-            return set()
-        if self.events is None or self.events.queue_url != queue:
-            self.events = LifecycleEvents(queue, (self._client or (lambda: _client("sqs")))())
-        try:
-            with _aws("read the lifecycle events queue"):
-                self.events.drain()
-        except FleetPkiError as exc:
-            self.warn(f"proof of use on IoT Core: {exc}")
-        if not serials:
-            return set()
-        ids = store.certificate_ids(self.engine, serials)
-        return {serial for serial, cert_id in ids.items() if self.events.seen(cert_id)}
+        with self._lock:
+            queue = store.lifecycle_queue(self.engine)
+            if queue is None:
+                self.events = None
+                return set()
+            try:
+                if self.events is None or self.events.queue_url != queue:
+                    self.events = LifecycleEvents(queue, (self._client or _events_client)())
+                with _aws("read the lifecycle events queue"):
+                    self.events.drain()
+            except FleetPkiError as exc:
+                self.warn(f"proof of use on IoT Core: {exc}")
+            if not serials or self.events is None:
+                return set()
+            ids = store.certificate_ids(self.engine, serials)
+            return {serial for serial, (cert_id, thing) in ids.items()
+                    if self.events.seen(cert_id, thing)}  # fmt: skip
+
+
+def _events_client() -> Any:
+    """SQS, with short timeouts and one attempt: the next sweep is the retry."""
+    from botocore.config import Config
+
+    from pki.aws.client import make_client
+
+    config = Config(connect_timeout=2, read_timeout=5,
+                    retries={"mode": "standard", "total_max_attempts": 1})  # fmt: skip
+    return make_client("sqs", config=config)
 
 
 def provision_many(

@@ -29,9 +29,10 @@ _CERTIFICATE_ID = re.compile(r"[0-9a-f]{64}")
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}")
 
 
-def connected_certificate(body: str) -> str | None:
-    """The certificate id of a ``connected`` lifecycle event; None for anything else
-    (another event type, another principal such as a Cognito identity, hostile text)."""
+def connected_certificate(body: str) -> tuple[str, str] | None:
+    """The certificate id and the MQTT client id of a ``connected`` lifecycle event; None
+    for anything else (another event type, another principal such as a Cognito identity,
+    hostile text)."""
     if len(body) > MAX_BODY:
         return None
     try:
@@ -40,9 +41,14 @@ def connected_certificate(body: str) -> str | None:
         return None
     if not isinstance(event, dict) or event.get("eventType") != "connected":
         return None
-    principal = event.get("principalIdentifier")
-    if isinstance(principal, str) and _CERTIFICATE_ID.fullmatch(principal):
-        return principal
+    principal, client = event.get("principalIdentifier"), event.get("clientId")
+    if (
+        isinstance(principal, str)
+        and _CERTIFICATE_ID.fullmatch(principal)
+        and isinstance(client, str)
+        and 0 < len(client) <= 128
+    ):
+        return principal, client
     return None
 
 
@@ -56,6 +62,8 @@ def check_queue_url(url: str) -> str:
         raise InvalidInput(
             f"not an SQS queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME): {url!r}"
         )
+    if parts.path.endswith(".fifo"):
+        raise InvalidInput(f"an IoT rule cannot send to a FIFO queue: {url!r}")
     return url
 
 
@@ -86,7 +94,7 @@ class LifecycleEvents:
         *,
         memory: int = 200_000,
         max_messages: int = 20_000,
-        budget: float = 10.0,
+        budget: float = 5.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.queue_url = queue_url
@@ -95,7 +103,9 @@ class LifecycleEvents:
         self.max_messages = max_messages
         self.budget = budget  # seconds one drain may take; the rest waits for the next
         self.monotonic = monotonic
-        self._seen: dict[str, None] = {}  # insertion-ordered: the oldest is forgotten first
+        # certificate id -> the client id it connected as; insertion-ordered: the oldest is
+        # forgotten first
+        self._seen: dict[str, str] = {}
         self.ignored = 0  # messages that were not a connected event with a certificate id
 
     def drain(self) -> int:
@@ -106,7 +116,7 @@ class LifecycleEvents:
             answer = self.client.receive_message(
                 QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
             )
-            messages = answer.get("Messages") or []
+            messages = answer.get("Messages") or []  # (a dict: moto and AWS answer one)
             if not messages:
                 break
             for message in messages:
@@ -114,7 +124,7 @@ class LifecycleEvents:
                 if found is None:
                     self.ignored += 1
                 else:
-                    self._remember(found)
+                    self._remember(*found)
             self.client.delete_message_batch(
                 QueueUrl=self.queue_url,
                 Entries=[
@@ -125,12 +135,14 @@ class LifecycleEvents:
             read += len(messages)
         return read
 
-    def _remember(self, certificate_id: str) -> None:
+    def _remember(self, certificate_id: str, client_id: str) -> None:
         self._seen.pop(certificate_id, None)
-        self._seen[certificate_id] = None
+        self._seen[certificate_id] = client_id
         while len(self._seen) > self.memory:
             del self._seen[next(iter(self._seen))]
 
-    def seen(self, certificate_id: str) -> bool:
-        return certificate_id in self._seen
+    def seen(self, certificate_id: str, client_id: str) -> bool:
+        """Whether the certificate connected, as ``client_id`` (the thing: the policy
+        ``iot provision`` attaches lets a device connect only as its own thing name)."""
+        return self._seen.get(certificate_id) == client_id
 

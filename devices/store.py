@@ -126,19 +126,19 @@ def forget_certificate(engine: Engine, serial: str) -> None:
         conn.execute(iot_certificates.delete().where(iot_certificates.c.serial == serial))
 
 
-def certificate_ids(engine: Engine, serials: set[str]) -> dict[str, str]:
-    """The IoT Core certificate id of each of ``serials`` registered there."""
-    found: dict[str, str] = {}
+def certificate_ids(engine: Engine, serials: set[str]) -> dict[str, tuple[str, str]]:
+    """The IoT Core certificate id and thing of each of ``serials`` registered there."""
+    found: dict[str, tuple[str, str]] = {}
     wanted = sorted(serials)
+    columns = (iot_certificates.c.serial, iot_certificates.c.certificate_id,
+               iot_certificates.c.thing)  # fmt: skip
     with reading(engine, "device tables") as conn:
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
             rows = conn.execute(
-                sa.select(iot_certificates.c.serial, iot_certificates.c.certificate_id).where(
-                    iot_certificates.c.serial.in_(chunk)
-                )
+                sa.select(*columns).where(iot_certificates.c.serial.in_(chunk))
             ).all()
-            found.update({str(serial): str(cert_id) for serial, cert_id in rows})
+            found.update({str(s): (str(cert_id), str(thing)) for s, cert_id, thing in rows})
     return found
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 PREFIX = "fleetpki."
-_DIST = re.compile(r"^(?P<name>[^-]+)(?:-[^/]*)?\.(?:dist|egg)-info$")
+_DIST = re.compile(r"^(?P<name>[^-]+)(?:-[^/]*)?\.(?P<kind>dist-info|egg-info|egg)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -46,27 +46,36 @@ def entry_points(group: str) -> tuple[EntryPoint, ...]:
 
 @functools.cache
 def installed() -> tuple[EntryPoint, ...]:
-    """Every ``fleetpki.*`` entry point of the distributions on ``sys.path``."""
+    """Every ``fleetpki.*`` entry point of the distributions on ``sys.path``, in the order
+    ``importlib.metadata`` finds them (folder by folder, as listed)."""
     found: list[EntryPoint] = []
     seen: set[str] = set()
     for folder in sys.path:
         try:
-            names = sorted(os.listdir(folder or "."))
+            names = os.listdir(folder or ".")
         except OSError:  # a zip file, a folder that does not exist
             continue
         for name in names:
             match = _DIST.match(name)
             if match is None:
                 continue
-            dist = match.group("name").lower().replace(".", "_")
+            dist = re.sub(r"[-_.]+", "_", match.group("name")).lower()
             if dist in seen:
                 continue
             seen.add(dist)
-            path = os.path.join(folder or ".", name, "entry_points.txt")
+            inner = "EGG-INFO" if match.group("kind").lower() == "egg" else ""
+            path = os.path.join(folder or ".", name, inner, "entry_points.txt")
             try:
                 with open(path, encoding="utf-8") as f:
                     text = f.read()
-            except (OSError, UnicodeDecodeError):
+            except (FileNotFoundError, NotADirectoryError):  # none, or a zipped egg
+                continue
+            except (OSError, UnicodeDecodeError) as exc:  # a plugin lost: say so
+                import logging
+
+                logging.getLogger("fleetpki").warning(
+                    "cannot read the entry points of %s: %s", name, exc
+                )
                 continue
             if "[" + PREFIX in text:
                 found.extend(parse(text))

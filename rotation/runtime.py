@@ -98,7 +98,10 @@ def proof_of_use(app: App) -> Callable[[set[str]], set[str]]:
     def used(serials: set[str]) -> set[str]:
         found: set[str] = set()
         for source in sources:
-            found |= source(serials)
+            try:
+                found |= source(serials)
+            except Exception as exc:  # proof of use is extra: the sweep goes on without it
+                log.warning("proof of use: %s: %s", type(exc).__name__, exc)
         return found
 
     return used

@@ -43,7 +43,9 @@ def _event(certificate_id: str, kind: str = "connected", **extra: Any) -> str:
 
 
 def test_a_connected_event_names_its_certificate_and_nothing_else_does() -> None:
-    assert ev.connected_certificate(_event(CERT_ID)) == CERT_ID
+    assert ev.connected_certificate(_event(CERT_ID)) == (CERT_ID, "pump-9")
+    assert ev.connected_certificate(_event(CERT_ID, clientId="")) is None
+    assert ev.connected_certificate(_event(CERT_ID, clientId=7)) is None
     assert ev.connected_certificate(_event(CERT_ID, "disconnected")) is None
     assert ev.connected_certificate(_event("us-east-1:1234-cognito")) is None
     assert ev.connected_certificate(_event(CERT_ID.upper())) is None
@@ -57,7 +59,7 @@ def test_a_connected_event_names_its_certificate_and_nothing_else_does() -> None
 @given(st.text(max_size=300) | st.binary(max_size=300).map(lambda b: b.decode("latin-1")))
 def test_hostile_event_bodies_are_ignored_never_raised(body: str) -> None:
     found = ev.connected_certificate(body)
-    assert found is None or len(found) == 64
+    assert found is None or len(found[0]) == 64
 
 
 def test_the_queue_url_and_role_are_checked_before_anything_is_called() -> None:
@@ -67,6 +69,8 @@ def test_the_queue_url_and_role_are_checked_before_anything_is_called() -> None:
     for bad in ("sqs://x/1/2", "https://sqs.eu-west-1.amazonaws.com/fleet", "file:///etc/passwd"):
         with pytest.raises(InvalidInput, match="not an SQS queue URL"):
             ev.check_queue_url(bad)
+    with pytest.raises(InvalidInput, match="cannot send to a FIFO queue"):
+        ev.check_queue_url("https://sqs.eu-west-1.amazonaws.com/123456789012/events.fifo")
     ev.check_role_arn(ROLE)
     for bad in ("arn:aws:iam::12:role/x", "arn:aws:iam::123456789012:user/x", ROLE + "\n"):
         with pytest.raises(InvalidInput, match="not an IAM role ARN"):
@@ -188,6 +192,10 @@ def test_a_connected_event_with_the_new_certificate_confirms_a_lost_confirmation
     # the device reconnects with its old certificate first, then noise: nothing proven
     for body in (_event(old.certificate_id), "not json", _event(new.certificate_id, "subscribed")):
         sqs.send_message(QueueUrl=queue, MessageBody=body)
+    # the new certificate's id is public (a hash of the certificate): an event naming it
+    # for another client id is not this device connecting (its policy lets it connect only
+    # as its own thing name)
+    sqs.send_message(QueueUrl=queue, MessageBody=_event(new.certificate_id, clientId="pump-1"))
     service.sweep()
     assert service.open_rotations([issued.id])[0].state is store.State.ISSUED
     assert _left(queue) == 0  # drained, the noise too
@@ -213,19 +221,44 @@ def _left(queue: str) -> int:
     return sum(int(v) for v in attributes.values())
 
 
-def test_an_unreadable_queue_is_a_warning_and_the_sweep_goes_on(
-    tmp_path: Path, aws: str, caplog: pytest.LogCaptureFixture
-) -> None:
+@pytest.mark.parametrize("failure", ["queue deleted", "no region", "source raises"])
+def test_a_failing_proof_of_use_is_a_warning_and_the_sweep_goes_on(
+    tmp_path: Path, aws: str, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch, failure: str,
+) -> None:  # fmt: skip
+    """Whatever goes wrong with a proof-of-use source, the sweep still completes what is
+    due: pump-9's confirmed rotation completes (its old certificate revoked)."""
     import boto3
+
+    from devices.standins.served import UsedSerials
 
     app, service, issued = _issued_rotation(tmp_path)
     queue = _queue()
     ok(app.home.path, "iot", "lifecycle-rule", "--queue-url", queue, "--role-arn", ROLE)
-    boto3.client("sqs").delete_queue(QueueUrl=queue)
+    if failure == "queue deleted":
+        boto3.client("sqs").delete_queue(QueueUrl=queue)
+    elif failure == "no region":
+        import devices.iot
+        from pki.errors import OperatorError
+
+        def no_region() -> None:
+            raise OperatorError("no AWS region configured; set AWS_REGION")
+
+        monkeypatch.setattr(devices.iot, "_events_client", no_region)
+    else:
+        def broken(self: UsedSerials, serials: set[str]) -> set[str]:
+            raise PermissionError("access.log: permission denied")
+
+        monkeypatch.setattr(UsedSerials, "__call__", broken)
+    assert issued.new_serial is not None
+    service.handle("pump-9", "confirm", rp.encode(rp.Confirm(issued.id, issued.new_serial)))
+    service.process(wait=0)
     with caplog.at_level("WARNING", logger="fleetpki.rotation"):
-        service.sweep()
-    assert any("proof of use on IoT Core" in r.getMessage() for r in caplog.records)
-    assert service.open_rotations([issued.id])[0].state is store.State.ISSUED
+        result = service.sweep()
+    assert "proof of use" in caplog.text
+    assert [r.id for r in result.completed] == [issued.id]
+    old = app.inventory().get(int(issued.old_serial, 16))
+    assert old.status.value == "revoked"
     app.close()
 
 
@@ -248,6 +281,17 @@ def test_the_access_log_is_read_on_from_where_it_stopped(tmp_path: Path) -> None
     log.write_text(line("0d"))  # a new file (the stand-ins restarted): read from its start
     reader.scan(log)
     assert reader.seen(0x0D)
+    # rewritten in place, already longer than where the reader stopped: its first bytes
+    # changed, so it is read from its start (an inode number may be reused)
+    log.write_text(line("0e") + line("0f") * 3)
+    reader.scan(log)
+    assert reader.seen(0x0E) and reader.seen(0x0F)
+    # a line longer than a chunk is skipped, the next ones are read
+    big = UsedSerials(Home(tmp_path / "home"))
+    big.CHUNK = 64
+    log.write_text('{"result": "accepted", "serial": "' + "1" * 200 + '"}\n' + line("aa"))
+    big.scan(log)
+    assert big.seen(0xAA) and not big.seen(int("1" * 200, 16))
     small = UsedSerials(Home(tmp_path / "home"), memory=2)
     log.write_text(line("01") + line("02") + line("03"))
     small.scan(log)

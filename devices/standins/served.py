@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -169,19 +170,24 @@ def _judged(
 class UsedSerials:
     """Proof of use: which of the serials asked about (hex) the running HTTPS stand-in
     accepted in a mutual TLS handshake (its access log names each client certificate's
-    serial). The log is read on from where the last call stopped (a new or truncated file
-    is read from its start), whole lines only, and the serials seen accepted are
-    remembered (the last ``memory`` of them). Mosquitto logs a client's name, never its
-    certificate, so it proves nothing here."""
+    serial). The log is read on from where the last call stopped, to its end (within
+    ``budget`` seconds; the rest at the next call), whole lines only; a new or truncated
+    log (another file, or its first bytes changed) is read from its start, and a line
+    longer than ``CHUNK`` is skipped. The serials seen accepted are remembered (the last
+    ``memory`` of them). Mosquitto logs a client's name, never its certificate, so it
+    proves nothing here."""
 
-    CHUNK = 16 * 1024 * 1024  # read at most this much per call; the rest at the next
+    CHUNK = 4 * 1024 * 1024
+    HEAD = 256  # the first bytes of the log: a log made anew is noticed by them
 
-    def __init__(self, home: Home, memory: int = 200_000) -> None:
+    def __init__(self, home: Home, memory: int = 200_000, budget: float = 2.0) -> None:
         self.home = home
         self.memory = memory
-        self._file: tuple[int, int] | None = None  # (device, inode) of the log being read
+        self.budget = budget
+        self._file: tuple[int, int, bytes] | None = None  # device, inode, first bytes
         self._offset = 0
         self._seen: dict[int, None] = {}  # insertion-ordered: the oldest is forgotten first
+        self._lock = threading.Lock()
 
     def __call__(self, serials: set[str]) -> set[str]:
         state = running(self.home)
@@ -199,19 +205,42 @@ class UsedSerials:
 
     def scan(self, path: Path) -> None:
         """Read what was appended to the log at ``path`` since the last scan."""
-        try:
-            log = path.open("rb")
-        except FileNotFoundError:
-            return
-        with log:
-            info = os.fstat(log.fileno())
-            if (info.st_dev, info.st_ino) != self._file or info.st_size < self._offset:
-                self._file, self._offset = (info.st_dev, info.st_ino), 0
-            log.seek(self._offset)
-            data = log.read(self.CHUNK)
-        whole = data[: data.rfind(b"\n") + 1]  # a line still being written waits
-        self._offset += len(whole)
-        for line in whole.splitlines():
+        with self._lock:
+            try:
+                log = path.open("rb")
+            except OSError:  # not there (yet), or not readable: nothing proven
+                return
+            with log:
+                info = os.fstat(log.fileno())
+                head = log.read(self.HEAD)
+                identity = (info.st_dev, info.st_ino, head)
+                known = self._file
+                same = (
+                    known is not None
+                    and known[:2] == identity[:2]
+                    and identity[2].startswith(known[2][: len(identity[2])])
+                    and known[2].startswith(identity[2][: len(known[2])])
+                )
+                if not same or info.st_size < self._offset:
+                    self._offset = 0
+                self._file = identity
+                log.seek(self._offset)
+                ends = time.monotonic() + self.budget
+                while time.monotonic() < ends:
+                    data = log.read(self.CHUNK)
+                    if not data:
+                        break
+                    cut = data.rfind(b"\n") + 1  # a line still being written waits
+                    if cut == 0 and len(data) == self.CHUNK:
+                        cut = len(data)  # one line longer than a chunk: skipped
+                    self._take(data[:cut])
+                    self._offset += cut
+                    if len(data) < self.CHUNK:
+                        break  # the end of the log (a line still being written waits)
+                    log.seek(self._offset)
+
+    def _take(self, lines: bytes) -> None:
+        for line in lines.splitlines():
             serial = _accepted_serial(line)
             if serial is not None:
                 self._seen.pop(serial, None)

@@ -80,8 +80,10 @@ def current(engine: Engine) -> set[str] | None:
                 with conn.begin_nested() if conn.dialect.name == "postgresql" else _nothing():
                     rows = conn.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}")  # noqa: S608
                     return {str(r[0]) for r in rows}
-            except (sa.exc.OperationalError, sa.exc.ProgrammingError):
-                pass  # no such table, or another failure: reflection tells which
+            except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
+                if exc.connection_invalidated:
+                    raise  # the server went away: that is the error to report
+                # no such table, or another failure: reflection tells which
             if not sa.inspect(conn).has_table(VERSION_TABLE):
                 return None
             rows = conn.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}")  # noqa: S608
