@@ -36,21 +36,12 @@ def forked_spans(total: int, size: int, workers: int) -> list[tuple[int, int]]:
     """Index ranges for forked workers: ``size`` at a time while there is plenty of work,
     then about a ``2 * workers``-th of what is left (never under ``FORKED_TAIL_CHUNK``
     or ``size``, whichever is smaller), so every worker runs out of work at about the
-    same moment. The first ``workers - 1`` spans are staggered (a ``workers``-th of
-    ``size``, two, ...): the workers then reach their commits at different moments
-    instead of queueing together for the database's write lock. Pure; the spans cover
-    ``range(total)`` in order, without overlap."""
+    same moment. Pure; the spans cover ``range(total)`` in order, without overlap."""
     spans: list[tuple[int, int]] = []
     floor = max(1, min(size, FORKED_TAIL_CHUNK))
-    workers = max(1, workers)
     start = 0
-    if total >= 4 * size * workers:  # a long batch: stagger the first commits
-        for k in range(1, workers):
-            step = max(1, size * k // workers)
-            spans.append((start, start + step))
-            start += step
     while start < total:
-        share = (total - start) // (2 * workers)
+        share = (total - start) // (2 * max(1, workers))
         step = max(floor, min(size, share))
         spans.append((start, min(total, start + step)))
         start += step
