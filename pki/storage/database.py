@@ -120,17 +120,19 @@ def insert_params(
     placeholder = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     # Our own column names, each checked against the table: never input.
     to_db = functools.partial(UTC.process_bind_param, dialect=conn.dialect)
-    converters = [to_db if isinstance(table.c[name].type, UtcDateTime) else None for name in names]
+    times = [i for i, name in enumerate(names) if isinstance(table.c[name].type, UtcDateTime)]
     columns = ", ".join(names)
     values = ", ".join([placeholder] * len(names))
     sql = f"INSERT INTO {table.name} ({columns}) VALUES ({values})"  # noqa: S608
-    params = [
-        tuple(
-            value if conv is None or value is None else conv(value)
-            for value, conv in zip(row.values(), converters, strict=True)
-        )
-        for row in rows
-    ]
+    params: list[tuple[Any, ...]] = []
+    for row in rows:
+        if len(row) != len(names):
+            raise ValueError(f"rows for {table.name} have different columns")
+        value = list(row.values())
+        for i in times:
+            if value[i] is not None:
+                value[i] = to_db(value[i])
+        params.append(tuple(value))
     return sql, params
 
 
