@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pki.ca.distribution import CaUrls, ca_urls, check_url_map
+from pki.ca.rollover import RolloverPolicy
 from pki.errors import InvalidInput, NotFound, OperatorError, StorageError
 from pki.files import atomic_write, ensure_dir, os_error, read_regular, refuse_shared_path
 from pki.issue.policy import PolicySettings
@@ -54,6 +55,12 @@ class HomeConfig:
     issue_rate: float = 25.0  # IssueCertificate requests/s (AWS default quota)
     get_rate: float = 75.0  # GetCertificate requests/s
     revoke_rate: float = 20.0  # RevokeCertificate requests/s
+    # the issuing CA's scheduled rollover (pki.ca.rollover): prepare its successor at this
+    # fraction of its life, let the successor issue at that one, never sooner than the
+    # overlap after propagation was observed (SPIRE's 1/2 and 5/6)
+    rollover_prepare_at: float = 0.5
+    rollover_activate_at: float = 5 / 6
+    rollover_min_overlap_hours: float = 24.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,6 +105,20 @@ class HomeConfig:
                 raise ValueError(f"{name} must be a positive number of requests per second")
         # policy.thing_uri_prefix is checked when a device certificate is issued (a bad one
         # must not keep anybody from revoking)
+        if not (math.isfinite(self.rollover_min_overlap_hours) and
+                0 <= self.rollover_min_overlap_hours <= 24 * 366):  # fmt: skip
+            raise ValueError("rollover_min_overlap_hours must be 0-8784 (a year)")
+        try:
+            self.rollover_policy()
+        except OperatorError as exc:
+            raise ValueError(str(exc)) from None
+
+    def rollover_policy(self) -> RolloverPolicy:
+        return RolloverPolicy(
+            self.rollover_prepare_at,
+            self.rollover_activate_at,
+            dt.timedelta(hours=self.rollover_min_overlap_hours),
+        )
 
 
 def _check_fields(defaults: object, values: dict[str, Any], prefix: str) -> None:

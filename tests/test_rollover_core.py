@@ -4,6 +4,8 @@ schedule, and the settings it refuses. Times are relative to tests.helpers.NOW."
 from __future__ import annotations
 
 import datetime as dt
+import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -95,3 +97,64 @@ def test_settings_whose_old_ca_cannot_outlast_its_last_leaves_are_named() -> Non
     assert "60.8 days left at activation" in problem and "(97.0 days)" in problem
     earlier = ro.RolloverPolicy(0.3, 0.6, dt.timedelta(days=7))
     assert ro.settings_problems(T0, T0 + YEAR, dt.timedelta(days=90), earlier) == []
+
+
+def test_ca_show_gives_the_scheduled_rollover_and_warns_when_it_cannot_work(
+    tmp_path: Path,
+) -> None:
+    """A 60-day issuing CA activates its successor with 10 days left: 90-day leaves do
+    not fit, and ca show says so; past its preparation time it says a rollover is due."""
+    from pki.clock import FixedClock
+    from tests.device_fixtures import fleetpki, ok
+
+    home = tmp_path / "home"
+    clock = FixedClock(NOW)
+    ok(home, "ca", "init", "--issuing-days", "60", clock=clock)
+    shown = json.loads(ok(home, "ca", "show", "--json", clock=clock))
+    view = shown["rollover"]
+    assert view["phase"] is None and view["due"] is False and view["leaf_lifetime_days"] == 90
+    assert view["prepare_at"] < view["activate_at"] < view["not_after"]
+    (problem,) = view["problems"]
+    assert "less than the overlap plus the longest leaf lifetime" in problem
+    assert problem in shown["warnings"]
+    clock.advance(dt.timedelta(days=31))  # past half of its life
+    code, out, err = fleetpki(home, "ca", "show", clock=clock)
+    assert code == 0 and "past its scheduled rollover preparation" in err
+    assert "issuing CA rollover: prepare from" in out
+
+
+def test_a_default_home_has_a_workable_rollover_schedule(tmp_path: Path) -> None:
+    from pki.clock import FixedClock
+    from tests.device_fixtures import ok
+
+    home = tmp_path / "home"
+    ok(home, "ca", "init", clock=FixedClock(NOW))
+    shown = json.loads(ok(home, "ca", "show", "--json", clock=FixedClock(NOW)))
+    assert shown["rollover"]["problems"] == [] and shown["warnings"] == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "says"),
+    [
+        ("rollover_prepare_at", 0.9, "prepare_at < activate_at"),
+        ("rollover_activate_at", 1.5, "prepare_at < activate_at"),
+        ("rollover_min_overlap_hours", -1, "rollover_min_overlap_hours must be"),
+        ("rollover_prepare_at", "half", "must be float"),
+    ],
+)
+def test_bad_rollover_settings_are_refused_in_one_line(
+    tmp_path: Path, setting: str, value: object, says: str
+) -> None:
+    from pki.clock import FixedClock
+    from tests.device_fixtures import fleetpki, ok
+
+    home = tmp_path / "home"
+    ok(home, "ca", "init", clock=FixedClock(NOW))
+    config = home / "config.json"
+    data = json.loads(config.read_text())
+    data[setting] = value
+    config.write_text(json.dumps(data))
+    code, _out, err = fleetpki(home, "ca", "show", clock=FixedClock(NOW))
+    assert code == 2, err
+    (line,) = err.strip().splitlines()
+    assert says in line

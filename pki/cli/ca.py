@@ -190,5 +190,11 @@ def ca_show(app: App, as_json: bool) -> None:
         )
     if status.crls:
         click.echo(f"all CRLs: {app.home.combined_crl_path}")
+    if status.rollover is not None:
+        planned = status.rollover.planned
+        click.echo(
+            f"issuing CA rollover: prepare from {planned.prepare:%Y-%m-%d}, successor issues "
+            f"from {planned.activate:%Y-%m-%d}, expires {status.rollover.not_after:%Y-%m-%d}"
+        )
     for warning in status.warnings:
         err(f"fleetpki: warning: {escape_controls(warning)}")
