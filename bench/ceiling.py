@@ -46,6 +46,36 @@ _AUDIT_SQL = (
 )
 
 
+def signed(
+    csr: x509.CertificateSigningRequest,
+    public: Any,
+    issuer: x509.Name,
+    key: Any,
+    aki: x509.AuthorityKeyIdentifier,
+    uri: str,
+    not_before: dt.datetime,
+) -> x509.Certificate:
+    """The certificate the ceilings sign: the extensions fleetpki puts in a device's."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(csr.subject)
+        .issuer_name(issuer)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_before + dt.timedelta(days=MAX_DAYS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, False, False, False, False), True
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), False)
+        .add_extension(aki, False)
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), False)
+        .sign(key, hashes.SHA256())
+    )
+
+
 def _stamp(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
@@ -93,26 +123,7 @@ class CeilingB:
         public = csr.public_key()
         now = dt.datetime.now(dt.UTC)
         uri = PREFIX + name
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(csr.subject)
-            .issuer_name(self.subject)
-            .public_key(public)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - BACKDATE)
-            .not_valid_after(now + dt.timedelta(days=MAX_DAYS))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-            .add_extension(
-                x509.KeyUsage(True, False, False, False, False, False, False, False, False), True
-            )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), False)  # type: ignore[arg-type]
-            .add_extension(self.aki, False)
-            .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), False
-            )
-            .sign(self.key, hashes.SHA256())
-        )
+        cert = signed(csr, public, self.subject, self.key, self.aki, uri, now - BACKDATE)
         self._check(cert, public, name, uri)
         text = cert.public_bytes(PEM).decode()
         serial = format(cert.serial_number, "040x")

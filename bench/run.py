@@ -26,7 +26,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -122,13 +122,12 @@ def new_ca(directory: Path) -> LocalCA:
 def ceiling(csrs: list[tuple[str, bytes]], ca: LocalCA) -> float:
     """Bare cryptography: CSR load + signature check + CertificateBuilder.sign + PEM, with
     the same extensions fleetpki puts in, no policy, no verification, no storage."""
-    issuing = ca.issuing_certificate
+    from bench.ceiling import signed
+
+    issuer = ca.issuing_certificate.subject
     key = ca._issuing_key
-    ski = ca.issuing_ski
     now = dt.datetime.now(dt.UTC)
-    eku = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
-    usage = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
-    aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+    aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca.issuing_ski)
 
     def run() -> int:
         count = 0
@@ -136,28 +135,8 @@ def ceiling(csrs: list[tuple[str, bytes]], ca: LocalCA) -> float:
             csr = x509.load_pem_x509_csr(pem)
             if not csr.is_signature_valid:
                 raise AssertionError("bad CSR")
-            pub = csr.public_key()
-            cert = (
-                x509.CertificateBuilder()
-                .subject_name(csr.subject)
-                .issuer_name(issuing.subject)
-                .public_key(pub)
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now)
-                .not_valid_after(now + dt.timedelta(days=90))
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-                .add_extension(usage, True)
-                .add_extension(eku, False)
-                .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), False)  # type: ignore[arg-type]
-                .add_extension(aki, False)
-                .add_extension(
-                    x509.SubjectAlternativeName(
-                        [x509.UniformResourceIdentifier(f"https://fleetpki.local/things/{name}")]
-                    ),
-                    False,
-                )
-                .sign(key, hashes.SHA256())
-            )
+            uri = f"https://fleetpki.local/things/{name}"
+            cert = signed(csr, csr.public_key(), issuer, key, aki, uri, now)
             cert.public_bytes(PEM)
             count += 1
         return count
