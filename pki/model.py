@@ -175,6 +175,7 @@ class CertificateRecord:
     revoked_at: dt.datetime | None = None
     revocation_reason: RevocationReason | None = None
     sans: tuple[str, ...] = field(default=())
+    issuer_key_id: str | None = None  # the signing CA's key identifier, hex
 
     @property
     def serial_hex(self) -> str:
@@ -201,6 +202,7 @@ class CertificateRecord:
             "created_at": iso_event(self.created_at),
             "revoked_at": iso_event(self.revoked_at),
             "revocation_reason": (self.revocation_reason.value if self.revocation_reason else None),
+            "issuer_key_id": self.issuer_key_id,
         }
 
 

@@ -64,6 +64,8 @@ def _same_rows(
                 assert b.pop("cas") is None
             if table == "certificates":  # each key's id, from its PEM (pki_0004)
                 assert len(b.pop("spki_sha256")) == 64
+                # and the id of the CA key that signed it, from its PEM (pki_0006)
+                assert len(b.pop("issuer_key_id") or "") == 40
             if table == "audit_events":  # chained by pki_0003, in their order
                 assert len(b.pop("hash")) == 64 and "prev_hash" in b
                 b.pop("prev_hash")
@@ -96,7 +98,7 @@ def test_an_inventory_from_before_migrations_is_upgraded_with_its_rows(
     assert current.code == 1 and json.loads(current.out)["state"] == "legacy"
     assert _rows(url) == before
     upgraded = cli.ok("--home", old_home, "db", "upgrade")
-    assert "upgraded" in upgraded.err and "to dev_0002, pki_0005, rot_0003" in upgraded.err
+    assert "upgraded" in upgraded.err and "to dev_0002, pki_0006, rot_0003" in upgraded.err
     _same_rows(before, _rows(url))
     assert "intact" in cli.ok("--home", old_home, "audit", "--verify").err
     assert (
@@ -162,7 +164,7 @@ def test_ca_init_makes_the_schema_at_head(cli: Cli, home: Path) -> None:
         found = migrate.state(engine)
     finally:
         engine.dispose()
-    assert found.at_head and found.revisions == {"pki_0005", "rot_0003", "dev_0002"}
+    assert found.at_head and found.revisions == {"pki_0006", "rot_0003", "dev_0002"}
 
 
 def test_the_expected_heads_are_the_migrations_heads() -> None:

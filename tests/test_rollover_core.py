@@ -158,3 +158,32 @@ def test_bad_rollover_settings_are_refused_in_one_line(
     assert code == 2, err
     (line,) = err.strip().splitlines()
     assert says in line
+
+
+def test_every_record_names_the_ca_key_that_signed_it(tmp_path: Path) -> None:
+    """The foundation of CA generations: a device's record carries the issuing CA's key
+    identifier, the issuing CA's the root's, the root's its own (list/show --json)."""
+    from cryptography import x509
+
+    from pki.clock import FixedClock
+    from pki.issue.check import subject_key_id
+    from tests.device_fixtures import ok
+
+    home = tmp_path / "home"
+    clock = FixedClock(NOW)
+    ok(home, "ca", "init", clock=clock)
+    device = json.loads(ok(home, "issue", "device", "kid-1", "--generate-key", "--out",
+                           tmp_path / "d", "--json", clock=clock))  # fmt: skip
+    root_pem, issuing_pem = (home / "ca" / "root.pem").read_bytes(), (
+        home / "ca" / "issuing.pem").read_bytes()  # fmt: skip
+    root = subject_key_id(x509.load_pem_x509_certificate(root_pem))
+    issuing = subject_key_id(x509.load_pem_x509_certificate(issuing_pem))
+    assert root != issuing and len(root) == len(issuing) == 40
+    assert device["issuer_key_id"] == issuing
+    shown = json.loads(ok(home, "show", device["serial"], "--json", clock=clock))
+    assert shown["issuer_key_id"] == issuing
+    cas = {c["profile"]: c["issuer_key_id"]
+           for c in json.loads(ok(home, "ca", "show", "--json", clock=clock))["certificates"]}
+    assert cas == {"root-ca": root, "issuing-ca": root}
+    listed = json.loads(ok(home, "list", "--json", clock=clock))
+    assert [r["issuer_key_id"] for r in listed] == [issuing]

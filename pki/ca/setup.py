@@ -16,7 +16,7 @@ from pki.clock import Clock
 from pki.errors import AlreadyExists, InvalidInput, OperatorError
 from pki.files import remove_quietly
 from pki.home import Home, HomeConfig
-from pki.issue.check import fingerprint
+from pki.issue.check import fingerprint, issuer_key_id
 from pki.issue.issuer import PEM
 from pki.issue.profiles import ISSUING_CA_PROFILE, ROOT_CA_PROFILE
 from pki.model import CertificateRecord, KeyType, Status
@@ -50,6 +50,7 @@ def ca_record(
         issuer=cert.issuer.rfc4514_string(),
         backend=backend,
         created_at=clock.now(),
+        issuer_key_id=issuer_key_id(cert),
     )
 
 

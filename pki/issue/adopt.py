@@ -14,7 +14,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pki.errors import InvalidInput
 from pki.files import read_regular
-from pki.issue.check import fingerprint
+from pki.issue.check import fingerprint, subject_key_id
 from pki.issue.keyreuse import key_id
 from pki.model import CertificateRecord, Status
 from pki.storage import AuditEvent, NewCertificate
@@ -73,6 +73,7 @@ def adopt(app: App, cert: x509.Certificate, issuing: x509.Certificate) -> Certif
         backend=app.ca().name,
         created_at=now,
         sans=names,
+        issuer_key_id=subject_key_id(issuing),
     )
     pem = cert.public_bytes(serialization.Encoding.PEM).decode()
     event = AuditEvent(now, app.actor, "adopt", record.serial_hex,

@@ -22,6 +22,27 @@ def fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
+def subject_key_id(cert: x509.Certificate) -> str:
+    """A CA certificate's key identifier (hex): its subjectKeyIdentifier, or the one
+    RFC 5280 derives from its key."""
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+    except x509.ExtensionNotFound:
+        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest.hex()
+
+
+def issuer_key_id(cert: x509.Certificate) -> str | None:
+    """The key identifier of the CA that signed ``cert`` as the certificate names it
+    (authorityKeyIdentifier; a self-signed root: its own key's); None when it does not."""
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        if aki.key_identifier:
+            return aki.key_identifier.hex()
+    except x509.ExtensionNotFound:
+        pass
+    return subject_key_id(cert) if cert.issuer == cert.subject else None
+
+
 def spki(key: CertificatePublicKeyTypes) -> bytes:
     return key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo

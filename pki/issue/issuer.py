@@ -30,7 +30,7 @@ from pki.errors import (
 )
 from pki.issue import csr as csr_mod
 from pki.issue import policy
-from pki.issue.check import IssuingCa, fingerprint, verify_issued
+from pki.issue.check import IssuingCa, fingerprint, subject_key_id, verify_issued
 from pki.issue.keyreuse import KeyDecision, decide, key_id
 from pki.issue.pending import NO_DELIVERY, Delivery, settle
 from pki.issue.policy import CertificatePlan, PolicySettings, Violation
@@ -78,6 +78,7 @@ class Issuer:
         self._issuing_pem = self._chain[0].public_bytes(PEM)
         self._issuing = IssuingCa.of(self._chain[0])
         self._issuer_name = self._chain[0].subject.rfc4514_string()
+        self._issuer_key_id = subject_key_id(self._chain[0])
 
     @property
     def chain_pem(self) -> bytes:
@@ -326,6 +327,7 @@ class Issuer:
             "common_name": record.common_name,
             "backend": record.backend,
             "not_after": isoformat(record.not_after),
+            "issuer_key_id": record.issuer_key_id,
         }
         if issued.key_reused:
             detail["key_reused"] = True
@@ -359,6 +361,7 @@ class Issuer:
             backend=self.ca.name,
             created_at=self.clock.now(),
             sans=(*plan.dns_names, *(str(i) for i in plan.ip_addresses), *plan.uris),
+            issuer_key_id=self._issuer_key_id,  # the CA whose signature was checked
         )
         return IssuedCertificate(
             record=record,

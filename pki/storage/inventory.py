@@ -357,6 +357,7 @@ def _row(new: NewCertificate) -> dict[str, Any]:
         "revoked_at": r.revoked_at,
         "revocation_reason": r.revocation_reason.value if r.revocation_reason else None,
         "spki_sha256": new.key_id,
+        "issuer_key_id": r.issuer_key_id,
     }
 
 
@@ -378,4 +379,5 @@ def _record(row: Any) -> CertificateRecord:
             RevocationReason(row.revocation_reason) if row.revocation_reason else None
         ),
         sans=tuple(json.loads(row.sans)),
+        issuer_key_id=row.issuer_key_id,
     )

@@ -48,7 +48,7 @@ class Branch:
 PKI = Branch(
     name="pki",
     versions=Path(__file__).parent / "migrations" / "versions",
-    head="pki_0005",
+    head="pki_0006",
     baseline="pki_0001",
     legacy_table="certificates",
 )

@@ -75,6 +75,8 @@ certificates = sa.Table(
     sa.Column("revocation_reason", sa.String(32), nullable=True),
     # SHA-256 of the SubjectPublicKeyInfo: which certificates a key is bound to
     sa.Column("spki_sha256", sa.String(64), nullable=True, index=True),
+    # the key identifier of the CA that signed it (hex): which CA generation it chains to
+    sa.Column("issuer_key_id", sa.String(64), nullable=True, index=True),
     # Serves list --expiring-within and the rotation plan from the index alone (no table
     # look-ups: at a million rows those dominate the plan).
     sa.Index(
