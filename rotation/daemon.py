@@ -190,7 +190,18 @@ class Daemon:
         from rotation.planner import expiry_summary
 
         metrics, now = self.service.metrics, self.service.clock.now()
-        metrics.ca_expiry.labels("issuing").set(self.service.issuer.issuing_not_after.timestamp())
+        issuer = self.service.issuer
+        metrics.ca_expiry.labels("issuing").set(issuer.issuing_not_after.timestamp())
+        try:
+            from pki.ca.rollover import schedule
+
+            policy = self.service.home.config().rollover_policy()
+            planned = schedule(issuer.issuing_not_before, issuer.issuing_not_after, policy)
+        except FleetPkiError as exc:  # a config.json changed under the daemon: said, not fatal
+            _PLAN.warning("the CA rollover schedule: %s", exc)
+        else:
+            metrics.ca_rollover_prepare.labels("issuing").set(planned.prepare.timestamp())
+            metrics.ca_rollover_activate.labels("issuing").set(planned.activate.timestamp())
         for row in expiry_summary(self.service.inventory, now):
             metrics.active.labels(row.profile).set(row.active)
             if row.earliest is not None:

@@ -121,6 +121,19 @@ class Metrics:
             ["ca"],
             registry=r,
         )
+        self.ca_rollover_prepare = Gauge(
+            "fleetpki_ca_rollover_prepare_timestamp_seconds",
+            "When the CA's scheduled rollover prepares its successor (rollover_prepare_at of "
+            "its life; POSIX seconds)",
+            ["ca"],
+            registry=r,
+        )
+        self.ca_rollover_activate = Gauge(
+            "fleetpki_ca_rollover_activate_timestamp_seconds",
+            "The earliest the successor may issue (rollover_activate_at of the CA's life)",
+            ["ca"],
+            registry=r,
+        )
 
     def _crl_and_state(self, r: CollectorRegistry) -> None:
         """The CRLs as published and as served, the broker connection, the pause."""

@@ -805,6 +805,12 @@ def test_the_fleet_expiry_metrics_and_the_documented_alerts(world: dict[str, Any
         assert m.expiring.labels("device", window)._value.get() == (2 if inside else 0)
     ca_expires = service.issuer.issuing_not_after.timestamp()
     assert m.ca_expiry.labels("issuing")._value.get() == ca_expires
+    # the issuing CA's scheduled rollover: at 1/2 and 5/6 of its life by default
+    born = service.issuer.issuing_not_before.timestamp()
+    prepare = m.ca_rollover_prepare.labels("issuing")._value.get()
+    activate = m.ca_rollover_activate.labels("issuing")._value.get()
+    assert prepare == pytest.approx(born + (ca_expires - born) / 2)
+    assert activate == pytest.approx(born + (ca_expires - born) * 5 / 6)
     families = {family.name for family in m.registry.collect()}  # counters without _total
     docs = Path(__file__).resolve().parent.parent / "docs"
     rules = yaml.safe_load((docs / "prometheus-alerts.yml").read_text())

@@ -90,6 +90,10 @@ class Issuer:
         return self._issuing.not_after
 
     @property
+    def issuing_not_before(self) -> dt.datetime:
+        return self._issuing.certificate.not_valid_before_utc
+
+    @property
     def issuing_pem(self) -> bytes:
         """The issuing CA certificate (what follows a leaf in a full chain)."""
         return self._issuing_pem
