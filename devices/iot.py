@@ -14,7 +14,6 @@ from __future__ import annotations
 import enum
 import functools
 import json
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
 from devices import store
 
 POLICY_NAME = "fleetpki-device"
-_NO_QUEUE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
 TOPIC_PREFIX = "things"
 BACKEND = "IoT Core"
 
@@ -370,147 +368,11 @@ class IotCore:
                 c.delete_thing(thingName=thing)
         return removed
 
-    # -- lifecycle events: proof of use --------------------------------------------------
-
-    def set_lifecycle_rule(self, queue_url: str, role_arn: str) -> str:
-        """Route every ``connected`` lifecycle event to the SQS queue (the rule
-        ``FleetpkiConnected``, made or corrected) and record the queue for the rotation
-        service. Returns ``created``, ``replaced`` or ``unchanged``."""
-        from devices import iot_events as ev
-
-        ev.check_queue_url(queue_url)
-        ev.check_role_arn(role_arn)
-        with _aws(f"read the queue {queue_url}"):
-            try:
-                _client("sqs").get_queue_attributes(
-                    QueueUrl=queue_url, AttributeNames=["QueueArn"]
-                )
-            except Exception as exc:
-                if error_code(exc) in _NO_QUEUE:
-                    raise NotFound(f"no SQS queue {queue_url!r}") from None
-                raise
-        wanted = ev.rule_payload(queue_url, role_arn)
-        current = self._lifecycle_rule()
-        if current is None:
-            with _aws("create the lifecycle rule"):
-                self.client.create_topic_rule(ruleName=ev.RULE_NAME, topicRulePayload=wanted)
-            outcome = "created"
-        elif _same_rule(current, wanted):
-            outcome = "unchanged"
-        else:
-            with _aws("replace the lifecycle rule"):
-                self.client.replace_topic_rule(ruleName=ev.RULE_NAME, topicRulePayload=wanted)
-            outcome = "replaced"
-        store.set_lifecycle_queue(self.engine, queue_url)
-        return outcome
-
-    def remove_lifecycle_rule(self) -> bool:
-        """Delete the rule and forget the queue; False when there was no rule."""
-        from devices import iot_events as ev
-
-        existed = self._lifecycle_rule() is not None
-        if existed:
-            with _aws("delete the lifecycle rule"):
-                self.client.delete_topic_rule(ruleName=ev.RULE_NAME)
-        store.set_lifecycle_queue(self.engine, None)
-        return existed
-
-    def _lifecycle_rule(self) -> dict[str, Any] | None:
-        """The rule, or None when the account has none of that name (from the list of
-        rules: IoT Core answers a GetTopicRule for a missing rule as if access were
-        denied, so that answer cannot tell the two apart)."""
-        from devices import iot_events as ev
-
-        names: set[str] = set()
-        request: dict[str, Any] = {}
-        with _aws("list the topic rules"):
-            for _page in range(10_000):  # bounded: an endpoint that always hands a token
-                page = self.client.list_topic_rules(**request)
-                names.update(str(r.get("ruleName")) for r in page.get("rules") or [])
-                if not page.get("nextToken"):
-                    break
-                request["nextToken"] = page["nextToken"]
-        if ev.RULE_NAME not in names:
-            return None
-        with _aws("read the lifecycle rule"):
-            return dict(self.client.get_topic_rule(ruleName=ev.RULE_NAME)["rule"])
-
     def endpoint(self) -> str:
         with _aws("describe the data endpoint"):
             return str(
                 self.client.describe_endpoint(endpointType="iot:Data-ATS")["endpointAddress"]
             )
-
-
-def _same_rule(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
-    def sqs(rule: dict[str, Any]) -> list[tuple[str, str, bool]]:
-        return [
-            (str(a["sqs"].get("queueUrl")), str(a["sqs"].get("roleArn")),
-             bool(a["sqs"].get("useBase64")))
-            for a in rule.get("actions") or [] if "sqs" in a
-        ]  # fmt: skip
-
-    return (
-        current.get("sql") == wanted["sql"]
-        and not current.get("ruleDisabled")
-        and len(current.get("actions") or []) == 1
-        and sqs(current) == sqs(wanted)
-    )
-
-
-class IotProofOfUse:
-    """``proof_of_use`` for the rotation service: which of the serials asked about
-    connected to IoT Core as their own thing, from the lifecycle events of the queue
-    ``iot lifecycle-rule`` recorded (read on every call, so a rule set while the daemon
-    runs counts at its next sweep). The queue is drained on every call, also when nothing
-    waits, so its backlog stays small, within a few seconds: the SQS client gives up on a
-    call after 2 s to connect or 5 s to answer, and one drain stops after 5 s. A failure
-    to read it is reported to ``warn`` and proves nothing."""
-
-    def __init__(
-        self,
-        engine: Any,
-        warn: Callable[[str], None],
-        client: Callable[[], Any] | None = None,
-    ) -> None:
-        self.engine = engine
-        self.warn = warn
-        self._client = client  # default: _events_client
-        self.events: Any = None  # LifecycleEvents, made on first use
-        self._lock = threading.Lock()
-
-    def __call__(self, serials: set[str]) -> set[str]:
-        from devices.iot_events import LifecycleEvents
-        from pki.errors import FleetPkiError
-
-        with self._lock:
-            queue = store.lifecycle_queue(self.engine)
-            if queue is None:
-                self.events = None
-                return set()
-            try:
-                if self.events is None or self.events.queue_url != queue:
-                    self.events = LifecycleEvents(queue, (self._client or _events_client)())
-                with _aws("read the lifecycle events queue"):
-                    self.events.drain()
-            except FleetPkiError as exc:
-                self.warn(f"proof of use on IoT Core: {exc}")
-            if not serials or self.events is None:
-                return set()
-            ids = store.certificate_ids(self.engine, serials)
-            return {serial for serial, (cert_id, thing) in ids.items()
-                    if self.events.seen(cert_id, thing)}  # fmt: skip
-
-
-def _events_client() -> Any:
-    """SQS, with short timeouts and one attempt: the next sweep is the retry."""
-    from botocore.config import Config
-
-    from pki.aws.client import make_client
-
-    config = Config(connect_timeout=2, read_timeout=5,
-                    retries={"mode": "standard", "total_max_attempts": 1})  # fmt: skip
-    return make_client("sqs", config=config)
 
 
 def provision_many(

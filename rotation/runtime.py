@@ -90,7 +90,7 @@ def open_service(
 def proof_of_use(app: App) -> Callable[[set[str]], set[str]]:
     """Which new certificates a relying party saw in use: the HTTPS stand-in's access log
     and, when ``iot lifecycle-rule`` set it up, IoT Core's ``connected`` events."""
-    from devices.iot import IotProofOfUse
+    from devices.iot_events import IotProofOfUse
     from devices.standins.served import UsedSerials
 
     sources = (UsedSerials(app.home), IotProofOfUse(app.inventory().engine, log.warning))

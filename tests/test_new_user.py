@@ -246,7 +246,7 @@ def test_show_prints_names_not_python_lists(cli: Cli, ca_home: Path, tmp_path: P
 
 
 def test_simulator_summary_has_no_python_reprs() -> None:
-    from devices.cli import _print_summary
+    from devices.cli_fleet import _print_summary
 
     data = {
         "devices": 2, "clients": {"paho": 2}, "connected": 1, "workers": 1,
