@@ -111,9 +111,9 @@ class LifecycleEvents:
         self.max_messages = max_messages
         self.budget = budget  # seconds one drain may take; the rest waits for the next
         self.monotonic = monotonic
-        # certificate id -> the client id it connected as; insertion-ordered: the oldest is
-        # forgotten first
-        self._seen: dict[str, str] = {}
+        # (certificate id, client id) pairs seen connecting; insertion-ordered: the oldest is
+        # forgotten first (a pair, so an event naming another client cannot hide a real one)
+        self._seen: dict[tuple[str, str], None] = {}
         self.ignored = 0  # messages that were not a connected event with a certificate id
 
     def drain(self) -> int:
@@ -144,15 +144,16 @@ class LifecycleEvents:
         return read
 
     def _remember(self, certificate_id: str, client_id: str) -> None:
-        self._seen.pop(certificate_id, None)
-        self._seen[certificate_id] = client_id
+        pair = (certificate_id, client_id)
+        self._seen.pop(pair, None)
+        self._seen[pair] = None
         while len(self._seen) > self.memory:
             del self._seen[next(iter(self._seen))]
 
     def seen(self, certificate_id: str, client_id: str) -> bool:
         """Whether the certificate connected, as ``client_id`` (the thing: the policy
         ``iot provision`` attaches lets a device connect only as its own thing name)."""
-        return self._seen.get(certificate_id) == client_id
+        return (certificate_id, client_id) in self._seen
 
 
 # -- the rule (fleetpki iot lifecycle-rule) -----------------------------------------------

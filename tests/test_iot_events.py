@@ -200,7 +200,9 @@ def test_a_connected_event_with_the_new_certificate_confirms_a_lost_confirmation
     service.sweep()
     assert service.open_rotations([issued.id])[0].state is store.State.ISSUED
     assert _left(queue) == 0  # drained, the noise too
+    # the real event, then a forged one for the same certificate: the real one still counts
     sqs.send_message(QueueUrl=queue, MessageBody=_event(new.certificate_id))
+    sqs.send_message(QueueUrl=queue, MessageBody=_event(new.certificate_id, clientId="pump-1"))
     service.sweep()
     (row,) = service.open_rotations([issued.id])
     assert row.state is store.State.COMPLETED  # confirmed by use, then (no grace) completed
