@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from devices import store
 from devices.iot import _aws, _client
+from devices.recent import Recent
 from pki.aws.client import error_code
 from pki.errors import InvalidInput, NotFound
 
@@ -107,13 +108,12 @@ class LifecycleEvents:
     ) -> None:
         self.queue_url = queue_url
         self.client = client
-        self.memory = memory
         self.max_messages = max_messages
         self.budget = budget  # seconds one drain may take; the rest waits for the next
         self.monotonic = monotonic
-        # (certificate id, client id) pairs seen connecting; insertion-ordered: the oldest is
-        # forgotten first (a pair, so an event naming another client cannot hide a real one)
-        self._seen: dict[tuple[str, str], None] = {}
+        # (certificate id, client id) pairs seen connecting, the last ``memory`` of them (a
+        # pair, so an event naming another client cannot hide a real one)
+        self._seen: Recent[tuple[str, str]] = Recent(memory)
         self.ignored = 0  # messages that were not a connected event with a certificate id
 
     def drain(self) -> int:
@@ -132,7 +132,7 @@ class LifecycleEvents:
                 if found is None:
                     self.ignored += 1
                 else:
-                    self._remember(*found)
+                    self._seen.add(found)
             self.client.delete_message_batch(
                 QueueUrl=self.queue_url,
                 Entries=[
@@ -142,13 +142,6 @@ class LifecycleEvents:
             )
             read += len(messages)
         return read
-
-    def _remember(self, certificate_id: str, client_id: str) -> None:
-        pair = (certificate_id, client_id)
-        self._seen.pop(pair, None)
-        self._seen[pair] = None
-        while len(self._seen) > self.memory:
-            del self._seen[next(iter(self._seen))]
 
     def seen(self, certificate_id: str, client_id: str) -> bool:
         """Whether the certificate connected, as ``client_id`` (the thing: the policy
@@ -189,6 +182,7 @@ def set_lifecycle_rule(core: IotCore, queue_url: str, role_arn: str) -> str:
     store.set_lifecycle_queue(core.engine, queue_url)
     return outcome
 
+
 def remove_lifecycle_rule(core: IotCore) -> bool:
     """Delete the rule and forget the queue; False when there was no rule."""
     existed = _lifecycle_rule(core) is not None
@@ -198,19 +192,16 @@ def remove_lifecycle_rule(core: IotCore) -> bool:
     store.set_lifecycle_queue(core.engine, None)
     return existed
 
+
 def _lifecycle_rule(core: IotCore) -> dict[str, Any] | None:
     """The rule, or None when the account has none of that name (from the list of
     rules: IoT Core answers a GetTopicRule for a missing rule as if access were
     denied, so that answer cannot tell the two apart)."""
-    names: set[str] = set()
-    request: dict[str, Any] = {}
+    pages = core.client.get_paginator("list_topic_rules").paginate(
+        PaginationConfig={"MaxItems": 100_000}  # bounded (an account holds at most 1,000)
+    )
     with _aws("list the topic rules"):
-        for _page in range(10_000):  # bounded: an endpoint that always hands a token
-            page = core.client.list_topic_rules(**request)
-            names.update(str(r.get("ruleName")) for r in page.get("rules") or [])
-            if not page.get("nextToken"):
-                break
-            request["nextToken"] = page["nextToken"]
+        names = {str(r.get("ruleName")) for page in pages for r in page.get("rules") or []}
     if RULE_NAME not in names:
         return None
     with _aws("read the lifecycle rule"):

@@ -18,6 +18,7 @@ from typing import Any
 
 from cryptography import x509
 
+from devices.recent import Recent
 from devices.standins.broker import reload_crl
 from devices.standins.probe import CanaryNotRun, Probe, handshake
 from devices.standins.state import DevState, running
@@ -182,11 +183,10 @@ class UsedSerials:
 
     def __init__(self, home: Home, memory: int = 200_000, budget: float = 2.0) -> None:
         self.home = home
-        self.memory = memory
         self.budget = budget
         self._file: tuple[int, int, bytes] | None = None  # device, inode, first bytes
         self._offset = 0
-        self._seen: dict[int, None] = {}  # insertion-ordered: the oldest is forgotten first
+        self._seen: Recent[int] = Recent(memory)
         self._lock = threading.Lock()
 
     def __call__(self, serials: set[str]) -> set[str]:
@@ -215,12 +215,10 @@ class UsedSerials:
                 head = log.read(self.HEAD)
                 identity = (info.st_dev, info.st_ino, head)
                 known = self._file
-                same = (
-                    known is not None
-                    and known[:2] == identity[:2]
-                    and identity[2].startswith(known[2][: len(identity[2])])
-                    and known[2].startswith(identity[2][: len(known[2])])
-                )
+                same = known is not None and known[:2] == identity[:2]
+                if known is not None and same:  # the first bytes agree as far as both go
+                    n = min(len(head), len(known[2]))
+                    same = head[:n] == known[2][:n]
                 if not same or info.st_size < self._offset:
                     self._offset = 0
                 self._file = identity
@@ -243,10 +241,7 @@ class UsedSerials:
         for line in lines.splitlines():
             serial = _accepted_serial(line)
             if serial is not None:
-                self._seen.pop(serial, None)
-                self._seen[serial] = None
-        while len(self._seen) > self.memory:
-            del self._seen[next(iter(self._seen))]
+                self._seen.add(serial)
 
 
 def _accepted_serial(line: bytes) -> int | None:
