@@ -234,25 +234,21 @@ def iot_lifecycle_rule(
     certificate confirms its rotation even when its confirmation was lost. The queue must
     exist and the role must allow `sqs:SendMessage` on it. Idempotent.
     """
+    from devices.iot_events import RULE_NAME, remove_lifecycle_rule, set_lifecycle_rule
     from pki.errors import InvalidInput
 
     if remove:
         if queue_url or role_arn:
             raise InvalidInput("--remove takes neither --queue-url nor --role-arn")
-        from devices.iot_events import remove_lifecycle_rule
-
-        existed = remove_lifecycle_rule(_iot_core())
-        outcome = "removed" if existed else "absent"
+        outcome = "removed" if remove_lifecycle_rule(_iot_core()) else "absent"
     else:
         if not queue_url or not role_arn:
             raise InvalidInput("give --queue-url and --role-arn (or --remove)")
-        from devices.iot_events import set_lifecycle_rule
-
         outcome = set_lifecycle_rule(_iot_core(), queue_url, role_arn)
     if as_json:
-        print_json({"rule": "FleetpkiConnected", "outcome": outcome, "queue_url": queue_url})
+        print_json({"rule": RULE_NAME, "outcome": outcome, "queue_url": queue_url})
         return
-    err(f"lifecycle rule FleetpkiConnected: {outcome}")
+    err(f"lifecycle rule {RULE_NAME}: {outcome}")
 
 
 @iot.command("endpoint")

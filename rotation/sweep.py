@@ -113,13 +113,13 @@ class Sweeper(Workflow):
                         updated_at=now,
                     )
                     continue
-                kept = (rotation.error or "").startswith((LATE, BY_USE))
-                late = rotation.error if kept else None
+                # how it was confirmed (late, by use) stays on the record
+                how = rotation.error if (rotation.error or "").startswith((LATE, BY_USE)) else None
                 error = (
                     f"completed, but a revocation hook kept failing since "
                     f"{rotation.retry_since}: {gave_up[rotation.id]}"
                     if rotation.id in gave_up
-                    else late  # how it was confirmed stays on the record
+                    else how
                 )
                 if store.advance(conn, rotation.id, State.CONFIRMED, State.COMPLETED,
                                  completed_at=now, updated_at=now, error=error):  # fmt: skip

@@ -4,7 +4,6 @@ other packages add theirs through the ``fleetpki.backends`` entry-point group.""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,19 +39,18 @@ BackendFactory = Callable[[BackendContext], "CertificateAuthority"]
 
 
 def factory(name: str) -> BackendFactory:
-    target = BUILT_IN.get(name)
-    if target is None:
-        from pki import plugins
+    from pki import plugins
 
-        found = {ep.name: ep for ep in plugins.entry_points(GROUP)}
-        if name not in found:
-            known = ", ".join(sorted({*BUILT_IN, *found}))
-            raise InvalidInput(f"unknown CA backend {name!r} (known: {known})")
-        loaded: BackendFactory = found[name].load()
-        return loaded
-    module, _, attribute = target.partition(":")
-    built_in: BackendFactory = getattr(importlib.import_module(module), attribute)
-    return built_in
+    target = BUILT_IN.get(name)
+    if target is not None:
+        built_in: BackendFactory = plugins.EntryPoint(name, target, GROUP).load()
+        return built_in
+    found = {ep.name: ep for ep in plugins.entry_points(GROUP)}
+    if name not in found:
+        known = ", ".join(sorted({*BUILT_IN, *found}))
+        raise InvalidInput(f"unknown CA backend {name!r} (known: {known})")
+    loaded: BackendFactory = found[name].load()
+    return loaded
 
 
 def open_backend(context: BackendContext) -> CertificateAuthority:

@@ -114,8 +114,9 @@ def ca_status(
     records += issuing
     active = [r for r in issuing if r.effective_status(now) is Status.ACTIVE]
     current = max(active, key=lambda r: r.not_after, default=None)
+    config = home.config()
     crls: tuple[CrlHealth, ...] = ()
-    if home.config().backend == "local":
+    if config.backend == "local":
         files = home.crl_files
         crls = tuple(crl_health(ca, files.load(ca), now) for ca in ("issuing", "root"))
     others: tuple[str, ...] = ()
@@ -123,4 +124,4 @@ def ca_status(
         from pki.hooks import StatusQuery, status_warnings
 
         others = tuple(status_warnings(StatusQuery(home.path, inventory, now)))
-    return CaStatus(home, tuple(records), crls, now, others, rollover_view(home.config(), current))
+    return CaStatus(home, tuple(records), crls, now, others, rollover_view(config, current))

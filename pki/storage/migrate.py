@@ -12,8 +12,7 @@ recognised by its tables and stamped at each branch's baseline before it is upgr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -67,17 +66,12 @@ def branches() -> list[Branch]:
     return found
 
 
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
-
-
 def current(engine: Engine) -> set[str] | None:
     """The revisions the database is at; None when it has no version table."""
     try:
         with engine.connect() as conn:
             try:  # one query on the path every command takes (no reflection: it is slower)
-                with conn.begin_nested() if conn.dialect.name == "postgresql" else _nothing():
+                with conn.begin_nested() if conn.dialect.name == "postgresql" else nullcontext():
                     rows = conn.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}")  # noqa: S608
                     return {str(r[0]) for r in rows}
             except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
