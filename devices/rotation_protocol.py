@@ -131,7 +131,7 @@ def decode(kind: str, payload: bytes) -> Message:
     if data.get("v") != VERSION:
         raise InvalidInput(f"rotation {kind} message has version {data.get('v')!r}, not {VERSION}")
     rotation_id = _text(data, "rotation_id", kind)
-    if not _ID_RE.match(rotation_id):
+    if not _ID_RE.fullmatch(rotation_id):
         raise InvalidInput(f"rotation {kind} message has a malformed rotation_id")
     if kind == "request":
         return Request(rotation_id, _serial(data, kind))
@@ -159,7 +159,7 @@ def _text(data: dict[str, Any], name: str, kind: str) -> str:
 
 def _serial(data: dict[str, Any], kind: str) -> str:
     value = _text(data, "serial", kind).lower()
-    if not _SERIAL_RE.match(value):
+    if not _SERIAL_RE.fullmatch(value):
         raise InvalidInput(f"rotation {kind} message has a malformed serial")
     return value
 

@@ -79,7 +79,7 @@ _SERIAL_RE = re.compile(r"^(0x)?[0-9a-f]+$")
 def parse_serial(text: str) -> int:
     """Accept a hex serial as operators paste it: ``0x1A2B``, ``1a:2b``, ``1A 2B``."""
     cleaned = text.strip().lower().replace(":", "").replace(" ", "")
-    if not cleaned or not _SERIAL_RE.match(cleaned):
+    if not cleaned or not _SERIAL_RE.fullmatch(cleaned):
         raise InvalidInput(f"{text!r} is not a hexadecimal certificate serial number")
     value = int(cleaned.removeprefix("0x"), 16)
     if value <= 0 or value.bit_length() > 160:

@@ -56,7 +56,7 @@ def installed() -> tuple[EntryPoint, ...]:
         except OSError:  # a zip file, a folder that does not exist
             continue
         for name in names:
-            match = _DIST.match(name)
+            match = _DIST.fullmatch(name)
             if match is None:
                 continue
             dist = re.sub(r"[-_.]+", "_", match.group("name")).lower()

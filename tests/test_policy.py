@@ -204,6 +204,16 @@ class TestDeviceRules:
             "must be 1-128 characters of A-Z a-z 0-9 : _ -"
         )
 
+    def test_a_thing_name_with_a_final_newline_is_refused(self, cli: Cli, tmp_path: Path) -> None:
+        """Found by the hostile-input run: '^…$' lets a trailing newline through."""
+        pem, _ = make_csr("0\n")
+        err = _device(cli, tmp_path, pem, "0\n")
+        assert err == (
+            "fleetpki: error: policy violation (invalid-thing-name): thing name '0\\n' "
+            "must be 1-128 characters of A-Z a-z 0-9 : _ -"
+        )
+        assert json.loads(cli.ok("list", "--json").out) == []
+
     def test_dns_san_on_device(self, cli: Cli, tmp_path: Path) -> None:
         pem, _ = make_csr("sensor-1", sans=[x509.DNSName("evil.example.com")])
         err = _device(cli, tmp_path, pem)

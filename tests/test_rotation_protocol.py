@@ -74,6 +74,9 @@ def _payload(**fields: object) -> bytes:
         ("csr", _payload(), "lacks 'csr'"),
         ("csr", _payload(csr="MIIB"), "is not PEM"),
         ("confirm", _payload(serial="zz"), "malformed serial"),
+        # '$' matches before a final newline: these must be refused all the same
+        ("csr", json.dumps({"v": 1, "rotation_id": ID + "\n"}).encode(), "malformed rotation_id"),
+        ("confirm", _payload(serial="0a\n"), "malformed serial"),
         ("csr", b"x" * (rp.MAX_PAYLOAD + 1), "limit"),
     ],
 )

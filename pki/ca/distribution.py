@@ -85,7 +85,7 @@ def check_url(url: object, setting: str) -> str:
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        if not _HOST_RE.match(host):
+        if not _HOST_RE.fullmatch(host):
             raise ValueError(f"{setting} has no valid host name") from None
     try:
         _ = parts.port

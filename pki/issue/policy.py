@@ -113,7 +113,7 @@ def name_violation(profile: str, name: str) -> Violation | None:
     """What is wrong with ``name`` as the thing (device profile) or server name, if
     anything: checked before a key is made for it, and again by the policy."""
     if profile == DEVICE.name:
-        if not _THING_RE.match(name):
+        if not _THING_RE.fullmatch(name):
             return Violation(
                 "invalid-thing-name",
                 f"thing name {name!r} must be 1-128 characters of A-Z a-z 0-9 : _ -",
@@ -394,7 +394,7 @@ def server_names(request: IssueRequest) -> tuple[tuple[str, ...], tuple[IPAddres
         return (), (ipaddress.ip_address(request.name),)
     except ValueError:
         pass
-    if "." in request.name or _LABEL_RE.match(request.name.lower()):
+    if "." in request.name or _LABEL_RE.fullmatch(request.name.lower()):
         return (request.name.lower(),), ()
     return (), ()
 
@@ -419,7 +419,7 @@ def _check_dns_name(name: str, *, allow_wildcard: bool) -> Violation | None:
             )
         labels = labels[1:]
     for label in labels:
-        if not _LABEL_RE.match(label):
+        if not _LABEL_RE.fullmatch(label):
             return Violation("invalid-dns-name", f"DNS name {name!r} is not a valid host name")
     if all(label.isdigit() for label in labels):
         return Violation(
